@@ -1,0 +1,81 @@
+"""Agreement between predicted and reference EF: error, Bland-Altman, correlation, classes."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from .dataset import ef_class
+
+
+def summary(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """n, MAE, RMSE, bias (pred - ref), SD, 95% limits of agreement, Pearson r, R2, within 5/10."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    diff = pred - ref
+    n = len(diff)
+    bias = float(diff.mean()) if n else float("nan")
+    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
+    r = float(stats.pearsonr(pred, ref)[0]) if n > 2 and pred.std() > 0 and ref.std() > 0 else float("nan")
+    ss_res = float(((ref - pred) ** 2).sum())
+    ss_tot = float(((ref - ref.mean()) ** 2).sum()) if n else float("nan")
+    return {
+        "n": int(n),
+        "mae": float(np.abs(diff).mean()) if n else float("nan"),
+        "rmse": float(np.sqrt((diff ** 2).mean())) if n else float("nan"),
+        "bias": bias,
+        "sd": sd,
+        "loa_low": bias - 1.96 * sd,
+        "loa_high": bias + 1.96 * sd,
+        "r": r,
+        "r2": 1 - ss_res / ss_tot if n and ss_tot > 0 else float("nan"),
+        "within_5": float((np.abs(diff) <= 5).mean()) if n else float("nan"),
+        "within_10": float((np.abs(diff) <= 10).mean()) if n else float("nan"),
+    }
+
+
+CI_KEYS = ("mae", "bias", "r", "loa_low", "loa_high")
+
+
+def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """95% percentile intervals over patient-level resamples for MAE, bias, r and the LoA."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    if n_resamples == 0 or len(pred) < 3:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(pred), size=(n_resamples, len(pred)))
+    diff = pred[idx] - ref[idx]
+    bias = diff.mean(1)
+    sd = diff.std(1, ddof=1)
+    pc, rc = pred[idx] - pred[idx].mean(1, keepdims=True), ref[idx] - ref[idx].mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (pc * rc).sum(1) / np.sqrt((pc ** 2).sum(1) * (rc ** 2).sum(1))
+    values = {"mae": np.abs(diff).mean(1), "bias": bias, "r": r, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
+    return {f"{k}_ci": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in values.items()}
+
+
+def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Slope of the difference on the mean (Bland-Altman) with its 95% CI."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    if len(pred) < 3:
+        return {}
+    fit = stats.linregress((pred + ref) / 2, pred - ref)
+    half = stats.t.ppf(0.975, len(pred) - 2) * fit.stderr
+    return {"prop_bias_slope": float(fit.slope), "prop_bias_slope_ci": [float(fit.slope - half), float(fit.slope + half)]}
+
+
+def classification(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """EF classes (reduced <40, mildly reduced 40-49, preserved >=50): confusion counts
+    (rows reference, columns predicted) and sensitivity/specificity for EF < 40%."""
+    cp, cr = ef_class(np.asarray(pred, float)), ef_class(np.asarray(ref, float))
+    confusion = np.zeros((3, 3), dtype=int)
+    np.add.at(confusion, (cr, cp), 1)
+    reduced_p, reduced_r = cp == 0, cr == 0
+    sens = float((reduced_p & reduced_r).sum() / reduced_r.sum()) if reduced_r.any() else float("nan")
+    spec = float((~reduced_p & ~reduced_r).sum() / (~reduced_r).sum()) if (~reduced_r).any() else float("nan")
+    return {"confusion": confusion.tolist(), "sensitivity_ef_lt_40": sens, "specificity_ef_lt_40": spec}
+
+
+def full_report(pred, ref, n_resamples: int, seed: int) -> dict:
+    """summary + bootstrap CIs + proportional bias + the EF-class view."""
+    return {**summary(pred, ref), **bootstrap_ci(pred, ref, n_resamples, seed),
+            **proportional_bias(pred, ref), **classification(pred, ref)}

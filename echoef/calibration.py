@@ -1,0 +1,40 @@
+"""Calibrators of predicted EF against the reference: fit, apply, save, load."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LinearRegression
+
+METHODS = ("none", "linear", "isotonic")
+
+
+def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[float, float], fit_set: str) -> dict:
+    """Fit a calibrator of reference EF on predicted EF; returned as a JSON-ready dict."""
+    ef_pred, ef_ref = np.asarray(ef_pred, float), np.asarray(ef_ref, float)
+    calibrator = {"method": method, "fit_set": fit_set, "n": int(len(ef_pred)), "ef_range": list(ef_range)}
+    if method == "linear":
+        model = LinearRegression().fit(ef_pred[:, None], ef_ref)
+        calibrator.update(slope=float(model.coef_[0]), intercept=float(model.intercept_))
+    elif method == "isotonic":
+        model = IsotonicRegression(out_of_bounds="clip").fit(ef_pred, ef_ref)
+        calibrator.update(x=model.X_thresholds_.tolist(), y=model.y_thresholds_.tolist())
+    elif method != "none":
+        raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
+    return calibrator
+
+
+def apply(calibrator: dict, ef_pred: np.ndarray) -> np.ndarray:
+    """Calibrated EF, clipped to the calibrator's physiological range (NaN stays NaN)."""
+    ef_pred = np.asarray(ef_pred, float)
+    method = calibrator["method"]
+    if method == "linear":
+        out = calibrator["intercept"] + calibrator["slope"] * ef_pred
+    elif method == "isotonic":
+        out = np.where(np.isnan(ef_pred), np.nan, np.interp(ef_pred, calibrator["x"], calibrator["y"]))
+    elif method == "none":
+        out = ef_pred.copy()
+    else:
+        raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
+    low, high = calibrator["ef_range"]
+    return np.clip(out, low, high)

@@ -1,0 +1,103 @@
+"""The ingested dataset: one .npz per patient (four frames with labels and spacing) + tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import camus, geometry
+from .io import write_csv, write_npz
+
+EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
+
+
+class IngestError(RuntimeError):
+    """Ingest cannot produce a dataset (no patient, or an exclusion under ``strict``)."""
+
+
+def _check_study(study: camus.Study) -> None:
+    ef = study.ef_ref
+    if not np.isfinite(ef) or not 0 <= ef <= 100:
+        raise camus.StudyError("bad_reference_ef", f"reference EF {ef} missing or outside 0-100")
+    for (view, phase), frame in study.frames.items():
+        if not (frame.label == camus.LABELS["lv_cavity"]).any():
+            raise camus.StudyError("empty_expert_lv", f"{view} {phase}: the expert mask has no LV cavity")
+
+
+def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every patient folder under ``root``; write one .npz per usable patient.
+
+    Returns (cohort, exclusions): every folder found is in exactly one of them, an exclusion with
+    its reason. With ``strict`` the first exclusion raises IngestError.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise IngestError(f"data.root = {str(root)!r} is not a folder; point it at a CAMUS download "
+                          "(the folder holding database_nifti/, or the patient folders of the 2019 release)")
+    folders = camus.find_patients(root)
+    if not folders:
+        raise IngestError(f"data.root = {str(root)!r} holds no patientXXXX folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, exclusions = [], []
+    for folder in tqdm(folders, desc="ingest", mininterval=5):
+        try:
+            if folder.name in {r["patient"] for r in rows}:
+                raise camus.StudyError("duplicate_patient", "a patient of this name was already ingested")
+            study = camus.read_study(folder)
+            _check_study(study)
+        except camus.StudyError as error:
+            if strict:
+                raise IngestError(f"{folder.name} excluded ({error}); ingest.strict is true") from error
+            exclusions.append({"patient": folder.name, "reason": error.reason, "detail": error.detail})
+            continue
+        save_study(out_dir / f"{study.patient}.npz", study)
+        rows.append(study.cohort_row())
+    if not rows:
+        raise IngestError(f"no usable patient under {root} ({len(exclusions)} excluded; see the exclusions table)")
+    cohort = pd.DataFrame(rows)
+    exclusion_table = pd.DataFrame(exclusions, columns=["patient", "reason", "detail"])
+    write_csv(out_dir / "cohort.csv", cohort)
+    write_csv(out_dir / "exclusions.csv", exclusion_table)
+    return cohort, exclusion_table
+
+
+def save_study(path: Path, study: camus.Study) -> None:
+    """Write a study's frames (image, label, spacing) to one .npz."""
+    arrays = {}
+    for (view, phase), frame in study.frames.items():
+        arrays[f"{view}_{phase}_image"] = frame.image.astype(np.uint8) if frame.image.max() <= 255 else frame.image
+        arrays[f"{view}_{phase}_label"] = frame.label
+        arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
+    write_npz(path, **arrays)
+
+
+def load_frames(path: str | Path) -> dict[tuple[str, str], camus.Frame]:
+    """Frames of one ingested patient, keyed (view, phase)."""
+    with np.load(path) as data:
+        return {(v, p): camus.Frame(image=data[f"{v}_{p}_image"].astype(np.float32),
+                                    label=data[f"{v}_{p}_label"],
+                                    spacing_mm=tuple(float(s) for s in data[f"{v}_{p}_spacing_mm"]))
+                for v, p in camus.FRAME_KEYS}
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the image (echo gain differs between machines and patients)."""
+    image = np.asarray(image, dtype=np.float32)
+    return (image - image.mean()) / (image.std() + 1e-6)
+
+
+def grid_tensors(frames: list[camus.Frame], size: int, with_labels: bool = True):
+    """Stack frames on the network grid: images (N,1,S,S), labels (N,S,S) or None, letterboxes."""
+    boxes = [geometry.letterbox(f.image.shape, f.spacing_mm, size) for f in frames]
+    images = torch.stack([geometry.to_grid(normalise(f.image), b) for f, b in zip(frames, boxes)])[:, None]
+    labels = torch.stack([geometry.labels_to_grid(f.label, b) for f, b in zip(frames, boxes)]) if with_labels else None
+    return images, labels, boxes
+
+
+def ef_class(ef: np.ndarray) -> np.ndarray:
+    """0 reduced (<40%), 1 mildly reduced (40-49%), 2 preserved (>=50%)."""
+    return np.digitize(ef, EF_BINS[1:-1])

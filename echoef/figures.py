@@ -1,0 +1,83 @@
+"""Matplotlib figures: EF scatter, Bland-Altman, calibration curve, confusion matrix, overlays."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import camus  # noqa: E402
+from .io import atomic_path  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def scatter(ref, pre, post, path) -> None:
+    """Predicted vs reference EF, before and after calibration, with the identity line."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 100], [0, 100], color="grey", lw=1, label="identity")
+    ax.scatter(ref, pre, s=14, alpha=0.7, label="before calibration")
+    ax.scatter(ref, post, s=14, alpha=0.7, label="after calibration")
+    ax.set(xlabel="reference EF (%)", ylabel="predicted EF (%)", xlim=(0, 100), ylim=(0, 100))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def bland_altman(ref, pre, post, stats_pre: dict, stats_post: dict, path) -> None:
+    """Bland-Altman before and after calibration, bias and 95% limits of agreement annotated."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for ax, pred, st, title in ((axes[0], pre, stats_pre, "before calibration"), (axes[1], post, stats_post, "after calibration")):
+        mean, diff = (np.asarray(pred) + np.asarray(ref)) / 2, np.asarray(pred) - np.asarray(ref)
+        ax.scatter(mean, diff, s=14, alpha=0.7)
+        for value, style, name in ((st["bias"], "-", "bias"), (st["loa_low"], "--", "-1.96 SD"), (st["loa_high"], "--", "+1.96 SD")):
+            ax.axhline(value, color="C3", ls=style, lw=1)
+            ax.annotate(f"{name} {value:+.1f}", (ax.get_xlim()[1], value), fontsize=8, ha="right", va="bottom")
+        ax.set(title=title, xlabel="mean of predicted and reference EF (%)")
+    axes[0].set_ylabel("predicted - reference EF (%)")
+    _save(fig, path)
+
+
+def calibration_curve(calibrator_fn, ef_range, path) -> None:
+    """The fitted mapping from raw to calibrated EF."""
+    x = np.linspace(0, 100, 201)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 100], [0, 100], color="grey", lw=1, label="identity")
+    ax.plot(x, calibrator_fn(x), color="C1", label="calibrator")
+    ax.set(xlabel="raw predicted EF (%)", ylabel="calibrated EF (%)", xlim=(0, 100), ylim=(0, 100))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def confusion(matrix, path) -> None:
+    """EF-class confusion matrix (rows reference, columns predicted)."""
+    names = ["<40", "40-49", ">=50"]
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(np.asarray(matrix)):
+        ax.text(j, i, str(value), ha="center", va="center")
+    ax.set(xticks=range(3), yticks=range(3), xticklabels=names, yticklabels=names,
+           xlabel="predicted EF class (%)", ylabel="reference EF class (%)")
+    _save(fig, path)
+
+
+def overlays(cases: list[dict], path) -> None:
+    """Rows of patients (dict: title, frames {(view, phase): (image, expert, predicted, spacing)}):
+    each frame with expert (green) and predicted (red) LV contours, at its true aspect ratio."""
+    fig, axes = plt.subplots(len(cases), 4, figsize=(12, 3.2 * len(cases)), squeeze=False)
+    for row, case in zip(axes, cases):
+        for ax, key in zip(row, camus.FRAME_KEYS):
+            image, expert, predicted, spacing = case["frames"][key]
+            extent = (0, image.shape[1] * spacing[1], image.shape[0] * spacing[0], 0)
+            ax.imshow(image, cmap="gray", extent=extent)
+            for mask, color in ((expert, "lime"), (predicted, "red")):
+                ax.contour(mask == camus.LABELS["lv_cavity"], levels=[0.5], colors=color, linewidths=1, extent=extent,
+                           origin="upper")
+            ax.set_title(f"{case['title']} {key[0]} {key[1]}", fontsize=8)
+            ax.axis("off")
+    _save(fig, path)

@@ -1,0 +1,180 @@
+"""The segmentation network (an smp U-Net built from params), its loss, training and inference."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+N_CLASSES = 4  # background, LV cavity, myocardium, left atrium
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used with this code or configuration."""
+
+
+def build_unet(config: dict) -> torch.nn.Module:
+    """An smp U-Net for one-channel echo frames and the four CAMUS labels."""
+    return smp.Unet(
+        encoder_name=config["encoder"],
+        encoder_weights=config["encoder_weights"],
+        encoder_depth=config["encoder_depth"],
+        decoder_channels=tuple(config["decoder_channels"][: config["encoder_depth"]]),
+        in_channels=1,
+        classes=N_CLASSES,
+    )
+
+
+MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size")
+
+
+def save_checkpoint(path, model: torch.nn.Module, config: dict, extra: dict) -> None:
+    """Weights plus the configuration that built them, so inference rebuilds the same network."""
+    from .io import atomic_path
+
+    state = {"model_config": {k: config[k] for k in MODEL_KEYS}, "state_dict": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network saved by ``save_checkpoint``; CheckpointError if it does not fit."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        config = dict(state["model_config"], encoder_weights=None)  # weights come from the file
+        model = build_unet(config)
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
+    return model.to(device).eval(), state
+
+
+def resolve_device(name: str) -> str:
+    """'cuda' if asked for (or 'auto' and available), else 'cpu'."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class DiceCELoss(torch.nn.Module):
+    """Weighted sum of soft Dice (smp, over the three heart labels) and cross-entropy."""
+
+    def __init__(self, dice_weight: float, ce_weight: float):
+        super().__init__()
+        self.dice = smp.losses.DiceLoss(mode="multiclass", classes=[1, 2, 3], from_logits=True)
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice_weight * self.dice(logits, target) + self.ce_weight * F.cross_entropy(logits, target)
+
+
+def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator: torch.Generator):
+    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per sample."""
+    n = images.shape[0]
+    device = images.device
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator, device="cpu").to(device)
+
+    angle = uniform(-1, 1) * math.radians(config["rotation_deg"])
+    scale = 1 + uniform(-1, 1) * config["scale"]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # Rotate and scale about the top centre of the grid (the probe, (x, y) = (0, -1) in
+    # affine_grid's coordinates): input = A (output - p) + p.
+    theta = torch.stack([torch.stack([cos, -sin, -sin], 1), torch.stack([sin, cos, cos - 1], 1)], 1)
+    grid = F.affine_grid(theta, images.shape, align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    gamma = torch.exp(uniform(-1, 1) * config["gamma"]).view(n, 1, 1, 1)
+    gain = (1 + 0.2 * uniform(-1, 1)).view(n, 1, 1, 1)
+    images = (images.clamp(min=0) ** gamma) * gain
+    noise = torch.randn(images.shape, generator=generator, device="cpu").to(device)
+    images = images + config["noise_std"] * uniform(0, 1).view(n, 1, 1, 1) * noise
+    return images, labels
+
+
+def dice_per_class(pred: torch.Tensor, target: torch.Tensor, classes=(1, 2, 3)) -> np.ndarray:
+    """Dice of each class per sample, (N, len(classes)); NaN where both are empty."""
+    scores = []
+    for c in classes:
+        p, t = pred == c, target == c
+        inter = (p & t).flatten(1).sum(1).float()
+        total = p.flatten(1).sum(1).float() + t.flatten(1).sum(1).float()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.nan))
+    return torch.stack(scores, 1).cpu().numpy()
+
+
+def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, C, H, W) for normalised grid images (N, 1, H, W).
+
+    With ``tta`` the prediction is averaged with that of the left-right mirrored image.
+    """
+    device = next(model.parameters()).device
+    outputs = []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device)
+            probs = model(batch).float().softmax(1)
+            if tta:
+                probs = 0.5 * (probs + model(batch.flip(-1)).float().softmax(1).flip(-1))
+            outputs.append(probs.cpu())
+    return torch.cat(outputs)
+
+
+def train(model, train_set, val_set, config: dict, device: str, log=None):
+    """Train with AdamW and a one-cycle schedule; keep the weights of the best validation LV Dice.
+
+    ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long); ``log(epoch, dict)``
+    receives the epoch's metrics. Returns (best state_dict, best epoch, history).
+    """
+    generator = torch.Generator().manual_seed(config["seed"])
+    images, labels = (t.to(device) for t in train_set)
+    model = model.to(device)
+    loss_fn = DiceCELoss(config["dice_weight"], config["ce_weight"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    steps_per_epoch = math.ceil(len(images) / config["batch_size"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps_per_epoch)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    best = {"lv_dice": -1.0, "state": None, "epoch": -1}
+    history = []
+    for epoch in range(config["epochs"]):
+        model.train()
+        order = torch.randperm(len(images), generator=generator).to(device)
+        total = 0.0
+        for start in tqdm(range(0, len(images), config["batch_size"]), desc=f"epoch {epoch + 1}/{config['epochs']}",
+                          leave=False, mininterval=5):
+            idx = order[start : start + config["batch_size"]]
+            x, y = augment(images[idx], labels[idx], config["augment"], generator)
+            with autocast:
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        scores = predict_scores(model, val_set[0], config["batch_size"])
+        dice = np.nanmean(dice_per_class(scores.argmax(1), val_set[1]), axis=0)
+        row = {"train_loss": total / len(images), "val_dice_lv": float(dice[0]),
+               "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
+        history.append(row)
+        if log:
+            log(epoch, row)
+        if row["val_dice_lv"] > best["lv_dice"]:
+            best = {"lv_dice": row["val_dice_lv"], "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    return best["state"], best["epoch"], history

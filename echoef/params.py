@@ -1,0 +1,114 @@
+"""Load ``params.yaml`` and check it against the schema below, with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from . import calibration, simpson
+
+
+class ParamsError(ValueError):
+    """A configuration mistake: the message names the key and what is allowed."""
+
+
+def _choice(*allowed):
+    def check(key, value):
+        if value not in allowed:
+            raise ParamsError(f"params.yaml: {key} = {value!r} is not allowed; choose one of: "
+                              + ", ".join(repr(a) for a in allowed))
+    return check
+
+
+def _typed(*types, minimum=None, maximum=None):
+    def check(key, value):
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ParamsError(f"params.yaml: {key} = {value!r} must be {names}")
+        if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+            raise ParamsError(f"params.yaml: {key} = {value!r} must be >= {minimum}")
+        if maximum is not None and isinstance(value, (int, float)) and value > maximum:
+            raise ParamsError(f"params.yaml: {key} = {value!r} must be <= {maximum}")
+    return check
+
+
+def _pair_in_0_100(key, value):
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            and 0 <= value[0] < value[1] <= 100):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must be [low, high] with 0 <= low < high <= 100")
+
+
+def _int_list(key, value):
+    if not (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of positive integers")
+
+
+NUMBER = (int, float)
+SCHEMA = {
+    "data": {
+        "root": _typed(str),
+        "phantom": {"n_patients": _typed(int, minimum=6), "seed": _typed(int)},
+    },
+    "ingest": {"strict": _typed(bool)},
+    "split": {
+        "seed": _typed(int),
+        "val_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
+        "test_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
+    },
+    "train": {
+        "device": _choice("auto", "cpu", "cuda"),
+        "encoder": _typed(str),
+        "encoder_weights": _typed(str, type(None)),
+        "encoder_depth": _typed(int, minimum=3, maximum=5),
+        "decoder_channels": _int_list,
+        "input_size": _typed(int, minimum=32),
+        "epochs": _typed(int, minimum=1),
+        "batch_size": _typed(int, minimum=1),
+        "lr": _typed(*NUMBER, minimum=0),
+        "weight_decay": _typed(*NUMBER, minimum=0),
+        "dice_weight": _typed(*NUMBER, minimum=0),
+        "ce_weight": _typed(*NUMBER, minimum=0),
+        "seed": _typed(int),
+        "threads": _typed(int, minimum=0),
+        "augment": {
+            "rotation_deg": _typed(*NUMBER, minimum=0),
+            "scale": _typed(*NUMBER, minimum=0, maximum=0.5),
+            "gamma": _typed(*NUMBER, minimum=0, maximum=1),
+            "noise_std": _typed(*NUMBER, minimum=0),
+        },
+    },
+    "infer": {"tta": _typed(bool), "batch_size": _typed(int, minimum=1)},
+    "ef": {"method": _choice(*simpson.METHODS)},
+    "calibration": {"method": _choice(*calibration.METHODS), "ef_range": _pair_in_0_100},
+    "evaluate": {"bootstrap": _typed(int, minimum=0), "seed": _typed(int), "overlays": _typed(int, minimum=0)},
+}
+
+
+def validate(params: dict, schema: dict = SCHEMA, prefix: str = "") -> None:
+    """Raise ParamsError for an unknown or missing key, or a value of the wrong type or range."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping")
+    for key in params:
+        if key not in schema:
+            raise ParamsError(f"params.yaml: unknown key {prefix + key!r}; allowed here: {', '.join(schema)}")
+    for key, check in schema.items():
+        if key not in params:
+            raise ParamsError(f"params.yaml: missing key {prefix + key!r}")
+        if isinstance(check, dict):
+            validate(params[key], check, prefix + key + ".")
+        else:
+            check(prefix + key, params[key])
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    """Read and validate the parameters file."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ParamsError(f"{path} not found; run from the repository root") from error
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from error
+    validate(params)
+    return params

@@ -1,0 +1,124 @@
+"""Synthetic CAMUS cohort in the 2023 release layout, for the default run and the tests.
+
+Each patient is a truncated prolate ellipsoid LV (varied length, radii, tilt, wall thickness) with a
+left atrium below its base, cut by two orthogonal apical planes (2CH, 4CH) at ED and ES, rendered
+in an apical sector with speckle and depth attenuation. The reference EF comes from the true 3D
+volumes, so the EF pipeline has an independent answer to reach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+QUALITIES = ("Good", "Medium", "Poor")
+NOISE_BY_QUALITY = {"Good": 0.25, "Medium": 0.45, "Poor": 0.7}
+# Grids as in the real data: 4CH isotropic, 2CH coarser and anisotropic; (rows, cols), mm.
+GRIDS = {"4CH": ((240, 288), (0.5, 0.5)), "2CH": ((160, 160), (0.75, 0.9))}
+SECTOR_HALF_ANGLE_DEG = 38
+
+
+def draw_patient(rng: np.random.Generator) -> dict:
+    """Random anatomy of one patient: ED geometry in mm, EF, wall thickness, tilt, quality."""
+    length_ed = rng.uniform(70, 95)
+    radius_2ch_ed = rng.uniform(19, 27)
+    radius_4ch_ed = radius_2ch_ed * rng.uniform(0.85, 1.15)
+    ef = rng.uniform(15, 80)
+    # ES shortens the long axis a little (a few %, as the disc method with one shared disc height
+    # assumes) and the radii more, keeping V_es = V_ed (1 - EF).
+    length_scale = (1 - ef / 100) ** 0.05
+    radius_scale = np.sqrt((1 - ef / 100) / length_scale)
+    return {
+        "length_mm": {"ED": length_ed, "ES": length_ed * length_scale},
+        "radius_mm": {("2CH", "ED"): radius_2ch_ed, ("4CH", "ED"): radius_4ch_ed,
+                      ("2CH", "ES"): radius_2ch_ed * radius_scale, ("4CH", "ES"): radius_4ch_ed * radius_scale},
+        "wall_mm": rng.uniform(7, 12),
+        "tilt_deg": {"2CH": rng.uniform(-10, 10), "4CH": rng.uniform(-10, 10)},
+        "apex_depth_mm": rng.uniform(12, 22),
+        "atrium_mm": (rng.uniform(16, 22), rng.uniform(18, 26)),
+        "quality": QUALITIES[int(rng.integers(0, 3))],
+        "age": int(rng.integers(25, 90)),
+        "sex": "MF"[int(rng.integers(0, 2))],
+    }
+
+
+def true_volume_ml(length_mm: float, radius_a_mm: float, radius_b_mm: float) -> float:
+    """Volume of a prolate half-ellipsoid (apex to equatorial base plane): 2/3 pi a b L."""
+    return 2 / 3 * np.pi * radius_a_mm * radius_b_mm * length_mm / 1000
+
+
+def reference_ef(anatomy: dict) -> int:
+    """EF (%) from the true 3D volumes, rounded like the CAMUS reference."""
+    r = anatomy["radius_mm"]
+    edv = true_volume_ml(anatomy["length_mm"]["ED"], r[("2CH", "ED")], r[("4CH", "ED")])
+    esv = true_volume_ml(anatomy["length_mm"]["ES"], r[("2CH", "ES")], r[("4CH", "ES")])
+    return int(round(100 * (edv - esv) / edv))
+
+
+def render_frame(anatomy: dict, view: str, phase: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Image (uint8), label map and (row, col) spacing of one apical view at one phase."""
+    (n_rows, n_cols), (row_mm, col_mm) = GRIDS[view]
+    depth = (np.arange(n_rows) + 0.5)[:, None] * row_mm + np.zeros((1, n_cols))
+    lateral = ((np.arange(n_cols) + 0.5) - n_cols / 2)[None, :] * col_mm + np.zeros((n_rows, 1))
+    # Coordinates along (s) and across (t) the tilted LV long axis, from the apex.
+    tilt = np.deg2rad(anatomy["tilt_deg"][view])
+    apex = np.array([anatomy["apex_depth_mm"], 0.0])
+    s = (depth - apex[0]) * np.cos(tilt) + (lateral - apex[1]) * np.sin(tilt)
+    t = -(depth - apex[0]) * np.sin(tilt) + (lateral - apex[1]) * np.cos(tilt)
+    length, radius, wall = anatomy["length_mm"][phase], anatomy["radius_mm"][(view, phase)], anatomy["wall_mm"]
+    # The ellipsoid's centre is on the base plane (s = length); the cavity is its apical half.
+    cavity = ((s - length) / length) ** 2 + (t / radius) ** 2 <= 1
+    cavity &= s <= length
+    outer = ((s - length) / (length + wall)) ** 2 + (t / (radius + wall)) ** 2 <= 1
+    myocardium = outer & ~cavity & (s <= length)
+    atrium_r, atrium_l = anatomy["atrium_mm"]
+    atrium = ((s - length - atrium_l) / atrium_l) ** 2 + (t / atrium_r) ** 2 <= 1
+    atrium &= (s > length + 1.0) & ~myocardium
+    label = np.zeros((n_rows, n_cols), dtype=np.uint8)
+    label[myocardium] = 2
+    label[atrium] = 3
+    label[cavity] = 1
+    # Echo appearance: tissue mid-grey, blood dark, myocardium and valve plane bright.
+    echogenicity = np.full((n_rows, n_cols), 0.35)
+    echogenicity[myocardium] = 0.8
+    echogenicity[cavity | atrium] = 0.06
+    valve = (np.abs(s - length - 0.5) < 0.8) & (np.abs(t) < radius) & ~cavity
+    echogenicity[valve] = 0.6
+    sector = np.abs(np.arctan2(lateral, depth)) <= np.deg2rad(SECTOR_HALF_ANGLE_DEG)
+    speckle = rng.rayleigh(scale=np.sqrt(2 / np.pi), size=(n_rows, n_cols))  # mean 1
+    noise = NOISE_BY_QUALITY[anatomy["quality"]]
+    attenuation = np.exp(-depth / 180.0)
+    image = echogenicity * (1 - noise + noise * speckle) * attenuation + 0.04 * noise * rng.standard_normal((n_rows, n_cols))
+    image = np.clip(image, 0, 1) * sector
+    return (image * 255).round().astype(np.uint8), label, (row_mm, col_mm)
+
+
+def _write_image(array: np.ndarray, spacing_mm: tuple[float, float], path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((spacing_mm[1], spacing_mm[0]))  # SimpleITK spacing is (x=col, y=row)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_cohort(root: str | Path, n_patients: int, seed: int) -> list[str]:
+    """Write ``n_patients`` synthetic patients under ``root/database_nifti`` (CAMUS 2023 layout)."""
+    root = Path(root)
+    names = []
+    for index in range(n_patients):
+        rng = np.random.default_rng([seed, index])
+        anatomy = draw_patient(rng)
+        name = f"patient{index + 1:04d}"
+        folder = root / "database_nifti" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for view in ("2CH", "4CH"):
+            for phase in ("ED", "ES"):
+                image, label, spacing = render_frame(anatomy, view, phase, rng)
+                _write_image(image, spacing, folder / f"{name}_{view}_{phase}.nii.gz")
+                _write_image(label, spacing, folder / f"{name}_{view}_{phase}_gt.nii.gz")
+        ef = reference_ef(anatomy)
+        common = f"Sex: {anatomy['sex']}\nAge: {anatomy['age']}\nImageQuality: {anatomy['quality']}\nEF: {ef}\n"
+        (folder / "Info_2CH.cfg").write_text(f"ED: 1\nES: 14\nNbFrame: 20\n{common}FrameRate: 50.0\n")
+        (folder / "Info_4CH.cfg").write_text(common)
+        names.append(name)
+    return names

@@ -1,0 +1,57 @@
+"""Patient-level train/val/test assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from .dataset import ef_class
+
+
+class SplitError(ValueError):
+    """A split that cannot be made or leaves a set empty."""
+
+
+def strata(cohort: pd.DataFrame) -> pd.Series:
+    """Stratum of each patient: EF class and 2CH image quality, merged while a stratum is tiny."""
+    labels = pd.Series(ef_class(cohort["ef_ref"].to_numpy()).astype(str), index=cohort.index)
+    with_quality = labels + "_" + cohort["quality_2ch"].fillna("").astype(str)
+    # Stratification needs at least 2 patients per stratum; fall back to EF class, then to none.
+    for candidate in (with_quality, labels):
+        if candidate.value_counts().min() >= 3:
+            return candidate
+    return pd.Series("all", index=cohort.index)
+
+
+def assign(cohort: pd.DataFrame, lists: dict[str, list[str]] | None, val_fraction: float,
+           test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """{'train','val','test'} patient lists: the dataset's own lists when given, else stratified."""
+    patients = set(cohort["patient"])
+    if lists is not None:
+        split = {k: sorted(p for p in v if p in patients) for k, v in lists.items()}
+        unlisted = patients - set().union(*split.values())
+        split["train"] = sorted(set(split["train"]) | unlisted)  # ingested but unlisted: training only
+    else:
+        if val_fraction + test_fraction >= 1:
+            raise SplitError(f"split.val_fraction + split.test_fraction = {val_fraction + test_fraction} leaves no training patient")
+        rest, test = _stratified(cohort, test_fraction, seed)
+        train, val = _stratified(rest, val_fraction / (1 - test_fraction), seed)
+        split = {"train": sorted(train["patient"]), "val": sorted(val["patient"]), "test": sorted(test["patient"])}
+    for name, members in split.items():
+        if not members:
+            raise SplitError(f"the split leaves the {name} set empty ({len(patients)} patients); "
+                             "adjust split.val_fraction / split.test_fraction or add patients")
+    if len(set().union(*split.values())) != sum(len(v) for v in split.values()):
+        raise SplitError("a patient is in two sets of the split lists")
+    return split
+
+
+def _stratified(table: pd.DataFrame, fraction: float, seed: int):
+    labels = strata(table)
+    n_held = max(1, int(round(fraction * len(table))))
+    stratify = labels if labels.nunique() > 1 and n_held >= labels.nunique() else None
+    try:
+        return train_test_split(table, test_size=n_held, random_state=seed, stratify=stratify)
+    except ValueError as error:
+        raise SplitError(f"cannot split {len(table)} patients ({error})") from error

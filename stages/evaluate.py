@@ -1,0 +1,79 @@
+"""Agreement of predicted EF with the reference on test (and validation), before and after calibration."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echoef import agreement, calibration, camus, dataset, figures, params as P  # noqa: E402
+from echoef.ef import is_measured  # noqa: E402
+from echoef.io import read_json, write_csv, write_json  # noqa: E402
+from echoef.stage import run  # noqa: E402
+
+
+def report(rows: pd.DataFrame, calibrator: dict, config: dict) -> dict:
+    """Pre/post statistics of a set, failures counted, plus the expert-mask ceiling."""
+    ok = rows[rows["status"].map(is_measured)]
+    post = calibration.apply(calibrator, ok["ef"])
+    out = {
+        "n_patients": len(rows),
+        "n_failed": int(len(rows) - len(ok)),
+        "pre": agreement.full_report(ok["ef"], ok["ef_ref"], config["bootstrap"], config["seed"]),
+        "post": agreement.full_report(post, ok["ef_ref"], config["bootstrap"], config["seed"]),
+    }
+    expert = rows[rows["status_expert"].map(is_measured)]
+    out["expert_masks"] = agreement.summary(expert["ef_expert"], expert["ef_ref"])
+    by_quality = {}
+    for quality, group in ok.groupby("quality"):
+        by_quality[str(quality)] = {"pre": agreement.summary(group["ef"], group["ef_ref"]),
+                                    "post": agreement.summary(calibration.apply(calibrator, group["ef"]), group["ef_ref"])}
+    out["by_quality"] = by_quality
+    return out
+
+
+def overlay_cases(test: pd.DataFrame, count: int) -> list[dict]:
+    """Best, median and worst test patients by absolute EF error."""
+    ok = test[test["status"].map(is_measured)].assign(error=lambda t: (t["ef"] - t["ef_ref"]).abs()).sort_values("error")
+    if ok.empty or count == 0:
+        return []
+    picks = [("best", 0), ("median", len(ok) // 2), ("worst", len(ok) - 1)][:count]
+    cases = []
+    for name, position in picks:
+        row = ok.iloc[position]
+        expert = dataset.load_frames(f"data/ingested/{row['patient']}.npz")
+        with np.load(f"data/predictions/{row['patient']}.npz") as data:
+            frames = {k: (f.image, f.label, data[f"{k[0]}_{k[1]}_label"], f.spacing_mm) for k, f in expert.items()}
+        cases.append({"title": f"{name} {row['patient']} EF {row['ef']:.0f} vs {row['ef_ref']:.0f}", "frames": frames})
+    return cases
+
+
+def main():
+    config = P.load()["evaluate"]
+    table = pd.read_csv("data/ef.csv")
+    calibrator = read_json("models/calibrator.json")
+    metrics = {subset: report(table[table["set"] == subset], calibrator, config) for subset in ("test", "val")}
+    write_json("metrics/ef.json", metrics)
+
+    test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
+    test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])
+    Path("plots").mkdir(exist_ok=True)
+    scatter = test[["patient", "ef_ref", "ef", "ef_calibrated"]].rename(columns={"ef": "ef_pred"})
+    write_csv("plots/ef_scatter.csv", scatter)
+    bland = pd.concat([
+        pd.DataFrame({"patient": test["patient"], "stage": stage, "mean": (v + test["ef_ref"]) / 2, "diff": v - test["ef_ref"]})
+        for stage, v in (("pre", test["ef"]), ("post", test["ef_calibrated"]))])
+    write_csv("plots/bland_altman.csv", bland)
+    pre, post = metrics["test"]["pre"], metrics["test"]["post"]
+    figures.scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], "plots/ef_scatter.png")
+    figures.bland_altman(test["ef_ref"], test["ef"], test["ef_calibrated"], pre, post, "plots/bland_altman.png")
+    figures.calibration_curve(lambda x: calibration.apply(calibrator, x), calibrator["ef_range"], "plots/calibration.png")
+    figures.confusion(post["confusion"], "plots/ef_classes.png")
+    figures.overlays(overlay_cases(table[table["set"] == "test"], config["overlays"]), "plots/overlays.png")
+    print(f"evaluate: test n={post['n']} (failed {metrics['test']['n_failed']}): MAE {pre['mae']:.2f} -> {post['mae']:.2f}, "
+          f"bias {pre['bias']:+.2f} -> {post['bias']:+.2f}, r {post['r']:.3f}")
+
+
+if __name__ == "__main__":
+    run(main)

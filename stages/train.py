@@ -1,0 +1,48 @@
+"""Train the U-Net on the training patients; keep the checkpoint with the best validation LV Dice."""
+
+import sys
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echoef import camus, dataset, model as M, params as P  # noqa: E402
+from echoef.io import read_json  # noqa: E402
+from echoef.stage import run  # noqa: E402
+
+
+def load_set(patients, size):
+    frames = [f for p in patients for f in dataset.load_frames(f"data/ingested/{p}.npz").values()]
+    images, labels, _ = dataset.grid_tensors(frames, size)
+    return images, labels
+
+
+def main():
+    config = P.load()["train"]
+    M.seed_everything(config["seed"])
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    device = M.resolve_device(config["device"])
+    split = read_json("data/split.json")
+    train_set = load_set(split["train"], config["input_size"])
+    val_set = load_set(split["val"], config["input_size"])
+    print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}")
+    net = M.build_unet(config)
+    with Live("metrics/train", dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        def log(epoch, row):
+            for key, value in row.items():
+                live.log_metric(key, value)
+            live.next_step()
+            print(f"epoch {epoch + 1}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+
+        state, best_epoch, history = M.train(net, train_set, val_set, config, device, log)
+    net.load_state_dict(state)
+    M.save_checkpoint("models/segmenter.pt", net, config,
+                      {"best_epoch": best_epoch, "val_dice_lv": history[best_epoch]["val_dice_lv"],
+                       "train_patients": split["train"], "val_patients": split["val"]})
+    print(f"train: best epoch {best_epoch + 1}, validation LV Dice {history[best_epoch]['val_dice_lv']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)
