@@ -16,13 +16,13 @@ import SimpleITK as sitk
 QUALITIES = ("Good", "Medium", "Poor")
 NOISE_BY_QUALITY = {"Good": 0.25, "Medium": 0.45, "Poor": 0.7}
 # Grids as in the real data: 4CH isotropic, 2CH coarser and anisotropic; (rows, cols), mm.
-GRIDS = {"4CH": ((240, 288), (0.5, 0.5)), "2CH": ((160, 160), (0.75, 0.9))}
+GRIDS = {"4CH": ((256, 288), (0.58, 0.58)), "2CH": ((176, 176), (0.85, 0.95))}
 SECTOR_HALF_ANGLE_DEG = 38
 
 
 def draw_patient(rng: np.random.Generator) -> dict:
     """Random anatomy of one patient: ED geometry in mm, EF, wall thickness, tilt, quality."""
-    length_ed = rng.uniform(70, 95)
+    length_ed = rng.uniform(65, 90)
     radius_2ch_ed = rng.uniform(19, 27)
     radius_4ch_ed = radius_2ch_ed * rng.uniform(0.85, 1.15)
     ef = rng.uniform(15, 80)
@@ -37,7 +37,7 @@ def draw_patient(rng: np.random.Generator) -> dict:
         "wall_mm": rng.uniform(7, 12),
         "tilt_deg": {"2CH": rng.uniform(-10, 10), "4CH": rng.uniform(-10, 10)},
         "apex_depth_mm": rng.uniform(12, 22),
-        "atrium_mm": (rng.uniform(16, 22), rng.uniform(18, 26)),
+        "atrium_mm": (rng.uniform(15, 21), rng.uniform(14, 20)),
         "quality": QUALITIES[int(rng.integers(0, 3))],
         "age": int(rng.integers(25, 90)),
         "sex": "MF"[int(rng.integers(0, 2))],
@@ -76,6 +76,8 @@ def render_frame(anatomy: dict, view: str, phase: str, rng: np.random.Generator)
     atrium_r, atrium_l = anatomy["atrium_mm"]
     atrium = ((s - length - atrium_l) / atrium_l) ** 2 + (t / atrium_r) ** 2 <= 1
     atrium &= (s > length + 1.0) & ~myocardium
+    atrium_wall = ((s - length - atrium_l) / (atrium_l + 3)) ** 2 + (t / (atrium_r + 3)) ** 2 <= 1
+    atrium_wall &= ~atrium & ~outer
     label = np.zeros((n_rows, n_cols), dtype=np.uint8)
     label[myocardium] = 2
     label[atrium] = 3
@@ -83,9 +85,10 @@ def render_frame(anatomy: dict, view: str, phase: str, rng: np.random.Generator)
     # Echo appearance: tissue mid-grey, blood dark, myocardium and valve plane bright.
     echogenicity = np.full((n_rows, n_cols), 0.35)
     echogenicity[myocardium] = 0.8
+    echogenicity[atrium_wall] = 0.6
     echogenicity[cavity | atrium] = 0.06
-    valve = (np.abs(s - length - 0.5) < 0.8) & (np.abs(t) < radius) & ~cavity
-    echogenicity[valve] = 0.6
+    valve = (np.abs(s - length - 0.5) < 1.0) & (np.abs(t) < radius + wall) & ~cavity
+    echogenicity[valve] = 0.75
     sector = np.abs(np.arctan2(lateral, depth)) <= np.deg2rad(SECTOR_HALF_ANGLE_DEG)
     speckle = rng.rayleigh(scale=np.sqrt(2 / np.pi), size=(n_rows, n_cols))  # mean 1
     noise = NOISE_BY_QUALITY[anatomy["quality"]]

@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+from skimage.measure import find_contours
+
+from conftest import CAMUS, needs_shared
+from echoef import camus, simpson
+
+
+def reference_chord(contour):
+    """The published algorithm's basal-chord search, loop for loop (slow)."""
+    best, best_i, best_j = 0, 0, 0
+    for i in range(2, len(contour)):
+        diff = contour[:i] - contour[i]
+        angles = np.abs(np.degrees(np.arctan2(diff[:, 0], diff[:, 1])))
+        for j in np.nonzero(angles <= 45)[0]:
+            between = contour[j + 1 : i]
+            if len(between) == 0:
+                continue
+            d = contour[j] - contour[i]
+            w = contour[i] - between
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dist = np.abs(d[0] * w[:, 1] - d[1] * w[:, 0]) / np.linalg.norm(d)
+            if np.all(dist <= 8):
+                length = np.linalg.norm(d)
+                if best < length:
+                    best, best_i, best_j = length, i, j
+    return best_j, best_i
+
+
+def ellipse_mask(shape, spacing_mm, centre_mm, semi_axes_mm, tilt_deg=0.0):
+    rows = (np.arange(shape[0]) + 0.5)[:, None] * spacing_mm[0] - centre_mm[0]
+    cols = (np.arange(shape[1]) + 0.5)[None, :] * spacing_mm[1] - centre_mm[1]
+    t = np.deg2rad(tilt_deg)
+    s = rows * np.cos(t) + cols * np.sin(t)
+    u = -rows * np.sin(t) + cols * np.cos(t)
+    return (s / semi_axes_mm[0]) ** 2 + (u / semi_axes_mm[1]) ** 2 <= 1
+
+
+def half_ellipse(shape, spacing_mm, length_mm, radius_mm, apex_mm=10.0):
+    """Apical half of an ellipse: the LV cut of a prolate half-ellipsoid, base plane horizontal."""
+    mask = ellipse_mask(shape, spacing_mm, (apex_mm + length_mm, shape[1] * spacing_mm[1] / 2), (length_mm, radius_mm))
+    rows = (np.arange(shape[0]) + 0.5)[:, None] * spacing_mm[0]
+    return mask & (rows <= apex_mm + length_mm)
+
+
+def test_square_pixels_matches_pil_nearest():
+    rng = np.random.default_rng(0)
+    mask = (rng.random((61, 47)) > 0.5).astype(np.uint8)
+    out, iso = simpson.square_pixels(mask, (0.3, 0.77))
+    expected = np.array(Image.fromarray(mask).resize((121, 61), resample=Image.NEAREST))
+    assert iso == 0.3 and out.shape == (61, 121)
+    np.testing.assert_array_equal(out, expected)
+
+
+@needs_shared
+@pytest.mark.parametrize("patient", ["patient0001", "patient0141", "patient0300"])
+def test_basal_chord_matches_reference_loops(patient):
+    study = camus.read_study(CAMUS / "database_nifti" / patient)
+    for (view, phase), frame in study.frames.items():
+        iso, _ = simpson.square_pixels((frame.label == 1).astype(np.uint8), frame.spacing_mm)
+        contour = find_contours(iso, 0.5)[0]
+        assert simpson.basal_chord(contour) == reference_chord(contour), (view, phase)
+
+
+@needs_shared
+def test_reference_ef_on_all_camus_patients():
+    """Issue 3: the expert masks of all 449 patients reproduce the stored EF."""
+    errors = []
+    for folder in camus.find_patients(CAMUS):
+        study = camus.read_study(folder)
+        geometries = {k: simpson.lv_geometry(f.label == 1, f.spacing_mm) for k, f in study.frames.items()}
+        errors.append(simpson.volumes(geometries, "simpson_biplane").ef - study.ef_ref)
+    errors = np.abs(errors)
+    assert len(errors) == 449
+    assert errors.mean() == pytest.approx(1.109, abs=0.001)
+    assert (errors == 0).mean() >= 0.40
+    assert (errors <= 1).mean() >= 0.78
+
+
+def test_ellipsoid_volumes_within_3_percent():
+    """A prolate half-ellipsoid cut by two orthogonal planes: disc volumes vs 2/3 pi a b L."""
+    length, a, b = 80.0, 24.0, 20.0
+    g2 = simpson.lv_geometry(half_ellipse((400, 300), (0.25, 0.25), length, a), (0.25, 0.25))
+    g4 = simpson.lv_geometry(half_ellipse((400, 300), (0.25, 0.25), length, b), (0.25, 0.25))
+    result = simpson.simpson_biplane(g2, g2, g4, g4)
+    true_ml = 2 / 3 * np.pi * a * b * length / 1000
+    assert result.edv_ml == pytest.approx(true_ml, rel=0.03)
+    assert result.ef == 0
+
+
+def test_anisotropic_spacing_gives_the_same_volume():
+    """The same physical ellipse sampled on square and on anisotropic pixels."""
+    length, radius = 75.0, 22.0
+    square = simpson.lv_geometry(half_ellipse((400, 300), (0.3, 0.3), length, radius), (0.3, 0.3))
+    aniso = simpson.lv_geometry(half_ellipse((200, 300), (0.6, 0.3), length, radius), (0.6, 0.3))
+    v_square = simpson.simpson_single_plane(square, square, "4CH").edv_ml
+    v_aniso = simpson.simpson_single_plane(aniso, aniso, "4CH").edv_ml
+    assert v_aniso == pytest.approx(v_square, rel=0.03)
+    assert aniso.long_axis_mm == pytest.approx(square.long_axis_mm, rel=0.02)
+
+
+@settings(max_examples=15, deadline=None)
+@given(scale=st.floats(1.0, 2.5), length=st.floats(50, 90), radius=st.floats(15, 28), ef_scale=st.floats(0.6, 0.9))
+def test_ef_unchanged_when_spacing_scales(scale, length, radius, ef_scale):
+    """Same masks, spacing times k: volumes scale by k^3 (before rounding), EF stays (rounding aside)."""
+    spacing = (0.6, 0.6)  # volumes of 50+ mL, so rounding to whole mL moves EF by at most 1
+    ed = half_ellipse((180, 120), spacing, length, radius)
+    es = half_ellipse((180, 120), spacing, length * 0.97, radius * ef_scale)
+    base = [simpson.lv_geometry(m, spacing) for m in (ed, es)]
+    scaled = [simpson.lv_geometry(m, (spacing[0] * scale, spacing[1] * scale)) for m in (ed, es)]
+    v_base = simpson.simpson_biplane(base[0], base[1], base[0], base[1])
+    v_scaled = simpson.simpson_biplane(scaled[0], scaled[1], scaled[0], scaled[1])
+    np.testing.assert_allclose(scaled[0].diameters_mm, base[0].diameters_mm * scale)
+    assert v_scaled.edv_ml == pytest.approx(v_base.edv_ml * scale**3, abs=0.5 * scale**3 + 0.5)
+    assert abs(v_scaled.ef - v_base.ef) <= 1
+
+
+@settings(max_examples=8, deadline=None)
+@given(length=st.floats(60, 90), radius=st.floats(18, 28), ef_scale=st.floats(0.6, 0.9))
+def test_ef_stable_when_resolution_doubles(length, radius, ef_scale):
+    """The same physical LV on a grid twice as fine: EF within 2 points (the reference's 8-pixel
+    constants are in pixels, so it is not exactly resolution invariant)."""
+    def ef(spacing, shape):
+        ed = half_ellipse(shape, spacing, length, radius)
+        es = half_ellipse(shape, spacing, length * 0.97, radius * ef_scale)
+        g = [simpson.lv_geometry(m, spacing) for m in (ed, es)]
+        return simpson.simpson_biplane(g[0], g[1], g[0], g[1]).ef
+
+    assert abs(ef((0.3, 0.3), (400, 260)) - ef((0.15, 0.15), (800, 520))) <= 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["empty", "tiny", "noise", "line"]))
+def test_degenerate_masks_give_a_status(seed, kind):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((60, 50), dtype=bool)
+    if kind == "tiny":
+        r, c = rng.integers(1, 55), rng.integers(1, 45)
+        mask[r : r + 3, c : c + 3] = True
+    elif kind == "noise":
+        mask = rng.random((60, 50)) < 0.02
+    elif kind == "line":
+        mask[5:55, 25] = True
+    with pytest.raises(simpson.LVGeometryError) as error:
+        simpson.lv_geometry(mask, (0.5, 0.5))
+    assert error.value.status in {"empty_mask", "tiny_mask", "no_basal_chord"}
+
+
+def test_several_components_and_holes_use_the_largest_filled():
+    lv = half_ellipse((300, 240), (0.3, 0.3), 60.0, 18.0)
+    clean = simpson.lv_geometry(lv, (0.3, 0.3))
+    messy = lv.copy()
+    messy[150:156, 118:124] = False  # a hole
+    messy[5:12, 5:12] = True  # a stray island
+    g = simpson.lv_geometry(messy, (0.3, 0.3))
+    assert g.n_components == 2
+    np.testing.assert_array_equal(g.diameters_mm, clean.diameters_mm)
+
+
+def test_border_contact_is_measured_and_flagged():
+    lv = half_ellipse((166, 240), (0.3, 0.3), 40.0, 18.0)  # the base on the last row, as in patient0141
+    g = simpson.lv_geometry(lv, (0.3, 0.3))
+    assert g.touches_border and g.long_axis_mm > 0
+
+
+def test_area_length_and_ef():
+    assert simpson.ejection_fraction(100.0, 40.0) == 60.0
+    assert np.isnan(simpson.ejection_fraction(0.0, 0.0))
+    lv = half_ellipse((400, 300), (0.25, 0.25), 80.0, 22.0)
+    g = simpson.lv_geometry(lv, (0.25, 0.25))
+    v = simpson.area_length(g, g, g, g)
+    expected = 8 / (3 * np.pi) * g.area_mm2 ** 2 / g.long_axis_mm / 1000
+    assert v.edv_ml == round(expected)
+    with pytest.raises(ValueError, match="allowed"):
+        simpson.volumes({}, "teichholz")
