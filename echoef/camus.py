@@ -6,7 +6,9 @@ Arrays come out (H, W) as SimpleITK returns them, apex at the top, with their (r
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,10 +122,22 @@ def frame_path(patient_dir: Path, view: str, phase: str, layout: str, gt: bool =
     return patient_dir / f"{patient_dir.name}_{view}_{phase}{suffix}{EXTENSIONS[layout]}"
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices."""
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as error:
+        raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
+
+
 def read_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     """Read a 2D image (a trailing singleton slice is dropped) and its (row, col) spacing in mm."""
     if not path.is_file():
         raise StudyError("missing_frame", f"{path.name} not found")
+    if path.name.endswith(".gz"):
+        _check_gzip_complete(path)
     try:
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image)

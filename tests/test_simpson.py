@@ -102,10 +102,11 @@ def test_anisotropic_spacing_gives_the_same_volume():
 
 
 @settings(max_examples=15, deadline=None)
-@given(scale=st.floats(1.0, 2.5), length=st.floats(50, 90), radius=st.floats(15, 28), ef_scale=st.floats(0.6, 0.9))
+@given(scale=st.floats(1.0, 2.5), length=st.floats(70, 90), radius=st.floats(20, 28), ef_scale=st.floats(0.6, 0.9))
 def test_ef_unchanged_when_spacing_scales(scale, length, radius, ef_scale):
-    """Same masks, spacing times k: volumes scale by k^3 (before rounding), EF stays (rounding aside)."""
-    spacing = (0.6, 0.6)  # volumes of 50+ mL, so rounding to whole mL moves EF by at most 1
+    """Same masks, spacing times k: diameters and axis scale by k, volumes by k^3; EF moves only by
+    the reference's rounding of volumes to whole mL (at most 2 points for volumes over 50 mL)."""
+    spacing = (0.6, 0.6)
     ed = half_ellipse((180, 120), spacing, length, radius)
     es = half_ellipse((180, 120), spacing, length * 0.97, radius * ef_scale)
     base = [simpson.lv_geometry(m, spacing) for m in (ed, es)]
@@ -114,7 +115,8 @@ def test_ef_unchanged_when_spacing_scales(scale, length, radius, ef_scale):
     v_scaled = simpson.simpson_biplane(scaled[0], scaled[1], scaled[0], scaled[1])
     np.testing.assert_allclose(scaled[0].diameters_mm, base[0].diameters_mm * scale)
     assert v_scaled.edv_ml == pytest.approx(v_base.edv_ml * scale**3, abs=0.5 * scale**3 + 0.5)
-    assert abs(v_scaled.ef - v_base.ef) <= 1
+    assert scaled[1].long_axis_mm == pytest.approx(base[1].long_axis_mm * scale)
+    assert abs(v_scaled.ef - v_base.ef) <= 2
 
 
 @settings(max_examples=8, deadline=None)
@@ -160,7 +162,8 @@ def test_several_components_and_holes_use_the_largest_filled():
 
 
 def test_border_contact_is_measured_and_flagged():
-    lv = half_ellipse((166, 240), (0.3, 0.3), 40.0, 18.0)  # the base on the last row, as in patient0141
+    lv = half_ellipse((171, 240), (0.3, 0.3), 40.0, 18.0)
+    lv[160:, 100:103] = True  # a few base pixels reach the last row, as in patient0141's 2CH ED
     g = simpson.lv_geometry(lv, (0.3, 0.3))
     assert g.touches_border and g.long_axis_mm > 0
 

@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from echoef import agreement, calibration, geometry, params, split
+
+PRED = np.array([55.0, 60, 35, 48, 70, 25, 52, 61])
+REF = np.array([52.0, 63, 30, 50, 66, 31, 50, 58])
+
+
+def test_summary_against_independent_numbers():
+    s = agreement.summary(PRED, REF)
+    diff = PRED - REF
+    assert s["n"] == 8 and s["bias"] == pytest.approx(0.75)
+    assert s["mae"] == pytest.approx(3.5) and s["sd"] == pytest.approx(np.std(diff, ddof=1))
+    assert s["loa_high"] == pytest.approx(0.75 + 1.96 * np.std(diff, ddof=1))
+    assert s["r"] == pytest.approx(stats.pearsonr(PRED, REF)[0])
+    assert s["r2"] == pytest.approx(1 - ((REF - PRED) ** 2).sum() / ((REF - REF.mean()) ** 2).sum())
+    assert s["within_5"] == pytest.approx(7 / 8)
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
+    a = agreement.bootstrap_ci(PRED, REF, 500, seed=1)
+    assert a == agreement.bootstrap_ci(PRED, REF, 500, seed=1)
+    assert a["mae_ci"][0] < 3.5 < a["mae_ci"][1]
+
+
+def test_classification_counts():
+    c = agreement.classification(np.array([30.0, 45, 55, 35]), np.array([35.0, 38, 60, 45]))
+    assert c["confusion"] == [[1, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert c["sensitivity_ef_lt_40"] == 0.5 and c["specificity_ef_lt_40"] == 0.5
+
+
+def test_calibrators():
+    lin = calibration.fit(PRED, 2 * PRED - 10, "linear", (5, 95), "val")
+    assert lin["slope"] == pytest.approx(2) and lin["intercept"] == pytest.approx(-10)
+    assert calibration.apply(lin, np.array([40.0, 60.0, np.nan]))[:2].tolist() == [70, 95]  # clipped
+    iso = calibration.fit(PRED, REF, "isotonic", (5, 95), "val")
+    out = calibration.apply(iso, PRED)
+    assert np.all(np.diff(out[np.argsort(PRED)]) >= 0)
+    assert calibration.apply(calibration.fit(PRED, REF, "none", (0, 100), "val"), PRED).tolist() == PRED.tolist()
+
+
+def test_letterbox_keeps_the_physical_aspect():
+    box = geometry.letterbox((224, 224), (0.535, 0.755), 128)
+    assert (box.height, box.width) == (91, 128) and box.top == 18
+    label = np.zeros((224, 224), dtype=np.uint8)
+    label[60:150, 80:140] = 1
+    grid = geometry.labels_to_grid(label, box)
+    scores = np.stack([(grid == 0).numpy(), (grid == 1).numpy()]).astype(np.float32)
+    back = geometry.to_native(__import__("torch").as_tensor(scores), box).argmax(0).numpy()
+    assert back.shape == (224, 224) and (back == label).mean() > 0.99
+
+
+def test_params_errors_name_the_key():
+    good = params.load()
+    bad = {**good, "train": {**good["train"], "epochs": "ten"}}
+    with pytest.raises(params.ParamsError, match="train.epochs"):
+        params.validate(bad)
+    with pytest.raises(params.ParamsError, match="unknown key 'train.epoch'"):
+        params.validate({**good, "train": {**good["train"], "epoch": 3}})
+    with pytest.raises(params.ParamsError, match="calibration.method.*'linear'"):
+        params.validate({**good, "calibration": {**good["calibration"], "method": "cubic"}})
+
+
+def test_stratified_split_covers_everyone_once():
+    cohort = pd.DataFrame({"patient": [f"p{i:03d}" for i in range(60)], "ef_ref": np.linspace(15, 80, 60),
+                           "quality_2ch": ["Good", "Medium", "Poor"] * 20})
+    s = split.assign(cohort, None, 0.2, 0.2, seed=0)
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(cohort["patient"])
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (36, 12, 12)
+    lists = split.assign(cohort, {"train": ["p000", "p001"], "val": ["p002"], "test": ["p003", "zzz"]}, 0.2, 0.2, 0)
+    assert lists["test"] == ["p003"] and len(lists["train"]) == 58
+    with pytest.raises(split.SplitError, match="val set empty"):
+        split.assign(cohort, {"train": ["p000"], "val": [], "test": ["p003"]}, 0.2, 0.2, 0)
