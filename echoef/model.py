@@ -98,9 +98,12 @@ def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator:
     grid = F.affine_grid(theta, images.shape, align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    # Gamma on each image rescaled to [0, 1] (images are zero-mean normalised), then back.
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    span = images.amax(dim=(1, 2, 3), keepdim=True) - low + 1e-6
     gamma = torch.exp(uniform(-1, 1) * config["gamma"]).view(n, 1, 1, 1)
     gain = (1 + 0.2 * uniform(-1, 1)).view(n, 1, 1, 1)
-    images = (images.clamp(min=0) ** gamma) * gain
+    images = (((images - low) / span) ** gamma * span + low) * gain
     noise = torch.randn(images.shape, generator=generator, device="cpu").to(device)
     images = images + config["noise_std"] * uniform(0, 1).view(n, 1, 1, 1) * noise
     return images, labels

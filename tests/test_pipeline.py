@@ -1,0 +1,94 @@
+"""End to end: the real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+TINY = {
+    ("data", "phantom", "n_patients"): 10,
+    ("train", "epochs"): 1,
+    ("train", "input_size"): 64,
+    ("train", "encoder_depth"): 3,
+    ("evaluate", "bootstrap"): 50,
+    ("evaluate", "overlays"): 1,
+}
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for keys, value in TINY.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny", "--allow-empty"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_outputs(repo):
+    ef = json.loads((repo / "metrics/ef.json").read_text())
+    post = ef["test"]["post"]
+    for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "n", "mae_ci"):
+        assert key in post and key in ef["test"]["pre"]
+    assert ef["test"]["n_patients"] == post["n"] + ef["test"]["n_failed"] == 2
+    seg = json.loads((repo / "metrics/segmentation.json").read_text())
+    assert {"dice_lv_ed", "dice_lv_es", "dice_myo_ed", "dice_la_es"} <= set(seg["test"])
+    calibrator = json.loads((repo / "models/calibrator.json").read_text())
+    assert calibrator["fit_set"] == "val" and calibrator["n"] <= 2
+    split = json.loads((repo / "data/split.json").read_text())
+    assert not set(split["train"]) & set(split["test"]) and split["source"] == "stratified"
+    for png in ("ef_scatter", "bland_altman", "calibration", "ef_classes", "overlays"):
+        assert (repo / f"plots/{png}.png").stat().st_size > 1000
+    table = __import__("pandas").read_csv(repo / "data/ef.csv")
+    assert set(table["set"]) == {"val", "test"} and (table["method"] == "simpson_biplane").all()
+
+
+def test_nothing_to_do_then_only_calibration_reruns(repo):
+    assert "up to date" in run(["dvc", "repro"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["calibration"]["method"] = "none"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = run(["dvc", "repro", "--dry"], repo)
+    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert ran == {"calibrate", "evaluate"}
+    run(["dvc", "repro"], repo)
+    assert json.loads((repo / "models/calibrator.json").read_text())["method"] == "none"
+    run(["dvc", "metrics", "show"], repo)
+    assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
+
+
+def test_a_bad_parameter_stops_with_the_key(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ef"]["method"] = "teichholz"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run([sys.executable, "stages/ef.py"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "ef.method = 'teichholz' is not allowed" in result.stderr and "Traceback" not in result.stderr
