@@ -40,7 +40,7 @@ def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int)
     """95% percentile intervals over patient-level resamples for MAE, bias, r and the LoA."""
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
     if n_resamples == 0 or len(pred) < 3:
-        return {}
+        return {f"{k}_ci": [float("nan"), float("nan")] for k in CI_KEYS}  # same keys, no interval
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(pred), size=(n_resamples, len(pred)))
     diff = pred[idx] - ref[idx]
