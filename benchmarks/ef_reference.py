@@ -28,7 +28,7 @@ def main():
           f"python {platform.python_version()}, numpy {np.__version__}")
     timings = []
     for study in studies:
-        frames = {k: (f.label, f.spacing_mm) for k, f in study.frames.items()}
+        frames = ef.label_maps(study.frames)
         start = time.perf_counter()
         ef.patient_ef(frames, "simpson_biplane")
         timings.append(time.perf_counter() - start)
@@ -36,7 +36,7 @@ def main():
           f"(p90 {1000 * np.percentile(timings, 90):.1f}, max {1000 * max(timings):.1f})")
     print(f"{'method':28s} {'n':>4s} {'failed':>6s} {'MAE':>6s} {'bias':>6s} {'r':>6s} {'exact':>6s} {'<=1':>6s}")
     for method in simpson.METHODS:
-        rows = [ef.patient_ef({k: (f.label, f.spacing_mm) for k, f in s.frames.items()}, method) for s in studies]
+        rows = [ef.patient_ef(ef.label_maps(s.frames), method) for s in studies]
         ok = [ef.is_measured(r["status"]) for r in rows]
         pred = np.array([r["ef"] for r, good in zip(rows, ok) if good])
         ref = np.array([s.ef_ref for s, good in zip(studies, ok) if good])
@@ -49,7 +49,7 @@ def main():
               "(another quantity than the 2023 EF)")
         for folder in camus.find_patients(args.sample2019):
             study = camus.read_study(folder)
-            row = ef.patient_ef({k: (f.label, f.spacing_mm) for k, f in study.frames.items()}, "simpson_biplane")
+            row = ef.patient_ef(ef.label_maps(study.frames), "simpson_biplane")
             print(f"  {study.patient}: EF {row['ef']:.0f} (EDV {row['edv_ml']:.0f}, ESV {row['esv_ml']:.0f} mL)   "
                   f"LVef {study.ef_ref:.1f} (LVedv {study.cohort_row()['edv_ref_ml']}, LVesv {study.cohort_row()['esv_ref_ml']})")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import camus, simpson
-from .ef import patient_ef
+from .ef import label_maps, patient_ef
 from .io import write_csv
 
 
@@ -23,7 +23,7 @@ def ef_command(args) -> int:
             rows.append({"patient": folder.name, "method": args.method, "edv_ml": None, "esv_ml": None,
                          "ef": None, "ef_ref": None, "status": f"unreadable:{error.reason}"})
             continue
-        result = patient_ef({k: (f.label, f.spacing_mm) for k, f in study.frames.items()}, args.method)
+        result = patient_ef(label_maps(study.frames), args.method)
         rows.append({"patient": study.patient, **result, "ef_ref": study.ef_ref})
     if not rows:
         print(f"error: no patientXXXX folder under {args.root}", file=sys.stderr)

@@ -45,8 +45,6 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
     rows, exclusions = [], []
     for folder in tqdm(folders, desc="ingest", mininterval=5):
         try:
-            if folder.name in {r["patient"] for r in rows}:
-                raise camus.StudyError("duplicate_patient", "a patient of this name was already ingested")
             study = camus.read_study(folder)
             _check_study(study)
         except camus.StudyError as error:

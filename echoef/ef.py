@@ -36,6 +36,11 @@ def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
     return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status}
 
 
+def label_maps(frames: dict[tuple[str, str], camus.Frame]) -> dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]:
+    """The (label map, spacing) pairs that ``patient_ef`` takes, from frames with labels."""
+    return {key: (frame.label, frame.spacing_mm) for key, frame in frames.items()}
+
+
 def is_measured(status) -> bool:
     """Whether a row's status carries an EF (ok, possibly with a warning)."""
     return str(status).startswith("ok")

@@ -43,7 +43,7 @@ def bland_altman(ref, pre, post, stats_pre: dict, stats_post: dict, path) -> Non
     _save(fig, path)
 
 
-def calibration_curve(calibrator_fn, ef_range, path) -> None:
+def calibration_curve(calibrator_fn, path) -> None:
     """The fitted mapping from raw to calibrated EF."""
     x = np.linspace(0, 100, 201)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .io import atomic_path
+
 N_CLASSES = 4  # background, LV cavity, myocardium, left atrium
 
 
@@ -35,8 +37,6 @@ MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels",
 
 def save_checkpoint(path, model: torch.nn.Module, config: dict, extra: dict) -> None:
     """Weights plus the configuration that built them, so inference rebuilds the same network."""
-    from .io import atomic_path
-
     state = {"model_config": {k: config[k] for k in MODEL_KEYS}, "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -15,8 +15,8 @@ LV, MYO, LA = camus.LABELS["lv_cavity"], camus.LABELS["myocardium"], camus.LABEL
 
 
 def postprocess(label: np.ndarray) -> np.ndarray:
-    """One LV component without holes (holes become LV, stray LV islands become myocardium if they
-    touch it, else background), and only the largest atrium component."""
+    """One LV component without holes (holes become LV, stray LV islands background), and only the
+    largest atrium component."""
     label = label.copy()
     lv, _ = clean_lv_mask(label == LV)
     stray = (label == LV) & ~lv

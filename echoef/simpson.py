@@ -145,10 +145,9 @@ class _Chords:
 
     def in_band(self, k: np.ndarray) -> np.ndarray:
         """Whether contour point k (one per chord, or a (chords, points) array) is within 8 px."""
-        w_row = self.rows[self.i].reshape(-1, *([1] * (k.ndim - 1))) - self.rows[k]
-        w_col = self.cols[self.i].reshape(-1, *([1] * (k.ndim - 1))) - self.cols[k]
-        shape = (-1, *([1] * (k.ndim - 1)))
-        cross = self.d_row.reshape(shape) * w_col - self.d_col.reshape(shape) * w_row
+        shape = (-1,) + (1,) * (k.ndim - 1)  # one chord per row of k
+        i, d_row, d_col = self.i.reshape(shape), self.d_row.reshape(shape), self.d_col.reshape(shape)
+        cross = d_row * (self.cols[i] - self.cols[k]) - d_col * (self.rows[i] - self.rows[k])
         return cross * cross <= (2 * CHORD_MAX_DEVIATION_PX) ** 2 * self.length2.reshape(shape)
 
     def in_band_at(self, fraction: float) -> np.ndarray:

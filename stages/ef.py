@@ -8,7 +8,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echoef import camus, dataset, params as P  # noqa: E402
-from echoef.ef import patient_ef  # noqa: E402
+from echoef.ef import label_maps, patient_ef  # noqa: E402
 from echoef.io import read_json, write_csv  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
@@ -24,7 +24,7 @@ def main():
             with np.load(f"data/predictions/{patient}.npz") as data:
                 predicted = {(v, p): (data[f"{v}_{p}_label"], tuple(data[f"{v}_{p}_spacing_mm"])) for v, p in camus.FRAME_KEYS}
             pred = patient_ef(predicted, method)
-            ceiling = patient_ef({k: (f.label, f.spacing_mm) for k, f in expert.items()}, method)
+            ceiling = patient_ef(label_maps(expert), method)
             rows.append({"patient": patient, "set": subset, **pred,
                          "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
                          "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import agreement, calibration, camus, dataset, figures, params as P  # noqa: E402
+from echoef import agreement, calibration, dataset, figures, params as P  # noqa: E402
 from echoef.ef import is_measured  # noqa: E402
 from echoef.io import read_json, write_csv, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
@@ -68,7 +68,7 @@ def main():
     pre, post = metrics["test"]["pre"], metrics["test"]["post"]
     figures.scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], "plots/ef_scatter.png")
     figures.bland_altman(test["ef_ref"], test["ef"], test["ef_calibrated"], pre, post, "plots/bland_altman.png")
-    figures.calibration_curve(lambda x: calibration.apply(calibrator, x), calibrator["ef_range"], "plots/calibration.png")
+    figures.calibration_curve(lambda x: calibration.apply(calibrator, x), "plots/calibration.png")
     figures.confusion(post["confusion"], "plots/ef_classes.png")
     figures.overlays(overlay_cases(table[table["set"] == "test"], config["overlays"]), "plots/overlays.png")
     print(f"evaluate: test n={post['n']} (failed {metrics['test']['n_failed']}): MAE {pre['mae']:.2f} -> {post['mae']:.2f}, "

@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import camus, dataset, model as M, params as P, segmentation as S  # noqa: E402
+from echoef import dataset, model as M, params as P, segmentation as S  # noqa: E402
 from echoef.io import read_json, write_csv, write_json, write_npz  # noqa: E402
 from echoef.stage import run  # noqa: E402
 

@@ -7,7 +7,7 @@ import torch
 from dvclive import Live
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import camus, dataset, model as M, params as P  # noqa: E402
+from echoef import dataset, model as M, params as P  # noqa: E402
 from echoef.io import read_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 

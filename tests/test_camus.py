@@ -70,7 +70,7 @@ def test_ingest_excludes_broken_patients_with_a_reason(phantom_root, tmp_path, f
     import SimpleITK as sitk
 
     root = tmp_path / "root" / "database_nifti"
-    good = _copy_patient(camus.find_patients(phantom_root)[0], root / "patient0001")
+    _copy_patient(camus.find_patients(phantom_root)[0], root / "patient0001")
     bad = _copy_patient(camus.find_patients(phantom_root)[1], root / "patient0002")
     gt = bad / "patient0002_4CH_ES_gt.nii.gz"
     if fault == "missing":
