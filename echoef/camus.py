@@ -132,21 +132,36 @@ def _check_gzip_complete(path: Path) -> None:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
 
 
+MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
+
+
 def read_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read a 2D image (a trailing singleton slice is dropped) and its (row, col) spacing in mm."""
+    """Read a 2D image (a trailing singleton slice is dropped) and its (row, col) spacing in mm.
+
+    The header is checked before any pixel is read, so a corrupt size cannot exhaust memory.
+    """
     if not path.is_file():
         raise StudyError("missing_frame", f"{path.name} not found")
     if path.name.endswith(".gz"):
         _check_gzip_complete(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) not in (2, 3) or (len(size) == 3 and size[2] != 1) or min(size) < 1 or np.prod(size) > MAX_PIXELS:
+            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, the header says size {size}")
+        image = reader.Execute()
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as error:
-        raise StudyError("unreadable_file", f"{path.name}: {str(error).strip().splitlines()[-1][:200]}") from error
+        message = str(error).strip().splitlines()[-1][:200]
+        # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.
+        reason = "bad_spacing" if "spacing" in message.lower() else "unreadable_file"
+        raise StudyError(reason, f"{path.name}: {message}") from error
     spacing = image.GetSpacing()
-    if array.ndim == 3 and array.shape[0] == 1:
+    if array.ndim == 3:
         array = array[0]
-    if array.ndim != 2 or min(array.shape) < 2:
+    if min(array.shape) < 2:
         raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, got shape {array.shape}")
     spacing_mm = (float(spacing[1]), float(spacing[0]))  # SimpleITK spacing is (x=col, y=row)
     if not all(np.isfinite(spacing_mm)) or min(spacing_mm) <= 0:

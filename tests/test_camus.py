@@ -110,3 +110,43 @@ def test_ingest_with_no_patient_fails_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(dataset.IngestError, match="no patientXXXX folder"):
         dataset.ingest(tmp_path / "empty", tmp_path / "out", strict=False)
+
+
+@needs_shared
+@pytest.mark.parametrize("fault,reason", [
+    ("missing_raw", "unreadable_file"),
+    ("truncated_raw", "unreadable_file"),
+    ("zero_spacing", "bad_spacing"),
+    ("labels", "bad_labels"),
+    ("missing_cfg_ef", "bad_reference_ef"),
+])
+def test_ingest_excludes_broken_2019_patients(tmp_path, fault, reason):
+    import shutil
+
+    import SimpleITK as sitk
+
+    for name in ("patient0001", "patient0002"):
+        shutil.copytree(CAMUS_2019 / name, tmp_path / "root" / name)
+    bad = tmp_path / "root" / "patient0002"
+    raw = bad / "patient0002_4CH_ED_gt.raw"
+    header = bad / "patient0002_4CH_ED_gt.mhd"
+    if fault == "missing_raw":
+        raw.unlink()
+    elif fault == "truncated_raw":
+        raw.write_bytes(raw.read_bytes()[:1000])
+    elif fault == "zero_spacing":
+        header.write_text(header.read_text().replace("ElementSpacing = 0.308", "ElementSpacing = 0"))
+    elif fault == "labels":
+        image = sitk.ReadImage(str(header))
+        array = sitk.GetArrayFromImage(image)
+        array[0, 0, 0] = 9
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(header))
+    else:
+        for view in ("2CH", "4CH"):
+            cfg = bad / f"Info_{view}.cfg"
+            cfg.write_text("\n".join(l for l in cfg.read_text().splitlines() if not l.startswith("LVef")) + "\n")
+    cohort, exclusions = dataset.ingest(tmp_path / "root", tmp_path / "out", strict=False)
+    assert cohort["patient"].tolist() == ["patient0001"] and cohort["layout"].tolist() == ["2019"]
+    assert exclusions[["patient", "reason"]].values.tolist() == [["patient0002", reason]]

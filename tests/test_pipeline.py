@@ -71,6 +71,14 @@ def test_outputs(repo):
     assert set(table["set"]) == {"val", "test"} and (table["method"] == "simpson_biplane").all()
 
 
+def test_forced_rerun_gives_identical_metrics(repo):
+    """Same params, seeds and data on CPU: `dvc repro -f` reproduces every metrics file exactly."""
+    files = ["metrics/ef.json", "metrics/segmentation.json", "metrics/ingest.json", "models/calibrator.json", "data/ef.csv"]
+    before = {name: (repo / name).read_bytes() for name in files}
+    run(["dvc", "repro", "-f"], repo)
+    assert {name: (repo / name).read_bytes() for name in files} == before
+
+
 def test_nothing_to_do_then_only_calibration_reruns(repo):
     assert "up to date" in run(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
