@@ -50,6 +50,8 @@ def repo(tmp_path_factory):
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
     run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], repo)
     return repo
 
 
@@ -79,16 +81,14 @@ def test_forced_rerun_gives_identical_metrics(repo):
     assert {name: (repo / name).read_bytes() for name in files} == before
 
 
-def test_nothing_to_do_then_only_calibration_reruns(repo):
+def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
     assert "up to date" in run(["dvc", "repro"], repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["calibration"]["method"] = "none"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    log = run(["dvc", "repro"], repo)
+    log = run(["dvc", "exp", "run", "-S", "calibration.method=none"], repo)
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
     assert ran == {"calibrate", "evaluate"}
     assert json.loads((repo / "models/calibrator.json").read_text())["method"] == "none"
-    run(["dvc", "metrics", "show"], repo)
+    diff = run(["dvc", "metrics", "diff", "--json"], repo)
+    assert "test.post.mae" in json.loads(diff)["metrics/ef.json"]
     assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
 
 
