@@ -74,3 +74,23 @@ def test_stratified_split_covers_everyone_once():
     assert lists["test"] == ["p003"] and len(lists["train"]) == 58
     with pytest.raises(split.SplitError, match="val set empty"):
         split.assign(cohort, {"train": ["p000"], "val": [], "test": ["p003"]}, 0.2, 0.2, 0)
+
+
+def test_proportional_bias_against_scipy():
+    out = agreement.proportional_bias(PRED, REF)
+    fit = stats.linregress((PRED + REF) / 2, PRED - REF)
+    half = stats.t.ppf(0.975, len(PRED) - 2) * fit.stderr
+    assert out["prop_bias_slope"] == pytest.approx(fit.slope)
+    assert out["prop_bias_slope_ci"] == pytest.approx([fit.slope - half, fit.slope + half])
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    from echoef.io import read_json, write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"mae": 4.0, "ci": [float("nan"), 1.0]})
+    assert read_json(path) == {"mae": 4.0, "ci": [None, 1.0]}
+    with pytest.raises(TypeError):
+        write_json(path, {"mae": object()})  # fails while serialising, after the temporary file exists
+    assert read_json(path) == {"mae": 4.0, "ci": [None, 1.0]}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
