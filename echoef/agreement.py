@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from .dataset import ef_class
+from .ef import is_measured
 
 
 def summary(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -79,3 +81,21 @@ def full_report(pred, ref, n_resamples: int, seed: int) -> dict:
     """summary + bootstrap CIs + proportional bias + the EF-class view."""
     return {**summary(pred, ref), **bootstrap_ci(pred, ref, n_resamples, seed),
             **proportional_bias(pred, ref), **classification(pred, ref)}
+
+
+def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """Pre/post calibration statistics of one set of EF rows (``ef``, ``ef_ref``, ``status``,
+    optionally ``ef_expert``/``status_expert`` and ``quality``), failures counted, never dropped."""
+    ok = rows["status"].map(is_measured).to_numpy()
+    pre, post, ref = rows["ef"].to_numpy()[ok], np.asarray(calibrated, float)[ok], rows["ef_ref"].to_numpy()[ok]
+    out = {"n_patients": len(rows), "n_failed": int((~ok).sum()),
+           "pre": full_report(pre, ref, n_resamples, seed), "post": full_report(post, ref, n_resamples, seed)}
+    if "status_expert" in rows:
+        expert = rows[rows["status_expert"].map(is_measured)]
+        out["expert_masks"] = summary(expert["ef_expert"], expert["ef_ref"])
+    if "quality" in rows:
+        quality = rows["quality"].to_numpy()[ok]
+        out["by_quality"] = {str(q): {"pre": summary(pre[quality == q], ref[quality == q]),
+                                      "post": summary(post[quality == q], ref[quality == q])}
+                             for q in pd.unique(quality)}
+    return out

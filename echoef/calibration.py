@@ -38,3 +38,20 @@ def apply(calibrator: dict, ef_pred: np.ndarray) -> np.ndarray:
         raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
     low, high = calibrator["ef_range"]
     return np.clip(out, low, high)
+
+
+def cross_fit(ef_pred: np.ndarray, ef_ref: np.ndarray, folds: np.ndarray, method: str,
+              ef_range: tuple[float, float]) -> tuple[np.ndarray, list[dict]]:
+    """Calibrate each fold's predictions with a calibrator fitted on the other folds only.
+
+    NaN predictions stay NaN and are left out of the fits. Returns (calibrated EF, one calibrator per fold).
+    """
+    ef_pred, ef_ref, folds = np.asarray(ef_pred, float), np.asarray(ef_ref, float), np.asarray(folds)
+    calibrated = np.full(len(ef_pred), np.nan)
+    calibrators = []
+    for fold in np.unique(folds):
+        train = (folds != fold) & ~np.isnan(ef_pred)
+        calibrator = fit(ef_pred[train], ef_ref[train], method, ef_range, f"out-of-fold, folds other than {fold}")
+        calibrated[folds == fold] = apply(calibrator, ef_pred[folds == fold])
+        calibrators.append(calibrator)
+    return calibrated, calibrators

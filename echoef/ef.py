@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import camus, simpson
+from .dataset import load_frames
 
 COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status"]
 
@@ -39,6 +42,28 @@ def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
 def label_maps(frames: dict[tuple[str, str], camus.Frame]) -> dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]:
     """The (label map, spacing) pairs that ``patient_ef`` takes, from frames with labels."""
     return {key: (frame.label, frame.spacing_mm) for key, frame in frames.items()}
+
+
+def load_predictions(path) -> dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]:
+    """Predicted label maps with their spacing, keyed (view, phase), as ``patient_ef`` takes them."""
+    with np.load(path) as data:
+        return {(v, p): (data[f"{v}_{p}_label"], tuple(float(x) for x in data[f"{v}_{p}_spacing_mm"]))
+                for v, p in camus.FRAME_KEYS}
+
+
+def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, method: str) -> pd.DataFrame:
+    """One row per patient: EF from its predicted masks (``predictions/<patient>.npz``), from its
+    expert masks (``ef_expert``, the ceiling), and the reference ``ef_ref`` and image quality."""
+    cohort = cohort.set_index("patient")
+    rows = []
+    for patient in patients:
+        pred = patient_ef(load_predictions(predictions / f"{patient}.npz"), method)
+        ceiling = patient_ef(label_maps(load_frames(f"data/ingested/{patient}.npz")), method)
+        rows.append({"patient": patient, **pred,
+                     "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
+                     "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],
+                     "ef_ref": cohort.loc[patient, "ef_ref"], "quality": cohort.loc[patient, "quality_2ch"]})
+    return pd.DataFrame(rows)
 
 
 def is_measured(status) -> bool:

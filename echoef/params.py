@@ -39,6 +39,13 @@ def _pair_in_0_100(key, value):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be [low, high] with 0 <= low < high <= 100")
 
 
+def _fold_seeds(key, value):
+    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in value.items())
+            and sorted(value) == [str(i) for i in range(len(value))]):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must map quoted fold ids \"0\", \"1\", ... to integer seeds "
+                          "(DVC's foreach needs string keys), or be {} without cross-validation")
+
+
 def _int_list(key, value):
     if not (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value)):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of positive integers")
@@ -55,7 +62,10 @@ SCHEMA = {
         "seed": _typed(int),
         "val_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
         "test_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
+        "folds": _typed(int, minimum=0),
+        "inner_val_fraction": _typed(*NUMBER, minimum=0.05, maximum=0.5),
     },
+    "cv": {"fold_seeds": _fold_seeds},
     "train": {
         "device": _choice("auto", "cpu", "cuda"),
         "encoder": _typed(str),
@@ -80,13 +90,12 @@ SCHEMA = {
     },
     "infer": {"tta": _typed(bool), "batch_size": _typed(int, minimum=1)},
     "ef": {"method": _choice(*simpson.METHODS)},
-    "calibration": {"method": _choice(*calibration.METHODS), "ef_range": _pair_in_0_100},
+    "calibration": {"method": _choice(*calibration.METHODS), "fit_set": _choice("val", "oof"), "ef_range": _pair_in_0_100},
     "evaluate": {"bootstrap": _typed(int, minimum=0), "seed": _typed(int), "overlays": _typed(int, minimum=0)},
 }
 
 
-def validate(params: dict, schema: dict = SCHEMA, prefix: str = "") -> None:
-    """Raise ParamsError for an unknown or missing key, or a value of the wrong type or range."""
+def _check_keys(params: dict, schema: dict, prefix: str = "") -> None:
     if not isinstance(params, dict):
         raise ParamsError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping")
     for key in params:
@@ -96,9 +105,22 @@ def validate(params: dict, schema: dict = SCHEMA, prefix: str = "") -> None:
         if key not in params:
             raise ParamsError(f"params.yaml: missing key {prefix + key!r}")
         if isinstance(check, dict):
-            validate(params[key], check, prefix + key + ".")
+            _check_keys(params[key], check, prefix + key + ".")
         else:
             check(prefix + key, params[key])
+
+
+def validate(params: dict) -> None:
+    """Raise ParamsError for an unknown or missing key, a value of the wrong type or range, or
+    settings that contradict each other."""
+    _check_keys(params, SCHEMA)
+    folds, seeds = params["split"]["folds"], params["cv"]["fold_seeds"]
+    if len(seeds) != (folds if folds > 1 else 0):
+        expected = "{" + ", ".join(f'"{i}": {i}' for i in range(folds)) + "}" if folds > 1 else "{}"
+        raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
+                          f"use cv.fold_seeds: {expected}")
+    if params["calibration"]["fit_set"] == "oof" and folds <= 1:
+        raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
 
 
 def load(path: str | Path = "params.yaml") -> dict:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 from scipy import ndimage
 
 from . import camus, geometry
-from .dataset import grid_tensors
+from .dataset import grid_tensors, load_frames
+from .io import write_npz
 from .model import predict_scores
 from .simpson import clean_lv_mask
 
 LV, MYO, LA = camus.LABELS["lv_cavity"], camus.LABELS["myocardium"], camus.LABELS["left_atrium"]
+DICE_NAMES = {LV: "lv", MYO: "myo", LA: "la"}
 
 
 def postprocess(label: np.ndarray) -> np.ndarray:
@@ -29,12 +34,35 @@ def postprocess(label: np.ndarray) -> np.ndarray:
     return label
 
 
-def predict_frames(model: torch.nn.Module, frames: list[camus.Frame], size: int, batch_size: int,
+def predict_frames(models: list[torch.nn.Module], frames: list[camus.Frame], size: int, batch_size: int,
                    tta: bool = False) -> list[np.ndarray]:
-    """Post-processed label maps on each frame's native grid."""
+    """Post-processed label maps on each frame's native grid; several models are an ensemble
+    (mean of their softmax)."""
     images, _, boxes = grid_tensors(frames, size, with_labels=False)
-    scores = predict_scores(model, images, batch_size, tta)
+    scores = torch.stack([predict_scores(m, images, batch_size, tta) for m in models]).mean(0)
     return [postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for s, b in zip(scores, boxes)]
+
+
+def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path) -> list[dict]:
+    """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
+    frames = load_frames(f"data/ingested/{patient}.npz")
+    labels = predict_frames(models, list(frames.values()), size, config["batch_size"], config["tta"])
+    arrays, rows = {}, []
+    for (view, phase), frame, label in zip(frames, frames.values(), labels):
+        arrays[f"{view}_{phase}_label"] = label
+        arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
+        rows.append({"patient": patient, "view": view, "phase": phase,
+                     **{f"dice_{name}": dice(label, frame.label, c) for c, name in DICE_NAMES.items()}})
+    write_npz(out, **arrays)
+    return rows
+
+
+def dice_summary(table: pd.DataFrame) -> dict:
+    """Mean Dice per label and phase (keys like dice_lv_ed) and the patient count."""
+    out = {f"dice_{name}_{phase.lower()}": float(g[f"dice_{name}"].mean())
+           for phase, g in table.groupby("phase") for name in DICE_NAMES.values()}
+    out["n_patients"] = int(table["patient"].nunique())
+    return out
 
 
 def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .dataset import ef_class
 
@@ -12,13 +12,13 @@ class SplitError(ValueError):
     """A split that cannot be made or leaves a set empty."""
 
 
-def strata(cohort: pd.DataFrame) -> pd.Series:
+def strata(cohort: pd.DataFrame, min_count: int = 3) -> pd.Series:
     """Stratum of each patient: EF class and 2CH image quality, merged while a stratum is tiny."""
     labels = pd.Series(ef_class(cohort["ef_ref"].to_numpy()).astype(str), index=cohort.index)
     with_quality = labels + "_" + cohort["quality_2ch"].fillna("").astype(str)
-    # Stratification needs at least 2 patients per stratum; fall back to EF class, then to none.
+    # Stratification needs a few patients per stratum; fall back to EF class, then to none.
     for candidate in (with_quality, labels):
-        if candidate.value_counts().min() >= 3:
+        if candidate.value_counts().min() >= min_count:
             return candidate
     return pd.Series("all", index=cohort.index)
 
@@ -54,3 +54,29 @@ def _stratified(table: pd.DataFrame, fraction: float, seed: int):
         return train_test_split(table, test_size=n_held, random_state=seed, stratify=stratify)
     except ValueError as error:
         raise SplitError(f"cannot split {len(table)} patients ({error})") from error
+
+
+def assign_folds(cohort: pd.DataFrame, patients: list[str], k: int, inner_fraction: float, seed: int) -> dict:
+    """K folds over ``patients`` stratified by EF class and quality, and for each fold an inner
+    validation part of its training folds (for checkpoint selection): JSON-ready dict."""
+    table = cohort[cohort["patient"].isin(patients)].sort_values("patient").reset_index(drop=True)
+    if len(table) < 2 * k:
+        raise SplitError(f"split.folds = {k} needs at least {2 * k} train+val patients, there are {len(table)}")
+    labels = strata(table, min_count=k)
+    fold_of = {}
+    for fold, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(table, labels)):
+        fold_of.update({p: fold for p in table["patient"].iloc[held]})
+    inner_val = {}
+    for fold in range(k):
+        rest = table[table["patient"].map(fold_of) != fold]
+        _, inner = _stratified(rest, inner_fraction, seed)
+        inner_val[str(fold)] = sorted(inner["patient"])
+    return {"k": k, "fold_of": fold_of, "inner_val": inner_val}
+
+
+def fold_sets(folds: dict, fold: int) -> dict[str, list[str]]:
+    """Training, inner-validation and held-out patients of one fold."""
+    held = sorted(p for p, f in folds["fold_of"].items() if f == fold)
+    inner = folds["inner_val"][str(fold)]
+    train = sorted(p for p, f in folds["fold_of"].items() if f != fold and p not in set(inner))
+    return {"train": train, "val": inner, "held_out": held}

@@ -1,36 +1,40 @@
-"""EF of every val/test patient from the predicted masks and, as a ceiling, from the expert masks."""
+"""EF of each predicted patient, and of its expert masks as a ceiling.
 
+Plain mode: val and test patients (data/predictions) -> data/ef.csv.
+``--fold K``: fold K's held-out patients (data/cv/fold_K/predictions) -> data/cv/fold_K/ef.csv.
+"""
+
+import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import camus, dataset, params as P  # noqa: E402
-from echoef.ef import label_maps, patient_ef  # noqa: E402
+from echoef import params as P, split  # noqa: E402
+from echoef.ef import ef_table  # noqa: E402
 from echoef.io import read_json, write_csv  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fold", type=int)
+    args = parser.parse_args()
     method = P.load()["ef"]["method"]
-    split = read_json("data/split.json")
-    cohort = pd.read_csv("data/ingested/cohort.csv").set_index("patient")
-    rows = []
-    for subset in ("val", "test"):
-        for patient in split[subset]:
-            expert = dataset.load_frames(f"data/ingested/{patient}.npz")
-            with np.load(f"data/predictions/{patient}.npz") as data:
-                predicted = {(v, p): (data[f"{v}_{p}_label"], tuple(data[f"{v}_{p}_spacing_mm"])) for v, p in camus.FRAME_KEYS}
-            pred = patient_ef(predicted, method)
-            ceiling = patient_ef(label_maps(expert), method)
-            rows.append({"patient": patient, "set": subset, **pred,
-                         "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
-                         "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],
-                         "ef_ref": cohort.loc[patient, "ef_ref"], "quality": cohort.loc[patient, "quality_2ch"]})
-    table = pd.DataFrame(rows)
-    write_csv("data/ef.csv", table)
+    cohort = pd.read_csv("data/ingested/cohort.csv")
+    if args.fold is None:
+        sets, predictions, out = read_json("data/split.json"), Path("data/predictions"), Path("data/ef.csv")
+        sets = {k: sets[k] for k in ("val", "test")}
+    else:
+        fold_dir = Path(f"data/cv/fold_{args.fold}")
+        sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
+        predictions, out = fold_dir / "predictions", fold_dir / "ef.csv"
+    table = pd.concat([ef_table(patients, predictions, cohort, method).assign(set=subset)
+                       for subset, patients in sets.items()], ignore_index=True)
+    if args.fold is not None:
+        table["fold"] = args.fold
+    write_csv(out, table)
     bad = table[~table["status"].str.startswith("ok")]
     print(f"ef: {len(table)} patients by {method}; {len(bad)} without an EF from the predicted masks")
 

@@ -1,51 +1,50 @@
-"""Predict label maps for the val and test patients on their native grids; segmentation metrics."""
+"""Predict label maps on the native grids, with Dice against the expert labels.
 
+Plain mode: the val and test patients with models/segmenter.pt -> data/predictions/.
+``--fold K``: fold K's held-out patients with its model -> data/cv/fold_K/predictions/.
+"""
+
+import argparse
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import dataset, model as M, params as P, segmentation as S  # noqa: E402
-from echoef.io import read_json, write_csv, write_json, write_npz  # noqa: E402
+from echoef import model as M, params as P, segmentation as S, split  # noqa: E402
+from echoef.io import read_json, write_csv, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
-
-OUT = Path("data/predictions")
-NAMES = {S.LV: "lv", S.MYO: "myo", S.LA: "la"}
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fold", type=int)
+    args = parser.parse_args()
     params = P.load()
-    config = params["infer"]
     device = M.resolve_device(params["train"]["device"])
-    net, state = M.load_checkpoint("models/segmenter.pt", device)
-    size = state["model_config"]["input_size"]
-    split = read_json("data/split.json")
-    shutil.rmtree(OUT, ignore_errors=True)
+    if args.fold is None:
+        model_path, out = "models/segmenter.pt", Path("data/predictions")
+        sets = {k: v for k, v in read_json("data/split.json").items() if k in ("val", "test")}
+    else:
+        model_path, out = f"data/cv/fold_{args.fold}/model/segmenter.pt", Path(f"data/cv/fold_{args.fold}/predictions")
+        sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
+    net, state = M.load_checkpoint(model_path, device)
+    shutil.rmtree(out, ignore_errors=True)
     rows = []
-    for subset in ("val", "test"):
-        for patient in tqdm(split[subset], desc=f"infer {subset}", mininterval=5):
-            frames = dataset.load_frames(f"data/ingested/{patient}.npz")
-            labels = S.predict_frames(net, list(frames.values()), size, config["batch_size"], config["tta"])
-            arrays = {}
-            for (view, phase), frame, label in zip(frames, frames.values(), labels):
-                arrays[f"{view}_{phase}_label"] = label
-                arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
-                rows.append({"patient": patient, "set": subset, "view": view, "phase": phase,
-                             **{f"dice_{n}": S.dice(label, frame.label, c) for c, n in NAMES.items()}})
-            write_npz(OUT / f"{patient}.npz", **arrays)
+    for subset, patients in sets.items():
+        for patient in tqdm(patients, desc=f"infer {subset}", mininterval=5):
+            frame_rows = S.predict_patient([net], patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
+            rows += [{**row, "set": subset} for row in frame_rows]
     table = pd.DataFrame(rows)
-    write_csv("data/segmentation_dice.csv", table)
-    metrics = {}
-    for subset, group in table.groupby("set", sort=False):
-        metrics[subset] = {f"{name}_{phase.lower()}": float(g[name].mean())
-                           for phase, g in group.groupby("phase") for name in [f"dice_{n}" for n in NAMES.values()]}
-        metrics[subset]["n_patients"] = int(group["patient"].nunique())
-    write_json("metrics/segmentation.json", metrics)
-    print("infer: " + ", ".join(f"{s} LV Dice ED {m['dice_lv_ed']:.3f} ES {m['dice_lv_es']:.3f}" for s, m in metrics.items()))
+    write_csv(out / "dice.csv" if args.fold is not None else "data/segmentation_dice.csv", table)
+    if args.fold is None:
+        metrics = {subset: S.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
+        write_json("metrics/segmentation.json", metrics)
+        print("infer: " + ", ".join(f"{s} LV Dice ED {m['dice_lv_ed']:.3f} ES {m['dice_lv_es']:.3f}" for s, m in metrics.items()))
+    else:
+        print(f"infer: fold {args.fold}, {len(sets['oof'])} held-out patients, LV Dice {table['dice_lv'].mean():.3f}")
 
 
 if __name__ == "__main__":

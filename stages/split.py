@@ -19,6 +19,10 @@ def main():
     sets = split.assign(cohort, lists, config["val_fraction"], config["test_fraction"], config["seed"])
     write_json("data/split.json", {**sets, "source": "database_split" if lists else "stratified"})
     print("split: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+    # Cross-validation folds over train+val (test untouched); {"k": 0} without cross-validation.
+    k = config["folds"]
+    folds = split.assign_folds(cohort, sets["train"] + sets["val"], k, config["inner_val_fraction"], config["seed"]) if k > 1 else {"k": 0}
+    write_json("data/cv/folds.json", folds)
 
 
 if __name__ == "__main__":

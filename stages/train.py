@@ -1,5 +1,10 @@
-"""Train the U-Net on the training patients; keep the checkpoint with the best validation LV Dice."""
+"""Train the U-Net; keep the checkpoint with the best validation LV Dice.
 
+Plain mode: training list -> models/segmenter.pt, chosen on the validation list.
+``--fold K --seed S``: the training folds less their inner validation part -> data/cv/fold_K/model/.
+"""
+
+import argparse
 import sys
 from pathlib import Path
 
@@ -7,8 +12,8 @@ import torch
 from dvclive import Live
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import dataset, model as M, params as P  # noqa: E402
-from echoef.io import read_json  # noqa: E402
+from echoef import dataset, model as M, params as P, split as S  # noqa: E402
+from echoef.io import read_json, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
 
@@ -19,17 +24,27 @@ def load_set(patients, size):
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fold", type=int)
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args()
     config = P.load()["train"]
+    if args.fold is None:
+        sets = read_json("data/split.json")
+        out, log_dir = Path("models"), Path("metrics/train")
+    else:
+        sets = S.fold_sets(read_json("data/cv/folds.json"), args.fold)
+        config = {**config, "seed": args.seed}
+        out = log_dir = Path(f"data/cv/fold_{args.fold}/model")
     M.seed_everything(config["seed"])
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     device = M.resolve_device(config["device"])
-    split = read_json("data/split.json")
-    train_set = load_set(split["train"], config["input_size"])
-    val_set = load_set(split["val"], config["input_size"])
+    train_set = load_set(sets["train"], config["input_size"])
+    val_set = load_set(sets["val"], config["input_size"])
     print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}")
     net = M.build_unet(config)
-    with Live("metrics/train", dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    with Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         def log(epoch, row):
             for key, value in row.items():
                 live.log_metric(key, value)
@@ -38,9 +53,12 @@ def main():
 
         state, best_epoch, history = M.train(net, train_set, val_set, config, device, log)
     net.load_state_dict(state)
-    M.save_checkpoint("models/segmenter.pt", net, config,
+    M.save_checkpoint(out / "segmenter.pt", net, config,
                       {"best_epoch": best_epoch, "val_dice_lv": history[best_epoch]["val_dice_lv"],
-                       "train_patients": split["train"], "val_patients": split["val"]})
+                       "train_patients": sets["train"], "val_patients": sets["val"]})
+    # Who the model saw, beside it: the cross-validation checks read this.
+    write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "train_patients": sets["train"],
+                                        "val_patients": sets["val"], "best_epoch": best_epoch, "history": history})
     print(f"train: best epoch {best_epoch + 1}, validation LV Dice {history[best_epoch]['val_dice_lv']:.4f}")
 
 

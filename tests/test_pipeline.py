@@ -29,30 +29,39 @@ def run(args, cwd):
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
+def set_params(repo: Path, overrides: dict) -> None:
+    """Change params.yaml keys given as tuples of nested names."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for keys, value in overrides.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_repo(repo: Path, overrides: dict) -> Path:
+    """A git repository holding this project's tracked files with ``overrides``, run and committed."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for keys, value in TINY.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo, overrides)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run(["git", "init", "-q"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny", "--allow-empty"], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
+    run(git + ["commit", "-qm", "tiny"], repo)
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], repo)
+    run(git + ["commit", "-qm", "baseline run"], repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return make_repo(tmp_path_factory.mktemp("repo"), TINY)
 
 
 def test_outputs(repo):
@@ -93,9 +102,7 @@ def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
 
 
 def test_a_bad_parameter_stops_with_the_key(repo):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["ef"]["method"] = "teichholz"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo, {("ef", "method"): "teichholz"})
     result = subprocess.run([sys.executable, "stages/ef.py"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2
     assert "ef.method = 'teichholz' is not allowed" in result.stderr and "Traceback" not in result.stderr
