@@ -199,6 +199,28 @@ def read_study(patient_dir: Path, labels_dir: Path | None = None, with_label: bo
     return Study(patient=patient_dir.name, layout=layout, frames=frames, info=info)
 
 
+def image_paths(patient_dir: Path) -> dict[tuple[str, str], Path]:
+    """The image files (not label maps) present in a patient folder of either layout, keyed (view, phase)."""
+    patient_dir = Path(patient_dir)
+    layout = detect_layout(patient_dir)
+    paths = {(v, p): frame_path(patient_dir, v, p, layout) for v, p in FRAME_KEYS}
+    return {key: path for key, path in paths.items() if path.is_file()}
+
+
+def write_label_like(label: np.ndarray, reference: Path, out: Path) -> None:
+    """Write a label map with the geometry (size, spacing, origin, direction) and format of an image."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(reference))
+    reader.ReadImageInformation()
+    array = label.astype(np.uint8)
+    image = sitk.GetImageFromArray(array[None] if reader.GetDimension() == 3 else array)
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(out), useCompression=out.name.endswith(".gz"))
+
+
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:
     """The dataset's own ``database_split`` lists, or None when the root has none."""
     split_dir = Path(root) / "database_split"

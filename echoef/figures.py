@@ -68,16 +68,21 @@ def confusion(matrix, path) -> None:
 
 def overlays(cases: list[dict], path) -> None:
     """Rows of patients (dict: title, frames {(view, phase): (image, expert, predicted, spacing)}):
-    each frame with expert (green) and predicted (red) LV contours, at its true aspect ratio."""
+    each frame with expert (green, if not None) and predicted (red) LV contours, at its true aspect
+    ratio; a frame absent from a case stays blank."""
     fig, axes = plt.subplots(len(cases), 4, figsize=(12, 3.2 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases):
         for ax, key in zip(row, camus.FRAME_KEYS):
+            ax.axis("off")
+            if key not in case["frames"]:
+                continue
             image, expert, predicted, spacing = case["frames"][key]
             extent = (0, image.shape[1] * spacing[1], image.shape[0] * spacing[0], 0)
             ax.imshow(image, cmap="gray", extent=extent)
             for mask, color in ((expert, "lime"), (predicted, "red")):
+                if mask is None or not (mask == camus.LABELS["lv_cavity"]).any():
+                    continue
                 ax.contour(mask == camus.LABELS["lv_cavity"], levels=[0.5], colors=color, linewidths=1, extent=extent,
                            origin="upper")
             ax.set_title(f"{case['title']} {key[0]} {key[1]}", fontsize=8)
-            ax.axis("off")
     _save(fig, path)

@@ -8,7 +8,9 @@ import random
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .io import atomic_path
@@ -49,7 +51,7 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
         config = dict(state["model_config"], encoder_weights=None)  # weights come from the file
         model = build_unet(config)
         model.load_state_dict(state["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as error:
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
     return model.to(device).eval(), state
 
@@ -138,42 +140,58 @@ def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     return torch.cat(outputs)
 
 
+def _global_batches(n: int, batch_size: int, world: int) -> list[int]:
+    """Start index of each global batch; with several processes, only batches every process can share."""
+    return [start for start in range(0, n, batch_size) if min(batch_size, n - start) >= world]
+
+
 def train(model, train_set, val_set, config: dict, device: str, log=None):
     """Train with AdamW and a one-cycle schedule; keep the weights of the best validation LV Dice.
 
     ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long); ``log(epoch, dict)``
-    receives the epoch's metrics. Returns (best state_dict, best epoch, history).
+    receives the epoch's metrics. Returns (best state_dict, best epoch, history). Inside a
+    torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel and
+    each process trains on its share of every global batch of ``batch_size``.
     """
-    generator = torch.Generator().manual_seed(config["seed"])
+    distributed = dist.is_available() and dist.is_initialized()
+    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    # Every process draws the same batch order; augmentation draws differ per process.
+    order_generator = torch.Generator().manual_seed(config["seed"])
+    augment_generator = torch.Generator().manual_seed(config["seed"] * 1000 + 1 + rank)
     images, labels = (t.to(device) for t in train_set)
     model = model.to(device)
+    # smp keeps the encoder stages that a shallower encoder_depth leaves unused: DDP must allow them.
+    device_ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True) if distributed else model
     loss_fn = DiceCELoss(config["dice_weight"], config["ce_weight"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    steps_per_epoch = math.ceil(len(images) / config["batch_size"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps_per_epoch)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    batches = _global_batches(len(images), config["batch_size"], world)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * len(batches))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
     best = {"lv_dice": -1.0, "state": None, "epoch": -1}
     history = []
     for epoch in range(config["epochs"]):
-        model.train()
-        order = torch.randperm(len(images), generator=generator).to(device)
-        total = 0.0
-        for start in tqdm(range(0, len(images), config["batch_size"]), desc=f"epoch {epoch + 1}/{config['epochs']}",
-                          leave=False, mininterval=5):
-            idx = order[start : start + config["batch_size"]]
-            x, y = augment(images[idx], labels[idx], config["augment"], generator)
+        net.train()
+        order = torch.randperm(len(images), generator=order_generator).to(device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False, mininterval=5, disable=rank > 0):
+            idx = order[start : start + config["batch_size"]][rank::world]
+            x, y = augment(images[idx], labels[idx], config["augment"], augment_generator)
             with autocast:
-                loss = loss_fn(model(x).float(), y)
+                loss = loss_fn(net(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(idx)
+            total += loss.detach().double() * len(idx)
+        if distributed:
+            dist.all_reduce(total)
         model.eval()
+        # Every process validates the same weights on the whole validation set: identical results.
         scores = predict_scores(model, val_set[0], config["batch_size"])
         dice = np.nanmean(dice_per_class(scores.argmax(1), val_set[1]), axis=0)
-        row = {"train_loss": total / len(images), "val_dice_lv": float(dice[0]),
-               "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
+        row = {"train_loss": float(total) / sum(min(config["batch_size"], len(images) - b) for b in batches),
+               "val_dice_lv": float(dice[0]), "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
         history.append(row)
         if log:
             log(epoch, row)

@@ -81,6 +81,7 @@ SCHEMA = {
         "ce_weight": _typed(*NUMBER, minimum=0),
         "seed": _typed(int),
         "threads": _typed(int, minimum=0),
+        "processes": _typed(int, minimum=1),
         "augment": {
             "rotation_deg": _typed(*NUMBER, minimum=0),
             "scale": _typed(*NUMBER, minimum=0, maximum=0.5),

@@ -22,7 +22,7 @@ def main():
     calibrator = calibration.fit(fit_rows["ef"], fit_rows["ef_ref"], config["method"], tuple(config["ef_range"]), config["fit_set"])
     before = agreement.summary(val["ef"], val["ef_ref"])["mae"]
     after = agreement.summary(calibration.apply(calibrator, val["ef"]), val["ef_ref"])["mae"]
-    calibrator.update(val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before))
+    calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before))
     write_json("models/calibrator.json", calibrator)
     note = " (WORSE than uncalibrated on validation)" if after > before else ""
     print(f"calibrate: {config['method']} fitted on {len(fit_rows)} {config['fit_set']} patients, "

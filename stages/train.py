@@ -5,10 +5,13 @@ Plain mode: training list -> models/segmenter.pt, chosen on the validation list.
 """
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from dvclive import Live
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,24 +43,41 @@ def main():
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     device = M.resolve_device(config["device"])
+    # Launched by torchrun with several processes: one process group, one GPU per process (or
+    # gloo on CPU); only rank 0 logs and writes.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+    writer = not distributed or dist.get_rank() == 0
     train_set = load_set(sets["train"], config["input_size"])
     val_set = load_set(sets["val"], config["input_size"])
-    print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}")
+    world = dist.get_world_size() if distributed else 1
+    if writer:
+        print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}"
+              + (f", {world} processes" if distributed else ""))
     net = M.build_unet(config)
-    with Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    live = Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) if writer else contextlib.nullcontext()
+    with live:
         def log(epoch, row):
             for key, value in row.items():
                 live.log_metric(key, value)
             live.next_step()
             print(f"epoch {epoch + 1}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
 
-        state, best_epoch, history = M.train(net, train_set, val_set, config, device, log)
+        state, best_epoch, history = M.train(net, train_set, val_set, config, device, log if writer else None)
+    if distributed:
+        dist.destroy_process_group()
+    if not writer:
+        return
     net.load_state_dict(state)
     M.save_checkpoint(out / "segmenter.pt", net, config,
                       {"best_epoch": best_epoch, "val_dice_lv": history[best_epoch]["val_dice_lv"],
                        "train_patients": sets["train"], "val_patients": sets["val"]})
     # Who the model saw, beside it: the cross-validation checks read this.
-    write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "train_patients": sets["train"],
+    write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "processes": world, "train_patients": sets["train"],
                                         "val_patients": sets["val"], "best_epoch": best_epoch, "history": history})
     print(f"train: best epoch {best_epoch + 1}, validation LV Dice {history[best_epoch]['val_dice_lv']:.4f}")
 

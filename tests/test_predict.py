@@ -1,0 +1,97 @@
+"""The prediction command on new studies, with a model trained here on the tiny configuration."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import CAMUS, CAMUS_2019, ROOT, needs_shared
+from echoef import calibration, camus, dataset, model as M
+
+TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
+        "input_size": 64, "epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
+        "ce_weight": 1.0, "seed": 0, "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "noise_std": 0.02}}
+
+
+@pytest.fixture(scope="session")
+def trained(phantom_root, tmp_path_factory):
+    """A U-Net trained briefly on 10 synthetic patients, and a linear calibrator file."""
+    folders = camus.find_patients(phantom_root)
+    frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
+    images, labels, _ = dataset.grid_tensors(frames, TINY["input_size"])
+    M.seed_everything(0)
+    net = M.build_unet(TINY)
+    state, best, _ = M.train(net, (images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
+    net.load_state_dict(state)
+    out = tmp_path_factory.mktemp("model")
+    M.save_checkpoint(out / "segmenter.pt", net, TINY, {"best_epoch": best})
+    calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
+    (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
+    return out
+
+
+def predict(trained, *args):
+    return subprocess.run([sys.executable, "-m", "echoef", "predict", *map(str, args), "--model", trained / "segmenter.pt",
+                           "--calibrator", trained / "calibrator.json"], cwd=ROOT, capture_output=True, text=True)
+
+
+def assert_same_geometry(written, reference):
+    a, b = sitk.ReadImage(str(written)), sitk.ReadImage(str(reference))
+    assert a.GetSize() == b.GetSize() and a.GetSpacing() == pytest.approx(b.GetSpacing())
+    assert a.GetOrigin() == pytest.approx(b.GetOrigin()) and a.GetDirection() == pytest.approx(b.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(a))) <= {0, 1, 2, 3}
+
+
+def test_predict_synthetic_patients(trained, phantom_root, tmp_path):
+    folders = camus.find_patients(phantom_root)[10:12]  # not seen in training
+    result = predict(trained, *folders, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["patient"].tolist() == [f.name for f in folders]
+    assert (summary["method"] == "simpson_biplane").all() and (summary["status"] == "ok").all()
+    assert np.allclose(summary["ef_calibrated"], calibration.apply(json.loads((trained / "calibrator.json").read_text()), summary["ef"]))
+    for folder in folders:
+        for view, phase in camus.FRAME_KEYS:
+            written = tmp_path / folder.name / f"{folder.name}_{view}_{phase}_gt.nii.gz"
+            assert_same_geometry(written, folder / f"{folder.name}_{view}_{phase}.nii.gz")
+        assert (tmp_path / folder.name / f"{folder.name}_overlay.png").stat().st_size > 5000
+    # The written masks are what `ef --labels` reads: the same EF comes back.
+    subprocess.run([sys.executable, "-m", "echoef", "ef", str(phantom_root), "--labels", str(tmp_path), "--out",
+                    str(tmp_path / "ef.csv")], cwd=ROOT, check=True, capture_output=True)
+    again = pd.read_csv(tmp_path / "ef.csv").set_index("patient").loc[summary["patient"]]
+    assert again["ef"].tolist() == summary["ef"].tolist()
+
+
+def test_predict_one_view_is_single_plane_and_flagged(trained, phantom_root, tmp_path):
+    folder = camus.find_patients(phantom_root)[11]
+    result = predict(trained, "--out", tmp_path, "--patient", "p", "--2ch-ed", folder / f"{folder.name}_2CH_ED.nii.gz",
+                     "--2ch-es", folder / f"{folder.name}_2CH_ES.nii.gz")
+    assert result.returncode == 0, result.stderr
+    row = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert row["method"] == "simpson_single_plane_2ch" and row["status"].startswith("ok_single_plane")
+    assert np.isnan(row["ef_calibrated"])  # the calibrator was fitted for biplane EF
+
+
+@needs_shared
+def test_predict_real_layouts_keep_their_geometry(trained, tmp_path):
+    patients = [CAMUS_2019 / "patient0001", CAMUS / "database_nifti" / "patient0002"]
+    result = predict(trained, *patients, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "summary.csv")) == 2  # a row each, measured or with a status
+    assert_same_geometry(tmp_path / "patient0001" / "patient0001_2CH_ED_gt.mhd", patients[0] / "patient0001_2CH_ED.mhd")
+    assert_same_geometry(tmp_path / "patient0002" / "patient0002_2CH_ES_gt.nii.gz", patients[1] / "patient0002_2CH_ES.nii.gz")
+
+
+def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
+    state = __import__("torch").load(trained / "segmenter.pt", weights_only=False)
+    state["model_config"]["encoder_depth"] = 5  # weights no longer fit the network this builds
+    bad = tmp_path / "bad.pt"
+    __import__("torch").save(state, bad)
+    result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(camus.find_patients(phantom_root)[0]),
+                             "--out", str(tmp_path / "o"), "--model", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not a model of this configuration" in result.stderr and "Traceback" not in result.stderr
