@@ -150,3 +150,35 @@ def test_ingest_excludes_broken_2019_patients(tmp_path, fault, reason):
     cohort, exclusions = dataset.ingest(tmp_path / "root", tmp_path / "out", strict=False)
     assert cohort["patient"].tolist() == ["patient0001"] and cohort["layout"].tolist() == ["2019"]
     assert exclusions[["patient", "reason"]].values.tolist() == [["patient0002", reason]]
+
+
+def test_ingest_stage_exit_status_and_messages(phantom_root, tmp_path):
+    """The stage itself: a broken patient is excluded (exit 0) or, with ingest.strict, stops it (exit 2)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    root = tmp_path / "root" / "database_nifti"
+    for folder in camus.find_patients(phantom_root)[:2]:
+        shutil.copytree(folder, root / folder.name)
+    (root / "patient0002" / "patient0002_4CH_ES.nii.gz").unlink()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["root"] = str(tmp_path / "root")
+
+    def ingest(strict):
+        params["ingest"]["strict"] = strict
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py")], cwd=tmp_path, capture_output=True, text=True)
+
+    lenient = ingest(False)
+    assert lenient.returncode == 0 and "1 patients included, 1 excluded" in lenient.stdout
+    table = (tmp_path / "data/ingested/exclusions.csv").read_text()
+    assert "patient0002,missing_frame,patient0002_4CH_ES.nii.gz not found" in table
+    assert '"excluded_missing_frame": 1' in (tmp_path / "metrics/ingest.json").read_text()
+    strict = ingest(True)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert "error: patient0002 excluded (missing_frame: patient0002_4CH_ES.nii.gz not found); ingest.strict is true" in strict.stderr
