@@ -7,20 +7,25 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LinearRegression
 
 METHODS = ("none", "linear", "isotonic")
+MIN_FIT_PATIENTS = 3
 
 
 def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[float, float], fit_set: str) -> dict:
     """Fit a calibrator of reference EF on predicted EF; returned as a JSON-ready dict."""
     ef_pred, ef_ref = np.asarray(ef_pred, float), np.asarray(ef_ref, float)
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
     calibrator = {"method": method, "fit_set": fit_set, "n": int(len(ef_pred)), "ef_range": list(ef_range)}
+    if method != "none" and len(ef_pred) < MIN_FIT_PATIENTS:
+        # Nothing to learn from: say so, and leave EF as it is (clipped) rather than fail the run.
+        return {**calibrator, "method": "none", "requested_method": method,
+                "note": f"only {len(ef_pred)} measured patients in the fit set; not calibrated"}
     if method == "linear":
         model = LinearRegression().fit(ef_pred[:, None], ef_ref)
         calibrator.update(slope=float(model.coef_[0]), intercept=float(model.intercept_))
     elif method == "isotonic":
         model = IsotonicRegression(out_of_bounds="clip").fit(ef_pred, ef_ref)
         calibrator.update(x=model.X_thresholds_.tolist(), y=model.y_thresholds_.tolist())
-    elif method != "none":
-        raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
     return calibrator
 
 

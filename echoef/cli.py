@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
-from . import camus, simpson
+from . import camus, model as M, simpson
 from .ef import label_maps, patient_ef
-from .io import write_csv
+from .io import read_json, write_csv, write_json
+from .predict import predict_study
 
 
 def ef_command(args) -> int:
@@ -37,12 +39,6 @@ def ef_command(args) -> int:
 
 def predict_command(args) -> int:
     """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
-    from tqdm import tqdm
-
-    from . import model as M
-    from .io import read_json, write_json
-    from .predict import predict_study
-
     studies = {}
     for folder in args.inputs:
         try:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from . import camus, geometry
 from .io import write_csv, write_npz
 
+INGESTED = Path("data/ingested")  # where the ingest stage writes, relative to the repository root
 EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
 
 
@@ -71,6 +72,11 @@ def save_study(path: Path, study: camus.Study) -> None:
         arrays[f"{view}_{phase}_label"] = frame.label
         arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
     write_npz(path, **arrays)
+
+
+def patient_path(patient: str, ingested: Path = INGESTED) -> Path:
+    """The .npz of one ingested patient."""
+    return Path(ingested) / f"{patient}.npz"
 
 
 def load_frames(path: str | Path) -> dict[tuple[str, str], camus.Frame]:

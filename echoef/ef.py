@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import camus, simpson
-from .dataset import load_frames
+from .dataset import INGESTED, load_frames, patient_path
 
 COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status"]
 
@@ -51,14 +51,15 @@ def load_predictions(path) -> dict[tuple[str, str], tuple[np.ndarray, tuple[floa
                 for v, p in camus.FRAME_KEYS}
 
 
-def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, method: str) -> pd.DataFrame:
+def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, method: str,
+             ingested: Path = INGESTED) -> pd.DataFrame:
     """One row per patient: EF from its predicted masks (``predictions/<patient>.npz``), from its
     expert masks (``ef_expert``, the ceiling), and the reference ``ef_ref`` and image quality."""
     cohort = cohort.set_index("patient")
     rows = []
     for patient in patients:
         pred = patient_ef(load_predictions(predictions / f"{patient}.npz"), method)
-        ceiling = patient_ef(label_maps(load_frames(f"data/ingested/{patient}.npz")), method)
+        ceiling = patient_ef(label_maps(load_frames(patient_path(patient, ingested))), method)
         rows.append({"patient": patient, **pred,
                      "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
                      "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],

@@ -70,6 +70,12 @@ def overlays(cases: list[dict], path) -> None:
     """Rows of patients (dict: title, frames {(view, phase): (image, expert, predicted, spacing)}):
     each frame with expert (green, if not None) and predicted (red) LV contours, at its true aspect
     ratio; a frame absent from a case stays blank."""
+    if not cases:
+        fig, ax = plt.subplots(figsize=(6, 1))
+        ax.text(0.5, 0.5, "no patient to show: none has a measured EF", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, path)
+        return
     fig, axes = plt.subplots(len(cases), 4, figsize=(12, 3.2 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases):
         for ax, key in zip(row, camus.FRAME_KEYS):

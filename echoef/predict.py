@@ -29,7 +29,10 @@ def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list
     and geometry of their input image, so ``python -m echoef ef ... --labels out_dir`` reads them back.
     The calibrator is applied only to EF by the method it was fitted for.
     """
-    frames = {key: camus.Frame(*_image(path)) for key, path in paths.items()}
+    frames = {}
+    for key, path in paths.items():
+        image, spacing_mm = camus.read_image(path)
+        frames[key] = camus.Frame(image.astype(np.float32), None, spacing_mm)
     labels = dict(zip(frames, segmentation.predict_frames(models, list(frames.values()), size,
                                                           infer_config["batch_size"], infer_config["tta"])))
     for (view, phase), path in paths.items():
@@ -46,12 +49,7 @@ def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list
     same_method = row["method"] == calibrator.get("ef_method", "simpson_biplane")
     row["ef_calibrated"] = float(calibration.apply(calibrator, np.array([row["ef"]]))[0]) if same_method else math.nan
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
-    title = f"{patient} EF {row['ef']:.0f}" if row["ef"] == row["ef"] else f"{patient} {row['status']}"
+    title = f"{patient} {row['status']}" if math.isnan(row["ef"]) else f"{patient} EF {row['ef']:.0f}"
     figures.overlays([{"title": title, "frames": {k: (f.image, None, labels[k], f.spacing_mm) for k, f in frames.items()}}],
                      out_dir / patient / f"{patient}_overlay.png")
     return {"patient": patient, **row}
-
-
-def _image(path: Path):
-    image, spacing_mm = camus.read_image(path)
-    return image.astype(np.float32), None, spacing_mm

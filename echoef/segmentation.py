@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from . import camus, geometry
-from .dataset import grid_tensors, load_frames
+from .dataset import INGESTED, grid_tensors, load_frames, patient_path
 from .io import write_npz
 from .model import predict_scores
 from .simpson import clean_lv_mask
@@ -43,9 +43,10 @@ def predict_frames(models: list[torch.nn.Module], frames: list[camus.Frame], siz
     return [postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for s, b in zip(scores, boxes)]
 
 
-def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path) -> list[dict]:
+def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path,
+                    ingested: Path = INGESTED) -> list[dict]:
     """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
-    frames = load_frames(f"data/ingested/{patient}.npz")
+    frames = load_frames(patient_path(patient, ingested))
     labels = predict_frames(models, list(frames.values()), size, config["batch_size"], config["tta"])
     arrays, rows = {}, []
     for (view, phase), frame, label in zip(frames, frames.values(), labels):

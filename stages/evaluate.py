@@ -41,7 +41,7 @@ def overlay_cases(test: pd.DataFrame, count: int) -> list[dict]:
     cases = []
     for name, position in picks:
         row = ok.iloc[position]
-        expert = dataset.load_frames(f"data/ingested/{row['patient']}.npz")
+        expert = dataset.load_frames(dataset.patient_path(row["patient"]))
         with np.load(f"data/predictions/{row['patient']}.npz") as data:
             frames = {k: (f.image, f.label, data[f"{k[0]}_{k[1]}_label"], f.spacing_mm) for k, f in expert.items()}
         cases.append({"title": f"{name} {row['patient']} EF {row['ef']:.0f} vs {row['ef_ref']:.0f}", "frames": frames})

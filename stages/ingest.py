@@ -9,7 +9,7 @@ from echoef import dataset, params as P  # noqa: E402
 from echoef.io import write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
-OUT = Path("data/ingested")
+OUT = dataset.INGESTED
 
 
 def main():

@@ -21,7 +21,7 @@ from echoef.stage import run  # noqa: E402
 
 
 def load_set(patients, size):
-    frames = [f for p in patients for f in dataset.load_frames(f"data/ingested/{p}.npz").values()]
+    frames = [f for p in patients for f in dataset.load_frames(dataset.patient_path(p)).values()]
     images, labels, _ = dataset.grid_tensors(frames, size)
     return images, labels
 

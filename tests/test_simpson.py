@@ -122,7 +122,7 @@ def test_ef_unchanged_when_spacing_scales(scale, length, radius, ef_scale):
 @settings(max_examples=8, deadline=None)
 @given(length=st.floats(60, 90), radius=st.floats(18, 28), ef_scale=st.floats(0.6, 0.9))
 def test_ef_stable_when_resolution_doubles(length, radius, ef_scale):
-    """The same physical LV on a grid twice as fine: EF within 2 points (the reference's 8-pixel
+    """The same physical LV on a grid twice as fine: EF within 3 points (the reference's 8-pixel
     constants are in pixels, so it is not exactly resolution invariant)."""
     def ef(spacing, shape):
         ed = half_ellipse(shape, spacing, length, radius)
@@ -130,7 +130,7 @@ def test_ef_stable_when_resolution_doubles(length, radius, ef_scale):
         g = [simpson.lv_geometry(m, spacing) for m in (ed, es)]
         return simpson.simpson_biplane(g[0], g[1], g[0], g[1]).ef
 
-    assert abs(ef((0.3, 0.3), (400, 260)) - ef((0.15, 0.15), (800, 520))) <= 2
+    assert abs(ef((0.3, 0.3), (400, 260)) - ef((0.15, 0.15), (800, 520))) <= 3
 
 
 @settings(max_examples=25, deadline=None)

@@ -94,3 +94,12 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
         write_json(path, {"mae": object()})  # fails while serialising, after the temporary file exists
     assert read_json(path) == {"mae": 4.0, "ci": [None, 1.0]}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
+
+
+def test_too_small_a_fit_set_is_reported_not_fitted():
+    c = calibration.fit(np.array([40.0]), np.array([45.0]), "linear", (5, 95), "val")
+    assert c["method"] == "none" and c["requested_method"] == "linear" and "only 1" in c["note"]
+    assert calibration.apply(c, np.array([40.0, 99.0])).tolist() == [40.0, 95.0]
+    out, calibrators = calibration.cross_fit(np.array([30.0, 50, np.nan, np.nan]), np.array([32.0, 52, 40, 60]),
+                                             np.array([0, 0, 1, 1]), "linear", (5, 95))
+    assert [c["method"] for c in calibrators] == ["none", "none"] and np.isnan(out[2:]).all()
