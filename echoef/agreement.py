@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import calibration
 from .dataset import ef_class
 from .ef import is_measured
 
@@ -99,3 +100,21 @@ def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, see
                                       "post": summary(post[quality == q], ref[quality == q])}
                              for q in pd.unique(quality)}
     return out
+
+
+def cross_validation_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrator: dict, n_resamples: int, seed: int) -> dict:
+    """Out-of-fold statistics with cross-fitted calibration (each fold calibrated by the other
+    folds, with the pipeline calibrator's method), the fold spread, and the fold-model ensemble on
+    the test list; {"folds": 0} without cross-validation."""
+    if oof.empty:
+        return {"folds": 0}
+    calibrated, _ = calibration.cross_fit(oof["ef"], oof["ef_ref"], oof["fold"], calibrator["method"], calibrator["ef_range"])
+    measured = oof.assign(ef_calibrated=calibrated)[oof["status"].map(is_measured)]
+    per_fold = [{"fold": int(f), "n": int(len(g)), "mae_pre": float((g["ef"] - g["ef_ref"]).abs().mean()),
+                 "mae_post": float((g["ef_calibrated"] - g["ef_ref"]).abs().mean())} for f, g in measured.groupby("fold")]
+    spread = {f"{key}_{stat}": float(getattr(np, stat)([row[key] for row in per_fold]))
+              for key in ("mae_pre", "mae_post") for stat in ("mean", "std")}
+    return {"folds": int(oof["fold"].nunique()),
+            "oof": set_report(oof, calibrated, n_resamples, seed),
+            "fold_spread": {**spread, "per_fold": per_fold},
+            "test_ensemble": set_report(ensemble, calibration.apply(calibrator, ensemble["ef"]), n_resamples, seed)}

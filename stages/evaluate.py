@@ -13,25 +13,6 @@ from echoef.io import read_json, write_csv, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
 
-def cv_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrator: dict, config: dict) -> dict:
-    """Out-of-fold statistics with cross-fitted calibration (each fold calibrated by the other
-    folds, with the pipeline calibrator's method), the fold spread, and the fold-model ensemble on test."""
-    if oof.empty:
-        return {"folds": 0}
-    calibrated, _ = calibration.cross_fit(oof["ef"], oof["ef_ref"], oof["fold"], calibrator["method"], calibrator["ef_range"])
-    oof = oof.assign(ef_calibrated=calibrated)
-    measured = oof[oof["status"].map(is_measured)]
-    per_fold = [{"fold": int(f), "n": int(len(g)), "mae_pre": float((g["ef"] - g["ef_ref"]).abs().mean()),
-                 "mae_post": float((g["ef_calibrated"] - g["ef_ref"]).abs().mean())} for f, g in measured.groupby("fold")]
-    spread = {f"{key}_{stat}": float(getattr(np, stat)([row[key] for row in per_fold]))
-              for key in ("mae_pre", "mae_post") for stat in ("mean", "std")}
-    return {"folds": int(oof["fold"].nunique()),
-            "oof": agreement.set_report(oof, calibrated, config["bootstrap"], config["seed"]),
-            "fold_spread": {**spread, "per_fold": per_fold},
-            "test_ensemble": agreement.set_report(ensemble, calibration.apply(calibrator, ensemble["ef"]),
-                                                  config["bootstrap"], config["seed"])}
-
-
 def overlay_cases(test: pd.DataFrame, count: int) -> list[dict]:
     """Best, median and worst test patients by absolute EF error."""
     ok = test[test["status"].map(is_measured)].assign(error=lambda t: (t["ef"] - t["ef_ref"]).abs()).sort_values("error")
@@ -55,7 +36,8 @@ def main():
     metrics = {subset: agreement.set_report(rows, calibration.apply(calibrator, rows["ef"]), config["bootstrap"], config["seed"])
                for subset, rows in ((s, table[table["set"] == s]) for s in ("test", "val"))}
     write_json("metrics/ef.json", metrics)
-    write_json("metrics/ef_cv.json", cv_report(pd.read_csv("data/ef_cv.csv"), pd.read_csv("data/ef_ensemble.csv"), calibrator, config))
+    write_json("metrics/ef_cv.json", agreement.cross_validation_report(
+        pd.read_csv("data/ef_cv.csv"), pd.read_csv("data/ef_ensemble.csv"), calibrator, config["bootstrap"], config["seed"]))
 
     test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
     test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])

@@ -103,3 +103,19 @@ def test_too_small_a_fit_set_is_reported_not_fitted():
     out, calibrators = calibration.cross_fit(np.array([30.0, 50, np.nan, np.nan]), np.array([32.0, 52, 40, 60]),
                                              np.array([0, 0, 1, 1]), "linear", (5, 95))
     assert [c["method"] for c in calibrators] == ["none", "none"] and np.isnan(out[2:]).all()
+
+
+def test_cross_validation_report_numbers():
+    oof = pd.DataFrame({"patient": list("abcdefgh"), "fold": [0, 0, 0, 0, 1, 1, 1, 1], "ef": PRED, "ef_ref": REF,
+                        "status": ["ok"] * 7 + ["no_basal_chord:2CH_ED"]})
+    oof.loc[7, "ef"] = np.nan
+    calibrator = {"method": "none", "ef_range": [0, 100]}
+    report = agreement.cross_validation_report(oof, oof.iloc[:3], calibrator, 0, 0)
+    assert report["folds"] == 2 and report["oof"]["n_patients"] == 8 and report["oof"]["n_failed"] == 1
+    assert [f["n"] for f in report["fold_spread"]["per_fold"]] == [4, 3]
+    fold_mae = [np.abs(PRED[:4] - REF[:4]).mean(), np.abs(PRED[4:7] - REF[4:7]).mean()]
+    assert report["fold_spread"]["mae_pre_mean"] == pytest.approx(np.mean(fold_mae))
+    assert report["fold_spread"]["mae_pre_std"] == pytest.approx(np.std(fold_mae))
+    assert report["oof"]["post"]["mae"] == pytest.approx(np.abs(PRED[:7] - REF[:7]).mean())
+    assert report["test_ensemble"]["n_patients"] == 3
+    assert agreement.cross_validation_report(oof.iloc[:0], oof.iloc[:0], calibrator, 0, 0) == {"folds": 0}
