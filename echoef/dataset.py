@@ -44,8 +44,13 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
         raise IngestError(f"data.root = {str(root)!r} holds no patientXXXX folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, exclusions = [], []
+    seen = {}  # patient number -> folder: patient0001 and patient001 are one patient exported twice
     for folder in tqdm(folders, desc="ingest", mininterval=5):
         try:
+            number = int(folder.name.removeprefix("patient"))
+            if number in seen:
+                raise camus.StudyError("duplicate_patient", f"same patient number as {seen[number]}")
+            seen[number] = folder.name
             study = camus.read_study(folder)
             _check_study(study)
         except camus.StudyError as error:

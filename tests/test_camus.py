@@ -65,15 +65,21 @@ def _copy_patient(src, dst):
     ("ef_out_of_range", "bad_reference_ef"),
     ("empty_lv", "empty_expert_lv"),
     ("bad_cfg_number", "bad_cfg"),
+    ("duplicate", "duplicate_patient"),
 ])
 def test_ingest_excludes_broken_patients_with_a_reason(phantom_root, tmp_path, fault, reason):
+    import shutil
+
     import SimpleITK as sitk
 
     root = tmp_path / "root" / "database_nifti"
     _copy_patient(camus.find_patients(phantom_root)[0], root / "patient0001")
     bad = _copy_patient(camus.find_patients(phantom_root)[1], root / "patient0002")
     gt = bad / "patient0002_4CH_ES_gt.nii.gz"
-    if fault == "missing":
+    if fault == "duplicate":  # the same patient exported again under another zero padding
+        shutil.rmtree(bad)
+        bad = _copy_patient(root / "patient0001", root / "patient01")
+    elif fault == "missing":
         (bad / "patient0002_2CH_ED.nii.gz").unlink()
     elif fault == "truncated":
         data = gt.read_bytes()
@@ -98,9 +104,9 @@ def test_ingest_excludes_broken_patients_with_a_reason(phantom_root, tmp_path, f
             cfg.write_text("\n".join(line for line in text.splitlines() if not line.startswith("EF")) + "\n" + replacement)
     cohort, exclusions = dataset.ingest(tmp_path / "root", tmp_path / "out", strict=False)
     assert list(cohort["patient"]) == ["patient0001"]
-    assert exclusions.to_dict("records")[0]["patient"] == "patient0002"
+    assert exclusions.to_dict("records")[0]["patient"] == bad.name
     assert exclusions.to_dict("records")[0]["reason"] == reason
-    with pytest.raises(dataset.IngestError, match="patient0002"):
+    with pytest.raises(dataset.IngestError, match=bad.name):
         dataset.ingest(tmp_path / "root", tmp_path / "out2", strict=True)
 
 
