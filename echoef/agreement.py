@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.model_selection import KFold
 
 from . import calibration
 from .dataset import ef_class
@@ -84,6 +85,24 @@ def full_report(pred, ref, n_resamples: int, seed: int) -> dict:
             **proportional_bias(pred, ref), **classification(pred, ref)}
 
 
+SEED_CV_FOLDS = 5
+
+
+def seed_scoring_report(rows: pd.DataFrame, seed: int) -> dict:
+    """The seed notebook's scoring of the same masks, a comparison only: its EF (``ef_seed_scoring``)
+    before, and after a linear calibration cross-validated inside this very set (5-fold, seeded)."""
+    measured = rows[rows["ef_seed_scoring"].notna()]
+    out = {"n_failed": int(len(rows) - len(measured)), "pre": summary(measured["ef_seed_scoring"], measured["ef_ref"])}
+    if len(measured) >= 2:
+        splits = KFold(min(SEED_CV_FOLDS, len(measured)), shuffle=True, random_state=seed).split(measured)
+        folds = np.zeros(len(measured), dtype=int)
+        for fold, (_, held_out) in enumerate(splits):
+            folds[held_out] = fold
+        calibrated, _ = calibration.cross_fit(measured["ef_seed_scoring"], measured["ef_ref"], folds, "linear", (0, 100))
+        out["post"] = summary(calibrated, measured["ef_ref"])
+    return out
+
+
 def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, seed: int) -> dict:
     """Pre/post calibration statistics of one set of EF rows (``ef``, ``ef_ref``, ``status``,
     optionally ``ef_expert``/``status_expert`` and ``quality``), failures counted, never dropped."""
@@ -94,6 +113,8 @@ def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, see
     if "status_expert" in rows:
         expert = rows[rows["status_expert"].map(is_measured)]
         out["expert_masks"] = summary(expert["ef_expert"], expert["ef_ref"])
+    if "ef_seed_scoring" in rows:
+        out["seed_scoring"] = seed_scoring_report(rows, seed)
     if "quality" in rows:
         quality = rows["quality"].to_numpy()[ok]
         out["by_quality"] = {str(q): {"pre": summary(pre[quality == q], ref[quality == q]),
@@ -105,7 +126,7 @@ def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, see
 def cross_validation_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrator: dict, n_resamples: int, seed: int) -> dict:
     """Out-of-fold statistics with cross-fitted calibration (each fold calibrated by the other
     folds, with the pipeline calibrator's method), the fold spread, and the fold-model ensemble on
-    the test list; {"folds": 0} without cross-validation."""
+    the test list calibrated on all out-of-fold predictions; {"folds": 0} without cross-validation."""
     if oof.empty:
         return {"folds": 0}
     calibrated, _ = calibration.cross_fit(oof["ef"], oof["ef_ref"], oof["fold"], calibrator["method"], calibrator["ef_range"])
@@ -114,7 +135,10 @@ def cross_validation_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrato
                  "mae_post": float((g["ef_calibrated"] - g["ef_ref"]).abs().mean())} for f, g in measured.groupby("fold")]
     spread = {f"{key}_{stat}": float(getattr(np, stat)([row[key] for row in per_fold]))
               for key in ("mae_pre", "mae_post") for stat in ("mean", "std")}
+    # The fold models' ensemble is calibrated on all their out-of-fold predictions, not on another model's.
+    pooled = calibration.fit(measured["ef"], measured["ef_ref"], calibrator["method"], calibrator["ef_range"], "out-of-fold, all folds")
     return {"folds": int(oof["fold"].nunique()),
             "oof": set_report(oof, calibrated, n_resamples, seed),
             "fold_spread": {**spread, "per_fold": per_fold},
-            "test_ensemble": set_report(ensemble, calibration.apply(calibrator, ensemble["ef"]), n_resamples, seed)}
+            "test_ensemble": set_report(ensemble, calibration.apply(pooled, ensemble["ef"]), n_resamples, seed),
+            "test_ensemble_calibrator": pooled}

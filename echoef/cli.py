@@ -54,7 +54,7 @@ def predict_command(args) -> int:
         print("error: give patient folders, or image files with --2ch-ed/--2ch-es/--4ch-ed/--4ch-es", file=sys.stderr)
         return 2
     try:
-        net, state = M.load_checkpoint(args.model, M.resolve_device(args.device))
+        models, state = M.load_checkpoint(args.model, M.resolve_device(args.device))
         calibrator = read_json(args.calibrator)
     except (M.CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -63,7 +63,7 @@ def predict_command(args) -> int:
     rows = []
     for patient, paths in tqdm(studies.items(), desc="predict", disable=len(studies) < 2):
         try:
-            rows.append(predict_study(patient, paths, [net], state["model_config"]["input_size"], calibrator, config, args.out))
+            rows.append(predict_study(patient, paths, models, state["model_config"]["input_size"], calibrator, config, args.out))
         except camus.StudyError as error:
             rows.append({"patient": patient, "status": f"unreadable:{error.reason}"})
     table = pd.DataFrame(rows, columns=["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames"])

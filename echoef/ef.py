@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import camus, simpson
+from . import camus, geometry, simpson
 from .dataset import INGESTED, load_frames, patient_path
 
 COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status"]
@@ -39,6 +39,22 @@ def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
     return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status}
 
 
+SEED_GRID = 256  # the seed notebook's square input
+
+
+def seed_scoring_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]) -> float:
+    """EF the seed notebook's way, for comparison only: biplane area-length in pixels on LV masks
+    squashed to 256 x 256 (aspect and spacing ignored); NaN if a mask cannot be measured."""
+    geometries = {}
+    for key, (label, _) in frames.items():
+        mask = geometry.labels_to_grid(label, geometry.squashed(label.shape, SEED_GRID)).numpy() == camus.LABELS["lv_cavity"]
+        try:
+            geometries[key] = simpson.lv_geometry(mask, (1.0, 1.0))
+        except simpson.LVGeometryError:
+            return math.nan
+    return simpson.volumes(geometries, "area_length").ef
+
+
 def label_maps(frames: dict[tuple[str, str], camus.Frame]) -> dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]:
     """The (label map, spacing) pairs that ``patient_ef`` takes, from frames with labels."""
     return {key: (frame.label, frame.spacing_mm) for key, frame in frames.items()}
@@ -53,14 +69,16 @@ def load_predictions(path) -> dict[tuple[str, str], tuple[np.ndarray, tuple[floa
 
 def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, method: str,
              ingested: Path = INGESTED) -> pd.DataFrame:
-    """One row per patient: EF from its predicted masks (``predictions/<patient>.npz``), from its
-    expert masks (``ef_expert``, the ceiling), and the reference ``ef_ref`` and image quality."""
+    """One row per patient: EF from its predicted masks (``predictions/<patient>.npz``), the same
+    masks scored the seed's way (``ef_seed_scoring``), EF from its expert masks (``ef_expert``, the
+    ceiling), and the reference ``ef_ref`` and image quality."""
     cohort = cohort.set_index("patient")
     rows = []
     for patient in patients:
-        pred = patient_ef(load_predictions(predictions / f"{patient}.npz"), method)
+        predicted = load_predictions(predictions / f"{patient}.npz")
+        pred = patient_ef(predicted, method)
         ceiling = patient_ef(label_maps(load_frames(patient_path(patient, ingested))), method)
-        rows.append({"patient": patient, **pred,
+        rows.append({"patient": patient, **pred, "ef_seed_scoring": seed_scoring_ef(predicted),
                      "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
                      "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],
                      "ef_ref": cohort.loc[patient, "ef_ref"], "quality": cohort.loc[patient, "quality_2ch"]})

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .io import atomic_path
@@ -37,23 +38,26 @@ def build_unet(config: dict) -> torch.nn.Module:
 MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size")
 
 
-def save_checkpoint(path, model: torch.nn.Module, config: dict, extra: dict) -> None:
-    """Weights plus the configuration that built them, so inference rebuilds the same network."""
-    state = {"model_config": {k: config[k] for k in MODEL_KEYS}, "state_dict": model.state_dict(), **extra}
+def save_checkpoint(path, state_dicts: list[dict], config: dict, extra: dict) -> None:
+    """The weights of each ensemble member plus the configuration that built them, so inference
+    rebuilds the same networks."""
+    state = {"model_config": {k: config[k] for k in MODEL_KEYS}, "state_dicts": state_dicts, **extra}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network saved by ``save_checkpoint``; CheckpointError if it does not fit."""
+def load_checkpoint(path, device: str = "cpu") -> tuple[list[torch.nn.Module], dict]:
+    """Rebuild the ensemble members saved by ``save_checkpoint``; CheckpointError if they do not fit."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         config = dict(state["model_config"], encoder_weights=None)  # weights come from the file
-        model = build_unet(config)
-        model.load_state_dict(state["state_dict"])
+        models = []
+        for weights in state["state_dicts"]:
+            models.append(build_unet(config))
+            models[-1].load_state_dict(weights)
     except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
-    return model.to(device).eval(), state
+    return [m.to(device).eval() for m in models], state
 
 
 def resolve_device(name: str) -> str:
@@ -63,12 +67,15 @@ def resolve_device(name: str) -> str:
     return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch, and ask torch for deterministic kernels."""
+def seed_everything(seed: int, device: str = "cpu") -> None:
+    """Seed Python, numpy and torch. On CPU ask for deterministic kernels (runs repeat bit for bit);
+    on CUDA let cuDNN pick its fastest kernels instead (seeded, not bitwise repeatable)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    cuda = torch.device(device).type == "cuda"
+    torch.use_deterministic_algorithms(not cuda, warn_only=True)
+    torch.backends.cudnn.benchmark = cuda
 
 
 class DiceCELoss(torch.nn.Module):
@@ -84,12 +91,14 @@ class DiceCELoss(torch.nn.Module):
 
 
 def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator: torch.Generator):
-    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per sample."""
+    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per sample.
+
+    Draws come from ``generator``, which lives on the images' device (no host round trip per batch).
+    """
     n = images.shape[0]
-    device = images.device
 
     def uniform(low, high):
-        return low + (high - low) * torch.rand(n, generator=generator, device="cpu").to(device)
+        return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
 
     angle = uniform(-1, 1) * math.radians(config["rotation_deg"])
     scale = 1 + uniform(-1, 1) * config["scale"]
@@ -106,7 +115,7 @@ def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator:
     gamma = torch.exp(uniform(-1, 1) * config["gamma"]).view(n, 1, 1, 1)
     gain = (1 + 0.2 * uniform(-1, 1)).view(n, 1, 1, 1)
     images = (((images - low) / span) ** gamma * span + low) * gain
-    noise = torch.randn(images.shape, generator=generator, device="cpu").to(device)
+    noise = torch.randn(images.shape, generator=generator, device=generator.device)
     images = images + config["noise_std"] * uniform(0, 1).view(n, 1, 1, 1) * noise
     return images, labels
 
@@ -122,22 +131,33 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, classes=(1, 2, 3)) 
     return torch.stack(scores, 1).cpu().numpy()
 
 
-def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, C, H, W) for normalised grid images (N, 1, H, W).
-
-    With ``tta`` the prediction is averaged with that of the left-right mirrored image.
-    """
+def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool):
+    """Softmax probabilities batch by batch, on the model's device."""
     device = next(model.parameters()).device
-    outputs = []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
+            batch = images[start : start + batch_size].to(device).contiguous(memory_format=memory_format)
             probs = model(batch).float().softmax(1)
             if tta:
                 probs = 0.5 * (probs + model(batch.flip(-1)).float().softmax(1).flip(-1))
-            outputs.append(probs.cpu())
-    return torch.cat(outputs)
+            yield probs
+
+
+def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, C, H, W) on the CPU for normalised grid images (N, 1, H, W).
+
+    With ``tta`` the prediction is averaged with that of the left-right mirrored image.
+    """
+    return torch.cat([probs.cpu() for probs in _batched_scores(model, images, batch_size, tta)])
+
+
+def validation_dice(model: torch.nn.Module, val_set, batch_size: int) -> np.ndarray:
+    """Mean Dice of LV cavity, myocardium and atrium over the validation frames (on their device)."""
+    images, labels = val_set
+    pred = torch.cat([probs.argmax(1) for probs in _batched_scores(model, images, batch_size, False)])
+    return np.nanmean(dice_per_class(pred, labels.to(pred.device)), axis=0)
 
 
 def _global_batches(n: int, batch_size: int, world: int) -> list[int]:
@@ -149,25 +169,32 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     """Train with AdamW and a one-cycle schedule; keep the weights of the best validation LV Dice.
 
     ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long); ``log(epoch, dict)``
-    receives the epoch's metrics. Returns (best state_dict, best epoch, history). Inside a
-    torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel and
-    each process trains on its share of every global batch of ``batch_size``.
+    receives the epoch's metrics. With ``ema_decay`` > 0 the validated and returned weights are an
+    exponential moving average of the trained ones. Returns (best state_dict, best epoch, history).
+    Inside a torch.distributed process group (torchrun) the model is wrapped in
+    DistributedDataParallel and each process trains on its share of every global batch of ``batch_size``.
     """
     distributed = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    cuda = torch.device(device).type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
     # Every process draws the same batch order; augmentation draws differ per process.
     order_generator = torch.Generator().manual_seed(config["seed"])
-    augment_generator = torch.Generator().manual_seed(config["seed"] * 1000 + 1 + rank)
+    augment_generator = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + 1 + rank)
     images, labels = (t.to(device) for t in train_set)
-    model = model.to(device)
+    val_set = tuple(t.to(device) for t in val_set)
+    model = model.to(device, memory_format=memory_format)
     # smp keeps the encoder stages that a shallower encoder_depth leaves unused: DDP must allow them.
-    device_ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    device_ids = [torch.device(device).index] if cuda else None
     net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True) if distributed else model
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]), use_buffers=True)
+           if config["ema_decay"] > 0 else None)
+    evaluated = ema.module if ema else model
     loss_fn = DiceCELoss(config["dice_weight"], config["ce_weight"])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"], fused=cuda or None)
     batches = _global_batches(len(images), config["batch_size"], world)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * len(batches))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     best = {"lv_dice": -1.0, "state": None, "epoch": -1}
     history = []
     for epoch in range(config["epochs"]):
@@ -178,18 +205,19 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
             idx = order[start : start + config["batch_size"]][rank::world]
             x, y = augment(images[idx], labels[idx], config["augment"], augment_generator)
             with autocast:
-                loss = loss_fn(net(x).float(), y)
+                loss = loss_fn(net(x.contiguous(memory_format=memory_format)).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema:
+                ema.update_parameters(model)
             total += loss.detach().double() * len(idx)
         if distributed:
             dist.all_reduce(total)
-        model.eval()
+        evaluated.eval()
         # Every process validates the same weights on the whole validation set: identical results.
-        scores = predict_scores(model, val_set[0], config["batch_size"])
-        dice = np.nanmean(dice_per_class(scores.argmax(1), val_set[1]), axis=0)
+        dice = validation_dice(evaluated, val_set, config["batch_size"])
         row = {"train_loss": float(total) / sum(min(config["batch_size"], len(images) - b) for b in batches),
                "val_dice_lv": float(dice[0]), "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
         history.append(row)
@@ -197,5 +225,21 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
             log(epoch, row)
         if row["val_dice_lv"] > best["lv_dice"]:
             best = {"lv_dice": row["val_dice_lv"], "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}}
     return best["state"], best["epoch"], history
+
+
+def train_members(train_set, val_set, config: dict, device: str, log=None) -> list[dict]:
+    """Train ``members`` networks (seeds ``seed``, ``seed + 1``, ...) that predict as an ensemble.
+
+    Returns one {seed, state_dict, best_epoch, history} per member; ``log(member, epoch, row)``.
+    """
+    members = []
+    for member in range(config["members"]):
+        seed = config["seed"] + member
+        seed_everything(seed, device)
+        net = build_unet(config)
+        state, best_epoch, history = train(net, train_set, val_set, {**config, "seed": seed}, device,
+                                           (lambda epoch, row, m=member: log(m, epoch, row)) if log else None)
+        members.append({"seed": seed, "state_dict": state, "best_epoch": best_epoch, "history": history})
+    return members

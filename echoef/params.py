@@ -80,6 +80,8 @@ SCHEMA = {
         "dice_weight": _typed(*NUMBER, minimum=0),
         "ce_weight": _typed(*NUMBER, minimum=0),
         "seed": _typed(int),
+        "members": _typed(int, minimum=1),
+        "ema_decay": _typed(*NUMBER, minimum=0, maximum=0.9999),
         "threads": _typed(int, minimum=0),
         "processes": _typed(int, minimum=1),
         "augment": {

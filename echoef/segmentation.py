@@ -48,6 +48,12 @@ def predict_patient(models: list[torch.nn.Module], patient: str, size: int, conf
     """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
     frames = load_frames(patient_path(patient, ingested))
     labels = predict_frames(models, list(frames.values()), size, config["batch_size"], config["tta"])
+    return save_patient_labels(patient, frames, labels, out)
+
+
+def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame], labels: list[np.ndarray], out: Path) -> list[dict]:
+    """Write predicted label maps (in ``frames`` order) with each frame's spacing to ``out``; Dice
+    rows against the frames' expert labels."""
     arrays, rows = {}, []
     for (view, phase), frame, label in zip(frames, frames.values(), labels):
         arrays[f"{view}_{phase}_label"] = label

@@ -40,12 +40,14 @@ def main():
     write_csv("data/ef_cv.csv", oof)
 
     device = M.resolve_device(params["train"]["device"])
-    models = [M.load_checkpoint(f"data/cv/fold_{f}/model/segmenter.pt", device) for f in range(k)]
-    size = models[0][1]["model_config"]["input_size"]
+    # Every member of every fold model: the ensemble is the mean of all their softmax outputs.
+    loaded = [M.load_checkpoint(f"data/cv/fold_{f}/model/segmenter.pt", device) for f in range(k)]
+    models = [m for members, _ in loaded for m in members]
+    size = loaded[0][1]["model_config"]["input_size"]
     test = read_json("data/split.json")["test"]
     dice_rows = []
     for patient in tqdm(test, desc="cv ensemble", mininterval=5):
-        dice_rows += S.predict_patient([m for m, _ in models], patient, size, params["infer"], ENSEMBLE / f"{patient}.npz")
+        dice_rows += S.predict_patient(models, patient, size, params["infer"], ENSEMBLE / f"{patient}.npz")
     cohort = pd.read_csv("data/ingested/cohort.csv")
     write_csv("data/ef_ensemble.csv", ef_table(test, ENSEMBLE, cohort, params["ef"]["method"]).assign(set="test"))
     oof_dice = pd.concat([pd.read_csv(f"data/cv/fold_{f}/predictions/dice.csv").assign(fold=f) for f in range(k)],

@@ -30,12 +30,12 @@ def main():
     else:
         model_path, out = f"data/cv/fold_{args.fold}/model/segmenter.pt", Path(f"data/cv/fold_{args.fold}/predictions")
         sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
-    net, state = M.load_checkpoint(model_path, device)
+    models, state = M.load_checkpoint(model_path, device)
     shutil.rmtree(out, ignore_errors=True)
     rows = []
     for subset, patients in sets.items():
         for patient in tqdm(patients, desc=f"infer {subset}", mininterval=5):
-            frame_rows = S.predict_patient([net], patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
+            frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
             rows += [{**row, "set": subset} for row in frame_rows]
     table = pd.DataFrame(rows)
     write_csv(out / "dice.csv" if args.fold is not None else "data/segmentation_dice.csv", table)

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,10 +40,9 @@ def main():
         sets = S.fold_sets(read_json("data/cv/folds.json"), args.fold)
         config = {**config, "seed": args.seed}
         out = log_dir = Path(f"data/cv/fold_{args.fold}/model")
-    M.seed_everything(config["seed"])
+    device = M.resolve_device(config["device"])
     if config["threads"]:
         torch.set_num_threads(config["threads"])
-    device = M.resolve_device(config["device"])
     # Launched by torchrun with several processes: one process group, one GPU per process (or
     # gloo on CPU); only rank 0 logs and writes.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -57,29 +57,33 @@ def main():
     world = dist.get_world_size() if distributed else 1
     if writer:
         print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}"
-              + (f", {world} processes" if distributed else ""))
-    net = M.build_unet(config)
+              + (f", {world} processes" if distributed else "") + f", {config['members']} ensemble member(s)")
     live = Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) if writer else contextlib.nullcontext()
     with live:
-        def log(epoch, row):
+        def log(member, epoch, row):
+            live.step = epoch  # each member's curve starts at step 0
             for key, value in row.items():
-                live.log_metric(key, value)
-            live.next_step()
-            print(f"epoch {epoch + 1}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+                live.log_metric(key if config["members"] == 1 else f"member_{member}/{key}", value)
+            live.make_summary()
+            print(f"member {member} epoch {epoch + 1}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
 
-        state, best_epoch, history = M.train(net, train_set, val_set, config, device, log if writer else None)
+        start = time.perf_counter()
+        members = M.train_members(train_set, val_set, config, device, log if writer else None)
+        seconds = time.perf_counter() - start
     if distributed:
         dist.destroy_process_group()
     if not writer:
         return
-    net.load_state_dict(state)
-    M.save_checkpoint(out / "segmenter.pt", net, config,
-                      {"best_epoch": best_epoch, "val_dice_lv": history[best_epoch]["val_dice_lv"],
-                       "train_patients": sets["train"], "val_patients": sets["val"]})
+    summary = [{"seed": m["seed"], "best_epoch": m["best_epoch"], "val_dice_lv": m["history"][m["best_epoch"]]["val_dice_lv"]}
+               for m in members]
+    M.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], config,
+                      {"members": summary, "train_patients": sets["train"], "val_patients": sets["val"]})
     # Who the model saw, beside it: the cross-validation checks read this.
-    write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "processes": world, "train_patients": sets["train"],
-                                        "val_patients": sets["val"], "best_epoch": best_epoch, "history": history})
-    print(f"train: best epoch {best_epoch + 1}, validation LV Dice {history[best_epoch]['val_dice_lv']:.4f}")
+    write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "processes": world, "device": device, "train_seconds": seconds,
+                                        "train_patients": sets["train"], "val_patients": sets["val"],
+                                        "members": [{**s, "history": m["history"]} for s, m in zip(summary, members)]})
+    print(f"train: {seconds:.0f} s; " + "; ".join(f"seed {s['seed']} best epoch {s['best_epoch'] + 1}, validation LV Dice "
+                                                   f"{s['val_dice_lv']:.4f}" for s in summary))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def repo(tmp_path_factory):
 
 def test_two_processes_give_the_same_outputs_as_one(repo):
     log = json.loads((repo / "models/train_log.json").read_text())
-    assert log["processes"] == 2 and len(log["history"]) == 3
+    assert log["processes"] == 2 and len(log["members"]) == 1 and len(log["members"][0]["history"]) == 3
     assert (repo / "models/segmenter.pt").stat().st_size > 1_000_000
     assert (repo / "metrics/train/metrics.json").is_file()  # written once, by rank 0
     ef = json.loads((repo / "metrics/ef.json").read_text())

@@ -14,21 +14,18 @@ from echoef import calibration, camus, dataset, model as M
 
 TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
         "input_size": 64, "epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
-        "ce_weight": 1.0, "seed": 0, "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "noise_std": 0.02}}
+        "ce_weight": 1.0, "seed": 0, "members": 2, "ema_decay": 0.9, "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "noise_std": 0.02}}
 
 
 @pytest.fixture(scope="session")
 def trained(phantom_root, tmp_path_factory):
-    """A U-Net trained briefly on 10 synthetic patients, and a linear calibrator file."""
+    """A two-member U-Net ensemble trained briefly on 10 synthetic patients, and a linear calibrator file."""
     folders = camus.find_patients(phantom_root)
     frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
     images, labels, _ = dataset.grid_tensors(frames, TINY["input_size"])
-    M.seed_everything(0)
-    net = M.build_unet(TINY)
-    state, best, _ = M.train(net, (images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
-    net.load_state_dict(state)
+    members = M.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
     out = tmp_path_factory.mktemp("model")
-    M.save_checkpoint(out / "segmenter.pt", net, TINY, {"best_epoch": best})
+    M.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY, {})
     calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
     (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
     return out

@@ -5,7 +5,7 @@ from PIL import Image
 from skimage.measure import find_contours
 
 from conftest import CAMUS, needs_shared
-from echoef import camus, simpson
+from echoef import camus, ef, simpson
 
 
 def reference_chord(contour):
@@ -178,3 +178,13 @@ def test_area_length_and_ef():
     assert v.edv_ml == round(expected)
     with pytest.raises(ValueError, match="allowed"):
         simpson.volumes({}, "teichholz")
+
+
+@needs_shared
+def test_seed_scoring_of_expert_masks():
+    # Area-length in pixels on 256 x 256 squashed masks: near the mm area-length, far above Simpson.
+    found = {}
+    for patient in ("patient0004", "patient0009"):
+        maps = ef.label_maps(camus.read_study(CAMUS / "database_nifti" / patient).frames)
+        found[patient] = (ef.seed_scoring_ef(maps), ef.patient_ef(maps, "area_length")["ef"], ef.patient_ef(maps, "simpson_biplane")["ef"])
+    assert found == {"patient0004": (62.0, 63.0, 56.0), "patient0009": (32.0, 29.0, 25.0)}

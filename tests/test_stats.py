@@ -119,3 +119,20 @@ def test_cross_validation_report_numbers():
     assert report["oof"]["post"]["mae"] == pytest.approx(np.abs(PRED[:7] - REF[:7]).mean())
     assert report["test_ensemble"]["n_patients"] == 3
     assert agreement.cross_validation_report(oof.iloc[:0], oof.iloc[:0], calibrator, 0, 0) == {"folds": 0}
+
+
+def test_seed_scoring_report_cross_validates_inside_the_set():
+    rows = pd.DataFrame({"ef_seed_scoring": PRED + 4, "ef_ref": REF})
+    rows.loc[3, "ef_seed_scoring"] = np.nan
+    report = agreement.seed_scoring_report(rows, 0)
+    keep = np.arange(8) != 3
+    x, y = PRED[keep] + 4, REF[keep]
+    assert report["n_failed"] == 1 and report["pre"]["mae"] == pytest.approx(np.abs(x - y).mean())
+    # Independent cross-validation: the same seeded 5 folds, a least-squares line fitted without each.
+    from sklearn.model_selection import KFold
+    calibrated = np.empty(7)
+    for fit, held in KFold(5, shuffle=True, random_state=0).split(x):
+        slope, intercept = np.polyfit(x[fit], y[fit], 1)
+        calibrated[held] = intercept + slope * x[held]
+    assert report["post"]["mae"] == pytest.approx(np.abs(calibrated - y).mean())
+    assert report["post"]["mae"] != pytest.approx(report["pre"]["mae"])
