@@ -93,6 +93,6 @@ def main(argv=None) -> int:
     predict.add_argument("--calibrator", type=Path, default=Path("models/calibrator.json"))
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
     args = parser.parse_args(argv)
     return ef_command(args) if args.command == "ef" else predict_command(args)

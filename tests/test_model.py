@@ -53,3 +53,13 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
     models, state = M.load_checkpoint(tmp_path / "m.pt")
     assert len(models) == 2 and state["model_config"]["input_size"] == 32
     assert torch.equal(models[1].state_dict()[key], members[1]["state_dict"][key])
+
+
+def test_tta_is_the_mean_over_three_gammas():
+    M.seed_everything(0)
+    net = M.build_unet(CONFIG).eval()
+    images = data(3)[0]
+    with torch.no_grad():
+        expected = sum(net(M.apply_gamma(images, g)).softmax(1) for g in M.TTA_GAMMAS) / 3
+    assert torch.allclose(M.predict_scores(net, images, 2, tta=True), expected, atol=1e-6)
+    assert not torch.allclose(M.predict_scores(net, images, 2), expected, atol=1e-4)
