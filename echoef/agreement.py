@@ -105,7 +105,8 @@ def seed_scoring_report(rows: pd.DataFrame, seed: int) -> dict:
 
 def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, seed: int) -> dict:
     """Pre/post calibration statistics of one set of EF rows (``ef``, ``ef_ref``, ``status``,
-    optionally ``ef_expert``/``status_expert`` and ``quality``), failures counted, never dropped."""
+    optionally ``ef_expert``/``status_expert``, ``ef_seed_scoring`` and ``quality``), failures
+    counted, never dropped."""
     ok = rows["status"].map(is_measured).to_numpy()
     pre, post, ref = rows["ef"].to_numpy()[ok], np.asarray(calibrated, float)[ok], rows["ef_ref"].to_numpy()[ok]
     out = {"n_patients": len(rows), "n_failed": int((~ok).sum()),
