@@ -65,7 +65,7 @@ def predict_command(args) -> int:
         try:
             rows.append(predict_study(patient, paths, models, state["model_config"]["input_size"], calibrator, config, args.out))
         except camus.StudyError as error:
-            rows.append({"patient": patient, "status": f"unreadable:{error.reason}"})
+            rows.append({"patient": patient, "status": f"failed:{error.reason}"})
     table = pd.DataFrame(rows, columns=["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames"])
     write_csv(args.out / "summary.csv", table)
     write_json(args.out / "summary.json", table.to_dict(orient="records"))

@@ -107,6 +107,20 @@ def grid_tensors(frames: list[camus.Frame], size: int, with_labels: bool = True)
     return images, labels, boxes
 
 
+def input_order(frames: dict[tuple[str, str], camus.Frame], phases_per_input: int) -> list[tuple[str, str]]:
+    """The frames' keys in the network's input order: view by view, ED before ES. With 2 phases per
+    input each view must have both frames on one grid, else camus.StudyError('unpaired_view')."""
+    keys = [key for key in camus.FRAME_KEYS if key in frames]
+    if phases_per_input == 2:
+        for view in dict.fromkeys(v for v, _ in keys):
+            pair = [frames.get((view, phase)) for phase in camus.PHASES]
+            if None in pair:
+                raise camus.StudyError("unpaired_view", f"{view}: this model segments a view's ED and ES frames together; give both")
+            if pair[0].image.shape != pair[1].image.shape or not np.allclose(pair[0].spacing_mm, pair[1].spacing_mm):
+                raise camus.StudyError("unpaired_view", f"{view}: the ED and ES frames differ in size or spacing; this model needs them on one grid")
+    return keys
+
+
 def ef_class(ef: np.ndarray) -> np.ndarray:
     """0 reduced (<40%), 1 mildly reduced (40-49%), 2 preserved (>=50%)."""
     return np.digitize(ef, EF_BINS[1:-1])

@@ -27,19 +27,36 @@ class CheckpointError(ValueError):
     """A model file that cannot be used with this code or configuration."""
 
 
+class PhaseStackUnet(smp.Unet):
+    """An smp U-Net that segments ``phases_per_input`` consecutive frames together (2: a view's ED
+    and ES frames as the channels of one input, so both masks come from one reading of the view).
+
+    Takes frames (F, 1, H, W) and returns logits (F, 4, H, W) in the same order, F a multiple of
+    ``phases_per_input``; with 1 it is the plain one-frame U-Net.
+    """
+
+    def __init__(self, phases_per_input: int, **kwargs):
+        super().__init__(in_channels=phases_per_input, classes=N_CLASSES * phases_per_input, **kwargs)
+        self.phases_per_input = phases_per_input
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = frames.shape
+        logits = super().forward(frames.reshape(n // self.phases_per_input, self.phases_per_input, height, width))
+        return logits.reshape(n, N_CLASSES, height, width)
+
+
 def build_unet(config: dict) -> torch.nn.Module:
-    """An smp U-Net for one-channel echo frames and the four CAMUS labels."""
-    return smp.Unet(
+    """The U-Net of ``config`` for one-channel echo frames and the four CAMUS labels."""
+    return PhaseStackUnet(
+        config["phases_per_input"],
         encoder_name=config["encoder"],
         encoder_weights=config["encoder_weights"],
         encoder_depth=config["encoder_depth"],
         decoder_channels=tuple(config["decoder_channels"][: config["encoder_depth"]]),
-        in_channels=1,
-        classes=N_CLASSES,
     )
 
 
-MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size")
+MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size", "phases_per_input")
 
 
 def save_checkpoint(path, state_dicts: list[dict], config: dict, extra: dict) -> None:
@@ -101,15 +118,18 @@ def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
     return ((images - low) / span) ** gamma * span + low
 
 
-def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator: torch.Generator):
-    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per sample.
+def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator: torch.Generator,
+            phases_per_input: int = 1):
+    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per input (the
+    ``phases_per_input`` consecutive frames of one input share their draws, as they share a probe).
 
     Draws come from ``generator``, which lives on the images' device (no host round trip per batch).
     """
     n = images.shape[0]
 
     def uniform(low, high):
-        return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
+        draws = torch.rand(n // phases_per_input, generator=generator, device=generator.device)
+        return (low + (high - low) * draws).repeat_interleave(phases_per_input)
 
     angle = uniform(-1, 1) * math.radians(config["rotation_deg"])
     scale = 1 + uniform(-1, 1) * config["scale"]
@@ -144,6 +164,8 @@ def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: in
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
+    phases = model.phases_per_input
+    batch_size = max(phases, batch_size - batch_size % phases)  # whole inputs only
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device).contiguous(memory_format=memory_format)
@@ -177,8 +199,9 @@ def _global_batches(n: int, batch_size: int, world: int) -> list[int]:
 def train(model, train_set, val_set, config: dict, device: str, log=None):
     """Train with AdamW and a one-cycle schedule; keep the weights of the best validation LV Dice.
 
-    ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long); ``log(epoch, dict)``
-    receives the epoch's metrics. With ``ema_decay`` > 0 the validated and returned weights are an
+    ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long), frames in the
+    network's input order (``phases_per_input`` consecutive frames per input; ``batch_size`` counts
+    frames); ``log(epoch, dict)`` receives the epoch's metrics. With ``ema_decay`` > 0 the validated and returned weights are an
     exponential moving average of the trained ones. Returns (best state_dict, best epoch, history).
     Inside a torch.distributed process group (torchrun) the model is wrapped in
     DistributedDataParallel and each process trains on its share of every global batch of ``batch_size``.
@@ -201,18 +224,22 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     evaluated = ema.module if ema else model
     loss_fn = DiceCELoss(config["dice_weight"], config["ce_weight"])
     optimizer = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"], fused=cuda or None)
-    batches = _global_batches(len(images), config["batch_size"], world)
+    # Batches are drawn in whole inputs (a view's frames stay together).
+    phases = config["phases_per_input"]
+    n_inputs, inputs_per_batch = len(images) // phases, config["batch_size"] // phases
+    within_input = torch.arange(phases, device=device)
+    batches = _global_batches(n_inputs, inputs_per_batch, world)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * len(batches))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     best = {"lv_dice": -1.0, "state": None, "epoch": -1}
     history = []
     for epoch in range(config["epochs"]):
         net.train()
-        order = torch.randperm(len(images), generator=order_generator).to(device)
+        order = torch.randperm(n_inputs, generator=order_generator).to(device)
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False, mininterval=5, disable=rank > 0):
-            idx = order[start : start + config["batch_size"]][rank::world]
-            x, y = augment(images[idx], labels[idx], config["augment"], augment_generator)
+            idx = (order[start : start + inputs_per_batch][rank::world, None] * phases + within_input).flatten()
+            x, y = augment(images[idx], labels[idx], config["augment"], augment_generator, phases)
             with autocast:
                 loss = loss_fn(net(x.contiguous(memory_format=memory_format)).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -227,7 +254,7 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
         evaluated.eval()
         # Every process validates the same weights on the whole validation set: identical results.
         dice = validation_dice(evaluated, val_set, config["batch_size"])
-        row = {"train_loss": float(total) / sum(min(config["batch_size"], len(images) - b) for b in batches),
+        row = {"train_loss": float(total) / sum(phases * min(inputs_per_batch, n_inputs - b) for b in batches),
                "val_dice_lv": float(dice[0]), "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
         history.append(row)
         if log:

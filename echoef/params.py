@@ -75,6 +75,7 @@ SCHEMA = {
         "input_size": _typed(int, minimum=32),
         "epochs": _typed(int, minimum=1),
         "batch_size": _typed(int, minimum=1),
+        "phases_per_input": _choice(1, 2),
         "lr": _typed(*NUMBER, minimum=0),
         "weight_decay": _typed(*NUMBER, minimum=0),
         "dice_weight": _typed(*NUMBER, minimum=0),
@@ -122,6 +123,10 @@ def validate(params: dict) -> None:
         expected = "{" + ", ".join(f'"{i}": {i}' for i in range(folds)) + "}" if folds > 1 else "{}"
         raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
                           f"use cv.fold_seeds: {expected}")
+    train = params["train"]
+    if train["batch_size"] % train["phases_per_input"]:
+        raise ParamsError(f"params.yaml: train.batch_size = {train['batch_size']} counts frames and must be a multiple of "
+                          f"train.phases_per_input = {train['phases_per_input']}")
     if params["calibration"]["fit_set"] == "oof" and folds <= 1:
         raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
 

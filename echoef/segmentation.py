@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from . import camus, geometry
-from .dataset import INGESTED, grid_tensors, load_frames, patient_path
+from .dataset import INGESTED, grid_tensors, input_order, load_frames, patient_path
 from .io import write_npz
 from .model import predict_scores
 from .simpson import clean_lv_mask
@@ -34,28 +34,31 @@ def postprocess(label: np.ndarray) -> np.ndarray:
     return label
 
 
-def predict_frames(models: list[torch.nn.Module], frames: list[camus.Frame], size: int, batch_size: int,
-                   tta: bool = False) -> list[np.ndarray]:
-    """Post-processed label maps on each frame's native grid; several models are an ensemble
-    (mean of their softmax)."""
-    images, _, boxes = grid_tensors(frames, size, with_labels=False)
+def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
+                   batch_size: int, tta: bool = False) -> dict[tuple[str, str], np.ndarray]:
+    """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
+    are an ensemble (mean of their softmax)."""
+    keys = input_order(frames, models[0].phases_per_input)
+    images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
     scores = torch.stack([predict_scores(m, images, batch_size, tta) for m in models]).mean(0)
-    return [postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for s, b in zip(scores, boxes)]
+    return {k: postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for k, s, b in zip(keys, scores, boxes)}
 
 
 def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path,
                     ingested: Path = INGESTED) -> list[dict]:
     """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
     frames = load_frames(patient_path(patient, ingested))
-    labels = predict_frames(models, list(frames.values()), size, config["batch_size"], config["tta"])
+    labels = predict_frames(models, frames, size, config["batch_size"], config["tta"])
     return save_patient_labels(patient, frames, labels, out)
 
 
-def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame], labels: list[np.ndarray], out: Path) -> list[dict]:
-    """Write predicted label maps (in ``frames`` order) with each frame's spacing to ``out``; Dice
+def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame],
+                        labels: dict[tuple[str, str], np.ndarray], out: Path) -> list[dict]:
+    """Write predicted label maps (keyed like ``frames``) with each frame's spacing to ``out``; Dice
     rows against the frames' expert labels."""
     arrays, rows = {}, []
-    for (view, phase), frame, label in zip(frames, frames.values(), labels):
+    for (view, phase), frame in frames.items():
+        label = labels[(view, phase)]
         arrays[f"{view}_{phase}_label"] = label
         arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
         rows.append({"patient": patient, "view": view, "phase": phase,

@@ -21,9 +21,12 @@ from echoef.io import read_json, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
 
-def load_set(patients, size):
-    frames = [f for p in patients for f in dataset.load_frames(dataset.patient_path(p)).values()]
-    images, labels, _ = dataset.grid_tensors(frames, size)
+def load_set(patients, config):
+    frames = []
+    for patient in patients:
+        study = dataset.load_frames(dataset.patient_path(patient))
+        frames += [study[key] for key in dataset.input_order(study, config["phases_per_input"])]
+    images, labels, _ = dataset.grid_tensors(frames, config["input_size"])
     return images, labels
 
 
@@ -52,8 +55,8 @@ def main():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
     writer = not distributed or dist.get_rank() == 0
-    train_set = load_set(sets["train"], config["input_size"])
-    val_set = load_set(sets["val"], config["input_size"])
+    train_set = load_set(sets["train"], config)
+    val_set = load_set(sets["val"], config)
     world = dist.get_world_size() if distributed else 1
     if writer:
         print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}"

@@ -5,7 +5,7 @@ import torch
 from echoef import model as M
 
 CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
-          "input_size": 32, "epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
+          "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
           "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0,
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "noise_std": 0.02}}
 
@@ -63,3 +63,45 @@ def test_tta_is_the_mean_over_three_gammas():
         expected = sum(net(M.apply_gamma(images, g)).softmax(1) for g in M.TTA_GAMMAS) / 3
     assert torch.allclose(M.predict_scores(net, images, 2, tta=True), expected, atol=1e-6)
     assert not torch.allclose(M.predict_scores(net, images, 2), expected, atol=1e-4)
+
+
+PAIRED = {**CONFIG, "phases_per_input": 2}
+
+
+def test_a_paired_model_reads_each_view_as_one_input():
+    M.seed_everything(0)
+    net = M.build_unet(PAIRED).eval()
+    frames = data(4)[0]  # two inputs: frames 0-1 and 2-3
+    with torch.no_grad():
+        logits = net(frames)
+        changed_es = frames.clone()
+        changed_es[1] = 0
+        other = net(changed_es)
+    assert logits.shape == (4, 4, 32, 32)
+    assert not torch.allclose(other[0], logits[0])  # the ED mask depends on the ES frame of its view
+    assert torch.equal(other[2:], logits[2:])  # and on nothing outside its view
+    # Batches of an odd frame count are cut at whole inputs.
+    assert torch.allclose(M.predict_scores(net, frames, 3), logits.softmax(1), atol=1e-6)
+
+
+def test_augmentation_draws_once_per_input():
+    images, labels = data(4)
+    images[1], labels[1] = images[0], labels[0]
+    config = {**CONFIG["augment"], "noise_std": 0.0}
+    paired, paired_labels = M.augment(images, labels, config, torch.Generator().manual_seed(0), 2)
+    assert torch.equal(paired[0], paired[1]) and torch.equal(paired_labels[0], paired_labels[1])
+    single, _ = M.augment(images, labels, config, torch.Generator().manual_seed(0), 1)
+    assert not torch.allclose(single[0], single[1])
+
+
+def test_paired_training_keeps_views_together():
+    # Two identical frames per view: a model trained on whole views gives both the same masks.
+    images, labels = data(8)
+    images[1::2], labels[1::2] = images[::2], labels[::2]
+    M.seed_everything(0)
+    net = M.build_unet(PAIRED)
+    state, _, history = M.train(net, (images, labels), (images[:4], labels[:4]), {**PAIRED, "batch_size": 4}, "cpu")
+    assert len(history) == 1 and state is not None
+    net.load_state_dict(state)
+    scores = M.predict_scores(net.eval(), images, 4)
+    assert scores.shape == (8, 4, 32, 32)

@@ -62,6 +62,8 @@ def test_params_errors_name_the_key():
         params.validate({**good, "train": {**good["train"], "epoch": 3}})
     with pytest.raises(params.ParamsError, match="calibration.method.*'linear'"):
         params.validate({**good, "calibration": {**good["calibration"], "method": "cubic"}})
+    with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = 2"):
+        params.validate({**good, "train": {**good["train"], "batch_size": 7, "phases_per_input": 2}})
 
 
 def test_stratified_split_covers_everyone_once():
