@@ -1,0 +1,63 @@
+"""Where a run's EF error comes from: its EF recomputed with the expert mask put in place of one
+predicted frame (or pair of frames) at a time, and, given a second run, how alike two models' errors are.
+
+Usage: python benchmarks/ef_error_sources.py RUN [--compare OTHER_RUN] [--sets val test]
+RUN is a pipeline workspace after `dvc repro` (data/ingested, data/split.json, data/predictions).
+Errors are against the reference EF, before calibration.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echoef import camus, ef  # noqa: E402
+from echoef.dataset import load_frames, patient_path  # noqa: E402
+from echoef.io import read_json  # noqa: E402
+
+SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEYS},
+                 **{f"both {p}": [(v, p) for v in camus.VIEWS] for p in camus.PHASES},
+                 **{f"both {v}": [(v, p) for p in camus.PHASES] for v in camus.VIEWS}}
+
+
+def substituted_ef(run: Path, patient: str) -> dict:
+    """EF of one patient's predicted masks with each substitution of expert masks."""
+    predicted = ef.load_predictions(run / "data/predictions" / f"{patient}.npz")
+    expert = ef.label_maps(load_frames(patient_path(patient, run / "data/ingested")))
+    return {name: ef.patient_ef({**predicted, **{k: expert[k] for k in keys}}, "simpson_biplane")["ef"]
+            for name, keys in SUBSTITUTIONS.items()}
+
+
+def error_table(run: Path, patients: list[str]) -> pd.DataFrame:
+    """Signed EF error (predicted minus reference) per patient and substitution."""
+    cohort = pd.read_csv(run / "data/ingested/cohort.csv").set_index("patient")
+    rows = {p: substituted_ef(run, p) for p in patients}
+    return pd.DataFrame(rows).T.sub(cohort.loc[patients, "ef_ref"], axis=0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--compare", type=Path)
+    parser.add_argument("--sets", nargs="+", default=["val", "test"])
+    args = parser.parse_args()
+    split = read_json(args.run / "data/split.json")
+    for subset in args.sets:
+        errors = error_table(args.run, split[subset]).dropna()
+        print(f"{subset} (n = {len(errors)}): EF error with the expert mask in place of")
+        for name in SUBSTITUTIONS:
+            e = errors[name]
+            print(f"  {name:9s} MAE {e.abs().mean():5.2f}  bias {e.mean():+5.2f}  SD {e.std():5.2f}")
+        if args.compare:
+            other = error_table(args.compare, split[subset])["none"].reindex(errors.index)
+            both = pd.concat([errors["none"], other], axis=1).dropna()
+            print(f"  error correlation with {args.compare}: {np.corrcoef(both.iloc[:, 0], both.iloc[:, 1])[0, 1]:.2f} "
+                  f"(SD {both.iloc[:, 0].std():.2f} and {both.iloc[:, 1].std():.2f}; SD of their difference "
+                  f"{(both.iloc[:, 0] - both.iloc[:, 1]).std():.2f}; n = {len(both)})")
+
+
+if __name__ == "__main__":
+    main()
