@@ -201,8 +201,8 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
 
     ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long), frames in the
     network's input order (``phases_per_input`` consecutive frames per input; ``batch_size`` counts
-    frames); ``log(epoch, dict)`` receives the epoch's metrics. With ``ema_decay`` > 0 the validated and returned weights are an
-    exponential moving average of the trained ones. Returns (best state_dict, best epoch, history).
+    frames); ``log(epoch, dict)`` receives the epoch's metrics. With ``ema_decay`` > 0 the validated
+    and returned weights are an exponential moving average of the trained ones. Returns (best state_dict, best epoch, history).
     Inside a torch.distributed process group (torchrun) the model is wrapped in
     DistributedDataParallel and each process trains on its share of every global batch of ``batch_size``.
     """

@@ -94,14 +94,20 @@ def test_augmentation_draws_once_per_input():
     assert not torch.allclose(single[0], single[1])
 
 
-def test_paired_training_keeps_views_together():
-    # Two identical frames per view: a model trained on whole views gives both the same masks.
+def test_paired_training_keeps_views_together(monkeypatch):
+    # Frames 2k and 2k+1 are one view's two phases, made identical here: every training batch the
+    # augmentation receives must hold whole views, 3 per batch of 6 frames (the last one 1).
     images, labels = data(8)
     images[1::2], labels[1::2] = images[::2], labels[::2]
+    seen, augment = [], M.augment
+
+    def checked(batch, batch_labels, *args):
+        seen.append(len(batch))
+        assert torch.equal(batch[0::2], batch[1::2]) and torch.equal(batch_labels[0::2], batch_labels[1::2])
+        return augment(batch, batch_labels, *args)
+
+    monkeypatch.setattr(M, "augment", checked)
     M.seed_everything(0)
     net = M.build_unet(PAIRED)
-    state, _, history = M.train(net, (images, labels), (images[:4], labels[:4]), {**PAIRED, "batch_size": 4}, "cpu")
-    assert len(history) == 1 and state is not None
-    net.load_state_dict(state)
-    scores = M.predict_scores(net.eval(), images, 4)
-    assert scores.shape == (8, 4, 32, 32)
+    state, _, history = M.train(net, (images, labels), (images[:4], labels[:4]), {**PAIRED, "batch_size": 6, "epochs": 2}, "cpu")
+    assert seen == [6, 2, 6, 2] and len(history) == 2 and state is not None
