@@ -94,11 +94,9 @@ def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
     assert "not a model of this configuration" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_paired_model_needs_both_phases_of_a_view(phantom_root, tmp_path):
+def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_path):
     paired = {**TINY, "phases_per_input": 2, "members": 1}
     M.save_checkpoint(tmp_path / "paired.pt", [M.build_unet(paired).state_dict()], paired, {})
-    calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
-    (tmp_path / "calibrator.json").write_text(json.dumps(calibrator))
     folder = camus.find_patients(phantom_root)[0]
     frames = camus.read_study(folder).frames
     assert dataset.input_order(frames, 2) == list(camus.FRAME_KEYS)
@@ -106,7 +104,7 @@ def test_a_paired_model_needs_both_phases_of_a_view(phantom_root, tmp_path):
         dataset.input_order({k: v for k, v in frames.items() if k != ("2CH", "ES")}, 2)
     assert dataset.input_order({k: v for k, v in frames.items() if k != ("2CH", "ES")}, 1) == [("2CH", "ED"), ("4CH", "ED"), ("4CH", "ES")]
     result = subprocess.run([sys.executable, "-m", "echoef", "predict", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "paired.pt"),
-                             "--calibrator", str(tmp_path / "calibrator.json"), "--2ch-ed", str(folder / f"{folder.name}_2CH_ED.nii.gz")],
+                             "--calibrator", str(trained / "calibrator.json"), "--2ch-ed", str(folder / f"{folder.name}_2CH_ED.nii.gz")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["status"].tolist() == ["failed:unpaired_view"]
