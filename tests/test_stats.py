@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,6 +66,13 @@ def test_params_errors_name_the_key():
         params.validate({**good, "calibration": {**good["calibration"], "method": "cubic"}})
     with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = 2"):
         params.validate({**good, "train": {**good["train"], "batch_size": 7, "phases_per_input": 2}})
+
+
+def test_profiles_are_valid_params_files():
+    paths = sorted(Path("profiles").glob("*.yaml"))
+    assert [p.name for p in paths] == ["camus-cpu.yaml", "camus-gpu.yaml"]
+    for path in paths:
+        params.load(path)  # raises ParamsError naming the key
 
 
 def test_stratified_split_covers_everyone_once():
