@@ -57,6 +57,16 @@ def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int)
     return {f"{k}_ci": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in values.items()}
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """Mean of ``b - a`` over paired patients with a 95% percentile interval from patient-level
+    resamples: two runs' per-patient errors (or Dice) compared on the same patients."""
+    diff = np.asarray(b, float) - np.asarray(a, float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))
+    means = diff[idx].mean(1)
+    return {"n": int(len(diff)), "mean": float(diff.mean()),
+            "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+
+
 def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:
     """Slope of the difference on the mean (Bland-Altman) with its 95% CI."""
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)

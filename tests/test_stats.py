@@ -87,6 +87,14 @@ def test_stratified_split_covers_everyone_once():
         split.assign(cohort, {"train": ["p000"], "val": [], "test": ["p003"]}, 0.2, 0.2, 0)
 
 
+def test_paired_difference_of_two_runs():
+    err_a, err_b = np.abs(PRED - REF), np.abs(PRED + 1 - REF)  # b reads every EF one point higher
+    out = agreement.paired_difference(err_a, err_b, 2000, seed=0)
+    assert out["n"] == 8 and out["mean"] == pytest.approx(0.25)  # five patients 1 point worse, three 1 better
+    assert out["ci"] == [-0.5, 1.0] and out == agreement.paired_difference(err_a, err_b, 2000, seed=0)
+    assert agreement.paired_difference(err_a, err_a, 100, seed=0)["ci"] == [0.0, 0.0]
+
+
 def test_proportional_bias_against_scipy():
     out = agreement.proportional_bias(PRED, REF)
     fit = stats.linregress((PRED + REF) / 2, PRED - REF)
