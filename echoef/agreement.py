@@ -61,10 +61,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int)
     """Mean of ``b - a`` over paired patients with a 95% percentile interval from patient-level
     resamples: two runs' per-patient errors (or Dice) compared on the same patients."""
     diff = np.asarray(b, float) - np.asarray(a, float)
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))
-    means = diff[idx].mean(1)
-    return {"n": int(len(diff)), "mean": float(diff.mean()),
-            "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    out = {"n": int(len(diff)), "mean": float(diff.mean()) if len(diff) else float("nan")}
+    if n_resamples == 0 or len(diff) < 2:
+        return {**out, "ci": [float("nan"), float("nan")]}  # same keys, no interval
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))].mean(1)
+    return {**out, "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
 
 
 def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:

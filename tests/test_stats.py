@@ -93,6 +93,7 @@ def test_paired_difference_of_two_runs():
     assert out["n"] == 8 and out["mean"] == pytest.approx(0.25)  # five patients 1 point worse, three 1 better
     assert out["ci"] == [-0.5, 1.0] and out == agreement.paired_difference(err_a, err_b, 2000, seed=0)
     assert agreement.paired_difference(err_a, err_a, 100, seed=0)["ci"] == [0.0, 0.0]
+    assert np.isnan(agreement.paired_difference(err_a, err_b, 0, seed=0)["ci"]).all()
 
 
 def test_proportional_bias_against_scipy():
