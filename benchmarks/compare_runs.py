@@ -1,5 +1,6 @@
 """Two runs compared patient by patient: EF MAE before and after calibration and LV Dice at ED and
-ES, as B minus A with a paired-bootstrap 95% interval, on the patients both runs measured.
+ES, as B minus A with a paired-bootstrap 95% interval, on the patients both runs measured; and how
+alike their EF errors are (correlation before calibration).
 
 Usage: python benchmarks/compare_runs.py RUN_A RUN_B [--sets val test] [--cv] [--bootstrap 2000]
 A RUN is a pipeline workspace after `dvc repro`. Per set, "after" applies each run's own
@@ -21,7 +22,8 @@ from echoef.io import read_json  # noqa: E402
 
 
 def ef_errors(run: Path, subset: str) -> pd.DataFrame:
-    """Absolute EF error per measured patient, before ('pre') and after ('post') calibration."""
+    """Signed EF error (predicted minus reference) per measured patient, before ('pre') and after
+    ('post') calibration."""
     calibrator = read_json(run / "models/calibrator.json")
     if subset == "oof":
         rows = pd.read_csv(run / "data/ef_cv.csv")
@@ -29,7 +31,7 @@ def ef_errors(run: Path, subset: str) -> pd.DataFrame:
     else:
         rows = pd.read_csv(run / "data/ef.csv").query("set == @subset")
         post = calibration.apply(calibrator, rows["ef"])
-    rows = rows.assign(pre=(rows["ef"] - rows["ef_ref"]).abs(), post=np.abs(np.asarray(post, float) - rows["ef_ref"]))
+    rows = rows.assign(pre=rows["ef"] - rows["ef_ref"], post=np.asarray(post, float) - rows["ef_ref"])
     return rows[rows["status"].map(is_measured)].set_index("patient")[["pre", "post"]]
 
 
@@ -42,9 +44,14 @@ def lv_dice(run: Path, subset: str) -> pd.DataFrame:
     return table.pivot_table(index="patient", columns="phase", values="dice_lv")
 
 
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The two runs' columns side by side (suffixes _a, _b) on the patients both measured."""
+    return pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).dropna()
+
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> dict:
     """Per column: both runs' means and B minus A with its interval, on the patients in both."""
-    both = pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).dropna()
+    both = paired(a, b)
     return {column: {"a": float(both[f"{column}_a"].mean()), "b": float(both[f"{column}_b"].mean()),
                      **agreement.paired_difference(both[f"{column}_a"], both[f"{column}_b"], n_resamples, seed)}
             for column in a.columns}
@@ -61,10 +68,16 @@ def main():
     args = parser.parse_args()
     print(f"A = {args.run_a}, B = {args.run_b}; B - A with a 95% paired-bootstrap interval ({args.bootstrap} resamples)")
     for subset in ["oof"] if args.cv else args.sets:
-        for name, table in (("EF absolute error", ef_errors), ("LV Dice", lv_dice)):
-            for column, row in compare(table(args.run_a, subset), table(args.run_b, subset), args.bootstrap, args.seed).items():
+        errors = ef_errors(args.run_a, subset), ef_errors(args.run_b, subset)
+        for name, a, b in (("EF absolute error", errors[0].abs(), errors[1].abs()),
+                           ("LV Dice", lv_dice(args.run_a, subset), lv_dice(args.run_b, subset))):
+            for column, row in compare(a, b, args.bootstrap, args.seed).items():
                 print(f"{subset:4s} {name} {column:4s} n {row['n']:3d}  A {row['a']:.4f}  B {row['b']:.4f}  "
                       f"B - A {row['mean']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]")
+        both = paired(errors[0]["pre"].to_frame(), errors[1]["pre"].to_frame())
+        print(f"{subset:4s} EF error correlation before calibration {np.corrcoef(both['pre_a'], both['pre_b'])[0, 1]:.2f} "
+              f"(SD A {both['pre_a'].std():.2f}, B {both['pre_b'].std():.2f}; SD of their difference "
+              f"{(both['pre_a'] - both['pre_b']).std():.2f}; n = {len(both)})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Where a run's EF error comes from: its EF recomputed with the expert mask put in place of one
-predicted frame (or pair of frames) at a time, and, given a second run, how alike two models' errors are.
+predicted frame (or pair of frames) at a time. (How alike two runs' errors are: compare_runs.py.)
 
-Usage: python benchmarks/ef_error_sources.py RUN [--compare OTHER_RUN] [--sets val test]
+Usage: python benchmarks/ef_error_sources.py RUN [--sets val test]
 RUN is a pipeline workspace after `dvc repro` (data/ingested, data/split.json, data/predictions).
 Errors are against the reference EF, before calibration.
 """
@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +40,6 @@ def error_table(run: Path, patients: list[str]) -> pd.DataFrame:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--compare", type=Path)
     parser.add_argument("--sets", nargs="+", default=["val", "test"])
     args = parser.parse_args()
     split = read_json(args.run / "data/split.json")
@@ -51,12 +49,6 @@ def main():
         for name in SUBSTITUTIONS:
             e = errors[name]
             print(f"  {name:9s} MAE {e.abs().mean():5.2f}  bias {e.mean():+5.2f}  SD {e.std():5.2f}")
-        if args.compare:
-            other = error_table(args.compare, split[subset])["none"].reindex(errors.index)
-            both = pd.concat([errors["none"], other], axis=1).dropna()
-            print(f"  error correlation with {args.compare}: {np.corrcoef(both.iloc[:, 0], both.iloc[:, 1])[0, 1]:.2f} "
-                  f"(SD {both.iloc[:, 0].std():.2f} and {both.iloc[:, 1].std():.2f}; SD of their difference "
-                  f"{(both.iloc[:, 0] - both.iloc[:, 1]).std():.2f}; n = {len(both)})")
 
 
 if __name__ == "__main__":
