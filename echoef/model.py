@@ -118,10 +118,23 @@ def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
     return ((images - low) / span) ** gamma * span + low
 
 
+def gaussian_blur(images: torch.Tensor, sigma_px: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur each image of (N, C, H, W) by its own Gaussian sigma (N,) in pixels (0: unchanged), with
+    a kernel truncated at ``radius`` pixels and edges replicated."""
+    n, c, height, width = images.shape
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma_px.clamp(min=1e-3)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)
+    flat = images.reshape(1, n * c, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=n * c)
+    return flat.reshape(n, c, height, width)
+
+
 def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator: torch.Generator,
             phases_per_input: int = 1):
-    """Random small rotation/scaling about the sector apex, gamma, gain and noise, per input (the
-    ``phases_per_input`` consecutive frames of one input share their draws, as they share a probe).
+    """Random small rotation/scaling about the sector apex, gamma, gain, blur and noise, per input
+    (the ``phases_per_input`` consecutive frames of one input share their draws, as they share a probe).
 
     Draws come from ``generator``, which lives on the images' device (no host round trip per batch).
     """
@@ -143,6 +156,9 @@ def augment(images: torch.Tensor, labels: torch.Tensor, config: dict, generator:
     gamma = torch.exp(uniform(-1, 1) * config["gamma"]).view(n, 1, 1, 1)
     gain = (1 + 0.2 * uniform(-1, 1)).view(n, 1, 1, 1)
     images = apply_gamma(images, gamma) * gain
+    if config["blur_sigma_px"] > 0:  # no draw when off, so runs without blur keep their random stream
+        sigma_px = uniform(0, config["blur_sigma_px"])
+        images = gaussian_blur(images, sigma_px, math.ceil(3 * config["blur_sigma_px"]))
     noise = torch.randn(images.shape, generator=generator, device=generator.device)
     images = images + config["noise_std"] * uniform(0, 1).view(n, 1, 1, 1) * noise
     return images, labels

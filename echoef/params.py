@@ -89,6 +89,7 @@ SCHEMA = {
             "rotation_deg": _typed(*NUMBER, minimum=0),
             "scale": _typed(*NUMBER, minimum=0, maximum=0.5),
             "gamma": _typed(*NUMBER, minimum=0, maximum=1),
+            "blur_sigma_px": _typed(*NUMBER, minimum=0, maximum=5),
             "noise_std": _typed(*NUMBER, minimum=0),
         },
     },

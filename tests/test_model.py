@@ -7,7 +7,7 @@ from echoef import model as M
 CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
           "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
           "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0,
-          "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "noise_std": 0.02}}
+          "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
 
 
 def data(n=8, size=32):
@@ -92,6 +92,30 @@ def test_augmentation_draws_once_per_input():
     assert torch.equal(paired[0], paired[1]) and torch.equal(paired_labels[0], paired_labels[1])
     single, _ = M.augment(images, labels, config, torch.Generator().manual_seed(0), 1)
     assert not torch.allclose(single[0], single[1])
+
+
+def test_gaussian_blur_spreads_each_image_by_its_own_sigma():
+    # A unit impulse blurred with sigma s keeps its mass and spreads along each axis with the
+    # variance of the discrete Gaussian cut at 3 pixels (0.215 for s = 0.5, 0.996 for s = 1);
+    # sigma 0 leaves the image unchanged.
+    impulses = torch.zeros(3, 1, 15, 17)
+    impulses[:, 0, 7, 8] = 1.0
+    blurred = M.gaussian_blur(impulses, torch.tensor([0.0, 0.5, 1.0]), radius=3)
+    assert torch.allclose(blurred[0], impulses[0], atol=1e-6)
+    offsets = torch.arange(-3.0, 4.0)
+    for image, variance in zip(blurred[1:], (0.2150, 0.9959)):
+        assert abs(float(image.sum()) - 1.0) < 1e-5
+        assert abs(float((image[0, 7, 5:12] * offsets**2).sum() / image[0, 7, 5:12].sum()) - variance) < 1e-3
+        assert abs(float((image[0, 4:11, 8] * offsets**2).sum() / image[0, 4:11, 8].sum()) - variance) < 1e-3
+
+
+def test_blur_off_keeps_the_augmentation_stream():
+    # With blur_sigma_px 0 nothing extra is drawn: the output is the one the code gave before the
+    # option existed (1865.68, pinned from commit a5a2e66); with blur the smoothed images sum lower.
+    images, labels = data(4)
+    for sigma_px, total in ((0.0, 1865.68), (1.0, 1414.71)):
+        augmented, _ = M.augment(images, labels, {**CONFIG["augment"], "blur_sigma_px": sigma_px}, torch.Generator().manual_seed(0))
+        assert abs(float(augmented.abs().sum()) - total) < 0.05
 
 
 def test_paired_training_keeps_views_together(monkeypatch):
