@@ -1,0 +1,77 @@
+"""Inference speed of a profile's network on real CAMUS frames, in frames per second.
+
+End to end is what `stages/infer.py` and `python -m echoef predict` do per patient once the frames
+are in memory (`echoef.segmentation.predict_frames`: letterbox onto the grid, network, map the
+scores back to each native grid, post-process); network alone is the grid tensors through the
+network in batches of `infer.batch_size`. Reading the files is not timed.
+
+Usage: python benchmarks/infer_speed.py [--params profiles/camus-cpu.yaml] [--model models/segmenter.pt]
+           [--root ../shared/data/camus] [--patients 25] [--threads 2]
+Without --model the params' network is built with random weights: its speed does not depend on them.
+"""
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echoef import camus, model, params as P, segmentation  # noqa: E402
+from echoef.dataset import grid_tensors, input_order  # noqa: E402
+
+
+def listed_patients(root: Path, count: int) -> list[Path]:
+    """The first ``count`` patients of the root's test list (of all its patients without lists)."""
+    lists, found = camus.read_split_lists(root), camus.find_patients(root)
+    return [p for p in found if not lists or p.name in lists["test"]][:count]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="profiles/camus-cpu.yaml")
+    parser.add_argument("--model", help="a checkpoint (models/segmenter.pt); default: the params' network, random weights")
+    parser.add_argument("--root", default="../shared/data/camus")
+    parser.add_argument("--patients", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    params = P.load(args.params)
+    if args.model:
+        models, state = model.load_checkpoint(args.model, args.device)
+        config = state["model_config"]
+    else:
+        model.seed_everything(0, args.device)
+        config = params["train"]
+        models = [model.build_unet(config).to(args.device).eval()]
+    size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
+    studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
+    print(f"{len(studies)} patients ({4 * len(studies)} frames) from {args.root}; {config['encoder']} depth "
+          f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {models[0].phases_per_input}, "
+          f"tta {tta}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{platform.machine()}, {platform.python_version()}")
+
+    segmentation.predict_frames(models, studies[0], size, batch_size, tta)  # warm-up, not timed
+    per_patient = []
+    for frames in studies:
+        start = time.perf_counter()
+        segmentation.predict_frames(models, frames, size, batch_size, tta)
+        per_patient.append(time.perf_counter() - start)
+    n_frames = sum(len(frames) for frames in studies)
+    print(f"end to end: {n_frames / sum(per_patient):.1f} frames/s; per patient (4 frames) median "
+          f"{1000 * np.median(per_patient):.0f} ms, p90 {1000 * np.percentile(per_patient, 90):.0f} ms")
+
+    images = torch.cat([grid_tensors([f[k] for k in input_order(f, models[0].phases_per_input)], size, with_labels=False)[0]
+                        for f in studies])
+    start = time.perf_counter()
+    for net in models:
+        model.predict_scores(net, images, batch_size, tta)
+    print(f"network alone: {len(images) / (time.perf_counter() - start):.1f} frames/s ({len(images)} grid frames)")
+
+
+if __name__ == "__main__":
+    main()
