@@ -50,7 +50,8 @@ def main():
         models = [model.build_unet(config).to(args.device).eval()]
     size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
-    print(f"{len(studies)} patients ({4 * len(studies)} frames) from {args.root}; {config['encoder']} depth "
+    n_frames = sum(len(frames) for frames in studies)
+    print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config['encoder']} depth "
           f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {models[0].phases_per_input}, "
           f"tta {tta}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.machine()}, {platform.python_version()}")
@@ -61,8 +62,7 @@ def main():
         start = time.perf_counter()
         segmentation.predict_frames(models, frames, size, batch_size, tta)
         per_patient.append(time.perf_counter() - start)
-    n_frames = sum(len(frames) for frames in studies)
-    print(f"end to end: {n_frames / sum(per_patient):.1f} frames/s; per patient (4 frames) median "
+    print(f"end to end: {n_frames / sum(per_patient):.1f} frames/s; per patient median "
           f"{1000 * np.median(per_patient):.0f} ms, p90 {1000 * np.percentile(per_patient, 90):.0f} ms")
 
     images = torch.cat([grid_tensors([f[k] for k in input_order(f, models[0].phases_per_input)], size, with_labels=False)[0]
