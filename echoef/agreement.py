@@ -40,13 +40,22 @@ def summary(pred: np.ndarray, ref: np.ndarray) -> dict:
 CI_KEYS = ("mae", "bias", "r", "loa_low", "loa_high")
 
 
+def _patient_resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Indices (n_resamples, n) of patient-level resamples with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    """The 95% percentile interval of resampled values (NaN resamples ignored)."""
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
 def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int) -> dict:
     """95% percentile intervals over patient-level resamples for MAE, bias, r and the LoA."""
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
     if n_resamples == 0 or len(pred) < 3:
         return {f"{k}_ci": [float("nan"), float("nan")] for k in CI_KEYS}  # same keys, no interval
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(pred), size=(n_resamples, len(pred)))
+    idx = _patient_resamples(len(pred), n_resamples, seed)
     diff = pred[idx] - ref[idx]
     bias = diff.mean(1)
     sd = diff.std(1, ddof=1)
@@ -54,7 +63,7 @@ def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (pc * rc).sum(1) / np.sqrt((pc ** 2).sum(1) * (rc ** 2).sum(1))
     values = {"mae": np.abs(diff).mean(1), "bias": bias, "r": r, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
-    return {f"{k}_ci": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in values.items()}
+    return {f"{k}_ci": _interval(v) for k, v in values.items()}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
@@ -64,8 +73,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int)
     out = {"n": int(len(diff)), "mean": float(diff.mean()) if len(diff) else float("nan")}
     if n_resamples == 0 or len(diff) < 2:
         return {**out, "ci": [float("nan"), float("nan")]}  # same keys, no interval
-    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))].mean(1)
-    return {**out, "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    return {**out, "ci": _interval(diff[_patient_resamples(len(diff), n_resamples, seed)].mean(1))}
 
 
 def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:
