@@ -47,12 +47,13 @@ def main():
     else:
         torch.manual_seed(0)  # the stage does not switch on deterministic kernels, so neither does this
         config = params["train"]
-        models = [model.build_unet(config).to(args.device).eval()]
+        models = [model.build_unet({**config, "phases_per_input": phases}).to(args.device).eval()
+                  for phases in P.member_phases(config)]
     size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
     n_frames = sum(len(frames) for frames in studies)
     print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config['encoder']} depth "
-          f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {models[0].phases_per_input}, "
+          f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {[m.phases_per_input for m in models]}, "
           f"tta {tta}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.machine()}, {platform.python_version()}")
 
@@ -65,7 +66,7 @@ def main():
     print(f"end to end: {n_frames / sum(per_patient):.1f} frames/s; per patient median "
           f"{1000 * np.median(per_patient):.0f} ms, p90 {1000 * np.percentile(per_patient, 90):.0f} ms")
 
-    images = torch.cat([grid_tensors([f[k] for k in input_order(f, models[0].phases_per_input)], size, with_labels=False)[0]
+    images = torch.cat([grid_tensors([f[k] for k in input_order(f, max(m.phases_per_input for m in models))], size, with_labels=False)[0]
                         for f in studies])
     start = time.perf_counter()
     for net in models:

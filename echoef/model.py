@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .io import atomic_path
+from .params import member_phases
 
 N_CLASSES = 4  # background, LV cavity, myocardium, left atrium
 # Test-time augmentation by intensity: gammas inside the training augmentation's range. Mirroring is
@@ -71,10 +72,10 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[torch.nn.Module], d
     """Rebuild the ensemble members saved by ``save_checkpoint``; CheckpointError if they do not fit."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-        config = dict(state["model_config"], encoder_weights=None)  # weights come from the file
+        config = dict(state["model_config"], encoder_weights=None, members=len(state["state_dicts"]))  # weights come from the file
         models = []
-        for weights in state["state_dicts"]:
-            models.append(build_unet(config))
+        for weights, phases in zip(state["state_dicts"], member_phases(config), strict=True):
+            models.append(build_unet({**config, "phases_per_input": phases}))
             models[-1].load_state_dict(weights)
     except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
@@ -282,16 +283,19 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
 
 
 def train_members(train_set, val_set, config: dict, device: str, log=None) -> list[dict]:
-    """Train ``members`` networks (seeds ``seed``, ``seed + 1``, ...) that predict as an ensemble.
+    """Train ``members`` networks (seeds ``seed``, ``seed + 1``, ...; frames per input from
+    ``member_phases``) that predict as an ensemble.
 
-    Returns one {seed, state_dict, best_epoch, history} per member; ``log(member, epoch, row)``.
+    The frames of ``train_set``/``val_set`` are in ``dataset.input_order``, which serves every member.
+    Returns one {seed, phases_per_input, state_dict, best_epoch, history} per member; ``log(member, epoch, row)``.
     """
     members = []
-    for member in range(config["members"]):
-        seed = config["seed"] + member
-        seed_everything(seed, device)
-        net = build_unet(config)
-        state, best_epoch, history = train(net, train_set, val_set, {**config, "seed": seed}, device,
+    for member, phases in enumerate(member_phases(config)):
+        member_config = {**config, "seed": config["seed"] + member, "phases_per_input": phases}
+        seed_everything(member_config["seed"], device)
+        net = build_unet(member_config)
+        state, best_epoch, history = train(net, train_set, val_set, member_config, device,
                                            (lambda epoch, row, m=member: log(m, epoch, row)) if log else None)
-        members.append({"seed": seed, "state_dict": state, "best_epoch": best_epoch, "history": history})
+        members.append({"seed": member_config["seed"], "phases_per_input": phases, "state_dict": state,
+                        "best_epoch": best_epoch, "history": history})
     return members

@@ -46,6 +46,13 @@ def _fold_seeds(key, value):
                           "(DVC's foreach needs string keys), or be {} without cross-validation")
 
 
+def _phases(key, value):
+    if not (value in (1, 2) and not isinstance(value, bool)
+            or isinstance(value, list) and value and all(v in (1, 2) and not isinstance(v, bool) for v in value)):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must be 1, 2, or a list of 1s and 2s with one entry per "
+                          "ensemble member (train.members)")
+
+
 def _int_list(key, value):
     if not (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value)):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of positive integers")
@@ -75,7 +82,7 @@ SCHEMA = {
         "input_size": _typed(int, minimum=32),
         "epochs": _typed(int, minimum=1),
         "batch_size": _typed(int, minimum=1),
-        "phases_per_input": _choice(1, 2),
+        "phases_per_input": _phases,
         "lr": _typed(*NUMBER, minimum=0),
         "weight_decay": _typed(*NUMBER, minimum=0),
         "dice_weight": _typed(*NUMBER, minimum=0),
@@ -115,6 +122,13 @@ def _check_keys(params: dict, schema: dict, prefix: str = "") -> None:
             check(prefix + key, params[key])
 
 
+def member_phases(train: dict) -> list[int]:
+    """Frames per network input of each ensemble member: ``phases_per_input`` is one number for all
+    members or a list with one entry per member (a mixed ensemble)."""
+    phases = train["phases_per_input"]
+    return list(phases) if isinstance(phases, list) else [phases] * train["members"]
+
+
 def validate(params: dict) -> None:
     """Raise ParamsError for an unknown or missing key, a value of the wrong type or range, or
     settings that contradict each other."""
@@ -125,9 +139,13 @@ def validate(params: dict) -> None:
         raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
                           f"use cv.fold_seeds: {expected}")
     train = params["train"]
-    if train["batch_size"] % train["phases_per_input"]:
+    phases = train["phases_per_input"]
+    if isinstance(phases, list) and len(phases) != train["members"]:
+        raise ParamsError(f"params.yaml: train.phases_per_input = {phases!r} has {len(phases)} entries but "
+                          f"train.members = {train['members']}; give one entry per member, or one number for all")
+    if train["batch_size"] % max(member_phases(train)):
         raise ParamsError(f"params.yaml: train.batch_size = {train['batch_size']} counts frames and must be a multiple of "
-                          f"train.phases_per_input = {train['phases_per_input']}")
+                          f"train.phases_per_input = {phases}")
     if params["calibration"]["fit_set"] == "oof" and folds <= 1:
         raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
 

@@ -37,8 +37,8 @@ def postprocess(label: np.ndarray) -> np.ndarray:
 def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
                    batch_size: int, tta: bool = False) -> dict[tuple[str, str], np.ndarray]:
     """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
-    are an ensemble (mean of their softmax)."""
-    keys = input_order(frames, models[0].phases_per_input)
+    are an ensemble (mean of their softmax), whatever frames per input each reads."""
+    keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
     scores = torch.stack([predict_scores(m, images, batch_size, tta) for m in models]).mean(0)
     return {k: postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for k, s, b in zip(keys, scores, boxes)}

@@ -25,7 +25,7 @@ def load_set(patients, config):
     frames = []
     for patient in patients:
         study = dataset.load_frames(dataset.patient_path(patient))
-        frames += [study[key] for key in dataset.input_order(study, config["phases_per_input"])]
+        frames += [study[key] for key in dataset.input_order(study, max(P.member_phases(config)))]
     images, labels, _ = dataset.grid_tensors(frames, config["input_size"])
     return images, labels
 
@@ -77,15 +77,15 @@ def main():
         dist.destroy_process_group()
     if not writer:
         return
-    summary = [{"seed": m["seed"], "best_epoch": m["best_epoch"], "val_dice_lv": m["history"][m["best_epoch"]]["val_dice_lv"]}
-               for m in members]
+    summary = [{"seed": m["seed"], "phases_per_input": m["phases_per_input"], "best_epoch": m["best_epoch"],
+                "val_dice_lv": m["history"][m["best_epoch"]]["val_dice_lv"]} for m in members]
     M.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], config,
                       {"members": summary, "train_patients": sets["train"], "val_patients": sets["val"]})
     # Who the model saw, beside it: the cross-validation checks read this.
     write_json(out / "train_log.json", {"fold": args.fold, "seed": config["seed"], "processes": world, "device": device, "train_seconds": seconds,
                                         "train_patients": sets["train"], "val_patients": sets["val"],
                                         "members": [{**s, "history": m["history"]} for s, m in zip(summary, members)]})
-    print(f"train: {seconds:.0f} s; " + "; ".join(f"seed {s['seed']} best epoch {s['best_epoch'] + 1}, validation LV Dice "
+    print(f"train: {seconds:.0f} s; " + "; ".join(f"seed {s['seed']} ({s['phases_per_input']} frame(s) per input) best epoch {s['best_epoch'] + 1}, validation LV Dice "
                                                    f"{s['val_dice_lv']:.4f}" for s in summary))
 
 

@@ -135,3 +135,16 @@ def test_paired_training_keeps_views_together(monkeypatch):
     net = M.build_unet(PAIRED)
     state, _, history = M.train(net, (images, labels), (images[:4], labels[:4]), {**PAIRED, "batch_size": 6, "epochs": 2}, "cpu")
     assert seen == [6, 2, 6, 2] and len(history) == 2 and state is not None
+
+
+def test_a_mixed_ensemble_trains_and_loads_each_member_with_its_own_input(tmp_path):
+    # phases_per_input [1, 2]: member 0 reads frames alone, member 1 a view's two frames together,
+    # both from the same frames in input order; the checkpoint rebuilds each as it was trained.
+    config = {**CONFIG, "members": 2, "phases_per_input": [1, 2]}
+    members = M.train_members(data(), data(4), config, "cpu")
+    assert [(m["seed"], m["phases_per_input"]) for m in members] == [(3, 1), (4, 2)]
+    assert members[0]["history"] == M.train_members(data(), data(4), CONFIG, "cpu")[0]["history"]  # member 0 is the one-frame model
+    M.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], config, {})
+    models, _ = M.load_checkpoint(tmp_path / "m.pt")
+    assert [m.phases_per_input for m in models] == [1, 2]
+    assert models[1].encoder.conv1.weight.shape[1] == 2 and models[1].segmentation_head[0].out_channels == 8

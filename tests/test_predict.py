@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import CAMUS, CAMUS_2019, ROOT, needs_shared
-from echoef import calibration, camus, dataset, model as M
+from echoef import calibration, camus, dataset, geometry, model as M, segmentation as S
 
 TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
         "input_size": 64, "epochs": 4, "batch_size": 8, "phases_per_input": 1, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
@@ -84,10 +85,10 @@ def test_predict_real_layouts_keep_their_geometry(trained, tmp_path):
 
 
 def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
-    state = __import__("torch").load(trained / "segmenter.pt", weights_only=False)
+    state = torch.load(trained / "segmenter.pt", weights_only=False)
     state["model_config"]["encoder_depth"] = 5  # weights no longer fit the network this builds
     bad = tmp_path / "bad.pt"
-    __import__("torch").save(state, bad)
+    torch.save(state, bad)
     result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(camus.find_patients(phantom_root)[0]),
                              "--out", str(tmp_path / "o"), "--model", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
@@ -108,3 +109,25 @@ def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_p
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["status"].tolist() == ["failed:unpaired_view"]
+
+
+def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_root):
+    # A one-frame and a paired member: each frame's label map is the argmax of the two members' mean
+    # softmax for that frame (mapped to its native grid, post-processed), and a view missing a phase is
+    # refused because one member needs both.
+    models = []
+    for seed, phases in ((0, 1), (1, 2)):
+        torch.manual_seed(seed)
+        models.append(M.build_unet({**TINY, "phases_per_input": phases}).eval())
+    frames = camus.read_study(camus.find_patients(phantom_root)[0]).frames
+    keys = dataset.input_order(frames, 2)
+    images, _, boxes = dataset.grid_tensors([frames[k] for k in keys], TINY["input_size"], with_labels=False)
+    scores = [M.predict_scores(m, images, 8) for m in models]
+    labels = S.predict_frames(models, frames, TINY["input_size"], 8)
+    for i, key in enumerate(keys):
+        mean = geometry.to_native((scores[0][i] + scores[1][i]) / 2, boxes[i]).argmax(0).numpy().astype(np.uint8)
+        assert np.array_equal(labels[key], S.postprocess(mean))
+    alone = S.predict_frames(models[:1], frames, TINY["input_size"], 8)
+    assert any(not np.array_equal(labels[k], alone[k]) for k in keys)
+    with pytest.raises(camus.StudyError, match="unpaired_view|ED and ES frames together"):
+        S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, TINY["input_size"], 8)

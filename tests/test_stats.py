@@ -66,6 +66,15 @@ def test_params_errors_name_the_key():
         params.validate({**good, "calibration": {**good["calibration"], "method": "cubic"}})
     with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = 2"):
         params.validate({**good, "train": {**good["train"], "batch_size": 7, "phases_per_input": 2}})
+    with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = \\[1, 2\\]"):
+        params.validate({**good, "train": {**good["train"], "batch_size": 7, "members": 2, "phases_per_input": [1, 2]}})
+    with pytest.raises(params.ParamsError, match="phases_per_input = \\[1, 2\\] has 2 entries but train.members = 3"):
+        params.validate({**good, "train": {**good["train"], "members": 3, "phases_per_input": [1, 2]}})
+    with pytest.raises(params.ParamsError, match="train.phases_per_input = \\[1, 3\\] must be 1, 2, or a list"):
+        params.validate({**good, "train": {**good["train"], "members": 2, "phases_per_input": [1, 3]}})
+    mixed = {**good["train"], "members": 2, "phases_per_input": [2, 1]}
+    params.validate({**good, "train": mixed})
+    assert params.member_phases(mixed) == [2, 1] and params.member_phases({**mixed, "phases_per_input": 2}) == [2, 2]
 
 
 def test_profiles_are_valid_params_files():
