@@ -47,8 +47,8 @@ def _fold_seeds(key, value):
 
 
 def _phases(key, value):
-    if not (value in (1, 2) and not isinstance(value, bool)
-            or isinstance(value, list) and value and all(v in (1, 2) and not isinstance(v, bool) for v in value)):
+    entries = value if isinstance(value, list) else [value]
+    if not entries or any(type(v) is not int or v not in (1, 2) for v in entries):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be 1, 2, or a list of 1s and 2s with one entry per "
                           "ensemble member (train.members)")
 

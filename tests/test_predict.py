@@ -129,5 +129,5 @@ def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_ro
         assert np.array_equal(labels[key], S.postprocess(mean))
     alone = S.predict_frames(models[:1], frames, TINY["input_size"], 8)
     assert any(not np.array_equal(labels[k], alone[k]) for k in keys)
-    with pytest.raises(camus.StudyError, match="unpaired_view|ED and ES frames together"):
+    with pytest.raises(camus.StudyError, match="unpaired_view: 4CH: this model segments a view's ED and ES frames together"):
         S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, TINY["input_size"], 8)
