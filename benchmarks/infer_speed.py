@@ -47,21 +47,21 @@ def main():
     else:
         torch.manual_seed(0)  # the stage does not switch on deterministic kernels, so neither does this
         config = params["train"]
-        models = [model.build_unet({**config, "phases_per_input": phases}).to(args.device).eval()
+        models = [model.build_unet({**config, "phases_per_input": phases}).to(args.device, memory_format=torch.channels_last).eval()
                   for phases in P.member_phases(config)]
-    size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
+    size, (batch_size, tta, precision) = config["input_size"], (params["infer"][k] for k in ("batch_size", "tta", "precision"))
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
     n_frames = sum(len(frames) for frames in studies)
     print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config['encoder']} depth "
           f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {[m.phases_per_input for m in models]}, "
-          f"tta {tta}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"tta {tta}, precision {precision}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.machine()}, {platform.python_version()}")
 
-    segmentation.predict_frames(models, studies[0], size, batch_size, tta)  # warm-up, not timed
+    segmentation.predict_frames(models, studies[0], size, batch_size, tta, precision)  # warm-up, not timed
     per_patient = []
     for frames in studies:
         start = time.perf_counter()
-        segmentation.predict_frames(models, frames, size, batch_size, tta)
+        segmentation.predict_frames(models, frames, size, batch_size, tta, precision)
         per_patient.append(time.perf_counter() - start)
     print(f"end to end: {n_frames / sum(per_patient):.1f} frames/s; per patient median "
           f"{1000 * np.median(per_patient):.0f} ms, p90 {1000 * np.percentile(per_patient, 90):.0f} ms")
@@ -70,7 +70,7 @@ def main():
                         for f in studies])
     start = time.perf_counter()
     for net in models:
-        model.predict_scores(net, images, batch_size, tta)
+        model.predict_scores(net, images, batch_size, tta, precision)
     print(f"network alone: {len(images) / (time.perf_counter() - start):.1f} frames/s ({len(images)} grid frames)")
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from . import camus, model as M, simpson
 from .ef import label_maps, patient_ef
 from .io import read_json, write_csv, write_json
+from .params import PRECISIONS
 from .predict import predict_study
 
 
@@ -59,7 +60,7 @@ def predict_command(args) -> int:
     except (M.CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    config = {"batch_size": args.batch_size, "tta": args.tta}
+    config = {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision}
     rows = []
     for patient, paths in tqdm(studies.items(), desc="predict", disable=len(studies) < 2):
         try:
@@ -94,5 +95,7 @@ def main(argv=None) -> int:
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
+    predict.add_argument("--precision", default="auto", choices=PRECISIONS,
+                         help="bf16: mixed precision (auto: bf16 on CUDA, float32 on CPU)")
     args = parser.parse_args(argv)
     return ef_command(args) if args.command == "ef" else predict_command(args)

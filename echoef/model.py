@@ -79,7 +79,15 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[torch.nn.Module], d
             models[-1].load_state_dict(weights)
     except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
-    return [m.to(device).eval() for m in models], state
+    return [m.to(device, memory_format=torch.channels_last).eval() for m in models], state
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """bfloat16 where the network runs in mixed precision ('bf16', or 'auto' on CUDA), None for float32.
+
+    On CPU, bf16 pays only where the processor has bfloat16 instructions (AVX512-BF16 or AMX)."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
 
 
 def resolve_device(name: str) -> str:
@@ -176,16 +184,15 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, classes=(1, 2, 3)) 
     return torch.stack(scores, 1).cpu().numpy()
 
 
-def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool):
+def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool, precision: str):
     """Softmax probabilities batch by batch, on the model's device."""
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    dtype = autocast_dtype(precision, device)
     phases = model.phases_per_input
     batch_size = max(phases, batch_size - batch_size % phases)  # whole inputs only
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device).contiguous(memory_format=memory_format)
+            batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             if tta:
                 probs = sum(model(apply_gamma(batch, g)).float().softmax(1) for g in TTA_GAMMAS) / len(TTA_GAMMAS)
             else:
@@ -193,18 +200,20 @@ def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: in
             yield probs
 
 
-def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
+def predict_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool = False,
+                   precision: str = "auto") -> torch.Tensor:
     """Softmax probabilities (N, C, H, W) on the CPU for normalised grid images (N, 1, H, W).
 
-    With ``tta`` the prediction is the mean over the image at three gammas (``TTA_GAMMAS``).
+    With ``tta`` the prediction is the mean over the image at three gammas (``TTA_GAMMAS``);
+    ``precision`` as in ``autocast_dtype``.
     """
-    return torch.cat([probs.cpu() for probs in _batched_scores(model, images, batch_size, tta)])
+    return torch.cat([probs.cpu() for probs in _batched_scores(model, images, batch_size, tta, precision)])
 
 
-def validation_dice(model: torch.nn.Module, val_set, batch_size: int) -> np.ndarray:
+def validation_dice(model: torch.nn.Module, val_set, batch_size: int, precision: str) -> np.ndarray:
     """Mean Dice of LV cavity, myocardium and atrium over the validation frames (on their device)."""
     images, labels = val_set
-    pred = torch.cat([probs.argmax(1) for probs in _batched_scores(model, images, batch_size, False)])
+    pred = torch.cat([probs.argmax(1) for probs in _batched_scores(model, images, batch_size, False, precision)])
     return np.nanmean(dice_per_class(pred, labels.to(pred.device)), axis=0)
 
 
@@ -219,20 +228,20 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     ``train_set``/``val_set`` are (images (N,1,S,S) float, labels (N,S,S) long), frames in the
     network's input order (``phases_per_input`` consecutive frames per input; ``batch_size`` counts
     frames); ``log(epoch, dict)`` receives the epoch's metrics. With ``ema_decay`` > 0 the validated
-    and returned weights are an exponential moving average of the trained ones. Returns (best state_dict, best epoch, history).
+    and returned weights are an exponential moving average of the trained ones; ``precision`` as in
+    ``autocast_dtype``. Returns (best state_dict, best epoch, history).
     Inside a torch.distributed process group (torchrun) the model is wrapped in
     DistributedDataParallel and each process trains on its share of every global batch of ``batch_size``.
     """
     distributed = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     cuda = torch.device(device).type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
     # Every process draws the same batch order; augmentation draws differ per process.
     order_generator = torch.Generator().manual_seed(config["seed"])
     augment_generator = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + 1 + rank)
     images, labels = (t.to(device) for t in train_set)
     val_set = tuple(t.to(device) for t in val_set)
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=torch.channels_last)  # faster on CPU too (oneDNN), float32 or bf16
     # smp keeps the encoder stages that a shallower encoder_depth leaves unused: DDP must allow them.
     device_ids = [torch.device(device).index] if cuda else None
     net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True) if distributed else model
@@ -247,7 +256,8 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     within_input = torch.arange(phases, device=device)
     batches = _global_batches(n_inputs, inputs_per_batch, world)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * len(batches))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    dtype = autocast_dtype(config["precision"], device)
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
     best = {"lv_dice": -1.0, "state": None, "epoch": -1}
     history = []
     for epoch in range(config["epochs"]):
@@ -258,7 +268,7 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
             idx = (order[start : start + inputs_per_batch][rank::world, None] * phases + within_input).flatten()
             x, y = augment(images[idx], labels[idx], config["augment"], augment_generator, phases)
             with autocast:
-                loss = loss_fn(net(x.contiguous(memory_format=memory_format)).float(), y)
+                loss = loss_fn(net(x.contiguous(memory_format=torch.channels_last)).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,7 +280,7 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
             dist.all_reduce(total)
         evaluated.eval()
         # Every process validates the same weights on the whole validation set: identical results.
-        dice = validation_dice(evaluated, val_set, config["batch_size"])
+        dice = validation_dice(evaluated, val_set, config["batch_size"], config["precision"])
         row = {"train_loss": float(total) / sum(phases * min(inputs_per_batch, n_inputs - b) for b in batches),
                "val_dice_lv": float(dice[0]), "val_dice_myo": float(dice[1]), "val_dice_la": float(dice[2])}
         history.append(row)

@@ -59,6 +59,7 @@ def _int_list(key, value):
 
 
 NUMBER = (int, float)
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision on CUDA, float32 on CPU
 SCHEMA = {
     "data": {
         "root": _typed(str),
@@ -92,6 +93,7 @@ SCHEMA = {
         "ema_decay": _typed(*NUMBER, minimum=0, maximum=0.9999),
         "threads": _typed(int, minimum=0),
         "processes": _typed(int, minimum=1),
+        "precision": _choice(*PRECISIONS),
         "augment": {
             "rotation_deg": _typed(*NUMBER, minimum=0),
             "scale": _typed(*NUMBER, minimum=0, maximum=0.5),
@@ -100,7 +102,7 @@ SCHEMA = {
             "noise_std": _typed(*NUMBER, minimum=0),
         },
     },
-    "infer": {"tta": _typed(bool), "batch_size": _typed(int, minimum=1)},
+    "infer": {"tta": _typed(bool), "batch_size": _typed(int, minimum=1), "precision": _choice(*PRECISIONS)},
     "ef": {"method": _choice(*simpson.METHODS)},
     "calibration": {"method": _choice(*calibration.METHODS), "fit_set": _choice("val", "oof"), "ef_range": _pair_in_0_100},
     "evaluate": {"bootstrap": _typed(int, minimum=0), "seed": _typed(int), "overlays": _typed(int, minimum=0)},

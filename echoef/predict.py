@@ -33,7 +33,8 @@ def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list
     for key, path in paths.items():
         image, spacing_mm = camus.read_image(path)
         frames[key] = camus.Frame(image.astype(np.float32), None, spacing_mm)
-    labels = segmentation.predict_frames(models, frames, size, infer_config["batch_size"], infer_config["tta"])
+    labels = segmentation.predict_frames(models, frames, size, infer_config["batch_size"], infer_config["tta"],
+                                         infer_config["precision"])
     for (view, phase), path in paths.items():
         extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
         camus.write_label_like(labels[(view, phase)], path, out_dir / patient / f"{patient}_{view}_{phase}_gt{extension}")

@@ -35,12 +35,13 @@ def postprocess(label: np.ndarray) -> np.ndarray:
 
 
 def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
-                   batch_size: int, tta: bool = False) -> dict[tuple[str, str], np.ndarray]:
+                   batch_size: int, tta: bool = False, precision: str = "auto") -> dict[tuple[str, str], np.ndarray]:
     """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
-    are an ensemble (mean of their softmax), whatever frames per input each reads."""
+    are an ensemble (mean of their softmax), whatever frames per input each reads. ``tta`` and
+    ``precision`` as in ``model.predict_scores``."""
     keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
-    scores = torch.stack([predict_scores(m, images, batch_size, tta) for m in models]).mean(0)
+    scores = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models]).mean(0)
     return {k: postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for k, s, b in zip(keys, scores, boxes)}
 
 
@@ -48,7 +49,7 @@ def predict_patient(models: list[torch.nn.Module], patient: str, size: int, conf
                     ingested: Path = INGESTED) -> list[dict]:
     """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
     frames = load_frames(patient_path(patient, ingested))
-    labels = predict_frames(models, frames, size, config["batch_size"], config["tta"])
+    labels = predict_frames(models, frames, size, config["batch_size"], config["tta"], config["precision"])
     return save_patient_labels(patient, frames, labels, out)
 
 

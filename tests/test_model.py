@@ -6,7 +6,7 @@ from echoef import model as M
 
 CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
           "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
-          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0,
+          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "auto",
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
 
 
@@ -41,6 +41,28 @@ def test_cpu_training_repeats_bit_for_bit():
     _, first, _, history = trained({**CONFIG, "ema_decay": 0.9})
     _, second, _, again = trained({**CONFIG, "ema_decay": 0.9})
     assert history == again and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
+    _, first, _, history = trained({**CONFIG, "precision": "bf16"})
+    _, second, _, again = trained({**CONFIG, "precision": "bf16"})
+    assert history == again and all(torch.equal(first[k], second[k]) for k in first)
+    _, full, _, _ = trained({**CONFIG, "precision": "fp32"})
+    key = "encoder.conv1.weight"
+    assert not torch.equal(first[key], full[key])
+    assert torch.allclose(first[key], full[key], atol=0.05)  # one step of lr 0.01 apart at most
+
+
+def test_precision_picks_bf16_autocast_only_where_asked():
+    assert M.autocast_dtype("auto", "cpu") is None and M.autocast_dtype("fp32", "cpu") is None
+    assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert M.autocast_dtype("auto", "cuda") is torch.bfloat16 and M.autocast_dtype("fp32", "cuda") is None
+    M.seed_everything(0)
+    net = M.build_unet(CONFIG).eval()
+    images = data(3)[0]
+    full, mixed = M.predict_scores(net, images, 2), M.predict_scores(net, images, 2, precision="bf16")
+    assert full.dtype == mixed.dtype == torch.float32
+    assert not torch.equal(full, mixed) and torch.allclose(full, mixed, atol=0.05)
 
 
 def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):

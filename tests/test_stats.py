@@ -74,6 +74,8 @@ def test_params_errors_name_the_key():
         params.validate({**good, "train": {**good["train"], "members": 2, "phases_per_input": [1, 3]}})
     with pytest.raises(params.ParamsError, match="train.phases_per_input = 1.0 must be 1, 2, or a list"):
         params.validate({**good, "train": {**good["train"], "phases_per_input": 1.0}})
+    with pytest.raises(params.ParamsError, match="infer.precision = 'fp16' is not allowed.*'bf16'"):
+        params.validate({**good, "infer": {**good["infer"], "precision": "fp16"}})
     mixed = {**good["train"], "members": 2, "phases_per_input": [2, 1]}
     params.validate({**good, "train": mixed})
     assert params.member_phases(mixed) == [2, 1] and params.member_phases({**mixed, "phases_per_input": 2}) == [2, 2]
