@@ -6,7 +6,7 @@ scores back to each native grid, post-process); network alone is the grid tensor
 network in batches of `infer.batch_size`. Reading the files is not timed.
 
 Usage: python benchmarks/infer_speed.py [--params profiles/camus-cpu.yaml] [--model models/segmenter.pt]
-           [--root ../shared/data/camus] [--patients 25] [--threads 2]
+           [--root ../shared/data/camus] [--patients 25] [--threads 2] [--precision fp32|bf16]
 Without --model the params' network is built with random weights: its speed does not depend on them.
 """
 
@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--patients", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", choices=P.PRECISIONS, help="default: the params' infer.precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = P.load(args.params)
@@ -49,7 +50,8 @@ def main():
         config = params["train"]
         models = [model.build_unet({**config, "phases_per_input": phases}).to(args.device, memory_format=torch.channels_last).eval()
                   for phases in P.member_phases(config)]
-    size, (batch_size, tta, precision) = config["input_size"], (params["infer"][k] for k in ("batch_size", "tta", "precision"))
+    size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
+    precision = args.precision or params["infer"]["precision"]
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
     n_frames = sum(len(frames) for frames in studies)
     print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config['encoder']} depth "
