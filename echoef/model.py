@@ -85,7 +85,7 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[torch.nn.Module], d
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     """bfloat16 where the network runs in mixed precision ('bf16', or 'auto' on CUDA), None for float32.
 
-    On CPU, bf16 pays only where the processor has bfloat16 instructions (AVX512-BF16 or AMX)."""
+    On CPU, bf16 is fast only on processors with bfloat16 instructions (AVX512-BF16, AMX)."""
     cuda = torch.device(device).type == "cuda"
     return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
 
