@@ -90,6 +90,12 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
 
 
+def autocast(precision: str, device) -> torch.autocast:
+    """The autocast context for ``precision`` on ``device``; a disabled one for float32."""
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def resolve_device(name: str) -> str:
     """'cuda' if asked for (or 'auto' and available), else 'cpu'."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -187,10 +193,9 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, classes=(1, 2, 3)) 
 def _batched_scores(model: torch.nn.Module, images: torch.Tensor, batch_size: int, tta: bool, precision: str):
     """Softmax probabilities batch by batch, on the model's device."""
     device = next(model.parameters()).device
-    dtype = autocast_dtype(precision, device)
     phases = model.phases_per_input
     batch_size = max(phases, batch_size - batch_size % phases)  # whole inputs only
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.inference_mode(), autocast(precision, device):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             if tta:
@@ -256,8 +261,7 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     within_input = torch.arange(phases, device=device)
     batches = _global_batches(n_inputs, inputs_per_batch, world)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * len(batches))
-    dtype = autocast_dtype(config["precision"], device)
-    autocast = torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    mixed_precision = autocast(config["precision"], device)
     best = {"lv_dice": -1.0, "state": None, "epoch": -1}
     history = []
     for epoch in range(config["epochs"]):
@@ -267,7 +271,7 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False, mininterval=5, disable=rank > 0):
             idx = (order[start : start + inputs_per_batch][rank::world, None] * phases + within_input).flatten()
             x, y = augment(images[idx], labels[idx], config["augment"], augment_generator, phases)
-            with autocast:
+            with mixed_precision:
                 loss = loss_fn(net(x.contiguous(memory_format=torch.channels_last)).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
