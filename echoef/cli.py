@@ -96,6 +96,6 @@ def main(argv=None) -> int:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
-                         help="bf16: mixed precision (auto: bf16 on CUDA, float32 on CPU)")
+                         help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
     args = parser.parse_args(argv)
     return ef_command(args) if args.command == "ef" else predict_command(args)

@@ -59,7 +59,7 @@ def _int_list(key, value):
 
 
 NUMBER = (int, float)
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision on CUDA, float32 on CPU
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (model.has_native_bf16)
 SCHEMA = {
     "data": {
         "root": _typed(str),

@@ -1,12 +1,15 @@
 """Training options on a tiny network: weight averaging, ensemble members, checkpoints, determinism."""
 
+import warnings
+
+import pytest
 import torch
 
 from echoef import model as M
 
 CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
           "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
-          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "auto",
+          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "fp32",
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
 
 
@@ -53,14 +56,36 @@ def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
     assert torch.allclose(first[key], full[key], atol=0.05)  # AdamW moves a weight about lr (0.01) per step; two steps
 
 
-def test_precision_picks_bf16_autocast_only_where_asked():
-    assert M.autocast_dtype("auto", "cpu") is None and M.autocast_dtype("fp32", "cpu") is None
-    assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert M.autocast_dtype("auto", "cuda") is torch.bfloat16 and M.autocast_dtype("fp32", "cuda") is None
+def test_auto_precision_is_bf16_only_on_hardware_with_native_bf16(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(M, "has_native_bf16", lambda device, native=native: native)
+        expected = torch.bfloat16 if native else None
+        assert M.autocast_dtype("auto", "cpu") is expected and M.autocast_dtype("auto", "cuda") is expected
+        assert M.autocast_dtype("fp32", "cpu") is None and M.autocast_dtype("fp32", "cuda") is None
+    # Asked for explicitly, bf16 is honoured; where it would be emulated, with a warning naming the keys.
+    with pytest.warns(UserWarning, match="emulated.*train.precision / infer.precision"):
+        assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(M, "has_native_bf16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
+
+
+def test_cpu_bf16_is_native_with_avx512_bf16_or_amx_and_not_when_torch_cannot_tell(monkeypatch):
+    for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert M.has_native_bf16("cpu") is native
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert M.has_native_bf16("cpu") is False
+
+
+def test_bf16_scores_are_float32_and_close_to_float32_ones():
     M.seed_everything(0)
     net = M.build_unet(CONFIG).eval()
     images = data(3)[0]
-    full, mixed = M.predict_scores(net, images, 2), M.predict_scores(net, images, 2, precision="bf16")
+    full, mixed = M.predict_scores(net, images, 2, precision="fp32"), M.predict_scores(net, images, 2, precision="bf16")
     assert full.dtype == mixed.dtype == torch.float32
     assert not torch.equal(full, mixed) and torch.allclose(full, mixed, atol=0.05)
 
@@ -83,8 +108,8 @@ def test_tta_is_the_mean_over_three_gammas():
     images = data(3)[0]
     with torch.no_grad():
         expected = sum(net(M.apply_gamma(images, g)).softmax(1) for g in M.TTA_GAMMAS) / 3
-    assert torch.allclose(M.predict_scores(net, images, 2, tta=True), expected, atol=1e-6)
-    assert not torch.allclose(M.predict_scores(net, images, 2), expected, atol=1e-4)
+    assert torch.allclose(M.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
+    assert not torch.allclose(M.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
 
 
 PAIRED = {**CONFIG, "phases_per_input": 2}
@@ -103,7 +128,7 @@ def test_a_paired_model_reads_each_view_as_one_input():
     assert not torch.allclose(other[0], logits[0])  # the ED mask depends on the ES frame of its view
     assert torch.equal(other[2:], logits[2:])  # and on nothing outside its view
     # Batches of an odd frame count are cut at whole inputs.
-    assert torch.allclose(M.predict_scores(net, frames, 3), logits.softmax(1), atol=1e-6)
+    assert torch.allclose(M.predict_scores(net, frames, 3, precision="fp32"), logits.softmax(1), atol=1e-6)
 
 
 def test_augmentation_draws_once_per_input():
