@@ -103,6 +103,11 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" or (precision == "auto" and native) else None
 
 
+def precision_name(precision: str, device) -> str:
+    """What ``precision`` runs as on ``device``, for logs: 'bf16' or 'float32' (resolves 'auto')."""
+    return "bf16" if autocast_dtype(precision, device) else "float32"
+
+
 def autocast(precision: str, device) -> torch.autocast:
     """The autocast context for ``precision`` on ``device``; a disabled one for float32."""
     dtype = autocast_dtype(precision, device)

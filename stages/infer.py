@@ -31,6 +31,7 @@ def main():
         model_path, out = f"data/cv/fold_{args.fold}/model/segmenter.pt", Path(f"data/cv/fold_{args.fold}/predictions")
         sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
     models, state = M.load_checkpoint(model_path, device)
+    print(f"infer: {len(models)} network(s) on {device} in {M.precision_name(params['infer']['precision'], device)}")
     shutil.rmtree(out, ignore_errors=True)
     rows = []
     for subset, patients in sets.items():

@@ -59,7 +59,8 @@ def main():
     val_set = load_set(sets["val"], config)
     world = dist.get_world_size() if distributed else 1
     if writer:
-        print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device}"
+        print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device} in "
+              f"{M.precision_name(config['precision'], device)}"
               + (f", {world} processes" if distributed else "") + f", {config['members']} ensemble member(s)")
     live = Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) if writer else contextlib.nullcontext()
     with live:

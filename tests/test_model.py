@@ -62,6 +62,7 @@ def test_auto_precision_is_bf16_only_on_hardware_with_native_bf16(monkeypatch):
         expected = torch.bfloat16 if native else None
         assert M.autocast_dtype("auto", "cpu") is expected and M.autocast_dtype("auto", "cuda") is expected
         assert M.autocast_dtype("fp32", "cpu") is None and M.autocast_dtype("fp32", "cuda") is None
+        assert M.precision_name("auto", "cpu") == ("bf16" if native else "float32") and M.precision_name("fp32", "cuda") == "float32"
     # Asked for explicitly, bf16 is honoured; where it would be emulated, with a warning naming the keys.
     with pytest.warns(UserWarning, match="emulated.*train.precision / infer.precision"):
         assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
