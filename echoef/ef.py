@@ -49,7 +49,7 @@ def seed_scoring_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float,
     for key, (label, _) in frames.items():
         mask = geometry.labels_to_grid(label, geometry.squashed(label.shape, SEED_GRID)).numpy() == camus.LABELS["lv_cavity"]
         try:
-            geometries[key] = simpson.lv_geometry(mask, (1.0, 1.0))
+            geometries[key] = simpson.lv_geometry(mask, (1.0, 1.0), pixel_mm=1.0)  # its own pixels
         except simpson.LVGeometryError:
             return math.nan
     return simpson.volumes(geometries, "area_length").ef

@@ -15,6 +15,10 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 N_DISCS = 20
+# The reference's constants below are in pixels of the CAMUS release grid (0.308 mm square). Every
+# mask is resampled to that pixel size first, so they keep their physical size on any grid: on a
+# coarser grid the 8-pixel band spans more millimetres and admits wrong mitral-plane chords.
+REFERENCE_PIXEL_MM = 0.308
 CHORD_MAX_ANGLE_DEG = 45  # fixed by the reference; the test below assumes 45 (dx >= |dy|)
 CHORD_MAX_DEVIATION_PX = 8
 EDGE_WALK_START_PX = 8
@@ -73,31 +77,32 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return ((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
 
 
-def square_pixels_shape(shape: tuple[int, int], spacing_mm: tuple[float, float]) -> tuple[tuple[int, int], float]:
-    """Grid shape with both pixel sides equal to the smaller spacing (rounded half-to-even)."""
+def square_pixels_shape(shape: tuple[int, int], spacing_mm: tuple[float, float],
+                        pixel_mm: float = REFERENCE_PIXEL_MM) -> tuple[tuple[int, int], float]:
+    """Shape of the same field of view on square pixels of side ``pixel_mm`` (rounded half-to-even)."""
     spacing = np.asarray(spacing_mm, dtype=float)
-    iso_mm = float(spacing.min())
-    new_shape = (np.array(shape) * (spacing / iso_mm)).round().astype(int)
-    return (int(new_shape[0]), int(new_shape[1])), iso_mm
+    new_shape = (np.array(shape) * (spacing / pixel_mm)).round().astype(int)
+    return (int(new_shape[0]), int(new_shape[1])), float(pixel_mm)
 
 
-def square_pixels(mask: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[np.ndarray, float]:
-    """Nearest-neighbour resample so both pixel sides equal the smaller spacing.
+def square_pixels(mask: np.ndarray, spacing_mm: tuple[float, float],
+                  pixel_mm: float = REFERENCE_PIXEL_MM) -> tuple[np.ndarray, float]:
+    """Nearest-neighbour resample to square pixels of side ``pixel_mm``.
 
     Follows the reference on purpose (PIL NEAREST resize to the numpy-rounded size).
     """
-    new_shape, iso_mm = square_pixels_shape(mask.shape, spacing_mm)
+    new_shape, iso_mm = square_pixels_shape(mask.shape, spacing_mm, pixel_mm)
     rows = _nearest_index(mask.shape[0], new_shape[0])
     cols = _nearest_index(mask.shape[1], new_shape[1])
     return mask[np.ix_(rows, cols)], iso_mm
 
 
 def _square_pixels_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int],
-                        spacing_mm: tuple[float, float]):
+                        spacing_mm: tuple[float, float], pixel_mm: float):
     """``square_pixels`` of a full image that is background outside ``crop`` (placed at ``origin``),
     computed on the crop alone; returns (iso crop, its offset on the full iso grid, full iso shape, mm).
     """
-    iso_shape, iso_mm = square_pixels_shape(shape, spacing_mm)
+    iso_shape, iso_mm = square_pixels_shape(shape, spacing_mm, pixel_mm)
     index = []
     for axis in (0, 1):
         source = _nearest_index(shape[axis], iso_shape[axis]) - origin[axis]
@@ -216,18 +221,23 @@ def _edge_distances(walk, points: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return distances[np.argmax(stop, axis=1)]
 
 
-def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float]) -> LVGeometry:
+def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
+                pixel_mm: float = REFERENCE_PIXEL_MM) -> LVGeometry:
     """Measure one LV-cavity mask: disc diameters, long axis and area (reference algorithm).
 
-    The mask is cleaned first (largest component, holes filled); raises LVGeometryError with a
-    status when the mask is empty, tiny or has no basal chord.
+    The mask is cleaned first (largest component, holes filled) and measured on square pixels of
+    side ``pixel_mm``; raises LVGeometryError with a status when the mask is empty, tiny or has no
+    basal chord.
     """
     mask = np.asarray(mask, dtype=bool)
     box = _bounding_box(mask)
     if box is None:
         raise LVGeometryError("empty_mask", "no LV-cavity pixel")
-    # Work on a crop with one background pixel around the cavity: same numbers, far fewer pixels.
-    r0, r1, c0, c1 = max(box[0] - 1, 0), min(box[1] + 2, mask.shape[0]), max(box[2] - 1, 0), min(box[3] + 2, mask.shape[1])
+    # Work on a crop around the cavity: same numbers, far fewer pixels. Its background margin must
+    # survive a downsampling to square pixels, or the contour would open at the crop's edge.
+    margin = 1 + np.ceil(pixel_mm / np.asarray(spacing_mm, dtype=float)).astype(int)
+    r0, r1 = max(box[0] - margin[0], 0), min(box[1] + margin[0], mask.shape[0])
+    c0, c1 = max(box[2] - margin[1], 0), min(box[3] + margin[1], mask.shape[1])
     lv, n_components = clean_lv_mask(mask[r0:r1, c0:c1])
     n_pixels = int(lv.sum())
     if n_pixels < MIN_LV_PIXELS:
@@ -236,7 +246,7 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float]) -> LVGeometry
     # A cavity cut by the image edge has an open contour; the reference measures it all the same
     # (one CAMUS expert mask does), so it is measured and flagged rather than refused.
     touches_border = r0 + lr0 == 0 or c0 + lc0 == 0 or r0 + lr1 == mask.shape[0] or c0 + lc1 == mask.shape[1]
-    iso, offset, iso_shape, iso_mm = _square_pixels_crop(lv, (r0, c0), mask.shape, spacing_mm)
+    iso, offset, iso_shape, iso_mm = _square_pixels_crop(lv, (r0, c0), mask.shape, spacing_mm, pixel_mm)
     contour = find_contours(iso.astype(np.uint8), 0.5)[0] + offset
     j, i = basal_chord(contour)
     base = contour[j + round((i - j) / 2)]  # Python's round, as the reference
