@@ -144,6 +144,18 @@ def test_ef_stable_when_resolution_doubles(length, radius, ef_scale):
     assert abs(ef((0.3, 0.3), (400, 260)) - ef((0.15, 0.15), (800, 520))) <= 2
 
 
+@pytest.mark.parametrize("spacing_mm", [(0.25, 0.25), (0.154, 0.308)])
+def test_finer_grids_measure_as_their_resampled_mask(spacing_mm):
+    """A mask finer than 0.308 mm is downsampled; measuring it equals measuring its square_pixels
+    image (the crop's background margin must survive the downsampling, or the contour opens)."""
+    shape = (round(100 / spacing_mm[0]), round(75 / spacing_mm[1]))
+    lv = half_ellipse(shape, spacing_mm, 80.0, 22.0)
+    resampled, pixel_mm = simpson.square_pixels(lv.astype(np.uint8), spacing_mm)
+    direct = simpson.lv_geometry(lv, spacing_mm)
+    np.testing.assert_array_equal(direct.diameters_mm, simpson.lv_geometry(resampled, (pixel_mm, pixel_mm)).diameters_mm)
+    assert direct.long_axis_mm == pytest.approx(80.0, abs=0.5)
+
+
 @needs_shared
 def test_coarse_2ch_grid_is_measured_on_release_pixels():
     """patient0056's 2CH frames sit on 0.54 x 0.93 mm pixels. Measured on 0.54 mm squares, the
