@@ -79,11 +79,11 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def square_pixels_shape(shape: tuple[int, int], spacing_mm: tuple[float, float],
-                        pixel_mm: float = REFERENCE_PIXEL_MM) -> tuple[tuple[int, int], float]:
+                        pixel_mm: float = REFERENCE_PIXEL_MM) -> tuple[int, int]:
     """Shape of the same field of view on square pixels of side ``pixel_mm`` (rounded half-to-even)."""
     spacing = np.asarray(spacing_mm, dtype=float)
     new_shape = (np.array(shape) * (spacing / pixel_mm)).round().astype(int)
-    return (int(new_shape[0]), int(new_shape[1])), float(pixel_mm)
+    return int(new_shape[0]), int(new_shape[1])
 
 
 def square_pixels(mask: np.ndarray, spacing_mm: tuple[float, float],
@@ -92,25 +92,25 @@ def square_pixels(mask: np.ndarray, spacing_mm: tuple[float, float],
 
     Follows the reference on purpose (PIL NEAREST resize to the numpy-rounded size).
     """
-    new_shape, iso_mm = square_pixels_shape(mask.shape, spacing_mm, pixel_mm)
+    new_shape = square_pixels_shape(mask.shape, spacing_mm, pixel_mm)
     rows = _nearest_index(mask.shape[0], new_shape[0])
     cols = _nearest_index(mask.shape[1], new_shape[1])
-    return mask[np.ix_(rows, cols)], iso_mm
+    return mask[np.ix_(rows, cols)], float(pixel_mm)
 
 
 def _square_pixels_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int],
                         spacing_mm: tuple[float, float], pixel_mm: float):
     """``square_pixels`` of a full image that is background outside ``crop`` (placed at ``origin``),
-    computed on the crop alone; returns (iso crop, its offset on the full iso grid, full iso shape, mm).
+    computed on the crop alone; returns (iso crop, its offset on the full iso grid, full iso shape).
     """
-    iso_shape, iso_mm = square_pixels_shape(shape, spacing_mm, pixel_mm)
+    iso_shape = square_pixels_shape(shape, spacing_mm, pixel_mm)
     index = []
     for axis in (0, 1):
         source = _nearest_index(shape[axis], iso_shape[axis]) - origin[axis]
         inside = np.nonzero((source >= 0) & (source < crop.shape[axis]))[0]
         index.append((inside[0], source[inside]))
     (row0, rows), (col0, cols) = index
-    return crop[np.ix_(rows, cols)], np.array([row0, col0], dtype=float), iso_shape, iso_mm
+    return crop[np.ix_(rows, cols)], np.array([row0, col0], dtype=float), iso_shape
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -247,7 +247,7 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
     # A cavity cut by the image edge has an open contour; the reference measures it all the same
     # (one CAMUS expert mask does), so it is measured and flagged rather than refused.
     touches_border = r0 + lr0 == 0 or c0 + lc0 == 0 or r0 + lr1 == mask.shape[0] or c0 + lc1 == mask.shape[1]
-    iso, offset, iso_shape, iso_mm = _square_pixels_crop(lv, (r0, c0), mask.shape, spacing_mm, pixel_mm)
+    iso, offset, iso_shape = _square_pixels_crop(lv, (r0, c0), mask.shape, spacing_mm, pixel_mm)
     contour = find_contours(iso.astype(np.uint8), 0.5)[0] + offset
     j, i = basal_chord(contour)
     base = contour[j + round((i - j) / 2)]  # Python's round, as the reference
@@ -260,13 +260,13 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
     walk = (iso, offset, iso_shape)
     diameters_px = _edge_distances(walk, points, normal) + _edge_distances(walk, points, -normal)
     return LVGeometry(
-        diameters_mm=diameters_px * iso_mm,
-        long_axis_mm=float(lengths.max() * iso_mm),
+        diameters_mm=diameters_px * pixel_mm,
+        long_axis_mm=float(lengths.max() * pixel_mm),
         area_mm2=float(n_pixels * spacing_mm[0] * spacing_mm[1]),
         n_components=n_components,
         touches_border=bool(touches_border),
-        base_mm=base * iso_mm,
-        apex_mm=apex * iso_mm,
+        base_mm=base * pixel_mm,
+        apex_mm=apex * pixel_mm,
     )
 
 
