@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+from pathlib import Path
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -314,20 +318,51 @@ def train(model, train_set, val_set, config: dict, device: str, log=None):
     return best["state"], best["epoch"], history
 
 
+def train_member(train_set, val_set, config: dict, device: str, log=None) -> dict:
+    """Seed, build and train one network of ``config`` (its own ``seed`` and ``phases_per_input``).
+    Returns {seed, phases_per_input, state_dict, best_epoch, history}; ``log(epoch, row)``."""
+    seed_everything(config["seed"], device)
+    state, best_epoch, history = train(build_unet(config), train_set, val_set, config, device, log)
+    return {"seed": config["seed"], "phases_per_input": config["phases_per_input"], "state_dict": state,
+            "best_epoch": best_epoch, "history": history}
+
+
+def _train_member_in_process(sets_path: str, config: dict, device: str, out_path: str) -> str:
+    """``train_member`` in a worker process: data from one file, the result to another (not through
+    shared memory, which containers often cap at 64 MB)."""
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    sets = torch.load(sets_path, mmap=True, weights_only=True)
+    torch.save(train_member(sets["train"], sets["val"], config, device), out_path)
+    return out_path
+
+
 def train_members(train_set, val_set, config: dict, device: str, log=None) -> list[dict]:
     """Train ``members`` networks (seeds ``seed``, ``seed + 1``, ...; frames per input from
     ``member_phases``) that predict as an ensemble.
 
     The frames of ``train_set``/``val_set`` are in ``dataset.input_order``, which serves every member.
-    Returns one {seed, phases_per_input, state_dict, best_epoch, history} per member; ``log(member, epoch, row)``.
+    With ``parallel_members`` > 1 that many members train at once, each in its own process: a GPU
+    that one network leaves partly idle does more work per second. Each member is seeded alone, so
+    the networks are the ones trained one after another. Returns one ``train_member`` result per
+    member; ``log(member, epoch, row)``, after training when members run in parallel.
     """
-    members = []
-    for member, phases in enumerate(member_phases(config)):
-        member_config = {**config, "seed": config["seed"] + member, "phases_per_input": phases}
-        seed_everything(member_config["seed"], device)
-        net = build_unet(member_config)
-        state, best_epoch, history = train(net, train_set, val_set, member_config, device,
-                                           (lambda epoch, row, m=member: log(m, epoch, row)) if log else None)
-        members.append({"seed": member_config["seed"], "phases_per_input": phases, "state_dict": state,
-                        "best_epoch": best_epoch, "history": history})
+    configs = [{**config, "seed": config["seed"] + member, "phases_per_input": phases}
+               for member, phases in enumerate(member_phases(config))]
+    workers = min(config["parallel_members"], len(configs))
+    if workers <= 1:
+        return [train_member(train_set, val_set, c, device, (lambda epoch, row, m=member: log(m, epoch, row)) if log else None)
+                for member, c in enumerate(configs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        sets_path = str(Path(tmp) / "sets.pt")
+        torch.save({"train": tuple(train_set), "val": tuple(val_set)}, sets_path)
+        # spawn, not fork: a forked child cannot use CUDA once the parent has touched it.
+        with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+            paths = list(pool.map(_train_member_in_process, repeat(sets_path), configs, repeat(device),
+                                  [str(Path(tmp) / f"member_{m}.pt") for m in range(len(configs))]))
+        members = [torch.load(path, weights_only=True) for path in paths]
+    if log:
+        for member, result in enumerate(members):
+            for epoch, row in enumerate(result["history"]):
+                log(member, epoch, row)
     return members

@@ -93,6 +93,7 @@ SCHEMA = {
         "ema_decay": _typed(*NUMBER, minimum=0, maximum=0.9999),
         "threads": _typed(int, minimum=0),
         "processes": _typed(int, minimum=1),
+        "parallel_members": _typed(int, minimum=1),
         "precision": _choice(*PRECISIONS),
         "augment": {
             "rotation_deg": _typed(*NUMBER, minimum=0),
@@ -148,6 +149,9 @@ def validate(params: dict) -> None:
     if train["batch_size"] % max(member_phases(train)):
         raise ParamsError(f"params.yaml: train.batch_size = {train['batch_size']} counts frames and must be a multiple of "
                           f"train.phases_per_input = {phases}")
+    if train["parallel_members"] > 1 and train["processes"] > 1:
+        raise ParamsError("params.yaml: train.parallel_members > 1 (members in parallel processes) cannot be combined with "
+                          "train.processes > 1 (one member at a time across processes); set one of them to 1")
     if params["calibration"]["fit_set"] == "oof" and folds <= 1:
         raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
 

@@ -61,7 +61,7 @@ def main():
     if writer:
         print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device} in "
               f"{M.precision_name(config['precision'], device)}"
-              + (f", {world} processes" if distributed else "") + f", {config['members']} ensemble member(s)")
+              + (f", {world} processes" if distributed else "") + f", {config['members']} ensemble member(s), {min(config['parallel_members'], config['members'])} at a time")
     live = Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None) if writer else contextlib.nullcontext()
     with live:
         def log(member, epoch, row):

@@ -9,7 +9,7 @@ from echoef import model as M
 
 CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
           "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
-          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "fp32",
+          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "fp32", "threads": 1, "parallel_members": 1,
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
 
 
@@ -101,6 +101,27 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
     models, state = M.load_checkpoint(tmp_path / "m.pt")
     assert len(models) == 2 and state["model_config"]["input_size"] == 32
     assert torch.equal(models[1].state_dict()[key], members[1]["state_dict"][key])
+
+
+def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
+    # Each member is seeded alone, so two worker processes give the networks of one process, bit
+    # for bit on CPU (one thread each way); the log receives every member's rows after training.
+    config = {**CONFIG, "epochs": 2, "members": 3, "phases_per_input": [1, 2, 1]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        in_turn = M.train_members(data(), data(4), config, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    parallel = M.train_members(data(), data(4), {**config, "parallel_members": 2}, "cpu",
+                               lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])))
+    assert [(m["seed"], m["phases_per_input"]) for m in parallel] == [(3, 1), (4, 2), (5, 1)]
+    for a, b in zip(in_turn, parallel, strict=True):
+        assert a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert [(m, e) for m, e, _ in rows] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert rows[3][2] == in_turn[1]["history"][1]["train_loss"]
 
 
 def test_tta_is_the_mean_over_three_gammas():

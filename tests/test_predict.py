@@ -15,7 +15,7 @@ from echoef import calibration, camus, dataset, geometry, model as M, segmentati
 
 TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
         "input_size": 64, "epochs": 4, "batch_size": 8, "phases_per_input": 1, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
-        "ce_weight": 1.0, "seed": 0, "members": 2, "ema_decay": 0.9, "precision": "fp32", "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
+        "ce_weight": 1.0, "seed": 0, "members": 2, "ema_decay": 0.9, "precision": "fp32", "parallel_members": 1, "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
 
 
 @pytest.fixture(scope="session")

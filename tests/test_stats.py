@@ -68,6 +68,8 @@ def test_params_errors_name_the_key():
         params.validate({**good, "train": {**good["train"], "batch_size": 7, "phases_per_input": 2}})
     with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = \\[1, 2\\]"):
         params.validate({**good, "train": {**good["train"], "batch_size": 7, "members": 2, "phases_per_input": [1, 2]}})
+    with pytest.raises(params.ParamsError, match="parallel_members > 1 .* cannot be combined with train.processes > 1"):
+        params.validate({**good, "train": {**good["train"], "members": 2, "parallel_members": 2, "processes": 2}})
     with pytest.raises(params.ParamsError, match="phases_per_input = \\[1, 2\\] has 2 entries but train.members = 3"):
         params.validate({**good, "train": {**good["train"], "members": 3, "phases_per_input": [1, 2]}})
     with pytest.raises(params.ParamsError, match="train.phases_per_input = \\[1, 3\\] must be 1, 2, or a list"):
