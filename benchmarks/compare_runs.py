@@ -17,7 +17,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echoef import agreement, calibration  # noqa: E402
-from echoef.ef import is_measured  # noqa: E402
+from echoef.status import is_measured  # noqa: E402
 from echoef.io import read_json  # noqa: E402
 
 

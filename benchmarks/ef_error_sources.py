@@ -14,7 +14,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echoef import camus, ef  # noqa: E402
-from echoef.dataset import load_frames, patient_path  # noqa: E402
+from echoef.dataset import patient_path  # noqa: E402
+from echoef.framefile import load as load_frames  # noqa: E402
 from echoef.io import read_json  # noqa: E402
 
 SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEYS},

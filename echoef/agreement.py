@@ -9,7 +9,7 @@ from sklearn.model_selection import KFold
 
 from . import calibration
 from .dataset import ef_class
-from .ef import is_measured
+from .status import is_measured
 
 
 def summary(pred: np.ndarray, ref: np.ndarray) -> dict:

@@ -1,19 +1,20 @@
 """Read CAMUS-layout folders: the 2023 NIfTI release and the 2019 MetaImage release.
 
 A patient folder holds ``patientXXXX_{2CH,4CH}_{ED,ES}[_gt].{nii.gz,mhd}`` and ``Info_{2CH,4CH}.cfg``.
-Arrays come out (H, W) as SimpleITK returns them, apex at the top, with their (row, col) spacing in mm.
+Arrays come out (H, W) in canonical orientation (``imagefile``: apex at the top for apical views),
+with their (row, col) spacing in mm and the header of their file.
 """
 
 from __future__ import annotations
 
-import gzip
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+
+from .status import StudyError
+from .imagefile import Header, read_image
 
 VIEWS = ("2CH", "4CH")
 PHASES = ("ED", "ES")
@@ -22,40 +23,38 @@ LABELS = {"background": 0, "lv_cavity": 1, "myocardium": 2, "left_atrium": 3}
 EXTENSIONS = {"2023": ".nii.gz", "2019": ".mhd"}
 SPLIT_FILES = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt", "test": "subgroup_testing.txt"}
 PATIENT_DIR = re.compile(r"^patient\d+$")
-
-sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are reported as exclusions
-
-
-class StudyError(ValueError):
-    """A patient that cannot be used; ``reason`` is the short code written to the exclusion table."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+MAX_CFG_BYTES = 1 << 20  # an Info_*.cfg is a few hundred bytes; a megabyte is not one
 
 
 @dataclass
 class Frame:
-    """One apical frame: image, expert label map (or None) and (row, col) spacing in mm."""
+    """One apical frame: image (H, W) and label map (H, W) in canonical orientation (either may be
+    None), their (row, col) spacing in mm, and the header of the file they came from (None for
+    arrays made in memory: the identity at the origin)."""
 
-    image: np.ndarray
+    image: np.ndarray | None
     label: np.ndarray | None
     spacing_mm: tuple[float, float]
+    header: Header | None = None
 
 
 @dataclass
 class Study:
-    """One patient: frames keyed (view, phase), the cfg fields, and which layout they came from."""
+    """One patient: frames keyed (view, phase), the cfg fields (and the error of any cfg file that
+    could not be read), and which layout they came from."""
 
     patient: str
     layout: str
     frames: dict[tuple[str, str], Frame]
     info: dict[str, dict[str, str]] = field(default_factory=dict)
+    cfg_error: StudyError | None = None
 
     @property
     def ef_ref(self) -> float:
-        """Reference EF (%): ``EF`` in the 2023 release, ``LVef`` in the 2019 one (another quantity)."""
+        """Reference EF (%): ``EF`` in the 2023 release, ``LVef`` in the 2019 one (another quantity).
+        Raises the cfg's StudyError ('bad_cfg') when a cfg file could not be read or parsed."""
+        if self.cfg_error:
+            raise self.cfg_error
         for view in VIEWS:
             info = self.info.get(view, {})
             for key in ("EF", "LVef"):
@@ -89,9 +88,21 @@ def _float(text: str, what: str) -> float:
 
 
 def read_cfg(path: Path) -> dict[str, str]:
-    """Parse an Info_*.cfg file of ``key: value`` lines; unknown or blank lines are ignored."""
+    """Parse an Info_*.cfg file of ``key: value`` lines; unknown or blank lines are ignored.
+
+    UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as editors save text;
+    undecodable bytes become U+FFFD. Raises StudyError('bad_cfg') for an unreadable or huge file.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CFG_BYTES + 1)
+    except OSError as error:
+        raise StudyError("bad_cfg", f"{Path(path).name}: {error.strerror or error}") from error
+    if len(raw) > MAX_CFG_BYTES:
+        raise StudyError("bad_cfg", f"{Path(path).name} is over {MAX_CFG_BYTES} bytes: not an Info cfg file")
+    utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+    text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
     fields = {}
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip():
@@ -100,15 +111,33 @@ def read_cfg(path: Path) -> dict[str, str]:
 
 
 def find_patients(root: Path) -> list[Path]:
-    """Patient folders under a CAMUS root (2023 ``database_nifti/`` or the root itself), sorted."""
+    """Every ``patientNNNN`` entry under a CAMUS root (2023 ``database_nifti/`` or the root itself),
+    sorted: folders, and also files or broken links of that name, so that a reader reports them
+    instead of a batch silently skipping them."""
     root = Path(root)
     base = root / "database_nifti" if (root / "database_nifti").is_dir() else root
-    return sorted(p for p in base.iterdir() if p.is_dir() and PATIENT_DIR.match(p.name))
+    return sorted(p for p in base.iterdir() if PATIENT_DIR.match(p.name))
+
+
+def duplicates(folders: list[Path]) -> dict[Path, str]:
+    """Folders naming a patient number already seen (``patient0001`` then ``patient001``, one patient
+    exported twice), each mapped to the first folder's name; the first in sorted order is kept."""
+    seen, repeated = {}, {}
+    for folder in folders:
+        number = int(folder.name.removeprefix("patient"))
+        if number in seen:
+            repeated[folder] = seen[number]
+        else:
+            seen[number] = folder.name
+    return repeated
 
 
 def detect_layout(patient_dir: Path) -> str:
     """'2023' (NIfTI) or '2019' (MetaImage), from the files present."""
-    names = [p.name for p in patient_dir.iterdir()]
+    try:
+        names = [p.name for p in Path(patient_dir).iterdir()]
+    except OSError as error:  # not a folder, a link loop, no permission
+        raise StudyError("unreadable_file", f"{Path(patient_dir).name}: {error.strerror or error}") from error
     if any(n.endswith(".nii.gz") for n in names):
         return "2023"
     if any(n.endswith(".mhd") for n in names):
@@ -122,68 +151,38 @@ def frame_path(patient_dir: Path, view: str, phase: str, layout: str, gt: bool =
     return patient_dir / f"{patient_dir.name}_{view}_{phase}{suffix}{EXTENSIONS[layout]}"
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices."""
-    try:
-        with gzip.open(path) as stream:
-            while stream.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as error:
-        raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
+def read_label(path: Path) -> tuple[np.ndarray, tuple[float, float], Header]:
+    """A label map (uint8, values 0-3) with its spacing and header; StudyError('bad_labels') for
+    values that are not whole numbers from 0 to 3."""
+    label, spacing_mm, header = read_image(path)
+    if label.size and (label.min() < 0 or label.max() > 3 or not np.array_equal(label, np.round(label))):
+        raise StudyError("bad_labels", f"{path.name}: labels other than 0, 1, 2, 3 "
+                                       f"({label.min()}..{label.max()}, {label.dtype})")
+    return label.astype(np.uint8), spacing_mm, header
 
 
-MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
-
-
-def read_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read a 2D image (a trailing singleton slice is dropped) and its (row, col) spacing in mm.
-
-    The header is checked before any pixel is read, so a corrupt size cannot exhaust memory.
-    """
-    if not path.is_file():
-        raise StudyError("missing_frame", f"{path.name} not found")
-    if path.name.endswith(".gz"):
-        _check_gzip_complete(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-        size = reader.GetSize()
-        if len(size) not in (2, 3) or (len(size) == 3 and size[2] != 1) or min(size) < 1 or np.prod(size) > MAX_PIXELS:
-            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, the header says size {size}")
-        image = reader.Execute()
-        array = sitk.GetArrayFromImage(image)
-    except RuntimeError as error:
-        message = str(error).strip().splitlines()[-1][:200]
-        # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.
-        reason = "bad_spacing" if "spacing" in message.lower() else "unreadable_file"
-        raise StudyError(reason, f"{path.name}: {message}") from error
-    spacing = image.GetSpacing()
-    if array.ndim == 3:
-        array = array[0]
-    if min(array.shape) < 2:
-        raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, got shape {array.shape}")
-    spacing_mm = (float(spacing[1]), float(spacing[0]))  # SimpleITK spacing is (x=col, y=row)
-    if not all(np.isfinite(spacing_mm)) or min(spacing_mm) <= 0:
-        raise StudyError("bad_spacing", f"{path.name}: spacing {spacing_mm} mm is not positive")
-    return array, spacing_mm
+def same_grid(shape_a: tuple[int, int], spacing_a, header_a: Header, shape_b: tuple[int, int], spacing_b,
+              header_b: Header) -> bool:
+    """Whether two canonical arrays cover the same pixels in space (shape, spacing and first-pixel
+    position agree to a small fraction of a pixel)."""
+    tolerance_mm = 1e-3 * min(spacing_a)
+    return (tuple(shape_a) == tuple(shape_b) and np.allclose(spacing_a, spacing_b, rtol=1e-4)
+            and np.allclose(header_a.corner_mm(shape_a), header_b.corner_mm(shape_b), atol=tolerance_mm))
 
 
 def read_frame(patient_dir: Path, view: str, phase: str, layout: str, labels_dir: Path | None = None,
                with_label: bool = True) -> Frame:
     """Read one frame and its label map (from ``labels_dir`` if given, named the same way)."""
-    image, spacing_mm = read_image(frame_path(patient_dir, view, phase, layout))
+    image, spacing_mm, header = read_image(frame_path(patient_dir, view, phase, layout))
     label = None
     if with_label:
         label_dir = patient_dir if labels_dir is None else Path(labels_dir) / patient_dir.name
-        label, label_spacing = read_image(frame_path(label_dir, view, phase, layout, gt=True))
-        if label.shape != image.shape or not np.allclose(label_spacing, spacing_mm, rtol=1e-4):
-            raise StudyError("grid_mismatch", f"{view} {phase}: image {image.shape} {spacing_mm} vs "
-                                              f"labels {label.shape} {label_spacing}")
-        if label.min() < 0 or label.max() > 3:
-            raise StudyError("bad_labels", f"{view} {phase}: labels outside 0-3 ({label.min()}..{label.max()})")
-        label = label.astype(np.uint8)
-    return Frame(image=image.astype(np.float32), label=label, spacing_mm=spacing_mm)
+        label, label_spacing, label_header = read_label(frame_path(label_dir, view, phase, layout, gt=True))
+        if not same_grid(image.shape, spacing_mm, header, label.shape, label_spacing, label_header):
+            raise StudyError("grid_mismatch", f"{view} {phase}: image {image.shape} {spacing_mm} mm at "
+                                              f"{header.corner_mm(image.shape)} vs labels {label.shape} {label_spacing} mm "
+                                              f"at {label_header.corner_mm(label.shape)}")
+    return Frame(image=image.astype(np.float32), label=label, spacing_mm=spacing_mm, header=header)
 
 
 def read_study(patient_dir: Path, labels_dir: Path | None = None, with_label: bool = True) -> Study:
@@ -191,12 +190,15 @@ def read_study(patient_dir: Path, labels_dir: Path | None = None, with_label: bo
     patient_dir = Path(patient_dir)
     layout = detect_layout(patient_dir)
     frames = {(v, p): read_frame(patient_dir, v, p, layout, labels_dir, with_label) for v, p in FRAME_KEYS}
-    info = {}
+    info, cfg_error = {}, None
     for view in VIEWS:
         cfg = patient_dir / f"Info_{view}.cfg"
-        if cfg.is_file():
-            info[view] = read_cfg(cfg)
-    return Study(patient=patient_dir.name, layout=layout, frames=frames, info=info)
+        try:
+            if cfg.exists() or cfg.is_symlink():  # a missing cfg is no error; one that cannot be read is
+                info[view] = read_cfg(cfg)
+        except StudyError as error:  # the masks can still be measured; the reference is what is lost
+            cfg_error = error
+    return Study(patient=patient_dir.name, layout=layout, frames=frames, info=info, cfg_error=cfg_error)
 
 
 def image_paths(patient_dir: Path) -> dict[tuple[str, str], Path]:
@@ -205,20 +207,6 @@ def image_paths(patient_dir: Path) -> dict[tuple[str, str], Path]:
     layout = detect_layout(patient_dir)
     paths = {(v, p): frame_path(patient_dir, v, p, layout) for v, p in FRAME_KEYS}
     return {key: path for key, path in paths.items() if path.is_file()}
-
-
-def write_label_like(label: np.ndarray, reference: Path, out: Path) -> None:
-    """Write a label map with the geometry (size, spacing, origin, direction) and format of an image."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(reference))
-    reader.ReadImageInformation()
-    array = label.astype(np.uint8)
-    image = sitk.GetImageFromArray(array[None] if reader.GetDimension() == 3 else array)
-    image.SetSpacing(reader.GetSpacing())
-    image.SetOrigin(reader.GetOrigin())
-    image.SetDirection(reader.GetDirection())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(out), useCompression=out.name.endswith(".gz"))
 
 
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:

@@ -1,82 +1,136 @@
-"""Command line: ``python -m echoef ef ROOT --out FILE.csv``."""
+"""Command line: ``python -m echoef ef ROOT --out FILE.csv`` and ``python -m echoef predict ...``.
+
+Exit status: 0 when at least one study was measured, 1 when none was, 2 for a usage error (reported
+as one line before any work is done). One bad study never stops a batch: it gets a status.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from . import camus, model as M, simpson
+from . import batch, calibration, camus, model as M, simpson
+from .batch import UsageError
 from .ef import label_maps, patient_ef
 from .io import read_json, write_csv, write_json
 from .params import PRECISIONS
 from .predict import predict_study
+from .status import StudyError
+
+EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
+PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames", "detail"]
+
+
+def reference_ef(study: camus.Study) -> tuple[float, str]:
+    """The study's reference EF and '', or NaN and why its cfg gives none that can be used (the EF
+    from the masks does not need it, so a bad cfg is noted, not fatal)."""
+    try:
+        ef = study.ef_ref
+    except StudyError as error:
+        return math.nan, str(error)
+    if not math.isnan(ef) and not 0 <= ef <= 100:
+        return math.nan, f"bad_reference_ef: {ef} is outside 0-100"
+    return ef, ""
 
 
 def ef_command(args) -> int:
     """EF of every patient folder under ROOT from its masks (expert, or ``--labels`` elsewhere)."""
-    rows = []
-    for folder in camus.find_patients(args.root):
+    if not args.root.is_dir():
+        raise UsageError(f"{args.root} is not a folder (give the CAMUS root holding database_nifti/ or patient folders)")
+    if args.labels is not None and not args.labels.is_dir():
+        raise UsageError(f"--labels {args.labels} is not a folder")
+    out = batch.writable_file(args.out)
+    folders = camus.find_patients(args.root)
+    if not folders:
+        raise UsageError(f"no patientXXXX folder under {args.root}")
+    repeated = camus.duplicates(folders)
+
+    def measure(folder: Path) -> dict:
+        if folder in repeated:
+            raise StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
+        study = camus.read_study(folder, labels_dir=args.labels)
+        ef_ref, note = reference_ef(study)
+        return {"patient": study.patient, **patient_ef(label_maps(study.frames), args.method), "ef_ref": ef_ref, "detail": note}
+
+    table = pd.DataFrame(batch.each_study(folders, lambda f: f.name, measure, "ef"), columns=EF_COLUMNS)
+    table["method"] = args.method
+    write_csv(out, table)
+    print(f"ef: {batch.summary_line(table, 'patients')}; written to {out}")
+    return batch.exit_status(table)
+
+
+def _studies(args) -> list[tuple[str, dict[tuple[str, str], Path] | StudyError]]:
+    """(name, image paths keyed (view, phase)) of each study asked for, or the StudyError that
+    study will be reported with."""
+    studies = []
+    for folder in args.inputs:
         try:
-            study = camus.read_study(folder, labels_dir=args.labels)
-        except camus.StudyError as error:
-            rows.append({"patient": folder.name, "method": args.method, "edv_ml": None, "esv_ml": None,
-                         "ef": None, "ef_ref": None, "status": f"unreadable:{error.reason}"})
-            continue
-        result = patient_ef(label_maps(study.frames), args.method)
-        rows.append({"patient": study.patient, **result, "ef_ref": study.ef_ref})
-    if not rows:
-        print(f"error: no patientXXXX folder under {args.root}", file=sys.stderr)
-        return 2
-    table = pd.DataFrame(rows, columns=["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status"])
-    write_csv(args.out, table)
-    ok = table["status"].astype(str).str.startswith("ok").sum()
-    print(f"{len(table)} patients, {ok} with an EF, written to {args.out}")
-    return 0
+            if not folder.is_dir():
+                raise StudyError("missing_study", f"{folder} is not a folder")
+            paths = camus.image_paths(folder)
+            if not paths:
+                raise StudyError("missing_frame", f"{folder}: no patientXXXX_<view>_<phase> image file")
+            studies.append((folder.name, paths))
+        except StudyError as error:
+            studies.append((folder.name, error))
+    files = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
+                                         (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
+    if files:
+        studies.append((args.patient, files))
+    seen = set()
+    for i, (name, paths) in enumerate(studies):
+        if name in seen:  # both would write DIR/<name>/: the later one is refused, never overwrites
+            studies[i] = (name, StudyError("duplicate_study", f"another study given is also named {name}"))
+        seen.add(name)
+    return studies
+
+
+def _calibrator(path: Path) -> dict:
+    try:
+        calibrator = read_json(path)
+        calibration.apply(calibrator, [50.0])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"--calibrator {path}: not a calibrator file ({error})") from error
+    return calibrator
 
 
 def predict_command(args) -> int:
     """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
-    studies = {}
-    for folder in args.inputs:
-        try:
-            studies[folder.name] = camus.image_paths(folder)
-        except (camus.StudyError, FileNotFoundError, NotADirectoryError) as error:
-            print(f"error: {folder}: not a CAMUS patient folder ({error})", file=sys.stderr)
-            return 2
-    files = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
-                                         (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
-    if files:
-        studies[args.patient] = files
+    studies = _studies(args)
     if not studies:
-        print("error: give patient folders, or image files with --2ch-ed/--2ch-es/--4ch-ed/--4ch-es", file=sys.stderr)
-        return 2
-    try:
-        models, state = M.load_checkpoint(args.model, M.resolve_device(args.device))
-        calibrator = read_json(args.calibrator)
-    except (M.CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError("give patient folders, or image files with --2ch-ed/--2ch-es/--4ch-ed/--4ch-es")
+    if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
+        raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    out = batch.writable_folder(args.out)
+    models, state = M.load_checkpoint(args.model, M.resolve_device(args.device))
+    calibrator = _calibrator(args.calibrator)
     config = {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision}
-    rows = []
-    for patient, paths in tqdm(studies.items(), desc="predict", disable=len(studies) < 2):
-        try:
-            rows.append(predict_study(patient, paths, models, state["model_config"]["input_size"], calibrator, config, args.out))
-        except camus.StudyError as error:
-            rows.append({"patient": patient, "status": f"failed:{error.reason}"})
-    table = pd.DataFrame(rows, columns=["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames"])
-    write_csv(args.out / "summary.csv", table)
-    write_json(args.out / "summary.json", table.to_dict(orient="records"))
-    print(f"{len(table)} studies, {table['status'].astype(str).str.startswith('ok').sum()} with an EF, in {args.out}")
-    return 0
+    size = state["model_config"]["input_size"]
+
+    def predict(study) -> dict:
+        name, paths = study
+        if isinstance(paths, StudyError):
+            raise paths
+        return predict_study(name, paths, models, size, calibrator, config, out, args.spacing_mm)
+
+    table = pd.DataFrame(batch.each_study(studies, lambda s: s[0], predict, "predict"), columns=PREDICT_COLUMNS)
+    write_csv(out / "summary.csv", table)
+    write_json(out / "summary.json", table.to_dict(orient="records"))
+    print(f"predict: {batch.summary_line(table, 'studies')}; in {out}")
+    return batch.exit_status(table)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m echoef", description="EchoEF command line")
-    commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="python -m echoef", description="EchoEF command line",
+                                          epilog="exit status: 0 some study measured, 1 none measured, 2 usage error")
+    commands = main_parser.add_subparsers(dest="command", required=True)
     ef = commands.add_parser("ef", help="EF from the masks of a CAMUS-layout folder (2019 or 2023 release)")
     ef.add_argument("root", type=Path, help="CAMUS root (holding database_nifti/ or patient folders)")
     ef.add_argument("--out", type=Path, required=True, help="CSV to write")
@@ -88,8 +142,10 @@ def main(argv=None) -> int:
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     for view, phase in camus.FRAME_KEYS:
         predict.add_argument(f"--{view.lower()}-{phase.lower()}", dest=f"a{view[0]}c_{phase.lower()}", type=Path,
-                             help=f"a {view} {phase} image file (NIfTI or MetaImage)")
+                             help=f"a {view} {phase} image file (NIfTI, MetaImage; PNG/JPEG/TIFF/BMP with --spacing-mm)")
     predict.add_argument("--patient", default="study", help="name for the study given as files")
+    predict.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"),
+                         help="pixel size of image files that carry none (PNG, JPEG, TIFF, BMP); headers keep their own")
     predict.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
     predict.add_argument("--calibrator", type=Path, default=Path("models/calibrator.json"))
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -97,5 +153,13 @@ def main(argv=None) -> int:
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
                          help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
-    args = parser.parse_args(argv)
-    return ef_command(args) if args.command == "ef" else predict_command(args)
+    return main_parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return ef_command(args) if args.command == "ef" else predict_command(args)
+    except (UsageError, M.CheckpointError, M.DeviceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return batch.EXIT_USAGE

@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import camus, geometry
-from .io import write_csv, write_npz
+from . import camus, framefile, geometry
+from .io import write_csv
 
 INGESTED = Path("data/ingested")  # where the ingest stage writes, relative to the repository root
 EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
@@ -44,13 +44,11 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
         raise IngestError(f"data.root = {str(root)!r} holds no patientXXXX folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, exclusions = [], []
-    seen = {}  # patient number -> folder: patient0001 and patient001 are one patient exported twice
+    repeated = camus.duplicates(folders)
     for folder in tqdm(folders, desc="ingest", mininterval=5):
         try:
-            number = int(folder.name.removeprefix("patient"))
-            if number in seen:
-                raise camus.StudyError("duplicate_patient", f"same patient number as {seen[number]}")
-            seen[number] = folder.name
+            if folder in repeated:
+                raise camus.StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
             study = camus.read_study(folder)
             _check_study(study)
         except camus.StudyError as error:
@@ -58,7 +56,7 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
                 raise IngestError(f"{folder.name} excluded ({error}); ingest.strict is true") from error
             exclusions.append({"patient": folder.name, "reason": error.reason, "detail": error.detail})
             continue
-        save_study(out_dir / f"{study.patient}.npz", study)
+        framefile.save(out_dir / f"{study.patient}.npz", study.frames)
         rows.append(study.cohort_row())
     if not rows:
         raise IngestError(f"no usable patient under {root} ({len(exclusions)} excluded; see the exclusions table)")
@@ -69,34 +67,15 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
     return cohort, exclusion_table
 
 
-def save_study(path: Path, study: camus.Study) -> None:
-    """Write a study's frames (image, label, spacing) to one .npz."""
-    arrays = {}
-    for (view, phase), frame in study.frames.items():
-        arrays[f"{view}_{phase}_image"] = frame.image.astype(np.uint8) if frame.image.max() <= 255 else frame.image
-        arrays[f"{view}_{phase}_label"] = frame.label
-        arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
-    write_npz(path, **arrays)
-
-
 def patient_path(patient: str, ingested: Path = INGESTED) -> Path:
     """The .npz of one ingested patient."""
     return Path(ingested) / f"{patient}.npz"
 
 
-def load_frames(path: str | Path) -> dict[tuple[str, str], camus.Frame]:
-    """Frames of one ingested patient, keyed (view, phase)."""
-    with np.load(path) as data:
-        return {(v, p): camus.Frame(image=data[f"{v}_{p}_image"].astype(np.float32),
-                                    label=data[f"{v}_{p}_label"],
-                                    spacing_mm=tuple(float(s) for s in data[f"{v}_{p}_spacing_mm"]))
-                for v, p in camus.FRAME_KEYS}
-
-
 def normalise(image: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance over the image (echo gain differs between machines and patients)."""
-    image = np.asarray(image, dtype=np.float32)
-    return (image - image.mean()) / (image.std() + 1e-6)
+    image = np.asarray(image, dtype=np.float64)  # float32 sums overflow on wide-range pixels
+    return ((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32)
 
 
 def grid_tensors(frames: list[camus.Frame], size: int, with_labels: bool = True):

@@ -1,9 +1,14 @@
-"""Atomic output writers: a temporary file in the same folder, then a rename."""
+"""Atomic output writers: a temporary file in the same folder, then a rename.
+
+A crash (or a kill) mid-write leaves the previous file or none, never half of one; what it can
+leave is a hidden ``.NAME.*.tmp`` beside it, which git and DVC ignore and the next write replaces.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,19 +17,48 @@ import numpy as np
 import pandas as pd
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask): mkstemp's
+    owner-only 0600 would hide results from the rest of a lab sharing a folder or a DVC cache.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_files(path: str | Path):
+    """Yield ``path``'s name inside a temporary folder beside it, for writers that add files of their
+    own (MetaImage's .raw beside the .mhd); move them out only if the block succeeds, ``path``
+    itself last, so a reader never finds a header whose data is not there yet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield folder / path.name
+        written = sorted(folder.iterdir(), key=lambda f: f.name == path.name)
+        for file in written:
+            os.replace(file, path.parent / file.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _finite(value):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import tempfile
 import warnings
@@ -30,7 +31,11 @@ TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
 
 
 class CheckpointError(ValueError):
-    """A model file that cannot be used with this code or configuration."""
+    """A model file that cannot be used with this code or configuration, or that is not safe to load."""
+
+
+class DeviceError(ValueError):
+    """A device asked for that this machine does not have."""
 
 
 class PhaseStackUnet(smp.Unet):
@@ -74,15 +79,28 @@ def save_checkpoint(path, state_dicts: list[dict], config: dict, extra: dict) ->
 
 
 def load_checkpoint(path, device: str = "cpu") -> tuple[list[torch.nn.Module], dict]:
-    """Rebuild the ensemble members saved by ``save_checkpoint``; CheckpointError if they do not fit."""
+    """Rebuild the ensemble members saved by ``save_checkpoint``; CheckpointError if they do not fit.
+
+    The file is unpickled with ``weights_only``: tensors and plain containers only. A file that
+    needs anything more (a class, a function call: the way a crafted model file runs code) is
+    refused before any of it is executed.
+    """
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: not found") from error
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
+                              "could run code when loaded; use a model file written by EchoEF") from error
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a model file ({str(error).splitlines()[0][:200]})") from error
+    try:
         config = dict(state["model_config"], encoder_weights=None, members=len(state["state_dicts"]))  # weights come from the file
         models = []
         for weights, phases in zip(state["state_dicts"], member_phases(config), strict=True):
             models.append(build_unet({**config, "phases_per_input": phases}))
             models[-1].load_state_dict(weights)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
     return [m.to(device, memory_format=torch.channels_last).eval() for m in models], state
 
@@ -121,7 +139,7 @@ def autocast(precision: str, device) -> torch.autocast:
 def resolve_device(name: str) -> str:
     """'cuda' if asked for (or 'auto' and available), else 'cpu'."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise DeviceError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import calibration, camus, figures, segmentation
+from . import calibration, camus, figures, imagefile, segmentation
 from .ef import patient_ef
+from .status import StudyError, is_measured
 
 
 def ef_method(views: set[str]) -> str | None:
@@ -21,35 +22,58 @@ def ef_method(views: set[str]) -> str | None:
     return None
 
 
+def read_frames(paths: dict[tuple[str, str], Path], spacing_mm: tuple[float, float] | None
+                ) -> tuple[dict[tuple[str, str], camus.Frame], list[str]]:
+    """The readable frames of a study and a note for each unreadable one; StudyError (the first
+    file's) when none can be read."""
+    frames, notes, errors = {}, [], []
+    for (view, phase), path in paths.items():
+        try:
+            image, spacing, header = imagefile.read_image(path, spacing_mm)
+        except StudyError as error:
+            errors.append(error)
+            notes.append(f"{view}_{phase} {error}")
+            continue
+        frames[(view, phase)] = camus.Frame(image.astype(np.float32), None, spacing, header)
+    if not frames:
+        raise errors[0]
+    return frames, notes
+
+
+def calibrated_ef(row: dict, calibrator: dict) -> float:
+    """The calibrated EF of a measured row by the method the calibrator was fitted for, else NaN."""
+    if not is_measured(row["status"]) or row["method"] != calibrator.get("ef_method", "simpson_biplane"):
+        return math.nan
+    return float(calibration.apply(calibrator, np.array([row["ef"]]))[0])
+
+
 def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list[torch.nn.Module], size: int,
-                  calibrator: dict, infer_config: dict, out_dir: Path) -> dict:
+                  calibrator: dict, infer_config: dict, out_dir: Path, spacing_mm: tuple[float, float] | None = None) -> dict:
     """Segment the frames of one study, write its label maps beside an overlay PNG, return its EF row.
 
-    Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>``, in the format
-    and geometry of their input image, so ``python -m echoef ef ... --labels out_dir`` reads them back.
-    The calibrator is applied only to EF by the method it was fitted for.
+    Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>`` with the
+    geometry of their input image (NIfTI for inputs without a header), so ``echoef ef ... --labels
+    out_dir`` reads them back. A frame that cannot be read is left out and named in ``detail``; EF
+    then comes from the complete views that remain.
     """
-    frames = {}
-    for key, path in paths.items():
-        image, spacing_mm = camus.read_image(path)
-        frames[key] = camus.Frame(image.astype(np.float32), None, spacing_mm)
+    frames, notes = read_frames(paths, spacing_mm)
     labels = segmentation.predict_frames(models, frames, size, infer_config["batch_size"], infer_config["tta"],
                                          infer_config["precision"])
-    for (view, phase), path in paths.items():
-        extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-        camus.write_label_like(labels[(view, phase)], path, out_dir / patient / f"{patient}_{view}_{phase}_gt{extension}")
+    for (view, phase), frame in frames.items():
+        path = imagefile.label_path_for(paths[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
+        imagefile.write_label(labels[(view, phase)], frame.header, path)
     complete = {v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)}
     method = ef_method(complete)
     if method is None:
         row = {"method": "", "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": "no_complete_view"}
     else:
         row = patient_ef({k: (labels[k], frames[k].spacing_mm) for k in frames if k[0] in complete}, method)
-        if method != "simpson_biplane" and row["status"].startswith("ok"):
+        if method != "simpson_biplane" and is_measured(row["status"]):
             row["status"] = row["status"].replace("ok", "ok_single_plane", 1)
-    same_method = row["method"] == calibrator.get("ef_method", "simpson_biplane")
-    row["ef_calibrated"] = float(calibration.apply(calibrator, np.array([row["ef"]]))[0]) if same_method else math.nan
+    row["ef_calibrated"] = calibrated_ef(row, calibrator)
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
-    title = f"{patient} {row['status']}" if math.isnan(row["ef"]) else f"{patient} EF {row['ef']:.0f}"
+    row["detail"] = "; ".join(notes)
+    title = f"{patient} EF {row['ef']:.0f}" if is_measured(row["status"]) else f"{patient} {row['status']}"
     figures.overlays([{"title": title, "frames": {k: (f.image, None, labels[k], f.spacing_mm) for k, f in frames.items()}}],
                      out_dir / patient / f"{patient}_overlay.png")
     return {"patient": patient, **row}

@@ -9,9 +9,8 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from . import camus, geometry
-from .dataset import INGESTED, grid_tensors, input_order, load_frames, patient_path
-from .io import write_npz
+from . import camus, framefile, geometry
+from .dataset import INGESTED, grid_tensors, input_order, patient_path
 from .model import predict_scores
 from .simpson import clean_lv_mask
 
@@ -48,24 +47,19 @@ def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], 
 def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path,
                     ingested: Path = INGESTED) -> list[dict]:
     """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
-    frames = load_frames(patient_path(patient, ingested))
+    frames = framefile.load(patient_path(patient, ingested))
     labels = predict_frames(models, frames, size, config["batch_size"], config["tta"], config["precision"])
     return save_patient_labels(patient, frames, labels, out)
 
 
 def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame],
                         labels: dict[tuple[str, str], np.ndarray], out: Path) -> list[dict]:
-    """Write predicted label maps (keyed like ``frames``) with each frame's spacing to ``out``; Dice
+    """Write predicted label maps (keyed like ``frames``) with each frame's geometry to ``out``; Dice
     rows against the frames' expert labels."""
-    arrays, rows = {}, []
-    for (view, phase), frame in frames.items():
-        label = labels[(view, phase)]
-        arrays[f"{view}_{phase}_label"] = label
-        arrays[f"{view}_{phase}_spacing_mm"] = np.array(frame.spacing_mm)
-        rows.append({"patient": patient, "view": view, "phase": phase,
-                     **{f"dice_{name}": dice(label, frame.label, c) for c, name in DICE_NAMES.items()}})
-    write_npz(out, **arrays)
-    return rows
+    framefile.save(out, {key: camus.Frame(None, labels[key], frame.spacing_mm, frame.header) for key, frame in frames.items()})
+    return [{"patient": patient, "view": view, "phase": phase,
+             **{f"dice_{name}": dice(labels[(view, phase)], frame.label, c) for c, name in DICE_NAMES.items()}}
+            for (view, phase), frame in frames.items()]
 
 
 def dice_summary(table: pd.DataFrame) -> dict:

@@ -248,7 +248,10 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
     # (one CAMUS expert mask does), so it is measured and flagged rather than refused.
     touches_border = r0 + lr0 == 0 or c0 + lc0 == 0 or r0 + lr1 == mask.shape[0] or c0 + lc1 == mask.shape[1]
     iso, offset, iso_shape = _square_pixels_crop(lv, (r0, c0), mask.shape, spacing_mm, pixel_mm)
-    contour = find_contours(iso.astype(np.uint8), 0.5)[0] + offset
+    contours = find_contours(iso.astype(np.uint8), 0.5)
+    if not contours:  # the cavity covers the whole image: it has no border to measure
+        raise LVGeometryError("no_contour", "the LV cavity fills the image")
+    contour = contours[0] + offset
     j, i = basal_chord(contour)
     base = contour[j + round((i - j) / 2)]  # Python's round, as the reference
     lengths = np.sqrt(((contour - base) ** 2).sum(1))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from .camus import StudyError
 from .dataset import IngestError
-from .model import CheckpointError
+from .model import CheckpointError, DeviceError
 from .params import ParamsError
 from .split import SplitError
+from .status import StudyError
 
-USER_ERRORS = (ParamsError, IngestError, SplitError, CheckpointError, StudyError, FileNotFoundError)
+USER_ERRORS = (ParamsError, IngestError, SplitError, CheckpointError, DeviceError, StudyError, FileNotFoundError)
 
 
 def run(main) -> None:

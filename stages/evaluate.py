@@ -3,12 +3,11 @@
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import agreement, calibration, dataset, figures, params as P  # noqa: E402
-from echoef.ef import is_measured  # noqa: E402
+from echoef import agreement, calibration, dataset, figures, framefile, params as P  # noqa: E402
+from echoef.status import is_measured  # noqa: E402
 from echoef.io import read_json, write_csv, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
 
@@ -22,9 +21,9 @@ def overlay_cases(test: pd.DataFrame, count: int) -> list[dict]:
     cases = []
     for name, position in picks:
         row = ok.iloc[position]
-        expert = dataset.load_frames(dataset.patient_path(row["patient"]))
-        with np.load(f"data/predictions/{row['patient']}.npz") as data:
-            frames = {k: (f.image, f.label, data[f"{k[0]}_{k[1]}_label"], f.spacing_mm) for k, f in expert.items()}
+        expert = framefile.load(dataset.patient_path(row["patient"]))
+        predicted = framefile.load(f"data/predictions/{row['patient']}.npz")
+        frames = {k: (f.image, f.label, predicted[k].label, f.spacing_mm) for k, f in expert.items()}
         cases.append({"title": f"{name} {row['patient']} EF {row['ef']:.0f} vs {row['ef_ref']:.0f}", "frames": frames})
     return cases
 

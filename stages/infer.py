@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echoef import model as M, params as P, segmentation as S, split  # noqa: E402
 from echoef.io import read_json, write_csv, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
+from echoef.status import StudyError  # noqa: E402
 
 
 def main():
@@ -33,11 +34,17 @@ def main():
     models, state = M.load_checkpoint(model_path, device)
     print(f"infer: {len(models)} network(s) on {device} in {M.precision_name(params['infer']['precision'], device)}")
     shutil.rmtree(out, ignore_errors=True)
-    rows = []
+    rows, failed = [], []
     for subset, patients in sets.items():
         for patient in tqdm(patients, desc=f"infer {subset}", mininterval=5):
-            frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
+            try:
+                frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
+            except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
+                failed.append(f"{patient} ({error})")
+                continue
             rows += [{**row, "set": subset} for row in frame_rows]
+    if failed:
+        print(f"infer: {len(failed)} patient(s) not segmented: " + "; ".join(failed))
     table = pd.DataFrame(rows)
     write_csv(out / "dice.csv" if args.fold is not None else "data/segmentation_dice.csv", table)
     if args.fold is None:

@@ -16,16 +16,22 @@ import torch.distributed as dist
 from dvclive import Live
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import dataset, model as M, params as P, split as S  # noqa: E402
+from echoef import dataset, framefile, model as M, params as P, split as S  # noqa: E402
 from echoef.io import read_json, write_json  # noqa: E402
 from echoef.stage import run  # noqa: E402
+from echoef.status import StudyError  # noqa: E402
 
 
 def load_set(patients, config):
-    frames = []
+    frames, skipped = [], []
     for patient in patients:
-        study = dataset.load_frames(dataset.patient_path(patient))
-        frames += [study[key] for key in dataset.input_order(study, max(P.member_phases(config)))]
+        study = framefile.load(dataset.patient_path(patient))
+        try:
+            frames += [study[key] for key in dataset.input_order(study, max(P.member_phases(config)))]
+        except StudyError as error:  # a paired member cannot read this patient; the others still train
+            skipped.append(f"{patient} ({error})")
+    if skipped:
+        print(f"train: {len(skipped)} patient(s) left out: " + "; ".join(skipped))
     images, labels, _ = dataset.grid_tensors(frames, config["input_size"])
     return images, labels
 

@@ -2,9 +2,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 
 from conftest import CAMUS_2019, ROOT, needs_shared
+from echoef import camus
 
 
 @needs_shared
@@ -14,7 +16,7 @@ def test_ef_command_on_the_2019_sample(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
-    assert list(table.columns) == ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status"]
+    assert list(table.columns) == ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
     assert len(table) == 5 and (table["status"] == "ok").all()
     assert table["ef_ref"].tolist() == [63.2, 49.4, 55.4, 62.1, 53.4]  # the 2019 LVef
     assert table["ef"].between(30, 75).all()
@@ -31,4 +33,48 @@ def test_ef_command_with_predicted_masks_elsewhere(phantom_root, tmp_path):
                    cwd=ROOT, check=True, capture_output=True)
     table = pd.read_csv(out)
     assert (table["status"].iloc[:2] == "ok").all()
-    assert table["status"].iloc[2:].str.startswith("unreadable:missing_frame").all()
+    assert (table["status"].iloc[2:] == "missing_frame").all()
+    assert table["detail"].iloc[2].endswith("_2CH_ED_gt.nii.gz not found")
+
+
+def ef_cli(*args):
+    return subprocess.run([sys.executable, "-m", "echoef", "ef", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_usage_errors_are_one_line_with_exit_status_2_before_any_work(phantom_root, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        (tmp_path / "nowhere", "--out", tmp_path / "o.csv"): "is not a folder",
+        (tmp_path / "a_file", "--out", tmp_path / "o.csv"): "is not a folder",
+        (phantom_root, "--out", tmp_path / "o.csv", "--labels", tmp_path / "nowhere"): "--labels",
+        (phantom_root, "--out", tmp_path / "a_file" / "o.csv"): "cannot write to",
+        (phantom_root, "--out", tmp_path): "is a folder; give a file name",
+        (tmp_path, "--out", tmp_path / "o.csv"): "no patientXXXX folder",
+    }
+    for args, message in cases.items():
+        result = ef_cli(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().startswith("error: ") and message in result.stderr and "\n" not in result.stderr.strip()
+        assert "ef:" not in result.stderr  # refused before the first patient was read
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_exit_status_1_when_no_patient_is_measured(phantom_root, tmp_path):
+    (tmp_path / "empty_labels").mkdir()
+    result = ef_cli(phantom_root, "--out", tmp_path / "o.csv", "--labels", tmp_path / "empty_labels")
+    assert result.returncode == 1, result.stderr
+    table = pd.read_csv(tmp_path / "o.csv")
+    assert len(table) == 12 and (table["status"] == "missing_frame").all()
+    assert "ef: 12 patients: 0 ok, 12 failed (missing_frame 12)" in result.stdout
+
+
+def test_a_bad_reference_in_the_cfg_does_not_cost_the_ef(phantom_root, tmp_path):
+    root = tmp_path / "root"
+    for folder in camus.find_patients(phantom_root)[:2]:
+        shutil.copytree(folder, root / folder.name)
+    (root / "patient0002" / "Info_2CH.cfg").write_text("EF: forty\n")
+    result = ef_cli(root, "--out", tmp_path / "o.csv")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "o.csv").set_index("patient")
+    assert table.loc["patient0002", "status"] == "ok" and table.loc["patient0002", "ef"] > 0
+    assert np.isnan(table.loc["patient0002", "ef_ref"]) and table.loc["patient0002", "detail"] == "bad_cfg: 2CH cfg EF is not a number: 'forty'"

@@ -1,91 +1,319 @@
-"""Readers fed truncated, corrupted and oversized files: a clean StudyError or a valid frame, never
-another exception, a crash or a hang."""
+"""Every input the commands read, broken every way we know of: Info cfg files, NIfTI and MetaImage
+headers and payloads, label values, truncated, empty and missing files, symlink loops, duplicate
+patients. Property, for `ef`, ingest and `predict`: no traceback, every study accounted for with a
+known reason, the good study beside the broken one unchanged.
 
+Hypothesis draws the breakages (derandomized in conftest, so a red run repeats); the examples are
+bounded so the whole module runs in well under a minute.
+"""
+
+import contextlib
 import gzip
+import io
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from echoef import camus
+from conftest import ROOT
+from echoef import camus, cli, dataset, imagefile
 
-FUZZ = settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+GOOD, BROKEN = "patient0001", "patient0002"
+FILES = [f"{v}_{p}{gt}" for v, p in camus.FRAME_KEYS for gt in ("", "_gt")]
 
-
-def _image(path: Path, compress: bool) -> None:
-    image = sitk.GetImageFromArray(np.arange(40 * 30, dtype=np.uint8).reshape(40, 30))
-    image.SetSpacing((0.3, 0.15))
-    sitk.WriteImage(image, str(path), useCompression=compress)
-
-
-def _read_or_study_error(path: Path) -> None:
-    try:
-        array, spacing = camus.read_image(path)
-    except camus.StudyError as error:
-        assert error.reason in {"unreadable_file", "bad_geometry", "bad_spacing", "missing_frame"}
-        return
-    assert array.ndim == 2 and min(spacing) > 0
+# Reasons a study may be refused with; anything else (above all 'error', an unforeseen exception) fails.
+READ_REASONS = {"missing_frame", "unreadable_file", "unsupported_format", "no_spacing", "bad_geometry", "bad_spacing",
+                "bad_pixels", "several_channels", "bad_labels", "grid_mismatch", "duplicate_patient"}
+EF_REASONS = {"empty_mask", "tiny_mask", "no_contour", "no_basal_chord", "implausible"}
+INGEST_REASONS = READ_REASONS | {"bad_cfg", "bad_reference_ef", "empty_expert_lv"}
 
 
-@FUZZ
-@given(cut=st.floats(0.0, 0.999), flips=st.lists(st.tuples(st.floats(0, 0.999), st.integers(0, 255)), max_size=6),
-       where=st.sampled_from(["gzip", "payload"]))
-def test_nifti_truncated_or_corrupted(tmp_path, cut, flips, where):
-    path = tmp_path / "frame.nii.gz"
-    _image(path, compress=True)
-    data = bytearray(path.read_bytes() if where == "gzip" else gzip.decompress(path.read_bytes()))
-    for position, value in flips:
-        data[int(position * len(data))] = value
-    data = bytes(data[: max(1, int(len(data) * (1 - cut)))]) if cut > 0.5 else bytes(data)
-    path.write_bytes(data if where == "gzip" else gzip.compress(data))
-    _read_or_study_error(path)
+# ---- breakages: each damages one patient folder -------------------------------------------------
+
+def _nifti(folder: Path, name: str) -> Path:
+    return folder / f"{folder.name}_{name}.nii.gz"
 
 
-MHD_FIELDS = {
-    "DimSize": st.sampled_from(["30 40", "30 40 1", "30 40 2", "100000 100000", "0 40", "-3 4", "30", "a b"]),
-    "ElementSpacing": st.sampled_from(["0.3 0.15", "0 0.15", "-1 1", "nan 1", "1e300 1", "x"]),
-    "ElementType": st.sampled_from(["MET_UCHAR", "MET_SHORT", "MET_DOUBLE", "MET_NONSENSE"]),
-    "ElementDataFile": st.sampled_from(["frame.raw", "missing.raw", ""]),
-}
+def _edit_nifti_header(path: Path, fmt: str, offset: int, *values) -> None:
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into(fmt, data, offset, *values)
+    path.write_bytes(gzip.compress(bytes(data)))
 
 
-@FUZZ
-@given(fields=st.fixed_dictionaries({}, optional=MHD_FIELDS), raw_fraction=st.floats(0, 1.5))
-def test_metaimage_header_and_raw(tmp_path, fields, raw_fraction):
-    path = tmp_path / "frame.mhd"
-    _image(path, compress=False)
-    lines = []
-    for line in path.read_text().splitlines():
-        key = line.split("=")[0].strip()
-        lines.append(f"{key} = {fields[key]}" if key in fields else line)
+def pixdim(folder, name, axis, value):
+    _edit_nifti_header(_nifti(folder, name), "<f", 76 + 4 * axis, value)
+
+
+def dims(folder, name, values):  # dim[0] (the number of axes) and dim[1..3]
+    _edit_nifti_header(_nifti(folder, name), "<4h", 40, *values)
+
+
+def datatype(folder, name, code_and_bitpix):
+    _edit_nifti_header(_nifti(folder, name), "<2h", 70, *code_and_bitpix)
+
+
+def rotate(folder, name, degrees):  # the direction cosines of one file
+    path = _nifti(folder, name)
+    image = sitk.ReadImage(str(path))
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    image.SetDirection((cos, -sin, sin, cos))
+    sitk.WriteImage(image, str(path))
+
+
+def labels(folder, name, kind):
+    path = _nifti(folder, f"{name}_gt")
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = {"negative": np.where(array == 2, -1, array), "four": np.where(array == 3, 4, array),
+             "half": array * 1.5, "nan": np.where(array == 1, np.nan, array), "empty": array * 0,
+             "all_lv": array * 0 + 1, "float_exact": array}[kind]
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(path))
+
+
+def truncate(folder, name, fraction):
+    path = _nifti(folder, name) if name != "cfg" else folder / "Info_2CH.cfg"
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+
+
+def replace_file(folder, name, how):
+    path = _nifti(folder, name)
+    path.unlink()
+    if how == "directory":
+        path.mkdir()
+    elif how == "symlink_loop":
+        os.symlink(path.name + ".other", path)
+        os.symlink(path.name, str(path) + ".other")
+    elif how == "dangling":
+        os.symlink("nowhere.nii.gz", path)
+    elif how == "png":  # another format's bytes under the expected name
+        png = path.with_name("frame.png")
+        sitk.WriteImage(sitk.Image(30, 20, sitk.sitkUInt8), str(png))
+        png.rename(path)
+
+
+def cfg(folder, content, encoding):
+    (folder / "Info_2CH.cfg").write_bytes(content.encode(encoding, "replace") if isinstance(content, str) else content)
+
+
+def cfg_folder(folder):
+    (folder / "Info_2CH.cfg").unlink()
+    (folder / "Info_2CH.cfg").mkdir()
+
+
+def whole_folder(folder, how):
+    shutil.rmtree(folder)
+    if how == "file":
+        folder.write_text("not a folder")
+    elif how == "symlink_loop":
+        os.symlink(folder.name, folder)
+    elif how == "empty":
+        folder.mkdir()
+
+
+def duplicate(folder):
+    # patient001 is patient0001 exported twice: kept once, the other reported.
+    shutil.copytree(folder.parent / GOOD, folder.parent / "patient001")
+
+
+def metaimage(folder, name, key, value):
+    path = folder / f"{folder.name}_{name}.mhd"
+    lines = [line for line in path.read_text().splitlines() if line.split("=")[0].strip() != key]
+    if value is not None:
+        lines.insert(len(lines) - 1, f"{key} = {value}")  # ElementDataFile stays last
     path.write_text("\n".join(lines) + "\n")
-    raw = tmp_path / "frame.raw"
-    payload = raw.read_bytes()
-    raw.write_bytes((payload * 2)[: int(len(payload) * raw_fraction)])
-    _read_or_study_error(path)
+
+
+def raw_size(folder, name, fraction):
+    raw = folder / f"{folder.name}_{name}.raw"
+    raw.write_bytes((raw.read_bytes() * 2)[: int(raw.stat().st_size * fraction)])
+
+
+CFG_KEYS = st.sampled_from(["EF", "LVef", "Age", "ImageQuality", "LVedv", "Sex", "ED", "ES", "", "EF ", "é"])
+CFG_VALUES = st.sampled_from(["", "abc", "nan", "inf", "-inf", "-5", "150", "1e400", "55", "55.5", "0x10", "Good", "∞"])
+NIFTI = st.sampled_from(FILES)
+BREAKAGES = st.one_of(
+    st.tuples(st.just(pixdim), NIFTI, st.sampled_from([1, 2]), st.sampled_from([0.0, -1.0, math.nan, math.inf, 1e9, 1e-9, 0.3])),
+    st.tuples(st.just(dims), NIFTI, st.sampled_from([(1, 200, 1, 1), (2, 1, 200, 1), (3, 200, 200, 2), (3, 100, 100, 1),
+                                                     (4, 10, 10, 10), (0, 0, 0, 0), (-1, 5, 5, 5), (2, 30000, 30000, 1)])),
+    st.tuples(st.just(datatype), NIFTI, st.sampled_from([(16, 32), (4, 16), (32, 64), (128, 24), (2304, 32), (1, 1),
+                                                         (0, 8), (999, 8), (64, 64)])),
+    st.tuples(st.just(rotate), NIFTI, st.sampled_from([0, 90, 180, 30, 1e-5])),
+    st.tuples(st.just(labels), st.sampled_from([f"{v}_{p}" for v, p in camus.FRAME_KEYS]),
+              st.sampled_from(["negative", "four", "half", "nan", "empty", "all_lv", "float_exact"])),
+    st.tuples(st.just(truncate), st.sampled_from(FILES + ["cfg"]), st.sampled_from([0.0, 0.01, 0.3, 0.6, 0.99])),
+    st.tuples(st.just(replace_file), NIFTI, st.sampled_from(["missing", "directory", "symlink_loop", "dangling", "png"])),
+    st.tuples(st.just(cfg), st.one_of(st.binary(max_size=300),
+                                      st.dictionaries(CFG_KEYS, CFG_VALUES, max_size=6).map(
+                                          lambda d: "".join(f"{k}: {v}\n" for k, v in d.items())),
+                                      st.text(max_size=200), st.just("EF: 50\n" * 200_000)),
+              st.sampled_from(["utf-8", "utf-16", "latin-1"])),
+    st.tuples(st.just(cfg_folder)),
+    st.tuples(st.just(whole_folder), st.sampled_from(["file", "symlink_loop", "empty"])),
+    st.tuples(st.just(duplicate)),
+)
+MHD_FIELDS = {"DimSize": ["30 40", "549 778 2", "100000 100000", "0 40", "-3 4", "30", "a b"],
+              "ElementSpacing": ["0 0.15", "-1 1", "nan 1", "1e300 1", "x", None],
+              "ElementType": ["MET_SHORT", "MET_DOUBLE", "MET_NONSENSE", "MET_UCHAR_ARRAY"],
+              "ElementNumberOfChannels": ["3", "0"], "NDims": ["1", "4"],
+              "TransformMatrix": ["-1 0 0 0 1 0 0 0 1", "0 1 0 1 0 0 0 0 1", "0.7 0.7 0 -0.7 0.7 0 0 0 1"],
+              "ElementDataFile": ["missing.raw", "", "LOCAL"]}
+MHD_BREAKAGES = st.one_of(
+    st.tuples(st.just(metaimage), NIFTI, st.sampled_from(sorted(MHD_FIELDS)).flatmap(
+        lambda key: st.tuples(st.just(key), st.sampled_from(MHD_FIELDS[key])))).map(lambda t: (t[0], t[1], *t[2])),
+    st.tuples(st.just(raw_size), NIFTI, st.sampled_from([0.0, 0.5, 0.99, 1.5])),
+)
+
+
+# ---- the commands under test ----------------------------------------------------------------------
+
+def _quiet(function, *args):
+    """Run in-process; returns (result, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        result = function(*args)
+    return result, err.getvalue()
+
+
+def _rows(table: pd.DataFrame) -> dict:
+    return {row["patient"]: row for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")}
+
+
+def run_ef(root: Path) -> tuple[int, dict, str]:
+    out = root.parent / "ef.csv"
+    status, stderr = _quiet(cli.main, ["ef", str(root), "--out", str(out)])
+    return status, _rows(pd.read_csv(out)), stderr
+
+
+def run_predict(folders: list[Path], model: Path, out: Path) -> tuple[int, dict, str]:
+    args = ["predict", *map(str, folders), "--out", str(out), "--model", str(model / "segmenter.pt"),
+            "--calibrator", str(model / "calibrator.json"), "--device", "cpu"]
+    status, stderr = _quiet(cli.main, args)
+    return status, _rows(pd.read_csv(out / "summary.csv")), stderr
+
+
+def entries(root: Path) -> set[str]:
+    return {p.name for p in camus.find_patients(root)}
+
+
+@pytest.fixture(scope="module")
+def sources(phantom_root, tmp_path_factory):
+    """The good and the to-be-broken patient in both layouts (2023 NIfTI, 2019 MetaImage)."""
+    base = tmp_path_factory.mktemp("fuzz_sources")
+    for name in (GOOD, BROKEN):
+        shutil.copytree(phantom_root / "database_nifti" / name, base / "nifti" / name)
+        mhd = base / "mhd" / name
+        mhd.mkdir(parents=True)
+        for file in (base / "nifti" / name).iterdir():
+            if file.suffix == ".cfg":
+                shutil.copy(file, mhd / file.name)
+            else:
+                sitk.WriteImage(sitk.ReadImage(str(file)), str(mhd / file.name.replace(".nii.gz", ".mhd")))
+    return base
+
+
+@pytest.fixture(scope="module")
+def baseline(sources, tiny_model, tmp_path_factory):
+    """What each command gives the good patient alone, in each layout."""
+    rows = {}
+    for layout in ("nifti", "mhd"):
+        work = tmp_path_factory.mktemp(f"baseline_{layout}")
+        shutil.copytree(sources / layout / GOOD, work / "root" / GOOD)
+        rows[("ef", layout)] = run_ef(work / "root")[1][GOOD]
+        rows[("predict", layout)] = run_predict([work / "root" / GOOD], tiny_model, work / "pred")[1][GOOD]
+    return rows
+
+
+def check_all_commands(sources, baseline, tiny_model, layout, breakage):
+    apply, *arguments = breakage
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        for name in (GOOD, BROKEN):
+            shutil.copytree(sources / layout / name, root / name, symlinks=True)
+        apply(root / BROKEN, *arguments)
+        found = entries(root)
+
+        status, rows, stderr = run_ef(root)
+        assert status == 0 and "Traceback" not in stderr and "unexpected" not in stderr, stderr
+        assert set(rows) == found and rows[GOOD] == baseline[("ef", layout)]
+        for name in found - {GOOD}:
+            reason = rows[name]["status"].split(":")[0]
+            assert reason == "ok" or reason.startswith("ok_") or reason in READ_REASONS | EF_REASONS, rows[name]
+
+        cohort, exclusions = dataset.ingest(root, Path(tmp) / "ingested", strict=False)
+        assert set(cohort["patient"]) | set(exclusions["patient"]) == found and GOOD in set(cohort["patient"])
+        assert set(exclusions["reason"]) <= INGEST_REASONS, exclusions
+
+        folders = [root / name for name in sorted(found)]
+        status, rows, stderr = run_predict(folders, tiny_model, Path(tmp) / "pred")
+        assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+        assert rows[GOOD] == baseline[("predict", layout)]
+        for name in found - {GOOD}:
+            reason = rows[name]["status"].split(":")[0]
+            assert reason.startswith("ok") or reason in READ_REASONS | EF_REASONS | {"missing_study", "duplicate_study"}, rows[name]
 
 
 @FUZZ
-@given(text=st.text(max_size=300))
-def test_random_cfg_text(tmp_path, text):
-    cfg = tmp_path / "Info_2CH.cfg"
-    cfg.write_bytes(text.encode("utf-8", "replace"))
-    fields = camus.read_cfg(cfg)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
-    study = camus.Study("patient0001", "2023", {}, {"2CH": fields})
-    try:
-        row = study.cohort_row()
-    except camus.StudyError as error:
-        assert error.reason == "bad_cfg"
-    else:
-        assert set(row) >= {"patient", "ef_ref", "quality_2ch"}
+@given(breakage=BREAKAGES)
+def test_broken_nifti_patients(sources, baseline, tiny_model, breakage):
+    check_all_commands(sources, baseline, tiny_model, "nifti", breakage)
+
+
+@settings(FUZZ, max_examples=8)
+@given(breakage=MHD_BREAKAGES)
+def test_broken_metaimage_patients(sources, baseline, tiny_model, breakage):
+    check_all_commands(sources, baseline, tiny_model, "mhd", breakage)
+
+
+# One of every kind, side by side in one folder, through the command line as a user runs it.
+EVERY_CASE = [
+    (pixdim, "2CH_ED", 1, 0.0), (pixdim, "4CH_ES", 2, math.nan), (pixdim, "2CH_ES", 1, 1e9), (pixdim, "4CH_ED_gt", 1, 0.9),
+    (dims, "2CH_ED", (3, 100, 100, 2)), (dims, "4CH_ED", (2, 1, 200, 1)), (datatype, "2CH_ES", (32, 64)),
+    (datatype, "4CH_ES", (128, 24)), (rotate, "2CH_ED", 30), (rotate, "4CH_ED_gt", 180), (labels, "4CH_ED", "four"),
+    (labels, "2CH_ES", "half"), (labels, "2CH_ED", "empty"), (truncate, "4CH_ES", 0.5), (truncate, "2CH_ED_gt", 0.0),
+    (replace_file, "4CH_ED", "symlink_loop"), (replace_file, "2CH_ES", "png"), (replace_file, "4CH_ES_gt", "directory"),
+    (cfg, b"\x00\xff" * 50 + b"\nEF: zz\n", "utf-8"), (cfg_folder,), (whole_folder, "symlink_loop"), (whole_folder, "file"),
+]
+
+
+def test_ef_on_a_folder_of_every_broken_case(sources, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(sources / "nifti" / GOOD, root / GOOD)
+    for number, (apply, *arguments) in enumerate(EVERY_CASE, start=100):
+        folder = root / f"patient{number:04d}"
+        shutil.copytree(sources / "nifti" / BROKEN, folder)
+        for file in folder.iterdir():
+            file.rename(folder / file.name.replace(BROKEN, folder.name))
+        apply(folder, *arguments)
+    duplicate(root / GOOD)
+    result = subprocess.run([sys.executable, "-m", "echoef", "ef", str(root), "--out", str(tmp_path / "ef.csv")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    table = pd.read_csv(tmp_path / "ef.csv").set_index("patient")
+    assert set(table.index) == entries(root) and len(table) == len(EVERY_CASE) + 2  # + the good one and the duplicate
+    assert table.loc[GOOD, "status"] == "ok" and table.loc[GOOD, "ef"] > 0
+    bad = table.drop(index=GOOD)
+    # A reason for every broken patient: a status that is not 'ok', or (a cfg the EF does not need) a detail.
+    assert (~bad["status"].str.startswith("ok") | bad["detail"].notna()).all(), bad
+    assert "error" not in set(bad["status"])
+    assert f"{len(table)} patients: " in result.stdout and "failed (" in result.stdout
 
 
 def test_oversized_header_is_refused_before_reading(tmp_path):
     path = tmp_path / "frame.mhd"
-    _image(path, compress=False)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 30), np.uint8)), str(path))
     path.write_text(path.read_text().replace("DimSize = 30 40", "DimSize = 100000 100000"))
     with pytest.raises(camus.StudyError, match="bad_geometry"):
-        camus.read_image(path)
+        imagefile.read_image(path)

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,12 @@ TINY = {
 }
 
 
+# The venv's dvc and python first on PATH, as `make` puts them.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+
+
 def run(args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -94,7 +99,7 @@ def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
     assert "up to date" in run(["dvc", "repro"], repo)
     log = run(["dvc", "exp", "run", "-S", "calibration.method=none"], repo)
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    assert ran == {"calibrate", "evaluate"}
+    assert ran == {"check_params", "calibrate", "evaluate"}  # the check re-runs nothing by itself
     assert json.loads((repo / "models/calibrator.json").read_text())["method"] == "none"
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
     assert {"test.n_patients", "test.n_failed", "test.post.n", "val.post.n"} <= set(diff["metrics/ef.json"])
@@ -106,3 +111,53 @@ def test_a_bad_parameter_stops_with_the_key(repo):
     result = subprocess.run([sys.executable, "stages/ef.py"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2
     assert "ef.method = 'teichholz' is not allowed" in result.stderr and "Traceback" not in result.stderr
+
+
+OUTPUTS = ["models/segmenter.pt", "models/calibrator.json", "metrics/ef.json", "data/ef.csv", "plots/overlays.png"]
+
+
+def snapshot(repo: Path, names=OUTPUTS) -> dict:
+    return {name: (repo / name).read_bytes() for name in names}
+
+
+def restore(repo: Path) -> None:
+    """Back to the committed parameters and their outputs."""
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "repro"], repo)
+
+
+def test_a_params_typo_leaves_every_previous_output_in_place(repo):
+    before = snapshot(repo)
+    set_params(repo, {("train", "epoch"): 30})
+    result = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
+    assert result.returncode != 0
+    assert "params.yaml: unknown key 'train.epoch'" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(repo) == before  # DVC never reached the stages that would have deleted them
+    restore(repo)
+
+
+def test_a_run_killed_mid_stage_leaves_nothing_a_rerun_trusts(repo):
+    set_params(repo, {("evaluate", "bootstrap"): 60})
+    process = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=ENV, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("Running stage 'evaluate'"):
+            break
+    time.sleep(2.0)  # inside evaluate: it writes metrics, tables and figures one after another
+    os.killpg(process.pid, signal.SIGKILL)  # ProcessLookupError here would mean it had finished: no test
+    process.wait()
+    assert "evaluate" in run(["dvc", "status"], repo)  # DVC knows the stage did not complete
+    run(["dvc", "repro"], repo)  # the interrupted stage is re-run, not taken as done
+    interrupted = snapshot(repo, ["metrics/ef.json", "metrics/ef_cv.json", "plots/ef_scatter.csv", "plots/bland_altman.csv"])
+    run(["dvc", "repro", "-f", "-s", "evaluate"], repo)
+    assert snapshot(repo, list(interrupted)) == interrupted
+    assert "up to date" in run(["dvc", "status"], repo)
+    restore(repo)
+
+
+def test_a_second_run_at_the_same_time_is_refused_by_dvcs_lock(repo):
+    from dvc.repo import Repo
+
+    with Repo(str(repo)).lock:  # what a first `dvc repro` holds while it runs
+        result = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
+    assert result.returncode != 0 and "Unable to acquire lock" in result.stderr + result.stdout

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CAMUS, CAMUS_2019, ROOT, needs_shared
-from echoef import calibration, camus, dataset, geometry, model as M, segmentation as S
+from conftest import CAMUS, CAMUS_2019, ROOT, needs_shared, stored_with_direction
+from echoef import calibration, camus, dataset, ef as EF, geometry, model as M, segmentation as S
 
 TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
         "input_size": 64, "epochs": 4, "batch_size": 8, "phases_per_input": 1, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
@@ -64,6 +65,24 @@ def test_predict_synthetic_patients(trained, phantom_root, tmp_path):
     assert again["ef"].tolist() == summary["ef"].tolist()
 
 
+def test_predicted_masks_overlay_inputs_of_any_origin_and_direction(trained, phantom_root, tmp_path):
+    # The same study stored flipped and turned, at another origin: the same canonical images give
+    # the same masks, written with each input's own header so a viewer lays them over the image.
+    source = camus.find_patients(phantom_root)[10]
+    stored_with_direction(source, tmp_path / "turned" / source.name, (0.0, -1.0, 1.0, 0.0), (31.5, -12.25))
+    for name in ("plain", "turned"):
+        folder = source if name == "plain" else tmp_path / "turned" / source.name
+        assert predict(trained, folder, "--out", tmp_path / f"out_{name}").returncode == 0
+    for view, phase in camus.FRAME_KEYS:
+        stem = f"{source.name}_{view}_{phase}"
+        written = tmp_path / "out_turned" / source.name / f"{stem}_gt.nii.gz"
+        assert_same_geometry(written, tmp_path / "turned" / source.name / f"{stem}.nii.gz")
+        plain = camus.read_label(tmp_path / "out_plain" / source.name / f"{stem}_gt.nii.gz")[0]
+        assert np.array_equal(camus.read_label(written)[0], plain)
+    rows = [pd.read_csv(tmp_path / f"out_{name}" / "summary.csv").iloc[0] for name in ("plain", "turned")]
+    assert rows[0]["ef"] == rows[1]["ef"] and rows[0]["status"] == rows[1]["status"] == "ok"
+
+
 def test_predict_one_view_is_single_plane_and_flagged(trained, phantom_root, tmp_path):
     folder = camus.find_patients(phantom_root)[11]
     result = predict(trained, "--out", tmp_path, "--patient", "p", "--2ch-ed", folder / f"{folder.name}_2CH_ED.nii.gz",
@@ -78,8 +97,16 @@ def test_predict_one_view_is_single_plane_and_flagged(trained, phantom_root, tmp
 def test_predict_real_layouts_keep_their_geometry(trained, tmp_path):
     patients = [CAMUS_2019 / "patient0001", CAMUS / "database_nifti" / "patient0002"]
     result = predict(trained, *patients, "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert len(pd.read_csv(tmp_path / "summary.csv")) == 2  # a row each, measured or with a status
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2  # a row each, measured or with a status
+    # A model trained briefly on synthetic hearts segments real ones poorly: whatever it finds is
+    # either a plausible ventricle or says why not, and is never calibrated as if measured.
+    measured = summary["status"].str.startswith("ok")
+    assert result.returncode == (0 if measured.any() else 1), result.stderr
+    ok = summary[measured]
+    assert ok["edv_ml"].between(EF.MIN_VOLUME_ML, EF.MAX_VOLUME_ML).all() and (ok["esv_ml"] < ok["edv_ml"]).all()
+    assert summary.loc[~measured, "status"].str.match(r"(implausible|empty_mask|tiny_mask|no_basal_chord):").all()
+    assert summary.loc[~measured, "ef_calibrated"].isna().all()
     assert_same_geometry(tmp_path / "patient0001" / "patient0001_2CH_ED_gt.mhd", patients[0] / "patient0001_2CH_ED.mhd")
     assert_same_geometry(tmp_path / "patient0002" / "patient0002_2CH_ES_gt.nii.gz", patients[1] / "patient0002_2CH_ES.nii.gz")
 
@@ -107,8 +134,9 @@ def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_p
     result = subprocess.run([sys.executable, "-m", "echoef", "predict", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "paired.pt"),
                              "--calibrator", str(trained / "calibrator.json"), "--2ch-ed", str(folder / f"{folder.name}_2CH_ED.nii.gz")],
                             cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert pd.read_csv(tmp_path / "o" / "summary.csv")["status"].tolist() == ["failed:unpaired_view"]
+    assert result.returncode == 1, result.stderr  # no study measured
+    assert pd.read_csv(tmp_path / "o" / "summary.csv")["status"].tolist() == ["unpaired_view"]
+    assert "1 studies: 0 ok, 1 failed (unpaired_view 1)" in result.stdout
 
 
 def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_root):
@@ -131,3 +159,53 @@ def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_ro
     assert any(not np.array_equal(labels[k], alone[k]) for k in keys)
     with pytest.raises(camus.StudyError, match="unpaired_view: 4CH: this model segments a view's ED and ES frames together"):
         S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, TINY["input_size"], 8)
+
+
+class _RunsCodeWhenUnpickled:
+    """What a crafted model file holds: unpickling it calls a function of the attacker's choice."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_a_model_file_that_would_run_code_is_refused_without_running_it(trained, phantom_root, tmp_path):
+    state = torch.load(trained / "segmenter.pt", weights_only=True)
+    evidence = tmp_path / "code_ran"
+    torch.save({**state, "extra": _RunsCodeWhenUnpickled(evidence)}, tmp_path / "crafted.pt")
+    with pytest.raises(M.CheckpointError, match="refused: it holds Python objects beyond tensors and plain data"):
+        M.load_checkpoint(tmp_path / "crafted.pt")
+    result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(camus.find_patients(phantom_root)[0]),
+                             "--out", str(tmp_path / "o"), "--model", str(tmp_path / "crafted.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "refused" in result.stderr
+    assert not evidence.exists()
+    # The same object unpickled without the guard does run: the test would catch a regression.
+    torch.load(tmp_path / "crafted.pt", weights_only=False)
+    assert evidence.exists()
+
+
+def test_images_without_a_pixel_size_need_one_given(trained, phantom_root, tmp_path):
+    folder = camus.find_patients(phantom_root)[11]
+    pngs = {}
+    for view, phase in camus.FRAME_KEYS:
+        image = sitk.ReadImage(str(folder / f"{folder.name}_{view}_{phase}.nii.gz"))
+        pngs[(view, phase)] = tmp_path / f"{view}_{phase}.png"
+        sitk.WriteImage(image, str(pngs[(view, phase)]))
+    args = [arg for (view, phase), path in pngs.items() for arg in (f"--{view.lower()}-{phase.lower()}", path)]
+    refused = predict(trained, *args, "--out", tmp_path / "refused")
+    assert refused.returncode == 1
+    row = pd.read_csv(tmp_path / "refused" / "summary.csv").iloc[0]
+    assert row["status"] == "no_spacing" and "give --spacing-mm" in row["detail"]
+    # With a pixel size the 2CH frames (0.85 x 0.95 mm) are read at that size and labels come back as NIfTI.
+    given = predict(trained, "--2ch-ed", pngs[("2CH", "ED")], "--2ch-es", pngs[("2CH", "ES")], "--spacing-mm", 0.85, 0.95,
+                    "--out", tmp_path / "given")
+    assert given.returncode == 0, given.stderr
+    written = sitk.ReadImage(str(tmp_path / "given" / "study" / "study_2CH_ED_gt.nii.gz"))
+    assert written.GetSpacing() == pytest.approx((0.95, 0.85))
+    nifti = predict(trained, "--2ch-ed", folder / f"{folder.name}_2CH_ED.nii.gz", "--2ch-es", folder / f"{folder.name}_2CH_ES.nii.gz",
+                    "--out", tmp_path / "nifti")
+    assert nifti.returncode == 0
+    same = [pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("given", "nifti")]
+    assert same[0]["ef"] == same[1]["ef"] and same[0]["status"] == same[1]["status"]

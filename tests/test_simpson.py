@@ -170,7 +170,7 @@ def test_coarse_2ch_grid_is_measured_on_release_pixels():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["empty", "tiny", "noise", "line"]))
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["empty", "tiny", "noise", "line", "full"]))
 def test_degenerate_masks_give_a_status(seed, kind):
     rng = np.random.default_rng(seed)
     mask = np.zeros((60, 50), dtype=bool)
@@ -181,9 +181,12 @@ def test_degenerate_masks_give_a_status(seed, kind):
         mask = rng.random((60, 50)) < 0.02
     elif kind == "line":
         mask[5:55, 25] = True
+    elif kind == "full":  # a cavity over the whole image has no contour (found by the fuzz harness)
+        mask[:] = True
     with pytest.raises(simpson.LVGeometryError) as error:
         simpson.lv_geometry(mask, (simpson.REFERENCE_PIXEL_MM,) * 2)
-    assert error.value.status in {"empty_mask", "tiny_mask", "no_basal_chord"}
+    assert error.value.status in {"empty_mask", "tiny_mask", "no_basal_chord", "no_contour"}
+    assert kind != "full" or error.value.status == "no_contour"
 
 
 def test_several_components_and_holes_use_the_largest_filled():

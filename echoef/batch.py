@@ -1,0 +1,84 @@
+"""What every command over many studies shares: one row per study whatever happens to it, a
+summary line that counts the outcomes, an exit status that says whether anything worked, and
+checks of the output path before any work is done."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+from tqdm import tqdm
+
+from .status import StudyError, is_measured
+
+EXIT_OK, EXIT_NONE_MEASURED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A mistake in how a command was called (a path that is not there, an output that cannot be
+    written): reported as one line with exit status 2 before any work is done."""
+
+
+def each_study(items: Iterable, name: Callable[[object], str], compute: Callable[[object], dict], desc: str) -> list[dict]:
+    """``compute(item)`` for every item, one row each. A StudyError becomes the row's status (its
+    reason) and detail; any other exception too (status 'error'), reported on stderr: one bad study
+    never stops a batch."""
+    items = list(items)
+    rows = []
+    for item in tqdm(items, desc=desc, disable=len(items) < 2, mininterval=5):
+        try:
+            rows.append(compute(item))
+        except StudyError as error:
+            rows.append({"patient": name(item), "status": error.reason, "detail": error.detail})
+        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen input must cost one study, not the batch
+            detail = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            print(f"warning: {name(item)}: unexpected {detail}", file=sys.stderr)
+            rows.append({"patient": name(item), "status": "error", "detail": detail})
+    return rows
+
+
+def outcome_counts(statuses: pd.Series) -> tuple[int, Counter]:
+    """(number measured, failures counted by reason: the status up to its first ':')."""
+    statuses = statuses.astype(str)
+    measured = statuses.map(is_measured)
+    return int(measured.sum()), Counter(s.split(":")[0] for s in statuses[~measured])
+
+
+def summary_line(table: pd.DataFrame, what: str) -> str:
+    """'12 studies: 10 ok, 2 failed (bad_labels 1, missing_frame 1)'."""
+    ok, failed = outcome_counts(table["status"])
+    line = f"{len(table)} {what}: {ok} ok"
+    if failed:
+        line += f", {sum(failed.values())} failed (" + ", ".join(f"{r} {n}" for r, n in sorted(failed.items())) + ")"
+    return line
+
+
+def exit_status(table: pd.DataFrame) -> int:
+    """0 when at least one study was measured, 1 when none was."""
+    return EXIT_OK if outcome_counts(table["status"])[0] else EXIT_NONE_MEASURED
+
+
+def writable_file(path: Path) -> Path:
+    """``path`` if a file can be written there (its folder is created); UsageError otherwise, so a
+    long batch never ends by failing to save its result."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file name")
+    writable_folder(path.parent)
+    return path
+
+
+def writable_folder(path: Path) -> Path:
+    """``path`` created if need be and checked by writing a file in it; UsageError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to {path}: {error.strerror or error}") from error
+    return path

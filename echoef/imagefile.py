@@ -1,0 +1,221 @@
+"""Read and write 2D frame files: NIfTI and MetaImage, or PNG/JPEG/TIFF/BMP with a given pixel size.
+
+Arrays come out (H, W) in canonical orientation: rows along the physical +y axis and columns along
++x, as a viewer that honours the header shows the image (the apex at the top for apical views). A
+header whose direction flips or swaps the axes is undone on read and redone on write; an oblique
+one is refused. Every array comes with its (row, col) spacing in mm and the ``Header`` it was stored
+with, so a label map written back overlays its image exactly in any viewer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .status import StudyError
+from .io import atomic_files
+
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are reported as a status
+
+HEADER_FORMATS = (".nii.gz", ".nii", ".mhd", ".mha")  # headers that carry the physical pixel size
+PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels only: the size must be given
+MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
+# Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
+# wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
+SPACING_RANGE_MM = (0.005, 10.0)
+AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a stored (H, W) array maps onto the canonical one: a transpose, then flips."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        out = array.T if self.transpose else array
+        out = out[::-1] if self.flip_rows else out
+        return np.ascontiguousarray(out[:, ::-1] if self.flip_cols else out)
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        out = array[:, ::-1] if self.flip_cols else array
+        out = out[::-1] if self.flip_rows else out
+        return np.ascontiguousarray(out.T if self.transpose else out)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A frame file's geometry as stored, in ITK's order: spacing (x, y[, z]) and origin in mm, and
+    the direction cosines row by row (column k is the physical direction of index axis k)."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def plain(cls, spacing_mm: tuple[float, float]) -> "Header":
+        """The header of a canonical array with (row, col) ``spacing_mm``, at the origin."""
+        return cls((float(spacing_mm[1]), float(spacing_mm[0])), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+    def with_spacing_mm(self, spacing_mm: tuple[float, float]) -> "Header":
+        """The same header with the canonical (row, col) pixel size ``spacing_mm`` (for files that
+        state none, the size the user gives)."""
+        row, col = (float(v) for v in spacing_mm)
+        in_plane = (row, col) if self.orientation().transpose else (col, row)
+        return Header(in_plane + self.spacing[2:], self.origin, self.direction)
+
+    @property
+    def dimension(self) -> int:
+        return len(self.spacing)
+
+    def orientation(self) -> Orientation:
+        """The flips and transpose that make the stored array canonical; StudyError('bad_geometry')
+        for an oblique image plane or in-plane rotation, which no array flip can undo."""
+        n = self.dimension
+        matrix = np.asarray(self.direction, dtype=float).reshape(n, n)
+        if n == 3 and not (np.allclose(matrix[2, :2], 0, atol=AXIS_TOLERANCE)
+                           and np.allclose(matrix[:2, 2], 0, atol=AXIS_TOLERANCE)):
+            raise StudyError("bad_geometry", f"direction {self.direction}: the image plane is oblique")
+        plane = matrix[:2, :2]
+        if np.allclose(np.abs(plane), np.eye(2), atol=AXIS_TOLERANCE):
+            return Orientation(False, bool(plane[1, 1] < 0), bool(plane[0, 0] < 0))
+        if np.allclose(np.abs(plane), np.eye(2)[::-1], atol=AXIS_TOLERANCE):
+            # Index axis x (array columns) runs along physical y: transposed, rows come from it.
+            return Orientation(True, bool(plane[1, 0] < 0), bool(plane[0, 1] < 0))
+        raise StudyError("bad_geometry", f"direction {self.direction} is rotated in plane; only flipped or "
+                                          "transposed axes can be read")
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """(row, col) spacing of the canonical array."""
+        x, y = float(self.spacing[0]), float(self.spacing[1])
+        return (x, y) if self.orientation().transpose else (y, x)
+
+    def corner_mm(self, shape: tuple[int, int]) -> np.ndarray:
+        """Physical (x, y) of the canonical array's first pixel, for an array of canonical ``shape``:
+        two files cover the same grid when their shapes, spacings and corners agree."""
+        o = self.orientation()
+        row, col = (shape[0] - 1 if o.flip_rows else 0), (shape[1] - 1 if o.flip_cols else 0)
+        if o.transpose:
+            row, col = col, row  # the stored (row, col) of that pixel
+        n = self.dimension
+        matrix = np.asarray(self.direction, dtype=float).reshape(n, n)
+        index_mm = np.array([col, row, 0][:n], dtype=float) * np.asarray(self.spacing, dtype=float)
+        return (np.asarray(self.origin, dtype=float) + matrix @ index_mm)[:2]
+
+
+def file_format(path: Path) -> str:
+    """The lower-case extension that names the format ('.nii.gz' counts as one)."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices."""
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as error:
+        raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
+
+
+def _declares_spacing(path: Path, reader: sitk.ImageFileReader) -> bool:
+    """Whether the header states a pixel size (ITK silently assumes 1 mm where it does not)."""
+    fmt = file_format(path)
+    if fmt in (".nii", ".nii.gz"):
+        return all(float(reader.GetMetaData(f"pixdim[{k}]")) != 0 for k in (1, 2))
+    with open(path, "rb") as handle:  # MetaImage: text lines up to ElementDataFile
+        head = handle.read(1 << 16).decode("latin-1")
+    keys = {line.partition("=")[0].strip() for line in head.splitlines()}
+    return bool(keys & {"ElementSpacing", "ElementSize"})
+
+
+def _grey(array: np.ndarray, path: Path) -> np.ndarray:
+    """One grey channel from (H, W, C) pixels: a grey image stored as RGB(A) is read as grey (alpha
+    ignored); colour (a Doppler overlay, a coloured map) is refused rather than mixed into grey."""
+    colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+    if not (colour == colour[..., :1]).all():
+        raise StudyError("several_channels", f"{path.name}: {array.shape[-1]} colour channels that differ; "
+                                             "give a grey-scale image")
+    return colour[..., 0]
+
+
+def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
+    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header).
+
+    A trailing singleton slice is dropped. The header is checked before any pixel is read, so a
+    corrupt size cannot exhaust memory. ``spacing_mm`` (row, col) is the pixel size of files that
+    carry none (PNG, JPEG, TIFF, BMP, or a header that states none); without it they are refused
+    (``no_spacing``), as is anything else that would make a volume wrong without a warning. A
+    header's own pixel size is always used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError("missing_frame", f"{path.name} not found")
+    fmt = file_format(path)
+    if fmt not in HEADER_FORMATS + PLAIN_FORMATS:
+        raise StudyError("unsupported_format", f"{path.name}: read are {', '.join(HEADER_FORMATS + PLAIN_FORMATS)}")
+    if fmt in PLAIN_FORMATS and spacing_mm is None:
+        raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
+    if fmt == ".nii.gz":
+        _check_gzip_complete(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) not in (2, 3) or (len(size) == 3 and size[2] != 1) or min(size[:2]) < 2 or np.prod(size) > MAX_PIXELS:
+            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, the header says size {size}")
+        header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
+                        tuple(map(float, reader.GetDirection())))
+        orientation = header.orientation()
+        if fmt in PLAIN_FORMATS or not _declares_spacing(path, reader):
+            if spacing_mm is None:
+                raise StudyError("no_spacing", f"{path.name}: the header states no pixel size; give --spacing-mm ROW COL")
+            header = header.with_spacing_mm(spacing_mm)
+        array = sitk.GetArrayFromImage(reader.Execute())
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[-1][:200]
+        # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.
+        reason = "bad_spacing" if "spacing" in message.lower() else "unreadable_file"
+        raise StudyError(reason, f"{path.name}: {message}") from error
+    if len(size) == 3:
+        array = array[0]
+    if array.ndim == 3:
+        array = _grey(array, path)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise StudyError("bad_pixels", f"{path.name}: pixel type {array.dtype} is not a grey level")
+    if not np.isfinite(array).all() or (array.dtype.kind == "f" and np.abs(array).max() > np.finfo(np.float32).max):
+        raise StudyError("bad_pixels", f"{path.name}: pixels that are not finite single-precision numbers")
+    spacing = header.spacing_mm
+    if not all(np.isfinite(spacing)) or not SPACING_RANGE_MM[0] <= min(spacing) <= max(spacing) <= SPACING_RANGE_MM[1]:
+        raise StudyError("bad_spacing", f"{path.name}: spacing {spacing} mm is outside "
+                                        f"{SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm")
+    return orientation.to_canonical(array), spacing, header
+
+
+def label_path_for(image_path: Path, out_dir: Path, stem: str) -> Path:
+    """Where a label map for ``image_path`` goes: ``out_dir/stem`` in the image's format, or NIfTI
+    for formats that cannot carry the geometry."""
+    fmt = file_format(image_path)
+    return Path(out_dir) / f"{stem}{fmt if fmt in HEADER_FORMATS else '.nii.gz'}"
+
+
+def write_label(label: np.ndarray, header: Header, path: Path) -> None:
+    """Write a canonical label map (H, W) with ``header``'s geometry in the format of ``path``
+    (NIfTI or MetaImage), atomically: a crash leaves the previous file or none."""
+    array = header.orientation().from_canonical(np.asarray(label, dtype=np.uint8))
+    image = sitk.GetImageFromArray(array[None] if header.dimension == 3 else array)
+    image.SetSpacing(header.spacing)
+    image.SetOrigin(header.origin)
+    image.SetDirection(header.direction)
+    with atomic_files(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=file_format(path) == ".nii.gz")

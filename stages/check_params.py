@@ -1,0 +1,33 @@
+"""Check the whole of params.yaml before any stage runs.
+
+DVC deletes a stage's outputs just before running it, so a typo found by the stage itself would
+already have cost the previous model and calibrator. Every stage depends on this one's marker file,
+whose content never changes: a valid edit re-runs only the stages it touches, an invalid one stops
+`dvc repro` here with the key named and every output left in place.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from echoef import params as P  # noqa: E402
+from echoef.io import write_json  # noqa: E402
+from echoef.stage import run  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("params", type=Path)
+    parser.add_argument("marker", type=Path)
+    parser.add_argument("--phantom", type=Path, required=True, help="the folder the phantom stage writes")
+    args = parser.parse_args()
+    root = Path(P.load(args.params)["data"]["root"])
+    if root != args.phantom and not root.is_dir():
+        raise P.ParamsError(f"{args.params}: data.root = '{root}' is not a folder; point it at a CAMUS download "
+                            f"(the folder holding database_nifti/, or the 2019 patient folders) or at {args.phantom}")
+    write_json(args.marker, {"params": str(args.params), "valid": True})
+
+
+if __name__ == "__main__":
+    run(main)

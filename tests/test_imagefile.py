@@ -1,0 +1,155 @@
+"""Frame files: orientation from the direction cosines, pixel size only from a header (or the user),
+grey levels only, label maps written back over their image exactly, and output file modes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import ROOT, stored_with_direction
+from echoef import camus, ef, framefile, imagefile, io
+from echoef.status import StudyError
+
+# Axis-aligned directions (ITK, row by row) and what they do to the stored array.
+FLIP_X = (-1.0, 0.0, 0.0, 1.0)
+FLIP_Y = (1.0, 0.0, 0.0, -1.0)
+SWAP = (0.0, 1.0, 1.0, 0.0)
+SWAP_FLIP = (0.0, -1.0, 1.0, 0.0)  # a 90-degree turn
+
+
+def physical_array(array, spacing, origin, direction):
+    """An independent reading: every stored pixel placed by SimpleITK's own index-to-physical
+    mapping, then laid out by increasing physical y (rows) and x (columns)."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    at = {}
+    for (row, col), value in np.ndenumerate(array):
+        x, y = image.TransformIndexToPhysicalPoint((col, row))
+        at[(round(y, 6), round(x, 6))] = value
+    ys, xs = sorted({y for y, _ in at}), sorted({x for _, x in at})
+    return np.array([[at[(y, x)] for x in xs] for y in ys])
+
+
+@pytest.mark.parametrize("direction", [FLIP_X, FLIP_Y, SWAP, SWAP_FLIP, (-1.0, 0.0, 0.0, -1.0)])
+def test_axis_aligned_directions_are_read_as_a_viewer_shows_them(tmp_path, direction):
+    array = np.arange(6 * 9, dtype=np.uint8).reshape(6, 9)
+    spacing, origin = (0.3, 0.7), (12.5, -40.0)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(tmp_path / "f.nii.gz"))
+    canonical, spacing_mm, header = imagefile.read_image(tmp_path / "f.nii.gz")
+    assert np.array_equal(canonical, physical_array(array, spacing, origin, direction))
+    swapped = direction in (SWAP, SWAP_FLIP)
+    assert spacing_mm == pytest.approx((0.3, 0.7) if swapped else (0.7, 0.3))
+    # Written back, a label map has the input's exact header and lies over the same pixels.
+    imagefile.write_label(canonical % 4, header, tmp_path / "l.nii.gz")
+    written = sitk.ReadImage(str(tmp_path / "l.nii.gz"))
+    assert written.GetOrigin() == pytest.approx(origin) and written.GetSpacing() == pytest.approx(spacing)
+    assert written.GetDirection() == pytest.approx(direction) and written.GetSize() == image.GetSize()
+    assert np.array_equal(sitk.GetArrayFromImage(written), array % 4)
+
+
+def test_an_oblique_direction_is_refused(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((6, 9), np.uint8))
+    c, s = np.cos(0.5), np.sin(0.5)
+    image.SetDirection((c, -s, s, c))
+    sitk.WriteImage(image, str(tmp_path / "f.nii.gz"))
+    with pytest.raises(StudyError, match="bad_geometry: direction .* rotated in plane"):
+        imagefile.read_image(tmp_path / "f.nii.gz")
+
+
+@pytest.mark.parametrize("direction", [FLIP_Y, SWAP_FLIP])
+def test_ef_is_the_same_whatever_direction_stores_the_patient(phantom_root, tmp_path, direction):
+    source = camus.find_patients(phantom_root)[0]
+    stored_with_direction(source, tmp_path / source.name, direction, (5.0, -7.5))
+    original, flipped = camus.read_study(source), camus.read_study(tmp_path / source.name)
+    for key, frame in original.frames.items():
+        assert np.array_equal(flipped.frames[key].image, frame.image) and np.array_equal(flipped.frames[key].label, frame.label)
+        assert flipped.frames[key].spacing_mm == pytest.approx(frame.spacing_mm)
+    assert ef.patient_ef(ef.label_maps(flipped.frames), "simpson_biplane") == ef.patient_ef(ef.label_maps(original.frames), "simpson_biplane")
+
+
+def test_pipeline_label_maps_keep_the_source_geometry(phantom_root, tmp_path):
+    source = camus.find_patients(phantom_root)[0]
+    stored_with_direction(source, tmp_path / "p" / source.name, SWAP_FLIP, (5.0, -7.5))
+    frames = camus.read_study(tmp_path / "p" / source.name).frames
+    framefile.save(tmp_path / "f.npz", {k: camus.Frame(None, f.label, f.spacing_mm, f.header) for k, f in frames.items()})
+    loaded = framefile.load(tmp_path / "f.npz")
+    for key, frame in loaded.items():
+        assert frame.header == frames[key].header and frame.image is None
+        path = tmp_path / f"{key[0]}_{key[1]}.nii.gz"
+        imagefile.write_label(frame.label, frame.header, path)
+        written, image = sitk.ReadImage(str(path)), sitk.ReadImage(str(camus.frame_path(tmp_path / "p" / source.name, *key, "2023")))
+        assert written.GetOrigin() == image.GetOrigin() and written.GetDirection() == image.GetDirection()
+        assert written.GetSpacing() == image.GetSpacing() and written.GetSize() == image.GetSize()
+
+
+def test_a_header_without_pixel_size_and_plain_formats_need_one(tmp_path):
+    array = np.zeros((20, 30), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "f.png"))
+    with pytest.raises(StudyError, match="no_spacing: f.png: a .png file has no physical pixel size; give --spacing-mm"):
+        imagefile.read_image(tmp_path / "f.png")
+    image, spacing_mm, header = imagefile.read_image(tmp_path / "f.png", spacing_mm=(0.4, 0.2))
+    assert image.shape == (20, 30) and spacing_mm == (0.4, 0.2) and header.spacing == (0.2, 0.4)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "f.mhd"))
+    header_text = (tmp_path / "f.mhd").read_text()
+    (tmp_path / "f.mhd").write_text("\n".join(l for l in header_text.splitlines() if not l.startswith("ElementSpacing")))
+    with pytest.raises(StudyError, match="no_spacing: f.mhd: the header states no pixel size; give --spacing-mm"):
+        imagefile.read_image(tmp_path / "f.mhd")
+    assert imagefile.read_image(tmp_path / "f.mhd", spacing_mm=(0.4, 0.2))[1] == (0.4, 0.2)
+    # A header's own pixel size wins over the one given for files without.
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "g.nii.gz"))
+    assert imagefile.read_image(tmp_path / "g.nii.gz", spacing_mm=(0.4, 0.2))[1] == (1.0, 1.0)
+
+
+def test_colour_images_are_refused_and_grey_ones_in_rgba_are_read(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 255, (12, 1045), dtype=np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)
+    sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / "grey.png"))
+    image, _, _ = imagefile.read_image(tmp_path / "grey.png", spacing_mm=(0.3, 0.3))
+    assert np.array_equal(image, grey)  # not a (1045, 4) array
+    rgba[3, 4, 0] = 7
+    sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / "colour.png"))
+    with pytest.raises(StudyError, match="several_channels"):
+        imagefile.read_image(tmp_path / "colour.png", spacing_mm=(0.3, 0.3))
+
+
+def test_metaimage_label_maps_are_written_whole_or_not_at_all(tmp_path):
+    header = imagefile.Header((0.3, 0.2, 1.0), (1.0, 2.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    label = np.zeros((10, 12), np.uint8)
+    label[2:5, 3:9] = 1
+    imagefile.write_label(label, header, tmp_path / "out" / "p_gt.mhd")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p_gt.mhd", "p_gt.raw"]
+    read, spacing_mm, read_header = camus.read_label(tmp_path / "out" / "p_gt.mhd")
+    assert np.array_equal(read, label) and spacing_mm == (0.2, 0.3) and read_header == header
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_follow_the_umask(tmp_path, umask, mode):
+    code = (f"import os, numpy, pandas; os.umask({umask}); from echoef import io, imagefile;"
+            f"io.write_json('{tmp_path}/a.json', {{}}); io.write_csv('{tmp_path}/b.csv', pandas.DataFrame({{'x': [1]}}));"
+            f"io.write_npz('{tmp_path}/c.npz', x=numpy.zeros(2));"
+            f"imagefile.write_label(numpy.zeros((4, 4)), imagefile.Header.plain((1.0, 1.0)), '{tmp_path}/d.mhd')")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    for name in ("a.json", "b.csv", "c.npz", "d.mhd", "d.raw"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    io.write_json(tmp_path / "m.json", {"a": 1})
+    with pytest.raises(ZeroDivisionError):
+        with io.atomic_path(tmp_path / "m.json") as tmp:
+            tmp.write_text("half")
+            1 / 0
+    with pytest.raises(ZeroDivisionError):
+        with io.atomic_files(tmp_path / "x.mhd") as tmp:
+            tmp.write_text("half")
+            1 / 0
+    assert io.read_json(tmp_path / "m.json") == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
