@@ -1,20 +1,29 @@
 PY := .venv/bin/python
 DVC := .venv/bin/dvc
+# The stages call `python` and `dvc`: the project's environment comes first on PATH.
+ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast lint bench clean
 
-.venv/.installed: requirements.txt requirements-dev.txt
+.venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3.11 -m venv .venv
 	.venv/bin/pip install -q -r requirements-dev.txt
+	.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: .venv/.installed
 
 run: setup  ## set up and run the pipeline (synthetic cohort by default)
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(DVC) repro
+	$(ENV) $(DVC) repro
 
-test: setup  ## set up and run the tests
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m pytest -q tests
+test: setup  ## the whole suite, as CI runs it (needs ../shared/data for the real-data tests)
+	$(ENV) $(PY) -m pytest -q tests
+
+test-fast: setup  ## everything but the end-to-end DVC runs
+	$(ENV) $(PY) -m pytest -q -m "not slow" tests
+
+lint: setup
+	.venv/bin/ruff check .
 
 bench: setup  ## EF-method benchmark on ../shared/data/camus (see docs/benchmarks.md)
 	$(PY) benchmarks/ef_reference.py --root ../shared/data/camus

@@ -9,16 +9,14 @@ models/calibrator.json; with --cv the out-of-fold patients (data/ef_cv.csv) are 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import agreement, calibration  # noqa: E402
-from echoef.status import is_measured  # noqa: E402
-from echoef.io import read_json  # noqa: E402
+from echoef import agreement, calibration
+from echoef.ef import is_measured
+from echoef.io import read_json
 
 
 def ef_errors(run: Path, subset: str) -> pd.DataFrame:

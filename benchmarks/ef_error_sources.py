@@ -7,16 +7,14 @@ Errors are against the reference EF, before calibration.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import camus, ef  # noqa: E402
-from echoef.dataset import patient_path  # noqa: E402
-from echoef.framefile import load as load_frames  # noqa: E402
-from echoef.io import read_json  # noqa: E402
+from echoef import camus, ef, eftable
+from echoef.framefile import load as load_frames
+from echoef.ingest import patient_path
+from echoef.io import read_json
 
 SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEYS},
                  **{f"both {p}": [(v, p) for v in camus.VIEWS] for p in camus.PHASES},
@@ -25,7 +23,7 @@ SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEY
 
 def substituted_ef(run: Path, patient: str) -> dict:
     """EF of one patient's predicted masks with each substitution of expert masks."""
-    predicted = ef.load_predictions(run / "data/predictions" / f"{patient}.npz")
+    predicted = eftable.load_predictions(run / "data/predictions" / f"{patient}.npz")
     expert = ef.label_maps(load_frames(patient_path(patient, run / "data/ingested")))
     return {name: ef.patient_ef({**predicted, **{k: expert[k] for k in keys}}, "simpson_biplane")["ef"]
             for name, keys in SUBSTITUTIONS.items()}

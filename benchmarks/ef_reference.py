@@ -7,15 +7,13 @@ Speed: median time per patient (four masks, arrays already in memory) on one thr
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-import numpy as np  # noqa: E402
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import agreement, camus, ef, simpson  # noqa: E402
+from echoef import agreement, camus, ef, simpson
 
 
 def main():

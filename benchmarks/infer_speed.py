@@ -12,16 +12,14 @@ Without --model the params' network is built with random weights: its speed does
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import camus, model, params as P, segmentation  # noqa: E402
-from echoef.dataset import grid_tensors, input_order  # noqa: E402
+from echoef import camus, network, params as P, segmentation
+from echoef.dataset import grid_tensors, input_order
 
 
 def listed_patients(root: Path, count: int) -> list[Path]:
@@ -43,19 +41,19 @@ def main():
     torch.set_num_threads(args.threads)
     params = P.load(args.params)
     if args.model:
-        models, state = model.load_checkpoint(args.model, args.device)
-        config = state["model_config"]
+        models, state = network.load_checkpoint(args.model, args.device)
+        config = P.build(P.Network, {**state["model_config"], "members": len(models)})
     else:
         torch.manual_seed(0)  # the stage does not switch on deterministic kernels, so neither does this
-        config = params["train"]
-        models = [model.build_unet({**config, "phases_per_input": phases}).to(args.device, memory_format=torch.channels_last).eval()
-                  for phases in P.member_phases(config)]
-    size, batch_size, tta = config["input_size"], params["infer"]["batch_size"], params["infer"]["tta"]
-    precision = args.precision or params["infer"]["precision"]
+        config = params.train.network
+        models = [network.build_unet(config, phases).to(args.device, memory_format=torch.channels_last).eval()
+                  for phases in config.member_phases()]
+    size, batch_size, tta = config.input_size, params.infer.batch_size, params.infer.tta
+    precision = args.precision or params.infer.precision
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
     n_frames = sum(len(frames) for frames in studies)
-    print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config['encoder']} depth "
-          f"{config['encoder_depth']} at {size}, {len(models)} model(s), phases_per_input {[m.phases_per_input for m in models]}, "
+    print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config.encoder} depth "
+          f"{config.encoder_depth} at {size}, {len(models)} model(s), phases_per_input {[m.phases_per_input for m in models]}, "
           f"tta {tta}, precision {precision}, batch {batch_size}; {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.machine()}, {platform.python_version()}")
 
@@ -72,7 +70,7 @@ def main():
                         for f in studies])
     start = time.perf_counter()
     for net in models:
-        model.predict_scores(net, images, batch_size, tta, precision)
+        network.predict_scores(net, images, batch_size, tta, precision)
     print(f"network alone: {len(images) / (time.perf_counter() - start):.1f} frames/s ({len(images)} grid frames)")
 
 

@@ -1,6 +1,6 @@
 """Training speed of a profile's networks on this machine's CPU, float32 against bf16 mixed precision.
 
-Runs `echoef.model.train` itself for two epochs of `--steps` batches of `train.batch_size` random
+Runs `echoef.training.Trainer` itself for two epochs of `--steps` batches of `train.batch_size` random
 frames at the profile's grid (speed does not depend on the content) and times the second epoch, so
 one-off kernel set-up is left out; the time includes the epoch's validation of one batch.
 
@@ -8,23 +8,22 @@ Usage: python benchmarks/train_speed.py [--params profiles/camus-cpu.yaml] [--st
 """
 
 import argparse
+import dataclasses
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import model, params as P  # noqa: E402
+from echoef import network, params as P, runtime, training
 
 
-def seconds_of_second_epoch(config: dict, train_set, val_set) -> float:
-    """Wall seconds of epoch 2 of ``model.train`` with ``config`` (epochs forced to 2)."""
+def seconds_of_second_epoch(config: P.Train, phases: int, train_set, val_set) -> float:
+    """Wall seconds of epoch 2 of a ``training.Trainer`` run with ``config`` (epochs forced to 2)."""
     ends = []
-    model.seed_everything(0)
-    net = model.build_unet(config)
-    model.train(net, train_set, val_set, {**config, "epochs": 2}, "cpu", log=lambda epoch, row: ends.append(time.perf_counter()))
+    config = dataclasses.replace(config, optimisation=dataclasses.replace(config.optimisation, epochs=2))
+    runtime.seed_everything(0)
+    net = network.build_unet(config.network, phases)
+    training.Trainer(net, train_set, val_set, config, "cpu", log=lambda epoch, row: ends.append(time.perf_counter())).run()
     return ends[1] - ends[0]
 
 
@@ -35,18 +34,18 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = P.load(args.params)["train"]
-    size, batch_size = config["input_size"], config["batch_size"]
+    config = P.load(args.params).train
+    size, batch_size = config.network.input_size, config.optimisation.batch_size
     generator = torch.Generator().manual_seed(0)
     frames = torch.randn(args.steps * batch_size, 1, size, size, generator=generator)
-    labels = torch.randint(0, model.N_CLASSES, (len(frames), size, size), generator=generator)
+    labels = torch.randint(0, network.N_CLASSES, (len(frames), size, size), generator=generator)
     val_set = (frames[:batch_size], labels[:batch_size])
-    print(f"{config['encoder']} depth {config['encoder_depth']} at {size}, batch {batch_size} frames, {args.steps} steps; "
+    print(f"{config.network.encoder} depth {config.network.encoder_depth} at {size}, batch {batch_size} frames, {args.steps} steps; "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}, {platform.python_version()}")
-    for phases in sorted(set(P.member_phases(config))):
+    for phases in sorted(set(config.network.member_phases())):
         for precision in ("fp32", "bf16"):
-            seconds = seconds_of_second_epoch({**config, "phases_per_input": phases, "precision": precision},
-                                              (frames, labels), val_set)
+            precise = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
+            seconds = seconds_of_second_epoch(precise, phases, (frames, labels), val_set)
             print(f"phases_per_input {phases}, {precision}: {1000 * seconds / args.steps:.0f} ms per step")
 
 

@@ -8,8 +8,7 @@ from scipy import stats
 from sklearn.model_selection import KFold
 
 from . import calibration
-from .dataset import ef_class
-from .status import is_measured
+from .ef import ef_class, is_measured
 
 
 def summary(pred: np.ndarray, ref: np.ndarray) -> dict:

@@ -4,41 +4,48 @@ checks of the output path before any work is done."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 from tqdm import tqdm
 
-from .status import StudyError, is_measured
+from .ef import is_measured
+from .errors import StudyError, UsageError
 
 EXIT_OK, EXIT_NONE_MEASURED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(ValueError):
-    """A mistake in how a command was called (a path that is not there, an output that cannot be
-    written): reported as one line with exit status 2 before any work is done."""
+def _row(compute: Callable[[object], dict], name: Callable[[object], str], item) -> dict:
+    """``compute(item)``, or the row that says why it failed."""
+    try:
+        return compute(item)
+    except StudyError as error:
+        return {"patient": name(item), "status": error.reason, "detail": error.detail}
+    except Exception as error:  # noqa: BLE001 - a bug or an unforeseen input must cost one study, not the batch
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        print(f"warning: {name(item)}: unexpected {detail}", file=sys.stderr)
+        return {"patient": name(item), "status": "error", "detail": detail}
 
 
-def each_study(items: Iterable, name: Callable[[object], str], compute: Callable[[object], dict], desc: str) -> list[dict]:
-    """``compute(item)`` for every item, one row each. A StudyError becomes the row's status (its
-    reason) and detail; any other exception too (status 'error'), reported on stderr: one bad study
-    never stops a batch."""
+def each_study(items: Iterable, name: Callable[[object], str], compute: Callable[[object], dict], desc: str,
+               workers: int = 1) -> list[dict]:
+    """``compute(item)`` for every item, one row each, in the items' order. A StudyError becomes the
+    row's status (its reason) and detail; any other exception too (status 'error'), reported on
+    stderr: one bad study never stops a batch. With ``workers`` > 1 the items are shared among that
+    many processes (``compute`` and ``name`` must then be picklable: module-level functions)."""
     items = list(items)
-    rows = []
-    for item in tqdm(items, desc=desc, disable=len(items) < 2, mininterval=5):
-        try:
-            rows.append(compute(item))
-        except StudyError as error:
-            rows.append({"patient": name(item), "status": error.reason, "detail": error.detail})
-        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen input must cost one study, not the batch
-            detail = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-            print(f"warning: {name(item)}: unexpected {detail}", file=sys.stderr)
-            rows.append({"patient": name(item), "status": "error", "detail": detail})
-    return rows
+    one = functools.partial(_row, compute, name)
+    progress = {"desc": desc, "total": len(items), "disable": len(items) < 2, "mininterval": 5}
+    if workers <= 1 or len(items) < 2:
+        return [one(item) for item in tqdm(items, **progress)]
+    with ProcessPoolExecutor(min(workers, len(items))) as pool:
+        return list(tqdm(pool.map(one, items, chunksize=4), **progress))
 
 
 def outcome_counts(statuses: pd.Series) -> tuple[int, Counter]:

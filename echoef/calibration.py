@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LinearRegression
 
 METHODS = ("none", "linear", "isotonic")
 MIN_FIT_PATIENTS = 3
@@ -20,10 +18,15 @@ def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[fl
         # Nothing to learn from: say so, and leave EF as it is (clipped) rather than fail the run.
         return {**calibrator, "method": "none", "requested_method": method,
                 "note": f"only {len(ef_pred)} measured patients in the fit set; not calibrated"}
+    # scikit-learn is imported here, where it is used: commands that only apply a calibrator stay light.
     if method == "linear":
+        from sklearn.linear_model import LinearRegression
+
         model = LinearRegression().fit(ef_pred[:, None], ef_ref)
         calibrator.update(slope=float(model.coef_[0]), intercept=float(model.intercept_))
     elif method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
         model = IsotonicRegression(out_of_bounds="clip").fit(ef_pred, ef_ref)
         calibrator.update(x=model.X_thresholds_.tolist(), y=model.y_thresholds_.tolist())
     return calibrator

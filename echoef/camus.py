@@ -9,17 +9,42 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 import numpy as np
 
-from .status import StudyError
+from .errors import StudyError
 from .imagefile import Header, read_image
 
-VIEWS = ("2CH", "4CH")
-PHASES = ("ED", "ES")
-FRAME_KEYS = tuple((v, p) for v in VIEWS for p in PHASES)
-LABELS = {"background": 0, "lv_cavity": 1, "myocardium": 2, "left_atrium": 3}
+
+class View(StrEnum):
+    """The apical views of CAMUS (their file-name spelling)."""
+
+    A2C = "2CH"
+    A4C = "4CH"
+
+
+class Phase(StrEnum):
+    """End-diastole and end-systole."""
+
+    ED = "ED"
+    ES = "ES"
+
+
+class Label(IntEnum):
+    """The values of a CAMUS label map."""
+
+    BACKGROUND = 0
+    LV = 1  # the LV cavity (endocardium)
+    MYOCARDIUM = 2
+    ATRIUM = 3  # the left atrium
+
+
+VIEWS = tuple(View)
+PHASES = tuple(Phase)
+FRAME_KEYS = tuple((v, p) for v in View for p in Phase)  # (view, phase) of each frame, 2CH ED first
+HEART_LABELS = (Label.LV, Label.MYOCARDIUM, Label.ATRIUM)
 EXTENSIONS = {"2023": ".nii.gz", "2019": ".mhd"}
 SPLIT_FILES = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt", "test": "subgroup_testing.txt"}
 PATIENT_DIR = re.compile(r"^patient\d+$")

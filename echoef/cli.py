@@ -7,20 +7,20 @@ as one line before any work is done). One bad study never stops a batch: it gets
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from . import batch, calibration, camus, model as M, simpson
-from .batch import UsageError
+from . import batch, camus, simpson
 from .ef import label_maps, patient_ef
+from .errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
 from .io import read_json, write_csv, write_json
-from .params import PRECISIONS
-from .predict import predict_study
-from .status import StudyError
+from .params import PRECISIONS, Infer, build
 
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames", "detail"]
@@ -38,30 +38,38 @@ def reference_ef(study: camus.Study) -> tuple[float, str]:
     return ef, ""
 
 
+def measure_folder(folder: Path, labels: Path | None, method: str, repeated: dict[Path, str]) -> dict:
+    """The `ef` row of one patient folder (module level: worker processes run it)."""
+    if folder in repeated:
+        raise StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
+    study = camus.read_study(folder, labels_dir=labels)
+    ef_ref, note = reference_ef(study)
+    return {"patient": study.patient, **patient_ef(label_maps(study.frames), method), "ef_ref": ef_ref, "detail": note}
+
+
 def ef_command(args) -> int:
     """EF of every patient folder under ROOT from its masks (expert, or ``--labels`` elsewhere)."""
     if not args.root.is_dir():
         raise UsageError(f"{args.root} is not a folder (give the CAMUS root holding database_nifti/ or patient folders)")
     if args.labels is not None and not args.labels.is_dir():
         raise UsageError(f"--labels {args.labels} is not a folder")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
     out = batch.writable_file(args.out)
     folders = camus.find_patients(args.root)
     if not folders:
         raise UsageError(f"no patientXXXX folder under {args.root}")
-    repeated = camus.duplicates(folders)
-
-    def measure(folder: Path) -> dict:
-        if folder in repeated:
-            raise StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
-        study = camus.read_study(folder, labels_dir=args.labels)
-        ef_ref, note = reference_ef(study)
-        return {"patient": study.patient, **patient_ef(label_maps(study.frames), args.method), "ef_ref": ef_ref, "detail": note}
-
-    table = pd.DataFrame(batch.each_study(folders, lambda f: f.name, measure, "ef"), columns=EF_COLUMNS)
+    measure = functools.partial(measure_folder, labels=args.labels, method=args.method, repeated=camus.duplicates(folders))
+    rows = batch.each_study(folders, _folder_name, measure, "ef", workers=args.jobs)
+    table = pd.DataFrame(rows, columns=EF_COLUMNS)
     table["method"] = args.method
     write_csv(out, table)
     print(f"ef: {batch.summary_line(table, 'patients')}; written to {out}")
     return batch.exit_status(table)
+
+
+def _folder_name(folder: Path) -> str:
+    return folder.name
 
 
 def _studies(args) -> list[tuple[str, dict[tuple[str, str], Path] | StudyError]]:
@@ -83,7 +91,7 @@ def _studies(args) -> list[tuple[str, dict[tuple[str, str], Path] | StudyError]]
     if files:
         studies.append((args.patient, files))
     seen = set()
-    for i, (name, paths) in enumerate(studies):
+    for i, (name, _) in enumerate(studies):
         if name in seen:  # both would write DIR/<name>/: the later one is refused, never overwrites
             studies[i] = (name, StudyError("duplicate_study", f"another study given is also named {name}"))
         seen.add(name)
@@ -91,6 +99,8 @@ def _studies(args) -> list[tuple[str, dict[tuple[str, str], Path] | StudyError]]
 
 
 def _calibrator(path: Path) -> dict:
+    from . import calibration
+
     try:
         calibrator = read_json(path)
         calibration.apply(calibrator, [50.0])
@@ -101,17 +111,20 @@ def _calibrator(path: Path) -> dict:
 
 def predict_command(args) -> int:
     """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
+    # torch and the network are imported here, where they are needed: `echoef ef` and `--help` stay light.
+    from .network import load_checkpoint
+    from .predict import predict_study
+    from .runtime import resolve_device
+
     studies = _studies(args)
     if not studies:
         raise UsageError("give patient folders, or image files with --2ch-ed/--2ch-es/--4ch-ed/--4ch-es")
     if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     out = batch.writable_folder(args.out)
-    models, state = M.load_checkpoint(args.model, M.resolve_device(args.device))
+    models, state = load_checkpoint(args.model, resolve_device(args.device))
     calibrator = _calibrator(args.calibrator)
-    config = {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision}
+    config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
     size = state["model_config"]["input_size"]
 
     def predict(study) -> dict:
@@ -128,7 +141,7 @@ def predict_command(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="python -m echoef", description="EchoEF command line",
+    main_parser = argparse.ArgumentParser(prog="echoef", description="EchoEF: LV ejection fraction from apical echo",
                                           epilog="exit status: 0 some study measured, 1 none measured, 2 usage error")
     commands = main_parser.add_subparsers(dest="command", required=True)
     ef = commands.add_parser("ef", help="EF from the masks of a CAMUS-layout folder (2019 or 2023 release)")
@@ -137,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     ef.add_argument("--labels", type=Path, default=None,
                     help="folder of predicted masks named like the expert ones (patientXXXX/patientXXXX_2CH_ED_gt.nii.gz)")
     ef.add_argument("--method", default="simpson_biplane", choices=simpson.METHODS)
+    ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default: one per core)")
     predict = commands.add_parser("predict", help="segment new studies and estimate EF with the trained pipeline")
     predict.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders (2019 or 2023)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
@@ -160,6 +174,6 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return ef_command(args) if args.command == "ef" else predict_command(args)
-    except (UsageError, M.CheckpointError, M.DeviceError) as error:
+    except (UsageError, ParamsError, CheckpointError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return batch.EXIT_USAGE

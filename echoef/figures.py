@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import camus  # noqa: E402
+from .camus import Label  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
@@ -86,9 +87,9 @@ def overlays(cases: list[dict], path) -> None:
             extent = (0, image.shape[1] * spacing[1], image.shape[0] * spacing[0], 0)
             ax.imshow(image, cmap="gray", extent=extent)
             for mask, color in ((expert, "lime"), (predicted, "red")):
-                if mask is None or not (mask == camus.LABELS["lv_cavity"]).any():
+                if mask is None or not (mask == Label.LV).any():
                     continue
-                ax.contour(mask == camus.LABELS["lv_cavity"], levels=[0.5], colors=color, linewidths=1, extent=extent,
+                ax.contour(mask == Label.LV, levels=[0.5], colors=color, linewidths=1, extent=extent,
                            origin="upper")
             ax.set_title(f"{case['title']} {key[0]} {key[1]}", fontsize=8)
     _save(fig, path)

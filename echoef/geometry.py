@@ -39,12 +39,6 @@ def letterbox(shape: tuple[int, int], spacing_mm: tuple[float, float], size: int
     return Letterbox(tuple(int(n) for n in shape), size, int(top), int(left), int(height), int(width))
 
 
-def squashed(shape: tuple[int, int], size: int) -> Letterbox:
-    """The whole frame stretched to fill the grid, whatever its aspect (the seed notebook's resizing,
-    kept only to score the seed's way for comparison)."""
-    return Letterbox(tuple(int(n) for n in shape), size, 0, 0, size, size)
-
-
 def to_grid(image: np.ndarray, box: Letterbox) -> torch.Tensor:
     """Resample a native image (H, W) onto the grid (bilinear, antialiased), zero-padded: (size, size)."""
     tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .status import StudyError
+from .errors import StudyError
 from .io import atomic_files
 
 sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are reported as a status
@@ -60,11 +60,11 @@ class Header:
     direction: tuple[float, ...]
 
     @classmethod
-    def plain(cls, spacing_mm: tuple[float, float]) -> "Header":
+    def plain(cls, spacing_mm: tuple[float, float]) -> Header:
         """The header of a canonical array with (row, col) ``spacing_mm``, at the origin."""
         return cls((float(spacing_mm[1]), float(spacing_mm[0])), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
 
-    def with_spacing_mm(self, spacing_mm: tuple[float, float]) -> "Header":
+    def with_spacing_mm(self, spacing_mm: tuple[float, float]) -> Header:
         """The same header with the canonical (row, col) pixel size ``spacing_mm`` (for files that
         state none, the size the user gives)."""
         row, col = (float(v) for v in spacing_mm)

@@ -1,16 +1,23 @@
-"""Load ``params.yaml`` and check it against the schema below, with errors that name the key."""
+"""``params.yaml`` as typed, validated objects, built once by ``load``; errors name the key and the fix.
+
+Each section is a frozen dataclass whose fields carry their own check, so the schema and the type
+are one thing. Stages read their section and pass its fields on as keywords.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from . import calibration, simpson
+from .calibration import METHODS as CALIBRATION_METHODS
+from .errors import ParamsError
+from .simpson import METHODS as EF_METHODS
 
-
-class ParamsError(ValueError):
-    """A configuration mistake: the message names the key and what is allowed."""
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (runtime.has_native_bf16)
 
 
 def _choice(*allowed):
@@ -50,7 +57,7 @@ def _phases(key, value):
     entries = value if isinstance(value, list) else [value]
     if not entries or any(type(v) is not int or v not in (1, 2) for v in entries):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be 1, 2, or a list of 1s and 2s with one entry per "
-                          "ensemble member (train.members)")
+                          "ensemble member (train.network.members)")
 
 
 def _int_list(key, value):
@@ -58,112 +65,202 @@ def _int_list(key, value):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of positive integers")
 
 
+def _key(check):
+    """A dataclass field whose value ``check(key, value)`` validates."""
+    return field(metadata={"check": check})
+
+
 NUMBER = (int, float)
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (model.has_native_bf16)
-SCHEMA = {
-    "data": {
-        "root": _typed(str),
-        "phantom": {"n_patients": _typed(int, minimum=6), "seed": _typed(int)},
-    },
-    "ingest": {"strict": _typed(bool)},
-    "split": {
-        "seed": _typed(int),
-        "val_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
-        "test_fraction": _typed(*NUMBER, minimum=0.01, maximum=0.9),
-        "folds": _typed(int, minimum=0),
-        "inner_val_fraction": _typed(*NUMBER, minimum=0.05, maximum=0.5),
-    },
-    "cv": {"fold_seeds": _fold_seeds},
-    "train": {
-        "device": _choice("auto", "cpu", "cuda"),
-        "encoder": _typed(str),
-        "encoder_weights": _typed(str, type(None)),
-        "encoder_depth": _typed(int, minimum=3, maximum=5),
-        "decoder_channels": _int_list,
-        "input_size": _typed(int, minimum=32),
-        "epochs": _typed(int, minimum=1),
-        "batch_size": _typed(int, minimum=1),
-        "phases_per_input": _phases,
-        "lr": _typed(*NUMBER, minimum=0),
-        "weight_decay": _typed(*NUMBER, minimum=0),
-        "dice_weight": _typed(*NUMBER, minimum=0),
-        "ce_weight": _typed(*NUMBER, minimum=0),
-        "seed": _typed(int),
-        "members": _typed(int, minimum=1),
-        "ema_decay": _typed(*NUMBER, minimum=0, maximum=0.9999),
-        "threads": _typed(int, minimum=0),
-        "processes": _typed(int, minimum=1),
-        "parallel_members": _typed(int, minimum=1),
-        "precision": _choice(*PRECISIONS),
-        "augment": {
-            "rotation_deg": _typed(*NUMBER, minimum=0),
-            "scale": _typed(*NUMBER, minimum=0, maximum=0.5),
-            "gamma": _typed(*NUMBER, minimum=0, maximum=1),
-            "blur_sigma_px": _typed(*NUMBER, minimum=0, maximum=5),
-            "noise_std": _typed(*NUMBER, minimum=0),
-        },
-    },
-    "infer": {"tta": _typed(bool), "batch_size": _typed(int, minimum=1), "precision": _choice(*PRECISIONS)},
-    "ef": {"method": _choice(*simpson.METHODS)},
-    "calibration": {"method": _choice(*calibration.METHODS), "fit_set": _choice("val", "oof"), "ef_range": _pair_in_0_100},
-    "evaluate": {"bootstrap": _typed(int, minimum=0), "seed": _typed(int), "overlays": _typed(int, minimum=0)},
-}
 
 
-def _check_keys(params: dict, schema: dict, prefix: str = "") -> None:
-    if not isinstance(params, dict):
+@dataclass(frozen=True)
+class Phantom:
+    n_patients: int = _key(_typed(int, minimum=6))
+    seed: int = _key(_typed(int))
+
+
+@dataclass(frozen=True)
+class Data:
+    root: str = _key(_typed(str))
+    phantom: Phantom = _key(None)
+
+
+@dataclass(frozen=True)
+class Ingest:
+    strict: bool = _key(_typed(bool))
+
+
+@dataclass(frozen=True)
+class Split:
+    seed: int = _key(_typed(int))
+    val_fraction: float = _key(_typed(*NUMBER, minimum=0.01, maximum=0.9))
+    test_fraction: float = _key(_typed(*NUMBER, minimum=0.01, maximum=0.9))
+    folds: int = _key(_typed(int, minimum=0))
+    inner_val_fraction: float = _key(_typed(*NUMBER, minimum=0.05, maximum=0.5))
+
+
+@dataclass(frozen=True)
+class CV:
+    fold_seeds: dict = _key(_fold_seeds)
+
+
+@dataclass(frozen=True)
+class Network:
+    """What builds the networks (and is saved with their weights)."""
+
+    encoder: str = _key(_typed(str))
+    encoder_weights: str | None = _key(_typed(str, type(None)))
+    encoder_depth: int = _key(_typed(int, minimum=3, maximum=5))
+    decoder_channels: list = _key(_int_list)
+    input_size: int = _key(_typed(int, minimum=32))
+    phases_per_input: int | list = _key(_phases)
+    members: int = _key(_typed(int, minimum=1))
+
+    def __post_init__(self):
+        phases = self.phases_per_input
+        if isinstance(phases, list) and len(phases) != self.members:
+            raise ParamsError(f"params.yaml: train.network.phases_per_input = {phases!r} has {len(phases)} entries but "
+                              f"train.network.members = {self.members}; give one entry per member, or one number for all")
+
+    def member_phases(self) -> list[int]:
+        """Frames per network input of each ensemble member: one number for all, or one per member."""
+        phases = self.phases_per_input
+        return list(phases) if isinstance(phases, list) else [phases] * self.members
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    epochs: int = _key(_typed(int, minimum=1))
+    batch_size: int = _key(_typed(int, minimum=1))
+    lr: float = _key(_typed(*NUMBER, minimum=0))
+    weight_decay: float = _key(_typed(*NUMBER, minimum=0))
+    dice_weight: float = _key(_typed(*NUMBER, minimum=0))
+    ce_weight: float = _key(_typed(*NUMBER, minimum=0))
+    ema_decay: float = _key(_typed(*NUMBER, minimum=0, maximum=0.9999))
+
+
+@dataclass(frozen=True)
+class Augment:
+    rotation_deg: float = _key(_typed(*NUMBER, minimum=0))
+    scale: float = _key(_typed(*NUMBER, minimum=0, maximum=0.5))
+    gamma: float = _key(_typed(*NUMBER, minimum=0, maximum=1))
+    blur_sigma_px: float = _key(_typed(*NUMBER, minimum=0, maximum=5))
+    noise_std: float = _key(_typed(*NUMBER, minimum=0))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the training runs; no effect on what a CPU run computes."""
+
+    device: str = _key(_choice("auto", "cpu", "cuda"))
+    threads: int = _key(_typed(int, minimum=0))
+    processes: int = _key(_typed(int, minimum=1))
+    parallel_members: int = _key(_typed(int, minimum=1))
+    precision: str = _key(_choice(*PRECISIONS))
+
+
+@dataclass(frozen=True)
+class Train:
+    seed: int = _key(_typed(int))
+    network: Network = _key(None)
+    optimisation: Optimisation = _key(None)
+    augment: Augment = _key(None)
+    runtime: Runtime = _key(None)
+
+    def __post_init__(self):
+        phases, batch = self.network.phases_per_input, self.optimisation.batch_size
+        if batch % max(self.network.member_phases()):
+            raise ParamsError(f"params.yaml: train.optimisation.batch_size = {batch} counts frames and must be a multiple "
+                              f"of train.network.phases_per_input = {phases}")
+        if self.runtime.parallel_members > 1 and self.runtime.processes > 1:
+            raise ParamsError("params.yaml: train.runtime.parallel_members > 1 (members in parallel processes) cannot be "
+                              "combined with train.runtime.processes > 1 (one member at a time across processes); "
+                              "set one of them to 1")
+
+
+@dataclass(frozen=True)
+class Infer:
+    tta: bool = _key(_typed(bool))
+    batch_size: int = _key(_typed(int, minimum=1))
+    precision: str = _key(_choice(*PRECISIONS))
+
+
+@dataclass(frozen=True)
+class EF:
+    method: str = _key(_choice(*EF_METHODS))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    method: str = _key(_choice(*CALIBRATION_METHODS))
+    fit_set: str = _key(_choice("val", "oof"))
+    ef_range: list = _key(_pair_in_0_100)
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    bootstrap: int = _key(_typed(int, minimum=0))
+    seed: int = _key(_typed(int))
+    overlays: int = _key(_typed(int, minimum=0))
+
+
+@dataclass(frozen=True)
+class Params:
+    data: Data = _key(None)
+    ingest: Ingest = _key(None)
+    split: Split = _key(None)
+    cv: CV = _key(None)
+    train: Train = _key(None)
+    infer: Infer = _key(None)
+    ef: EF = _key(None)
+    calibration: Calibration = _key(None)
+    evaluate: Evaluate = _key(None)
+
+    def __post_init__(self):
+        folds, seeds = self.split.folds, self.cv.fold_seeds
+        if len(seeds) != (folds if folds > 1 else 0):
+            expected = "{" + ", ".join(f'"{i}": {i}' for i in range(folds)) + "}" if folds > 1 else "{}"
+            raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
+                              f"use cv.fold_seeds: {expected}")
+        if self.calibration.fit_set == "oof" and folds <= 1:
+            raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
+
+
+def build(cls, mapping, prefix: str = ""):
+    """An instance of the dataclass ``cls`` from a nested mapping, every key checked: an unknown or
+    missing key, a value of the wrong type or range, or settings that contradict each other raise
+    ParamsError naming the key."""
+    if not isinstance(mapping, dict):
         raise ParamsError(f"params.yaml: {prefix.rstrip('.') or 'the file'} must be a mapping")
-    for key in params:
-        if key not in schema:
-            raise ParamsError(f"params.yaml: unknown key {prefix + key!r}; allowed here: {', '.join(schema)}")
-    for key, check in schema.items():
-        if key not in params:
-            raise ParamsError(f"params.yaml: missing key {prefix + key!r}")
-        if isinstance(check, dict):
-            _check_keys(params[key], check, prefix + key + ".")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in mapping:
+        if key not in fields:
+            raise ParamsError(f"params.yaml: unknown key {prefix + str(key)!r}; allowed here: {', '.join(fields)}")
+    types = typing.get_type_hints(cls)
+    values = {}
+    for name, spec in fields.items():
+        if name not in mapping:
+            raise ParamsError(f"params.yaml: missing key {prefix + name!r}")
+        if dataclasses.is_dataclass(types[name]):
+            values[name] = build(types[name], mapping[name], prefix + name + ".")
         else:
-            check(prefix + key, params[key])
+            spec.metadata["check"](prefix + name, mapping[name])
+            values[name] = mapping[name]
+    return cls(**values)
 
 
-def member_phases(train: dict) -> list[int]:
-    """Frames per network input of each ensemble member: ``phases_per_input`` is one number for all
-    members or a list with one entry per member (a mixed ensemble)."""
-    phases = train["phases_per_input"]
-    return list(phases) if isinstance(phases, list) else [phases] * train["members"]
+def as_dict(section) -> dict:
+    """The plain nested-dict form of a section (for checkpoints and run records)."""
+    return dataclasses.asdict(section)
 
 
-def validate(params: dict) -> None:
-    """Raise ParamsError for an unknown or missing key, a value of the wrong type or range, or
-    settings that contradict each other."""
-    _check_keys(params, SCHEMA)
-    folds, seeds = params["split"]["folds"], params["cv"]["fold_seeds"]
-    if len(seeds) != (folds if folds > 1 else 0):
-        expected = "{" + ", ".join(f'"{i}": {i}' for i in range(folds)) + "}" if folds > 1 else "{}"
-        raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
-                          f"use cv.fold_seeds: {expected}")
-    train = params["train"]
-    phases = train["phases_per_input"]
-    if isinstance(phases, list) and len(phases) != train["members"]:
-        raise ParamsError(f"params.yaml: train.phases_per_input = {phases!r} has {len(phases)} entries but "
-                          f"train.members = {train['members']}; give one entry per member, or one number for all")
-    if train["batch_size"] % max(member_phases(train)):
-        raise ParamsError(f"params.yaml: train.batch_size = {train['batch_size']} counts frames and must be a multiple of "
-                          f"train.phases_per_input = {phases}")
-    if train["parallel_members"] > 1 and train["processes"] > 1:
-        raise ParamsError("params.yaml: train.parallel_members > 1 (members in parallel processes) cannot be combined with "
-                          "train.processes > 1 (one member at a time across processes); set one of them to 1")
-    if params["calibration"]["fit_set"] == "oof" and folds <= 1:
-        raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
-
-
-def load(path: str | Path = "params.yaml") -> dict:
+def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate the parameters file."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        mapping = yaml.safe_load(path.read_text())
     except FileNotFoundError as error:
-        raise ParamsError(f"{path} not found; run from the repository root") from error
+        raise ParamsError(f"{path} not found; run from the repository root or give its path") from error
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from error
-    validate(params)
-    return params
+    return build(Params, mapping)

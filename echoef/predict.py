@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from . import calibration, camus, figures, imagefile, segmentation
-from .ef import patient_ef
-from .status import StudyError, is_measured
+from .ef import is_measured, patient_ef
+from .errors import StudyError
+from .params import Infer
 
 
 def ef_method(views: set[str]) -> str | None:
@@ -48,7 +49,7 @@ def calibrated_ef(row: dict, calibrator: dict) -> float:
 
 
 def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list[torch.nn.Module], size: int,
-                  calibrator: dict, infer_config: dict, out_dir: Path, spacing_mm: tuple[float, float] | None = None) -> dict:
+                  calibrator: dict, infer_config: Infer, out_dir: Path, spacing_mm: tuple[float, float] | None = None) -> dict:
     """Segment the frames of one study, write its label maps beside an overlay PNG, return its EF row.
 
     Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>`` with the
@@ -57,8 +58,8 @@ def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list
     then comes from the complete views that remain.
     """
     frames, notes = read_frames(paths, spacing_mm)
-    labels = segmentation.predict_frames(models, frames, size, infer_config["batch_size"], infer_config["tta"],
-                                         infer_config["precision"])
+    labels = segmentation.predict_frames(models, frames, size, infer_config.batch_size, infer_config.tta,
+                                         infer_config.precision)
     for (view, phase), frame in frames.items():
         path = imagefile.label_path_for(paths[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
         imagefile.write_label(labels[(view, phase)], frame.header, path)

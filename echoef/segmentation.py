@@ -7,29 +7,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 
 from . import camus, framefile, geometry
-from .dataset import INGESTED, grid_tensors, input_order, patient_path
-from .model import predict_scores
-from .simpson import clean_lv_mask
+from .camus import HEART_LABELS, Label
+from .dataset import grid_tensors, input_order
+from .ingest import patient_path
+from .network import predict_scores
+from .params import Infer
+from .simpson import clean_lv_mask, largest_component
 
-LV, MYO, LA = camus.LABELS["lv_cavity"], camus.LABELS["myocardium"], camus.LABELS["left_atrium"]
-DICE_NAMES = {LV: "lv", MYO: "myo", LA: "la"}
+DICE_NAMES = {Label.LV: "lv", Label.MYOCARDIUM: "myo", Label.ATRIUM: "la"}
+
+
+def dice(pred, truth, labels=HEART_LABELS) -> torch.Tensor:
+    """Dice of each label per sample: label maps ``pred`` and ``truth`` (N, H, W), tensors or arrays,
+    give (N, len(labels)) float64 (NaN where both lack the label). The one Dice of the project:
+    training validates with it, inference reports it."""
+    pred, truth = torch.as_tensor(pred), torch.as_tensor(truth)
+    scores = []
+    for label in labels:
+        p, t = pred == label, truth == label
+        inter = (p & t).flatten(1).sum(1).double()
+        total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.nan))
+    return torch.stack(scores, 1)
 
 
 def postprocess(label: np.ndarray) -> np.ndarray:
     """One LV component without holes (holes become LV, stray LV islands background), and only the
     largest atrium component."""
     label = label.copy()
-    lv, _ = clean_lv_mask(label == LV)
-    stray = (label == LV) & ~lv
-    label[stray] = 0
-    label[lv] = LV
-    atrium, n = ndimage.label(label == LA)
-    if n > 1:
-        keep = 1 + int(np.argmax(np.bincount(atrium.ravel())[1:]))
-        label[(atrium > 0) & (atrium != keep)] = 0
+    lv, _ = clean_lv_mask(label == Label.LV)
+    label[(label == Label.LV) & ~lv] = Label.BACKGROUND
+    label[lv] = Label.LV
+    atrium, _ = largest_component(label == Label.ATRIUM)
+    label[(label == Label.ATRIUM) & ~atrium] = Label.BACKGROUND
     return label
 
 
@@ -37,18 +49,18 @@ def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], 
                    batch_size: int, tta: bool = False, precision: str = "auto") -> dict[tuple[str, str], np.ndarray]:
     """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
     are an ensemble (mean of their softmax), whatever frames per input each reads. ``tta`` and
-    ``precision`` as in ``model.predict_scores``."""
+    ``precision`` as in ``network.predict_scores``."""
     keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
     scores = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models]).mean(0)
     return {k: postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for k, s, b in zip(keys, scores, boxes)}
 
 
-def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: dict, out: Path,
-                    ingested: Path = INGESTED) -> list[dict]:
-    """Predict one ingested patient, save its label maps and spacing to ``out``; Dice rows per frame."""
+def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: Infer, out: Path,
+                    ingested: Path) -> list[dict]:
+    """Predict one ingested patient, save its label maps and geometry to ``out``; Dice rows per frame."""
     frames = framefile.load(patient_path(patient, ingested))
-    labels = predict_frames(models, frames, size, config["batch_size"], config["tta"], config["precision"])
+    labels = predict_frames(models, frames, size, config.batch_size, config.tta, config.precision)
     return save_patient_labels(patient, frames, labels, out)
 
 
@@ -57,9 +69,12 @@ def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame]
     """Write predicted label maps (keyed like ``frames``) with each frame's geometry to ``out``; Dice
     rows against the frames' expert labels."""
     framefile.save(out, {key: camus.Frame(None, labels[key], frame.spacing_mm, frame.header) for key, frame in frames.items()})
-    return [{"patient": patient, "view": view, "phase": phase,
-             **{f"dice_{name}": dice(labels[(view, phase)], frame.label, c) for c, name in DICE_NAMES.items()}}
-            for (view, phase), frame in frames.items()]
+    rows = []
+    for (view, phase), frame in frames.items():
+        scores = dice(labels[(view, phase)][None], frame.label[None])[0].tolist()
+        rows.append({"patient": patient, "view": str(view), "phase": str(phase),
+                     **{f"dice_{name}": score for name, score in zip(DICE_NAMES.values(), scores)}})
+    return rows
 
 
 def dice_summary(table: pd.DataFrame) -> dict:
@@ -68,10 +83,3 @@ def dice_summary(table: pd.DataFrame) -> dict:
            for phase, g in table.groupby("phase") for name in DICE_NAMES.values()}
     out["n_patients"] = int(table["patient"].nunique())
     return out
-
-
-def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
-    """Dice of one label between two label maps of the same grid (NaN if both lack it)."""
-    p, t = pred == label, truth == label
-    total = p.sum() + t.sum()
-    return float(2 * (p & t).sum() / total) if total else float("nan")

@@ -60,12 +60,20 @@ class Volumes:
     method: str
 
 
-def clean_lv_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Largest connected component of a binary mask with holes filled; also the component count."""
+def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest connected component of a binary mask (H, W) (all False if empty), and how many
+    components it had."""
     labels, n_components = ndimage.label(mask)
     if n_components == 0:
         return np.zeros(mask.shape, dtype=bool), 0
-    largest = labels == (1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    return labels == (1 + int(np.argmax(np.bincount(labels.ravel())[1:]))), n_components
+
+
+def clean_lv_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Largest connected component of a binary mask with holes filled; also the component count."""
+    largest, n_components = largest_component(mask)
+    if n_components == 0:
+        return largest, 0
     # Holes are background components that do not reach the image edge (one labelling, cheaper
     # than ndimage.binary_fill_holes' iterated dilation).
     background, _ = ndimage.label(~largest)
@@ -86,16 +94,18 @@ def square_pixels_shape(shape: tuple[int, int], spacing_mm: tuple[float, float],
     return int(new_shape[0]), int(new_shape[1])
 
 
+def nearest_resample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A label map or mask (H, W) resampled to ``shape`` by PIL's NEAREST rule (the reference's)."""
+    return mask[np.ix_(_nearest_index(mask.shape[0], shape[0]), _nearest_index(mask.shape[1], shape[1]))]
+
+
 def square_pixels(mask: np.ndarray, spacing_mm: tuple[float, float],
                   pixel_mm: float = REFERENCE_PIXEL_MM) -> tuple[np.ndarray, float]:
     """Nearest-neighbour resample to square pixels of side ``pixel_mm``.
 
     Follows the reference on purpose (PIL NEAREST resize to the numpy-rounded size).
     """
-    new_shape = square_pixels_shape(mask.shape, spacing_mm, pixel_mm)
-    rows = _nearest_index(mask.shape[0], new_shape[0])
-    cols = _nearest_index(mask.shape[1], new_shape[1])
-    return mask[np.ix_(rows, cols)], float(pixel_mm)
+    return nearest_resample(mask, square_pixels_shape(mask.shape, spacing_mm, pixel_mm)), float(pixel_mm)
 
 
 def _square_pixels_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int],
@@ -145,7 +155,7 @@ class _Chords:
         self.d_row, self.d_col = rows[j] - rows[i], cols[j] - cols[i]
         self.length2 = self.d_row * self.d_row + self.d_col * self.d_col
 
-    def subset(self, keep: np.ndarray) -> "_Chords":
+    def subset(self, keep: np.ndarray) -> _Chords:
         """The candidates selected by a boolean mask or an index array, in that order."""
         return _Chords(self.rows, self.cols, self.j[keep], self.i[keep])
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .dataset import ef_class
-
-
-class SplitError(ValueError):
-    """A split that cannot be made or leaves a set empty."""
+from .ef import ef_class
+from .errors import SplitError
 
 
 def strata(cohort: pd.DataFrame, min_count: int = 3) -> pd.Series:
@@ -75,8 +72,8 @@ def assign_folds(cohort: pd.DataFrame, patients: list[str], k: int, inner_fracti
 
 
 def fold_sets(folds: dict, fold: int) -> dict[str, list[str]]:
-    """Training, inner-validation and held-out patients of one fold."""
+    """Training, inner-validation and held-out ('oof': predicted out of fold) patients of one fold."""
     held = sorted(p for p, f in folds["fold_of"].items() if f == fold)
     inner = folds["inner_val"][str(fold)]
     train = sorted(p for p, f in folds["fold_of"].items() if f != fold and p not in set(inner))
-    return {"train": train, "val": inner, "held_out": held}
+    return {"train": train, "val": inner, "oof": held}

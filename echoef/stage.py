@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .dataset import IngestError
-from .model import CheckpointError, DeviceError
-from .params import ParamsError
-from .split import SplitError
-from .status import StudyError
-
-USER_ERRORS = (ParamsError, IngestError, SplitError, CheckpointError, DeviceError, StudyError, FileNotFoundError)
+from .errors import USER_ERRORS
 
 
 def run(main) -> None:

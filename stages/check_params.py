@@ -7,13 +7,12 @@ whose content never changes: a valid edit re-runs only the stages it touches, an
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import params as P  # noqa: E402
-from echoef.io import write_json  # noqa: E402
-from echoef.stage import run  # noqa: E402
+from echoef import params as P
+from echoef.errors import ParamsError
+from echoef.io import write_json
+from echoef.stage import run
 
 
 def main():
@@ -22,10 +21,10 @@ def main():
     parser.add_argument("marker", type=Path)
     parser.add_argument("--phantom", type=Path, required=True, help="the folder the phantom stage writes")
     args = parser.parse_args()
-    root = Path(P.load(args.params)["data"]["root"])
+    root = Path(P.load(args.params).data.root)
     if root != args.phantom and not root.is_dir():
-        raise P.ParamsError(f"{args.params}: data.root = '{root}' is not a folder; point it at a CAMUS download "
-                            f"(the folder holding database_nifti/, or the 2019 patient folders) or at {args.phantom}")
+        raise ParamsError(f"{args.params}: data.root = '{root}' is not a folder; point it at a CAMUS download "
+                          f"(the folder holding database_nifti/, or the 2019 patient folders) or at {args.phantom}")
     write_json(args.marker, {"params": str(args.params), "valid": True})
 
 

@@ -1,40 +1,32 @@
 """EF of each predicted patient, and of its expert masks as a ceiling.
 
-Plain mode: val and test patients (data/predictions) -> data/ef.csv.
-``--fold K``: fold K's held-out patients (data/cv/fold_K/predictions) -> data/cv/fold_K/ef.csv.
+ef.py --predictions DIR --ingested DIR --sets FILE --subsets NAME [NAME ...] --out CSV: the main
+model's val and test predictions and each fold's out-of-fold ones are this one script with other paths.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import params as P, split  # noqa: E402
-from echoef.ef import ef_table  # noqa: E402
-from echoef.io import read_json, write_csv  # noqa: E402
-from echoef.stage import run  # noqa: E402
+from echoef import params as P
+from echoef.eftable import ef_table
+from echoef.io import read_json, write_csv
+from echoef.stage import run
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fold", type=int)
+    for name in ("--predictions", "--ingested", "--sets", "--out"):
+        parser.add_argument(name, type=Path, required=True)
+    parser.add_argument("--subsets", nargs="+", required=True)
     args = parser.parse_args()
-    method = P.load()["ef"]["method"]
-    cohort = pd.read_csv("data/ingested/cohort.csv")
-    if args.fold is None:
-        sets, predictions, out = read_json("data/split.json"), Path("data/predictions"), Path("data/ef.csv")
-        sets = {k: sets[k] for k in ("val", "test")}
-    else:
-        fold_dir = Path(f"data/cv/fold_{args.fold}")
-        sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
-        predictions, out = fold_dir / "predictions", fold_dir / "ef.csv"
-    table = pd.concat([ef_table(patients, predictions, cohort, method).assign(set=subset)
-                       for subset, patients in sets.items()], ignore_index=True)
-    if args.fold is not None:
-        table["fold"] = args.fold
-    write_csv(out, table)
+    method = P.load().ef.method
+    cohort = pd.read_csv(args.ingested / "cohort.csv")
+    sets = read_json(args.sets)
+    table = pd.concat([ef_table(sets[subset], args.predictions, cohort, method, args.ingested).assign(set=subset)
+                       for subset in args.subsets], ignore_index=True)
+    write_csv(args.out, table)
     bad = table[~table["status"].str.startswith("ok")]
     print(f"ef: {len(table)} patients by {method}; {len(bad)} without an EF from the predicted masks")
 

@@ -1,44 +1,43 @@
 """Predict label maps on the native grids, with Dice against the expert labels.
 
-Plain mode: the val and test patients with models/segmenter.pt -> data/predictions/.
-``--fold K``: fold K's held-out patients with its model -> data/cv/fold_K/predictions/.
+infer.py --model FILE --ingested DIR --sets FILE --subsets NAME [NAME ...] --out DIR --dice CSV
+[--metrics JSON]: the main model on val and test (data/split.json) and each fold's model on its
+out-of-fold patients are this one script with other paths.
 """
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import model as M, params as P, segmentation as S, split  # noqa: E402
-from echoef.io import read_json, write_csv, write_json  # noqa: E402
-from echoef.stage import run  # noqa: E402
-from echoef.status import StudyError  # noqa: E402
+from echoef import params as P, runtime, segmentation as S
+from echoef.errors import StudyError
+from echoef.io import read_json, write_csv, write_json
+from echoef.network import load_checkpoint
+from echoef.stage import run
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fold", type=int)
+    for name in ("--model", "--ingested", "--sets", "--out", "--dice"):
+        parser.add_argument(name, type=Path, required=True)
+    parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to predict")
+    parser.add_argument("--metrics", type=Path, help="mean Dice per subset, label and phase")
     args = parser.parse_args()
     params = P.load()
-    device = M.resolve_device(params["train"]["device"])
-    if args.fold is None:
-        model_path, out = "models/segmenter.pt", Path("data/predictions")
-        sets = {k: v for k, v in read_json("data/split.json").items() if k in ("val", "test")}
-    else:
-        model_path, out = f"data/cv/fold_{args.fold}/model/segmenter.pt", Path(f"data/cv/fold_{args.fold}/predictions")
-        sets = {"oof": split.fold_sets(read_json("data/cv/folds.json"), args.fold)["held_out"]}
-    models, state = M.load_checkpoint(model_path, device)
-    print(f"infer: {len(models)} network(s) on {device} in {M.precision_name(params['infer']['precision'], device)}")
-    shutil.rmtree(out, ignore_errors=True)
+    device = runtime.resolve_device(params.train.runtime.device)
+    models, state = load_checkpoint(args.model, device)
+    print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(params.infer.precision, device)}")
+    sets = read_json(args.sets)
+    shutil.rmtree(args.out, ignore_errors=True)
     rows, failed = [], []
-    for subset, patients in sets.items():
-        for patient in tqdm(patients, desc=f"infer {subset}", mininterval=5):
+    for subset in args.subsets:
+        for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):
             try:
-                frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params["infer"], out / f"{patient}.npz")
+                frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params.infer,
+                                               args.out / f"{patient}.npz", args.ingested)
             except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
                 failed.append(f"{patient} ({error})")
                 continue
@@ -46,13 +45,11 @@ def main():
     if failed:
         print(f"infer: {len(failed)} patient(s) not segmented: " + "; ".join(failed))
     table = pd.DataFrame(rows)
-    write_csv(out / "dice.csv" if args.fold is not None else "data/segmentation_dice.csv", table)
-    if args.fold is None:
-        metrics = {subset: S.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
-        write_json("metrics/segmentation.json", metrics)
-        print("infer: " + ", ".join(f"{s} LV Dice ED {m['dice_lv_ed']:.3f} ES {m['dice_lv_es']:.3f}" for s, m in metrics.items()))
-    else:
-        print(f"infer: fold {args.fold}, {len(sets['oof'])} held-out patients, LV Dice {table['dice_lv'].mean():.3f}")
+    write_csv(args.dice, table)
+    summary = {subset: S.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
+    if args.metrics:
+        write_json(args.metrics, summary)
+    print("infer: " + ", ".join(f"{s} LV Dice ED {m['dice_lv_ed']:.3f} ES {m['dice_lv_es']:.3f}" for s, m in summary.items()))
 
 
 if __name__ == "__main__":

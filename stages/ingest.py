@@ -1,24 +1,22 @@
-"""Read the CAMUS folder at data.root into data/ingested (one .npz per patient + tables)."""
+"""Read a CAMUS folder into per-patient frame files with cohort and exclusion tables:
+ingest.py ROOT OUT_DIR METRICS."""
 
 import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from echoef import dataset, params as P  # noqa: E402
-from echoef.io import write_json  # noqa: E402
-from echoef.stage import run  # noqa: E402
-
-OUT = dataset.INGESTED
+from echoef import ingest, params as P
+from echoef.io import write_json
+from echoef.stage import run
 
 
 def main():
-    params = P.load()
-    shutil.rmtree(OUT, ignore_errors=True)
-    cohort, exclusions = dataset.ingest(params["data"]["root"], OUT, params["ingest"]["strict"])
-    write_json("metrics/ingest.json", {"n_included": len(cohort), "n_excluded": len(exclusions),
-                                       **{f"excluded_{k}": int(v) for k, v in exclusions["reason"].value_counts().items()}})
-    print(f"ingest: {len(cohort)} patients included, {len(exclusions)} excluded (data/ingested/exclusions.csv)")
+    root, out, metrics = (Path(a) for a in sys.argv[1:4])
+    shutil.rmtree(out, ignore_errors=True)
+    cohort, exclusions = ingest.ingest(root, out, strict=P.load().ingest.strict)
+    write_json(metrics, {"n_included": len(cohort), "n_excluded": len(exclusions),
+                         **{f"excluded_{k}": int(v) for k, v in exclusions["reason"].value_counts().items()}})
+    print(f"ingest: {len(cohort)} patients included, {len(exclusions)} excluded ({out / 'exclusions.csv'})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-import sys
+"""Shared builders of the test suite: the synthetic cohort, tiny models and configurations, the command
+line run in-process, and the real CAMUS samples."""
+
+import contextlib
+import io
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,13 +15,33 @@ settings.register_profile("deterministic", derandomize=True)
 settings.load_profile("deterministic")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 CAMUS = SHARED / "camus"
 CAMUS_2019 = SHARED / "camus-2019-sample"
 
 # Only where the shared data is absent may its tests skip; .ci/run makes that absence a failure.
 needs_shared = pytest.mark.skipif(not CAMUS.is_dir(), reason="../shared/data/camus is absent")
+
+
+def echoef_in_process(*args) -> subprocess.CompletedProcess:
+    """The `echoef` command line run in this process (its imports already paid for): exit status,
+    stdout and stderr, as ``subprocess.run`` would give them."""
+    from echoef import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(["echoef", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def train_config(base: dict, **groups):
+    """A validated ``params.Train`` from a nested dict, with whole groups' keys overridden:
+    ``train_config(BASE, network={"members": 2})``."""
+    from echoef import params
+
+    mapping = {key: {**value, **groups.get(key, {})} if isinstance(value, dict) else groups.get(key, value)
+               for key, value in base.items()}
+    return params.build(params.Train, mapping, "train.")
 
 
 def stored_with_direction(source: Path, target: Path, direction: tuple, origin: tuple) -> None:
@@ -53,14 +78,14 @@ def tiny_model(tmp_path_factory):
     ``predict`` loads (its masks are noise, which is what robustness tests want)."""
     import torch
 
-    from echoef import calibration, model as M
+    from echoef import calibration, network, params
     from echoef.io import write_json
 
-    config = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [16, 8, 4],
-              "input_size": 32, "phases_per_input": 1}
+    config = params.build(params.Network, {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
+                                           "decoder_channels": [16, 8, 4], "input_size": 32, "phases_per_input": 1, "members": 1})
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_model")
-    M.save_checkpoint(out / "segmenter.pt", [M.build_unet(config).state_dict()], config, {})
+    network.save_checkpoint(out / "segmenter.pt", [network.build_unet(config, 1).state_dict()], config, {})
     calibrator = calibration.fit([30.0, 50, 70], [32.0, 51, 69], "linear", (5, 95), "val")
     write_json(out / "calibrator.json", {**calibrator, "ef_method": "simpson_biplane"})
     return out

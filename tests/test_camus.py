@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from echoef import camus, ingest
+from echoef.errors import IngestError
+
 from conftest import CAMUS, CAMUS_2019, needs_shared
-from echoef import camus, dataset
 
 
 @needs_shared
@@ -102,20 +104,20 @@ def test_ingest_excludes_broken_patients_with_a_reason(phantom_root, tmp_path, f
             text = cfg.read_text()
             replacement = {"no_ef": "", "ef_out_of_range": "EF: 140\n", "bad_cfg_number": "EF: fifty\n"}[fault]
             cfg.write_text("\n".join(line for line in text.splitlines() if not line.startswith("EF")) + "\n" + replacement)
-    cohort, exclusions = dataset.ingest(tmp_path / "root", tmp_path / "out", strict=False)
+    cohort, exclusions = ingest.ingest(tmp_path / "root", tmp_path / "out", strict=False)
     assert list(cohort["patient"]) == ["patient0001"]
     assert exclusions.to_dict("records")[0]["patient"] == bad.name
     assert exclusions.to_dict("records")[0]["reason"] == reason
-    with pytest.raises(dataset.IngestError, match=bad.name):
-        dataset.ingest(tmp_path / "root", tmp_path / "out2", strict=True)
+    with pytest.raises(IngestError, match=bad.name):
+        ingest.ingest(tmp_path / "root", tmp_path / "out2", strict=True)
 
 
 def test_ingest_with_no_patient_fails_clearly(tmp_path):
-    with pytest.raises(dataset.IngestError, match="not a folder"):
-        dataset.ingest(tmp_path / "nowhere", tmp_path / "out", strict=False)
+    with pytest.raises(IngestError, match="not a folder"):
+        ingest.ingest(tmp_path / "nowhere", tmp_path / "out", strict=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(dataset.IngestError, match="no patientXXXX folder"):
-        dataset.ingest(tmp_path / "empty", tmp_path / "out", strict=False)
+    with pytest.raises(IngestError, match="no patientXXXX folder"):
+        ingest.ingest(tmp_path / "empty", tmp_path / "out", strict=False)
 
 
 @needs_shared
@@ -152,8 +154,8 @@ def test_ingest_excludes_broken_2019_patients(tmp_path, fault, reason):
     else:
         for view in ("2CH", "4CH"):
             cfg = bad / f"Info_{view}.cfg"
-            cfg.write_text("\n".join(l for l in cfg.read_text().splitlines() if not l.startswith("LVef")) + "\n")
-    cohort, exclusions = dataset.ingest(tmp_path / "root", tmp_path / "out", strict=False)
+            cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("LVef")) + "\n")
+    cohort, exclusions = ingest.ingest(tmp_path / "root", tmp_path / "out", strict=False)
     assert cohort["patient"].tolist() == ["patient0001"] and cohort["layout"].tolist() == ["2019"]
     assert exclusions[["patient", "reason"]].values.tolist() == [["patient0002", reason]]
 
@@ -175,16 +177,17 @@ def test_ingest_stage_exit_status_and_messages(phantom_root, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["root"] = str(tmp_path / "root")
 
-    def ingest(strict):
+    def run_stage(strict):
         params["ingest"]["strict"] = strict
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py")], cwd=tmp_path, capture_output=True, text=True)
+        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py"), str(tmp_path / "root"), "data/ingested",
+                               "metrics/ingest.json"], cwd=tmp_path, capture_output=True, text=True)
 
-    lenient = ingest(False)
+    lenient = run_stage(False)
     assert lenient.returncode == 0 and "1 patients included, 1 excluded" in lenient.stdout
     table = (tmp_path / "data/ingested/exclusions.csv").read_text()
     assert "patient0002,missing_frame,patient0002_4CH_ES.nii.gz not found" in table
     assert '"excluded_missing_frame": 1' in (tmp_path / "metrics/ingest.json").read_text()
-    strict = ingest(True)
+    strict = run_stage(True)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert "error: patient0002 excluded (missing_frame: patient0002_4CH_ES.nii.gz not found); ingest.strict is true" in strict.stderr

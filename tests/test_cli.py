@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from conftest import CAMUS_2019, ROOT, needs_shared
 from echoef import camus
+
+from conftest import CAMUS_2019, ROOT, needs_shared
 
 
 @needs_shared

@@ -7,9 +7,7 @@ Hypothesis draws the breakages (derandomized in conftest, so a red run repeats);
 bounded so the whole module runs in well under a minute.
 """
 
-import contextlib
 import gzip
-import io
 import math
 import os
 import shutil
@@ -25,10 +23,11 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT
-from echoef import camus, cli, dataset, imagefile
+from echoef import camus, imagefile, ingest
 
-FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from conftest import ROOT, echoef_in_process
+
+FUZZ = settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 GOOD, BROKEN = "patient0001", "patient0002"
 FILES = [f"{v}_{p}{gt}" for v, p in camus.FRAME_KEYS for gt in ("", "_gt")]
 
@@ -179,29 +178,20 @@ MHD_BREAKAGES = st.one_of(
 
 # ---- the commands under test ----------------------------------------------------------------------
 
-def _quiet(function, *args):
-    """Run in-process; returns (result, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        result = function(*args)
-    return result, err.getvalue()
-
-
 def _rows(table: pd.DataFrame) -> dict:
     return {row["patient"]: row for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")}
 
 
 def run_ef(root: Path) -> tuple[int, dict, str]:
     out = root.parent / "ef.csv"
-    status, stderr = _quiet(cli.main, ["ef", str(root), "--out", str(out)])
-    return status, _rows(pd.read_csv(out)), stderr
+    result = echoef_in_process("ef", root, "--out", out, "--jobs", 1)
+    return result.returncode, _rows(pd.read_csv(out)), result.stderr
 
 
 def run_predict(folders: list[Path], model: Path, out: Path) -> tuple[int, dict, str]:
-    args = ["predict", *map(str, folders), "--out", str(out), "--model", str(model / "segmenter.pt"),
-            "--calibrator", str(model / "calibrator.json"), "--device", "cpu"]
-    status, stderr = _quiet(cli.main, args)
-    return status, _rows(pd.read_csv(out / "summary.csv")), stderr
+    result = echoef_in_process("predict", *folders, "--out", out, "--model", model / "segmenter.pt",
+                               "--calibrator", model / "calibrator.json", "--device", "cpu")
+    return result.returncode, _rows(pd.read_csv(out / "summary.csv")), result.stderr
 
 
 def entries(root: Path) -> set[str]:
@@ -252,7 +242,7 @@ def check_all_commands(sources, baseline, tiny_model, layout, breakage):
             reason = rows[name]["status"].split(":")[0]
             assert reason == "ok" or reason.startswith("ok_") or reason in READ_REASONS | EF_REASONS, rows[name]
 
-        cohort, exclusions = dataset.ingest(root, Path(tmp) / "ingested", strict=False)
+        cohort, exclusions = ingest.ingest(root, Path(tmp) / "ingested", strict=False)
         assert set(cohort["patient"]) | set(exclusions["patient"]) == found and GOOD in set(cohort["patient"])
         assert set(exclusions["reason"]) <= INGEST_REASONS, exclusions
 
@@ -271,7 +261,7 @@ def test_broken_nifti_patients(sources, baseline, tiny_model, breakage):
     check_all_commands(sources, baseline, tiny_model, "nifti", breakage)
 
 
-@settings(FUZZ, max_examples=8)
+@settings(FUZZ, max_examples=6)
 @given(breakage=MHD_BREAKAGES)
 def test_broken_metaimage_patients(sources, baseline, tiny_model, breakage):
     check_all_commands(sources, baseline, tiny_model, "mhd", breakage)

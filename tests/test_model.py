@@ -1,16 +1,26 @@
 """Training options on a tiny network: weight averaging, ensemble members, checkpoints, determinism."""
 
+import dataclasses
 import warnings
 
 import pytest
 import torch
 
-from echoef import model as M
+from echoef import augment as A, network as N, runtime as R, training as T
 
-CONFIG = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
-          "input_size": 32, "epochs": 1, "batch_size": 4, "phases_per_input": 1, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0,
-          "ce_weight": 1.0, "seed": 3, "members": 1, "ema_decay": 0.0, "precision": "fp32", "threads": 1, "parallel_members": 1,
-          "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
+from conftest import train_config
+
+CONFIG = {"seed": 3,
+          "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
+                      "input_size": 32, "phases_per_input": 1, "members": 1},
+          "optimisation": {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "ce_weight": 1.0,
+                           "ema_decay": 0.0},
+          "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
+          "runtime": {"device": "cpu", "threads": 1, "processes": 1, "parallel_members": 1, "precision": "fp32"}}
+
+
+def config(**groups):
+    return train_config(CONFIG, **groups)
 
 
 def data(n=8, size=32):
@@ -22,35 +32,35 @@ def data(n=8, size=32):
     return images, labels
 
 
-def trained(config):
-    M.seed_everything(config["seed"])
-    net = M.build_unet(config)
-    state, best_epoch, history = M.train(net, data(), data(4), config, "cpu")
+def trained(train, phases=1):
+    R.seed_everything(train.seed)
+    net = N.build_unet(train.network, phases)
+    state, best_epoch, history = T.Trainer(net, data(), data(4), train, "cpu").run()
     return net, state, best_epoch, history
 
 
 def test_ema_weights_are_the_ones_validated_and_kept():
     # One epoch of two steps: the kept weights are the single checkpoint. Without averaging they are
     # the trained weights; with it, the average (decay 0.5 of the first step's weights and the second's).
-    net, state, best_epoch, _ = trained(CONFIG)
+    net, state, best_epoch, _ = trained(config())
     assert best_epoch == 0 and all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-    net_ema, state_ema, _, _ = trained({**CONFIG, "ema_decay": 0.5})
+    net_ema, state_ema, _, _ = trained(config(optimisation={"ema_decay": 0.5}))
     key = "encoder.conv1.weight"
     assert torch.equal(net_ema.state_dict()[key], net.state_dict()[key])  # same seed, same training
     assert not torch.allclose(state_ema[key], net_ema.state_dict()[key])
 
 
 def test_cpu_training_repeats_bit_for_bit():
-    _, first, _, history = trained({**CONFIG, "ema_decay": 0.9})
-    _, second, _, again = trained({**CONFIG, "ema_decay": 0.9})
+    _, first, _, history = trained(config(optimisation={"ema_decay": 0.9}))
+    _, second, _, again = trained(config(optimisation={"ema_decay": 0.9}))
     assert history == again and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
-    _, first, _, history = trained({**CONFIG, "precision": "bf16"})
-    _, second, _, again = trained({**CONFIG, "precision": "bf16"})
+    _, first, _, history = trained(config(runtime={"precision": "bf16"}))
+    _, second, _, again = trained(config(runtime={"precision": "bf16"}))
     assert history == again and all(torch.equal(first[k], second[k]) for k in first)
-    _, full, _, _ = trained({**CONFIG, "precision": "fp32"})
+    _, full, _, _ = trained(config())
     key = "encoder.conv1.weight"
     assert not torch.equal(first[key], full[key])
     assert torch.allclose(first[key], full[key], atol=0.05)  # AdamW moves a weight about lr (0.01) per step; two steps
@@ -58,47 +68,47 @@ def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
 
 def test_auto_precision_is_bf16_only_on_hardware_with_native_bf16(monkeypatch):
     for native in (True, False):
-        monkeypatch.setattr(M, "has_native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(R, "has_native_bf16", lambda device, native=native: native)
         expected = torch.bfloat16 if native else None
-        assert M.autocast_dtype("auto", "cpu") is expected and M.autocast_dtype("auto", "cuda") is expected
-        assert M.autocast_dtype("fp32", "cpu") is None and M.autocast_dtype("fp32", "cuda") is None
-        assert M.precision_name("auto", "cpu") == ("bf16" if native else "float32") and M.precision_name("fp32", "cuda") == "float32"
+        assert R.autocast_dtype("auto", "cpu") is expected and R.autocast_dtype("auto", "cuda") is expected
+        assert R.autocast_dtype("fp32", "cpu") is None and R.autocast_dtype("fp32", "cuda") is None
+        assert R.precision_name("auto", "cpu") == ("bf16" if native else "float32") and R.precision_name("fp32", "cuda") == "float32"
     # Asked for explicitly, bf16 is honoured; where it would be emulated, with a warning naming the keys.
-    with pytest.warns(UserWarning, match="emulated.*train.precision / infer.precision"):
-        assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
-    monkeypatch.setattr(M, "has_native_bf16", lambda device: True)
+    with pytest.warns(UserWarning, match="emulated.*train.runtime.precision / infer.precision"):
+        assert R.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(R, "has_native_bf16", lambda device: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert M.autocast_dtype("bf16", "cpu") is torch.bfloat16
+        assert R.autocast_dtype("bf16", "cpu") is torch.bfloat16
 
 
 def test_cpu_bf16_is_native_with_avx512_bf16_or_amx_and_not_when_torch_cannot_tell(monkeypatch):
     for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert M.has_native_bf16("cpu") is native
+        assert R.has_native_bf16("cpu") is native
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert M.has_native_bf16("cpu") is False
+    assert R.has_native_bf16("cpu") is False
 
 
 def test_bf16_scores_are_float32_and_close_to_float32_ones():
-    M.seed_everything(0)
-    net = M.build_unet(CONFIG).eval()
+    R.seed_everything(0)
+    net = N.build_unet(config().network, 1).eval()
     images = data(3)[0]
-    full, mixed = M.predict_scores(net, images, 2, precision="fp32"), M.predict_scores(net, images, 2, precision="bf16")
+    full, mixed = N.predict_scores(net, images, 2, precision="fp32"), N.predict_scores(net, images, 2, precision="bf16")
     assert full.dtype == mixed.dtype == torch.float32
     assert not torch.equal(full, mixed) and torch.allclose(full, mixed, atol=0.05)
 
 
 def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
-    config = {**CONFIG, "members": 2}
-    members = M.train_members(data(), data(4), config, "cpu")
+    two = config(network={"members": 2})
+    members = T.train_members(data(), data(4), two, "cpu")
     assert [m["seed"] for m in members] == [3, 4]
     key = "encoder.conv1.weight"
     assert not torch.equal(members[0]["state_dict"][key], members[1]["state_dict"][key])
-    M.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], config, {})
-    models, state = M.load_checkpoint(tmp_path / "m.pt")
+    N.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], two.network, {})
+    models, state = N.load_checkpoint(tmp_path / "m.pt")
     assert len(models) == 2 and state["model_config"]["input_size"] == 32
     assert torch.equal(models[1].state_dict()[key], members[1]["state_dict"][key])
 
@@ -106,16 +116,16 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
 def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
     # Each member is seeded alone, so two worker processes give the networks of one process, bit
     # for bit on CPU (one thread each way); the log receives every member's rows after training.
-    config = {**CONFIG, "epochs": 2, "members": 3, "phases_per_input": [1, 2, 1]}
+    three = config(network={"members": 3, "phases_per_input": [1, 2, 1]}, optimisation={"epochs": 2})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        in_turn = M.train_members(data(), data(4), config, "cpu")
+        in_turn = T.train_members(data(), data(4), three, "cpu")
     finally:
         torch.set_num_threads(threads)
     rows = []
-    parallel = M.train_members(data(), data(4), {**config, "parallel_members": 2}, "cpu",
-                               lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])))
+    parallel = T.train_members(data(), data(4), dataclasses.replace(three, runtime=dataclasses.replace(three.runtime, parallel_members=2)),
+                               "cpu", lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])))
     assert [(m["seed"], m["phases_per_input"]) for m in parallel] == [(3, 1), (4, 2), (5, 1)]
     for a, b in zip(in_turn, parallel, strict=True):
         assert a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
@@ -125,21 +135,18 @@ def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
 
 
 def test_tta_is_the_mean_over_three_gammas():
-    M.seed_everything(0)
-    net = M.build_unet(CONFIG).eval()
+    R.seed_everything(0)
+    net = N.build_unet(config().network, 1).eval()
     images = data(3)[0]
     with torch.no_grad():
-        expected = sum(net(M.apply_gamma(images, g)).softmax(1) for g in M.TTA_GAMMAS) / 3
-    assert torch.allclose(M.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
-    assert not torch.allclose(M.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
-
-
-PAIRED = {**CONFIG, "phases_per_input": 2}
+        expected = sum(net(A.apply_gamma(images, g)).softmax(1) for g in N.TTA_GAMMAS) / 3
+    assert torch.allclose(N.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
+    assert not torch.allclose(N.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
 
 
 def test_a_paired_model_reads_each_view_as_one_input():
-    M.seed_everything(0)
-    net = M.build_unet(PAIRED).eval()
+    R.seed_everything(0)
+    net = N.build_unet(config().network, 2).eval()
     frames = data(4)[0]  # two inputs: frames 0-1 and 2-3
     with torch.no_grad():
         logits = net(frames)
@@ -150,16 +157,16 @@ def test_a_paired_model_reads_each_view_as_one_input():
     assert not torch.allclose(other[0], logits[0])  # the ED mask depends on the ES frame of its view
     assert torch.equal(other[2:], logits[2:])  # and on nothing outside its view
     # Batches of an odd frame count are cut at whole inputs.
-    assert torch.allclose(M.predict_scores(net, frames, 3, precision="fp32"), logits.softmax(1), atol=1e-6)
+    assert torch.allclose(N.predict_scores(net, frames, 3, precision="fp32"), logits.softmax(1), atol=1e-6)
 
 
 def test_augmentation_draws_once_per_input():
     images, labels = data(4)
     images[1], labels[1] = images[0], labels[0]
-    config = {**CONFIG["augment"], "noise_std": 0.0}
-    paired, paired_labels = M.augment(images, labels, config, torch.Generator().manual_seed(0), 2)
+    quiet = config(augment={"noise_std": 0.0}).augment
+    paired, paired_labels = A.augment(images, labels, quiet, torch.Generator().manual_seed(0), 2)
     assert torch.equal(paired[0], paired[1]) and torch.equal(paired_labels[0], paired_labels[1])
-    single, _ = M.augment(images, labels, config, torch.Generator().manual_seed(0), 1)
+    single, _ = A.augment(images, labels, quiet, torch.Generator().manual_seed(0), 1)
     assert not torch.allclose(single[0], single[1])
 
 
@@ -169,7 +176,7 @@ def test_gaussian_blur_spreads_each_image_by_its_own_sigma():
     # sigma 0 leaves the image unchanged.
     impulses = torch.zeros(3, 1, 15, 17)
     impulses[:, 0, 7, 8] = 1.0
-    blurred = M.gaussian_blur(impulses, torch.tensor([0.0, 0.5, 1.0]), radius=3)
+    blurred = A.gaussian_blur(impulses, torch.tensor([0.0, 0.5, 1.0]), radius=3)
     assert torch.allclose(blurred[0], impulses[0], atol=1e-6)
     offsets = torch.arange(-3.0, 4.0)
     for image, variance in zip(blurred[1:], (0.2150, 0.9959)):
@@ -183,7 +190,7 @@ def test_blur_off_keeps_the_augmentation_stream():
     # option existed (1865.68, pinned from commit a5a2e66); with blur the smoothed images sum lower.
     images, labels = data(4)
     for sigma_px, total in ((0.0, 1865.68), (1.0, 1414.71)):
-        augmented, _ = M.augment(images, labels, {**CONFIG["augment"], "blur_sigma_px": sigma_px}, torch.Generator().manual_seed(0))
+        augmented, _ = A.augment(images, labels, config(augment={"blur_sigma_px": sigma_px}).augment, torch.Generator().manual_seed(0))
         assert abs(float(augmented.abs().sum()) - total) < 0.05
 
 
@@ -192,28 +199,29 @@ def test_paired_training_keeps_views_together(monkeypatch):
     # augmentation receives must hold whole views, 3 per batch of 6 frames (the last one 1).
     images, labels = data(8)
     images[1::2], labels[1::2] = images[::2], labels[::2]
-    seen, augment = [], M.augment
+    seen, augment = [], A.augment
 
     def checked(batch, batch_labels, *args):
         seen.append(len(batch))
         assert torch.equal(batch[0::2], batch[1::2]) and torch.equal(batch_labels[0::2], batch_labels[1::2])
         return augment(batch, batch_labels, *args)
 
-    monkeypatch.setattr(M, "augment", checked)
-    M.seed_everything(0)
-    net = M.build_unet(PAIRED)
-    state, _, history = M.train(net, (images, labels), (images[:4], labels[:4]), {**PAIRED, "batch_size": 6, "epochs": 2}, "cpu")
+    monkeypatch.setattr(T, "augment", checked)
+    R.seed_everything(0)
+    paired = config(network={"phases_per_input": 2}, optimisation={"batch_size": 6, "epochs": 2})
+    net = N.build_unet(paired.network, 2)
+    state, _, history = T.Trainer(net, (images, labels), (images[:4], labels[:4]), paired, "cpu").run()
     assert seen == [6, 2, 6, 2] and len(history) == 2 and state is not None
 
 
 def test_a_mixed_ensemble_trains_and_loads_each_member_with_its_own_input(tmp_path):
     # phases_per_input [1, 2]: member 0 reads frames alone, member 1 a view's two frames together,
     # both from the same frames in input order; the checkpoint rebuilds each as it was trained.
-    config = {**CONFIG, "members": 2, "phases_per_input": [1, 2]}
-    members = M.train_members(data(), data(4), config, "cpu")
+    mixed = config(network={"members": 2, "phases_per_input": [1, 2]})
+    members = T.train_members(data(), data(4), mixed, "cpu")
     assert [(m["seed"], m["phases_per_input"]) for m in members] == [(3, 1), (4, 2)]
-    assert members[0]["history"] == M.train_members(data(), data(4), CONFIG, "cpu")[0]["history"]  # member 0 is the one-frame model
-    M.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], config, {})
-    models, _ = M.load_checkpoint(tmp_path / "m.pt")
+    assert members[0]["history"] == T.train_members(data(), data(4), config(), "cpu")[0]["history"]  # member 0 is the one-frame model
+    N.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], mixed.network, {})
+    models, _ = N.load_checkpoint(tmp_path / "m.pt")
     assert [m.phases_per_input for m in models] == [1, 2]
     assert models[1].encoder.conv1.weight.shape[1] == 2 and models[1].segmentation_head[0].out_channels == 8

@@ -1,4 +1,6 @@
-"""End to end: the real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
+"""End to end: the real `dvc repro` on a tiny configuration, in one temporary copy of the repository
+shared by every test here (built once: training in two processes, two cross-validation folds).
+Each test that changes the copy puts it back."""
 
 import json
 import os
@@ -9,21 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 TINY = {
-    ("data", "phantom", "n_patients"): 10,
-    ("train", "epochs"): 3,
-    ("train", "input_size"): 64,
-    ("train", "encoder_depth"): 3,
+    ("data", "phantom", "n_patients"): 14,
+    ("split", "folds"): 2,
+    ("cv", "fold_seeds"): {"0": 0, "1": 1},
+    ("train", "network", "input_size"): 64,
+    ("train", "network", "encoder_depth"): 3,
+    ("train", "optimisation", "epochs"): 3,
+    ("train", "runtime", "processes"): 2,  # DistributedDataParallel on CPU (gloo), launched by the stage's torchrun
+    ("train", "runtime", "threads"): 1,
+    # float32 everywhere: the same numbers and about the same time on every CPU (bf16 where native is
+    # what `auto` picks, and its kernels differ between processors).
+    ("train", "runtime", "precision"): "fp32",
+    ("infer", "precision"): "fp32",
     ("evaluate", "bootstrap"): 50,
     ("evaluate", "overlays"): 1,
 }
-
-
 # The venv's dvc and python first on PATH, as `make` puts them.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
 
@@ -32,6 +44,10 @@ def run(args, cwd):
     result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def stages_run(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
 def set_params(repo: Path, overrides: dict) -> None:
@@ -45,15 +61,17 @@ def set_params(repo: Path, overrides: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_repo(repo: Path, overrides: dict) -> Path:
-    """A git repository holding this project's tracked files with ``overrides``, run and committed."""
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    """A git repository holding this project's tracked files with TINY, run and committed."""
+    repo = tmp_path_factory.mktemp("repo")
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    set_params(repo, overrides)
+    set_params(repo, TINY)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
@@ -64,53 +82,78 @@ def make_repo(repo: Path, overrides: dict) -> Path:
     return repo
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return make_repo(tmp_path_factory.mktemp("repo"), TINY)
+def read(repo, name):
+    return json.loads((repo / name).read_text())
 
 
 def test_outputs(repo):
-    ef = json.loads((repo / "metrics/ef.json").read_text())
+    ef = read(repo, "metrics/ef.json")
     post = ef["test"]["post"]
     for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "n", "mae_ci"):
         assert key in post and key in ef["test"]["pre"]
-    assert ef["test"]["n_patients"] == post["n"] + ef["test"]["n_failed"] == 2
-    seg = json.loads((repo / "metrics/segmentation.json").read_text())
-    assert {"dice_lv_ed", "dice_lv_es", "dice_myo_ed", "dice_la_es"} <= set(seg["test"])
-    calibrator = json.loads((repo / "models/calibrator.json").read_text())
-    assert calibrator["fit_set"] == "val" and calibrator["n"] <= 2
-    split = json.loads((repo / "data/split.json").read_text())
+    split = read(repo, "data/split.json")
+    assert ef["test"]["n_patients"] == post["n"] + ef["test"]["n_failed"] == len(split["test"]) == 3
+    seg = read(repo, "metrics/segmentation.json")
+    assert set(seg) == {"val", "test"} and {"dice_lv_ed", "dice_lv_es", "dice_myo_ed", "dice_la_es"} <= set(seg["test"])
+    calibrator = read(repo, "models/calibrator.json")
+    assert calibrator["fit_set"] == "val" and calibrator["n"] <= len(split["val"])
     assert not set(split["train"]) & set(split["test"]) and split["source"] == "stratified"
     for png in ("ef_scatter", "bland_altman", "calibration", "ef_classes", "overlays"):
         assert (repo / f"plots/{png}.png").stat().st_size > 1000
-    table = __import__("pandas").read_csv(repo / "data/ef.csv")
+    table = pd.read_csv(repo / "data/ef.csv")
     assert set(table["set"]) == {"val", "test"} and (table["method"] == "simpson_biplane").all()
 
 
-def test_forced_rerun_gives_identical_metrics(repo):
-    """Same params, seeds and data on CPU: `dvc repro -f` reproduces every metrics file exactly."""
-    files = ["metrics/ef.json", "metrics/segmentation.json", "metrics/ingest.json", "models/calibrator.json", "data/ef.csv"]
+def test_training_in_two_processes(repo):
+    log = read(repo, "models/train_log.json")
+    assert log["processes"] == 2 and len(log["members"]) == 1 and len(log["members"][0]["history"]) == 3
+    assert (repo / "metrics/train/metrics.json").is_file()  # written once, by rank 0
+    state = torch.load(repo / "models/segmenter.pt", weights_only=True)
+    assert state["members"][0]["best_epoch"] == log["members"][0]["best_epoch"] and len(state["state_dicts"]) == 1
+
+
+def test_every_train_val_patient_has_one_out_of_fold_prediction(repo):
+    split, folds = read(repo, "data/split.json"), read(repo, "data/cv/folds.json")
+    train_val = sorted(split["train"] + split["val"])
+    assert sorted(folds["fold_of"]) == train_val and set(folds["fold_of"].values()) == {0, 1}
+    oof = pd.read_csv(repo / "data/ef_cv.csv")
+    assert sorted(oof["patient"]) == train_val  # exactly once each
+    assert not set(oof["patient"]) & set(split["test"])
+    for fold in (0, 1):
+        log = read(repo, f"data/cv/fold_{fold}/model/train_log.json")
+        held_out = {p for p, f in folds["fold_of"].items() if f == fold}
+        sets = read(repo, f"data/cv/sets/fold_{fold}.json")
+        seen = set(log["train_patients"]) | set(log["val_patients"])
+        assert log["seed"] == fold and log["processes"] == 1 and set(sets["oof"]) == held_out
+        assert not seen & held_out  # no model saw its held-out patients, not even to pick its checkpoint
+        assert seen | held_out == set(train_val)
+        assert set(oof.loc[oof["fold"] == fold, "patient"]) == held_out
+
+
+def test_cv_metrics_count_every_out_of_fold_patient(repo):
+    split, ef_cv = read(repo, "data/split.json"), read(repo, "metrics/ef_cv.json")
+    oof = ef_cv["oof"]
+    assert ef_cv["folds"] == 2
+    assert oof["n_patients"] == len(split["train"]) + len(split["val"]) == oof["post"]["n"] + oof["n_failed"]
+    for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "mae_ci"):
+        assert key in oof["pre"] and key in oof["post"]
+    assert {"mae_pre_mean", "mae_pre_std", "mae_post_mean", "per_fold"} <= set(ef_cv["fold_spread"])
+    single = read(repo, "metrics/ef.json")["test"]
+    assert ef_cv["test_ensemble"]["n_patients"] == single["n_patients"] == len(split["test"])
+    seg = read(repo, "metrics/segmentation_cv.json")
+    assert seg["oof"]["n_patients"] == oof["n_patients"] and "dice_lv_ed" in seg["test_ensemble"]
+
+
+def test_forced_reruns_give_identical_outputs(repo):
+    """Same params, seeds, data and model on CPU: re-running the split and the stages from EF on
+    reproduces their files exactly (training repeats bit for bit: test_model; inference is a pure
+    function of the model and the frames)."""
+    files = ["metrics/ef.json", "metrics/ef_cv.json", "models/calibrator.json", "data/ef.csv", "data/split.json", "data/cv/folds.json"]
     before = {name: (repo / name).read_bytes() for name in files}
-    run(["dvc", "repro", "-f"], repo)
+    run(["dvc", "repro", "-f", "-s", "split"], repo)
+    run(["dvc", "repro", "-f", "--downstream", "ef"], repo)
     assert {name: (repo / name).read_bytes() for name in files} == before
-
-
-def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
-    assert "up to date" in run(["dvc", "repro"], repo)
-    log = run(["dvc", "exp", "run", "-S", "calibration.method=none"], repo)
-    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    assert ran == {"check_params", "calibrate", "evaluate"}  # the check re-runs nothing by itself
-    assert json.loads((repo / "models/calibrator.json").read_text())["method"] == "none"
-    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
-    assert {"test.n_patients", "test.n_failed", "test.post.n", "val.post.n"} <= set(diff["metrics/ef.json"])
-    assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
-
-
-def test_a_bad_parameter_stops_with_the_key(repo):
-    set_params(repo, {("ef", "method"): "teichholz"})
-    result = subprocess.run([sys.executable, "stages/ef.py"], cwd=repo, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "ef.method = 'teichholz' is not allowed" in result.stderr and "Traceback" not in result.stderr
+    assert "up to date" in run(["dvc", "status"], repo)
 
 
 OUTPUTS = ["models/segmenter.pt", "models/calibrator.json", "metrics/ef.json", "data/ef.csv", "plots/overlays.png"]
@@ -120,24 +163,47 @@ def snapshot(repo: Path, names=OUTPUTS) -> dict:
     return {name: (repo / name).read_bytes() for name in names}
 
 
-def restore(repo: Path) -> None:
-    """Back to the committed parameters and their outputs."""
-    run(["git", "checkout", "params.yaml"], repo)
-    run(["dvc", "repro"], repo)
-
-
 def test_a_params_typo_leaves_every_previous_output_in_place(repo):
     before = snapshot(repo)
-    set_params(repo, {("train", "epoch"): 30})
+    set_params(repo, {("train", "optimisation", "epoch"): 30})
     result = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
     assert result.returncode != 0
-    assert "params.yaml: unknown key 'train.epoch'" in result.stderr and "Traceback" not in result.stderr
+    assert "params.yaml: unknown key 'train.optimisation.epoch'" in result.stderr and "Traceback" not in result.stderr
     assert snapshot(repo) == before  # DVC never reached the stages that would have deleted them
-    restore(repo)
+    run(["git", "checkout", "params.yaml"], repo)
+    assert stages_run(run(["dvc", "repro"], repo)) == {"check_params"}  # its marker back; nothing else to do
+
+
+def test_changing_one_fold_reruns_that_fold_only(repo):
+    set_params(repo, {("cv", "fold_seeds"): {"0": 0, "1": 7}})
+    ran = stages_run(run(["dvc", "repro", "--dry"], repo))
+    assert "train_fold@1" in ran and not {"train_fold@0", "infer_fold@0", "ef_fold@0", "train", "split"} & ran
+    run(["git", "checkout", "params.yaml"], repo)
+
+
+def test_a_bad_parameter_stops_the_stage_with_the_key(repo):
+    set_params(repo, {("ef", "method"): "teichholz"})
+    result = subprocess.run([sys.executable, "stages/ef.py", "--predictions", "data/predictions", "--ingested", "data/ingested",
+                             "--sets", "data/split.json", "--subsets", "test", "--out", "/dev/null"],
+                            cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "ef.method = 'teichholz' is not allowed" in result.stderr and "Traceback" not in result.stderr
+    run(["git", "checkout", "params.yaml"], repo)
+
+
+def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
+    assert "up to date" in run(["dvc", "repro"], repo)
+    log = run(["dvc", "exp", "run", "-S", "calibration.method=none"], repo)
+    assert stages_run(log) == {"check_params", "calibrate", "evaluate"}  # the check re-runs nothing by itself
+    assert read(repo, "models/calibrator.json")["method"] == "none"
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
+    assert {"test.n_patients", "test.n_failed", "test.post.n", "val.post.n"} <= set(diff["metrics/ef.json"])
+    assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
 
 
 def test_a_run_killed_mid_stage_leaves_nothing_a_rerun_trusts(repo):
-    set_params(repo, {("evaluate", "bootstrap"): 60})
+    # After the experiment above (calibration.method none): calibrate on the out-of-fold predictions.
+    set_params(repo, {("calibration", "method"): "linear", ("calibration", "fit_set"): "oof"})
     process = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=ENV, start_new_session=True)
     for line in process.stdout:
@@ -147,12 +213,14 @@ def test_a_run_killed_mid_stage_leaves_nothing_a_rerun_trusts(repo):
     os.killpg(process.pid, signal.SIGKILL)  # ProcessLookupError here would mean it had finished: no test
     process.wait()
     assert "evaluate" in run(["dvc", "status"], repo)  # DVC knows the stage did not complete
-    run(["dvc", "repro"], repo)  # the interrupted stage is re-run, not taken as done
+    assert stages_run(run(["dvc", "repro"], repo)) == {"evaluate"}  # the interrupted stage is re-run, not taken as done
+    calibrator = read(repo, "models/calibrator.json")
+    oof = pd.read_csv(repo / "data/ef_cv.csv")
+    assert calibrator["fit_set"] == "oof" and calibrator["n"] == oof["status"].str.startswith("ok").sum()  # measured ones only
     interrupted = snapshot(repo, ["metrics/ef.json", "metrics/ef_cv.json", "plots/ef_scatter.csv", "plots/bland_altman.csv"])
     run(["dvc", "repro", "-f", "-s", "evaluate"], repo)
     assert snapshot(repo, list(interrupted)) == interrupted
-    assert "up to date" in run(["dvc", "status"], repo)
-    restore(repo)
+    assert "up to date" in run(["dvc", "status"], repo)  # the tests after this one need no particular parameters
 
 
 def test_a_second_run_at_the_same_time_is_refused_by_dvcs_lock(repo):
@@ -161,3 +229,20 @@ def test_a_second_run_at_the_same_time_is_refused_by_dvcs_lock(repo):
     with Repo(str(repo)).lock:  # what a first `dvc repro` holds while it runs
         result = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
     assert result.returncode != 0 and "Unable to acquire lock" in result.stderr + result.stdout
+
+
+def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
+    # The train stage itself, outside DVC, on the shared run's data: two members (one-frame and
+    # paired) trained at once in two processes, their curves replayed into dvclive afterwards.
+    set_params(repo, {("train", "network", "members"): 2, ("train", "network", "phases_per_input"): [1, 2],
+                      ("train", "runtime", "processes"): 1, ("train", "runtime", "parallel_members"): 2})
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    run(["git", "checkout", "params.yaml"], repo)
+    run([sys.executable, str(repo / "stages/train.py"), "--ingested", str(repo / "data/ingested"), "--sets",
+         str(repo / "data/split.json"), "--model", "segmenter.pt", "--train-log", "train_log.json", "--curves", "curves"], tmp_path)
+    log = read(tmp_path, "train_log.json")
+    assert [(m["seed"], m["phases_per_input"], len(m["history"])) for m in log["members"]] == [(0, 1, 3), (1, 2, 3)]
+    state = torch.load(tmp_path / "segmenter.pt", weights_only=True)
+    assert len(state["state_dicts"]) == 2 and state["members"][1]["best_epoch"] == log["members"][1]["best_epoch"]
+    curves = read(tmp_path, "curves/metrics.json")
+    assert curves["step"] == 2 and {"val_dice_lv", "train_loss"} <= set(curves["member_1"])

@@ -1,5 +1,6 @@
 """The prediction command on new studies, with a model trained here on the tiny configuration."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,12 +12,20 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CAMUS, CAMUS_2019, ROOT, needs_shared, stored_with_direction
-from echoef import calibration, camus, dataset, ef as EF, geometry, model as M, segmentation as S
+from echoef import calibration, camus, dataset, ef as EF, geometry, network as N, segmentation as S, training as T
+from echoef.errors import CheckpointError, StudyError
 
-TINY = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
-        "input_size": 64, "epochs": 4, "batch_size": 8, "phases_per_input": 1, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0,
-        "ce_weight": 1.0, "seed": 0, "members": 2, "ema_decay": 0.9, "precision": "fp32", "parallel_members": 1, "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02}}
+from conftest import CAMUS, CAMUS_2019, echoef_in_process, needs_shared, stored_with_direction, train_config
+
+TINY = train_config({
+    "seed": 0,
+    "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
+                "input_size": 64, "phases_per_input": 1, "members": 2},
+    "optimisation": {"epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0, "ce_weight": 1.0,
+                     "ema_decay": 0.9},
+    "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
+    "runtime": {"device": "cpu", "threads": 0, "processes": 1, "parallel_members": 1, "precision": "fp32"}})
+SIZE = TINY.network.input_size
 
 
 @pytest.fixture(scope="session")
@@ -24,18 +33,17 @@ def trained(phantom_root, tmp_path_factory):
     """A two-member U-Net ensemble trained briefly on 10 synthetic patients, and a linear calibrator file."""
     folders = camus.find_patients(phantom_root)
     frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
-    images, labels, _ = dataset.grid_tensors(frames, TINY["input_size"])
-    members = M.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
+    images, labels, _ = dataset.grid_tensors(frames, SIZE)
+    members = T.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
     out = tmp_path_factory.mktemp("model")
-    M.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY, {})
+    N.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY.network, {})
     calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
     (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
     return out
 
 
 def predict(trained, *args):
-    return subprocess.run([sys.executable, "-m", "echoef", "predict", *map(str, args), "--model", trained / "segmenter.pt",
-                           "--calibrator", trained / "calibrator.json"], cwd=ROOT, capture_output=True, text=True)
+    return echoef_in_process("predict", *args, "--model", trained / "segmenter.pt", "--calibrator", trained / "calibrator.json")
 
 
 def assert_same_geometry(written, reference):
@@ -47,7 +55,10 @@ def assert_same_geometry(written, reference):
 
 def test_predict_synthetic_patients(trained, phantom_root, tmp_path):
     folders = camus.find_patients(phantom_root)[10:12]  # not seen in training
-    result = predict(trained, *folders, "--out", tmp_path)
+    # As a user runs it: the installed console script, in a process of its own, from another folder.
+    result = subprocess.run([Path(sys.executable).parent / "echoef", "predict", *folders, "--out", tmp_path, "--model",
+                             trained / "segmenter.pt", "--calibrator", trained / "calibrator.json"], cwd=tmp_path.parent,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary["patient"].tolist() == [f.name for f in folders]
@@ -59,8 +70,7 @@ def test_predict_synthetic_patients(trained, phantom_root, tmp_path):
             assert_same_geometry(written, folder / f"{folder.name}_{view}_{phase}.nii.gz")
         assert (tmp_path / folder.name / f"{folder.name}_overlay.png").stat().st_size > 5000
     # The written masks are what `ef --labels` reads: the same EF comes back.
-    subprocess.run([sys.executable, "-m", "echoef", "ef", str(phantom_root), "--labels", str(tmp_path), "--out",
-                    str(tmp_path / "ef.csv")], cwd=ROOT, check=True, capture_output=True)
+    assert echoef_in_process("ef", phantom_root, "--labels", tmp_path, "--out", tmp_path / "ef.csv").returncode == 0
     again = pd.read_csv(tmp_path / "ef.csv").set_index("patient").loc[summary["patient"]]
     assert again["ef"].tolist() == summary["ef"].tolist()
 
@@ -116,24 +126,22 @@ def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
     state["model_config"]["encoder_depth"] = 5  # weights no longer fit the network this builds
     bad = tmp_path / "bad.pt"
     torch.save(state, bad)
-    result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(camus.find_patients(phantom_root)[0]),
-                             "--out", str(tmp_path / "o"), "--model", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    result = echoef_in_process("predict", camus.find_patients(phantom_root)[0], "--out", tmp_path / "o", "--model", bad)
     assert result.returncode == 2
     assert "not a model of this configuration" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_path):
-    paired = {**TINY, "phases_per_input": 2, "members": 1}
-    M.save_checkpoint(tmp_path / "paired.pt", [M.build_unet(paired).state_dict()], paired, {})
+    paired = dataclasses.replace(TINY.network, phases_per_input=2, members=1)
+    N.save_checkpoint(tmp_path / "paired.pt", [N.build_unet(paired, 2).state_dict()], paired, {})
     folder = camus.find_patients(phantom_root)[0]
     frames = camus.read_study(folder).frames
     assert dataset.input_order(frames, 2) == list(camus.FRAME_KEYS)
-    with pytest.raises(camus.StudyError, match="2CH: this model segments a view's ED and ES frames together"):
+    with pytest.raises(StudyError, match="2CH: this model segments a view's ED and ES frames together"):
         dataset.input_order({k: v for k, v in frames.items() if k != ("2CH", "ES")}, 2)
     assert dataset.input_order({k: v for k, v in frames.items() if k != ("2CH", "ES")}, 1) == [("2CH", "ED"), ("4CH", "ED"), ("4CH", "ES")]
-    result = subprocess.run([sys.executable, "-m", "echoef", "predict", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "paired.pt"),
-                             "--calibrator", str(trained / "calibrator.json"), "--2ch-ed", str(folder / f"{folder.name}_2CH_ED.nii.gz")],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = echoef_in_process("predict", "--out", tmp_path / "o", "--model", tmp_path / "paired.pt",
+                               "--calibrator", trained / "calibrator.json", "--2ch-ed", folder / f"{folder.name}_2CH_ED.nii.gz")
     assert result.returncode == 1, result.stderr  # no study measured
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["status"].tolist() == ["unpaired_view"]
     assert "1 studies: 0 ok, 1 failed (unpaired_view 1)" in result.stdout
@@ -146,19 +154,19 @@ def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_ro
     models = []
     for seed, phases in ((0, 1), (1, 2)):
         torch.manual_seed(seed)
-        models.append(M.build_unet({**TINY, "phases_per_input": phases}).eval())
+        models.append(N.build_unet(TINY.network, phases).eval())
     frames = camus.read_study(camus.find_patients(phantom_root)[0]).frames
     keys = dataset.input_order(frames, 2)
-    images, _, boxes = dataset.grid_tensors([frames[k] for k in keys], TINY["input_size"], with_labels=False)
-    scores = [M.predict_scores(m, images, 8) for m in models]
-    labels = S.predict_frames(models, frames, TINY["input_size"], 8)
+    images, _, boxes = dataset.grid_tensors([frames[k] for k in keys], SIZE, with_labels=False)
+    scores = [N.predict_scores(m, images, 8) for m in models]
+    labels = S.predict_frames(models, frames, SIZE, 8)
     for i, key in enumerate(keys):
         mean = geometry.to_native((scores[0][i] + scores[1][i]) / 2, boxes[i]).argmax(0).numpy().astype(np.uint8)
         assert np.array_equal(labels[key], S.postprocess(mean))
-    alone = S.predict_frames(models[:1], frames, TINY["input_size"], 8)
+    alone = S.predict_frames(models[:1], frames, SIZE, 8)
     assert any(not np.array_equal(labels[k], alone[k]) for k in keys)
-    with pytest.raises(camus.StudyError, match="unpaired_view: 4CH: this model segments a view's ED and ES frames together"):
-        S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, TINY["input_size"], 8)
+    with pytest.raises(StudyError, match="unpaired_view: 4CH: this model segments a view's ED and ES frames together"):
+        S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, SIZE, 8)
 
 
 class _RunsCodeWhenUnpickled:
@@ -175,10 +183,9 @@ def test_a_model_file_that_would_run_code_is_refused_without_running_it(trained,
     state = torch.load(trained / "segmenter.pt", weights_only=True)
     evidence = tmp_path / "code_ran"
     torch.save({**state, "extra": _RunsCodeWhenUnpickled(evidence)}, tmp_path / "crafted.pt")
-    with pytest.raises(M.CheckpointError, match="refused: it holds Python objects beyond tensors and plain data"):
-        M.load_checkpoint(tmp_path / "crafted.pt")
-    result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(camus.find_patients(phantom_root)[0]),
-                             "--out", str(tmp_path / "o"), "--model", str(tmp_path / "crafted.pt")], cwd=ROOT, capture_output=True, text=True)
+    with pytest.raises(CheckpointError, match="refused: it holds Python objects beyond tensors and plain data"):
+        N.load_checkpoint(tmp_path / "crafted.pt")
+    result = echoef_in_process("predict", camus.find_patients(phantom_root)[0], "--out", tmp_path / "o", "--model", tmp_path / "crafted.pt")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "refused" in result.stderr
     assert not evidence.exists()
     # The same object unpickled without the guard does run: the test would catch a regression.

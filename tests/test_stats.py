@@ -1,8 +1,10 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from echoef import agreement, calibration, geometry, params, split
@@ -56,31 +58,36 @@ def test_letterbox_keeps_the_physical_aspect():
 
 
 def test_params_errors_name_the_key():
-    good = params.load()
-    bad = {**good, "train": {**good["train"], "epochs": "ten"}}
-    with pytest.raises(params.ParamsError, match="train.epochs"):
-        params.validate(bad)
-    with pytest.raises(params.ParamsError, match="unknown key 'train.epoch'"):
-        params.validate({**good, "train": {**good["train"], "epoch": 3}})
-    with pytest.raises(params.ParamsError, match="calibration.method.*'linear'"):
-        params.validate({**good, "calibration": {**good["calibration"], "method": "cubic"}})
-    with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = 2"):
-        params.validate({**good, "train": {**good["train"], "batch_size": 7, "phases_per_input": 2}})
-    with pytest.raises(params.ParamsError, match="train.batch_size = 7 counts frames.*phases_per_input = \\[1, 2\\]"):
-        params.validate({**good, "train": {**good["train"], "batch_size": 7, "members": 2, "phases_per_input": [1, 2]}})
-    with pytest.raises(params.ParamsError, match="parallel_members > 1 .* cannot be combined with train.processes > 1"):
-        params.validate({**good, "train": {**good["train"], "members": 2, "parallel_members": 2, "processes": 2}})
-    with pytest.raises(params.ParamsError, match="phases_per_input = \\[1, 2\\] has 2 entries but train.members = 3"):
-        params.validate({**good, "train": {**good["train"], "members": 3, "phases_per_input": [1, 2]}})
-    with pytest.raises(params.ParamsError, match="train.phases_per_input = \\[1, 3\\] must be 1, 2, or a list"):
-        params.validate({**good, "train": {**good["train"], "members": 2, "phases_per_input": [1, 3]}})
-    with pytest.raises(params.ParamsError, match="train.phases_per_input = 1.0 must be 1, 2, or a list"):
-        params.validate({**good, "train": {**good["train"], "phases_per_input": 1.0}})
-    with pytest.raises(params.ParamsError, match="infer.precision = 'fp16' is not allowed.*'bf16'"):
-        params.validate({**good, "infer": {**good["infer"], "precision": "fp16"}})
-    mixed = {**good["train"], "members": 2, "phases_per_input": [2, 1]}
-    params.validate({**good, "train": mixed})
-    assert params.member_phases(mixed) == [2, 1] and params.member_phases({**mixed, "phases_per_input": 2}) == [2, 2]
+    good = yaml.safe_load(Path("params.yaml").read_text())
+
+    def with_train(**groups):
+        train = {k: {**v, **groups.get(k, {})} if isinstance(v, dict) else groups.get(k, v) for k, v in good["train"].items()}
+        return {**good, "train": train}
+
+    cases = [
+        (with_train(optimisation={"epochs": "ten"}), "train.optimisation.epochs = 'ten' must be int"),
+        (with_train(optimisation={"epoch": 3}), "unknown key 'train.optimisation.epoch'; allowed here: epochs, "),
+        ({**good, "calibration": {**good["calibration"], "method": "cubic"}}, "calibration.method = 'cubic' is not allowed.*'linear'"),
+        (with_train(optimisation={"batch_size": 7}, network={"phases_per_input": 2}),
+         "train.optimisation.batch_size = 7 counts frames.*phases_per_input = 2"),
+        (with_train(optimisation={"batch_size": 7}, network={"members": 2, "phases_per_input": [1, 2]}),
+         "train.optimisation.batch_size = 7 counts frames.*phases_per_input = \\[1, 2\\]"),
+        (with_train(network={"members": 2}, runtime={"parallel_members": 2, "processes": 2}),
+         "parallel_members > 1 .* cannot be combined with train.runtime.processes > 1"),
+        (with_train(network={"members": 3, "phases_per_input": [1, 2]}), "phases_per_input = \\[1, 2\\] has 2 entries but train.network.members = 3"),
+        (with_train(network={"members": 2, "phases_per_input": [1, 3]}), "train.network.phases_per_input = \\[1, 3\\] must be 1, 2, or a list"),
+        (with_train(network={"phases_per_input": 1.0}), "train.network.phases_per_input = 1.0 must be 1, 2, or a list"),
+        ({**good, "infer": {**good["infer"], "precision": "fp16"}}, "infer.precision = 'fp16' is not allowed.*'bf16'"),
+        ({**good, "split": {**good["split"], "folds": 2}}, "cv.fold_seeds has 0 entries but split.folds = 2; use cv.fold_seeds: "),
+        ({key: value for key, value in good.items() if key != "ef"}, "missing key 'ef'"),
+    ]
+    for mapping, message in cases:
+        with pytest.raises(params.ParamsError, match=message):
+            params.build(params.Params, mapping)
+    mixed = params.build(params.Params, with_train(network={"members": 2, "phases_per_input": [2, 1]})).train.network
+    assert mixed.member_phases() == [2, 1] and dataclasses.replace(mixed, phases_per_input=2).member_phases() == [2, 2]
+    loaded = params.load()
+    assert isinstance(loaded.train.optimisation, params.Optimisation) and loaded.train.optimisation.epochs == good["train"]["optimisation"]["epochs"]
 
 
 def test_profiles_are_valid_params_files():

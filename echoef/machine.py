@@ -1,0 +1,43 @@
+"""What a timing or a result was measured on: CPU model and the instruction sets that change speed
+and numbers (AVX2, AVX-512, AVX512-BF16, AMX), GPU, Python and the project's commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu() -> dict:
+    """{'model', 'cores', 'flags'} of this machine's CPU (Linux /proc/cpuinfo; the platform's words elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def commit(repo: Path = Path(".")) -> str:
+    """The checked-out commit, '+modified' when the working tree differs from it ('unknown' outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+modified" if dirty else "")
+
+
+def describe() -> str:
+    """One line for a benchmark's output: CPU, cores, flags, Python."""
+    info = cpu()
+    return (f"{info['model']}, {info['cores']} cores, flags {' '.join(info['flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
+            f"Python {platform.python_version()}")
