@@ -3,7 +3,7 @@ DVC := .venv/bin/dvc
 # The stages call `python` and `dvc`: the project's environment comes first on PATH.
 ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup params run test test-fast lint bench clean
 
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3.11 -m venv .venv
@@ -12,6 +12,9 @@ ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 	touch $@
 
 setup: .venv/.installed
+
+params: setup  ## write params.yaml from conf/ (what `dvc exp run` does before running)
+	$(PY) -c 'from echoef.params import compose; compose("params.yaml")'
 
 run: setup  ## set up and run the pipeline (synthetic cohort by default)
 	$(ENV) $(DVC) repro

@@ -140,6 +140,25 @@ def predict_command(args) -> int:
     return batch.exit_status(table)
 
 
+def record_command(args) -> int:
+    """A run record of the workspace's finished run under RESULTS/NAME."""
+    from . import records
+
+    out = records.make(args.name, args.workspace, args.results, args.command)
+    print(f"record: {out}")
+    return batch.EXIT_OK
+
+
+def results_command(args) -> int:
+    """The Markdown table of the run records (README's results table)."""
+    from . import records
+
+    if not args.results.is_dir():
+        raise UsageError(f"{args.results} is not a folder of run records")
+    print(records.results_table(args.results))
+    return batch.EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="echoef", description="EchoEF: LV ejection fraction from apical echo",
                                           epilog="exit status: 0 some study measured, 1 none measured, 2 usage error")
@@ -167,13 +186,23 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
                          help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
+    record = commands.add_parser("record", help="keep a finished run's numbers as a record under results/NAME")
+    record.add_argument("name")
+    record.add_argument("--workspace", type=Path, default=Path("."), help="the repository that ran (default: here)")
+    record.add_argument("--results", type=Path, default=Path("results"))
+    record.add_argument("--command", default="dvc repro", help="the command that made the run, as the record will state it")
+    results = commands.add_parser("results", help="the Markdown table of the run records")
+    results.add_argument("--results", type=Path, default=Path("results"))
     return main_parser
+
+
+COMMANDS = {"ef": ef_command, "predict": predict_command, "record": record_command, "results": results_command}
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        return ef_command(args) if args.command == "ef" else predict_command(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ParamsError, CheckpointError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return batch.EXIT_USAGE

@@ -36,6 +36,15 @@ def commit(repo: Path = Path(".")) -> str:
     return head + ("+modified" if dirty else "")
 
 
+def environment(device: str = "cpu") -> dict:
+    """What a run's numbers depend on besides the code and parameters: CPU (model, instruction sets),
+    GPU, Python and torch."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else None
+    return {"cpu": cpu(), "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__}
+
+
 def describe() -> str:
     """One line for a benchmark's output: CPU, cores, flags, Python."""
     info = cpu()

@@ -1,7 +1,8 @@
 """``params.yaml`` as typed, validated objects, built once by ``load``; errors name the key and the fix.
 
-Each section is a frozen dataclass whose fields carry their own check, so the schema and the type
-are one thing. Stages read their section and pass its fields on as keywords.
+params.yaml is composed (Hydra, as `dvc exp run` does it) from ``conf/config.yaml`` and one profile
+of ``conf/profile/``. Each section is a frozen dataclass whose fields carry their own check, so the
+schema and the type are one thing. Stages read their section and pass its fields on as keywords.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Params:
+    profile: str = _key(_typed(str))
     data: Data = _key(None)
     ingest: Ingest = _key(None)
     split: Split = _key(None)
@@ -252,6 +254,15 @@ def build(cls, mapping, prefix: str = ""):
 def as_dict(section) -> dict:
     """The plain nested-dict form of a section (for checkpoints and run records)."""
     return dataclasses.asdict(section)
+
+
+def compose(output: str | Path, overrides: list[str] = (), repo: str | Path = ".") -> None:
+    """Write ``output`` as `dvc exp run` writes params.yaml: ``conf/config.yaml`` composed with its
+    profile (``conf/profile/``) and Hydra ``overrides`` such as ``profile=camus-cpu``."""
+    from dvc.utils.hydra import compose_and_dump  # DVC and Hydra only for this
+
+    repo = Path(repo).resolve()
+    compose_and_dump(output, str(repo / "conf"), None, "config", str(repo), list(overrides))
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -3,7 +3,7 @@ ensemble (mean softmax) on the test list; out-of-fold and ensemble Dice. The eva
 tables into metrics/ef_cv.json with cross-fitted calibration.
 
 cv.py --folds FILE --cv-dir DIR --split FILE --ingested DIR --ensemble DIR --oof CSV --ensemble-ef CSV
---metrics JSON; fold K's outputs are read from DIR/fold_K/. Without cross-validation (split.folds <= 1)
+--metrics JSON --full JSON; fold K's outputs are read from DIR/fold_K/. Without cross-validation (split.folds <= 1)
 it writes {"folds": 0} and empty tables.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params as P, runtime, segmentation as S
+from echoef import params as P, report, runtime, segmentation as S
 from echoef.ef import COLUMNS
 from echoef.eftable import ef_table
 from echoef.io import read_json, write_csv, write_json
@@ -24,7 +24,7 @@ from echoef.stage import run
 
 def main():
     parser = argparse.ArgumentParser()
-    for name in ("--folds", "--cv-dir", "--split", "--ingested", "--ensemble", "--oof", "--ensemble-ef", "--metrics"):
+    for name in ("--folds", "--cv-dir", "--split", "--ingested", "--ensemble", "--oof", "--ensemble-ef", "--metrics", "--full"):
         parser.add_argument(name, type=Path, required=True)
     args = parser.parse_args()
     params = P.load()
@@ -36,6 +36,7 @@ def main():
         write_csv(args.oof, empty)
         write_csv(args.ensemble_ef, empty)
         write_json(args.metrics, {"folds": 0})
+        write_json(args.full, {"folds": 0})
         print("cv: no cross-validation (split.folds <= 1)")
         return
     fold_dirs = [args.cv_dir / f"fold_{f}" for f in range(k)]
@@ -58,11 +59,11 @@ def main():
     oof_dice = pd.concat([pd.read_csv(d / "predictions" / "dice.csv").assign(fold=f) for f, d in enumerate(fold_dirs)],
                          ignore_index=True)
     lv = oof_dice.groupby("fold")["dice_lv"].mean()
-    write_json(args.metrics, {
-        "folds": k, "oof": S.dice_summary(oof_dice),
-        "fold_spread": {"dice_lv_mean": float(lv.mean()), "dice_lv_std": float(lv.std(ddof=0))},
-        "test_ensemble": S.dice_summary(pd.DataFrame(dice_rows)),
-    })
+    full = {"folds": k, "oof": S.dice_summary(oof_dice),
+            "fold_spread": {"dice_lv_mean": float(lv.mean()), "dice_lv_std": float(lv.std(ddof=0))},
+            "test_ensemble": S.dice_summary(pd.DataFrame(dice_rows))}
+    write_json(args.full, full)
+    write_json(args.metrics, {"folds": k, **report.dice_headline(full)})
     print(f"cv: {k} folds, {len(oof)} out-of-fold patients, {len(test)} test patients by the {k}-model ensemble")
 
 

@@ -1,7 +1,7 @@
 """Predict label maps on the native grids, with Dice against the expert labels.
 
 infer.py --model FILE --ingested DIR --sets FILE --subsets NAME [NAME ...] --out DIR --dice CSV
-[--metrics JSON]: the main model on val and test (data/split.json) and each fold's model on its
+[--metrics JSON --full JSON]: the main model on val and test (data/split.json) and each fold's model on its
 out-of-fold patients are this one script with other paths.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params as P, runtime, segmentation as S
+from echoef import params as P, report, runtime, segmentation as S
 from echoef.errors import StudyError
 from echoef.io import read_json, write_csv, write_json
 from echoef.network import load_checkpoint
@@ -24,7 +24,8 @@ def main():
     for name in ("--model", "--ingested", "--sets", "--out", "--dice"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to predict")
-    parser.add_argument("--metrics", type=Path, help="mean Dice per subset, label and phase")
+    parser.add_argument("--metrics", type=Path, help="headline: mean LV Dice per subset and phase")
+    parser.add_argument("--full", type=Path, help="mean Dice per subset, label and phase")
     args = parser.parse_args()
     params = P.load()
     device = runtime.resolve_device(params.train.runtime.device)
@@ -48,7 +49,9 @@ def main():
     write_csv(args.dice, table)
     summary = {subset: S.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
     if args.metrics:
-        write_json(args.metrics, summary)
+        write_json(args.metrics, report.dice_headline(summary))
+    if args.full:
+        write_json(args.full, summary)
     print("infer: " + ", ".join(f"{s} LV Dice ED {m['dice_lv_ed']:.3f} ES {m['dice_lv_es']:.3f}" for s, m in summary.items()))
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 
-from echoef import dataset, framefile, params as P, runtime, training
+from echoef import dataset, framefile, machine, params as P, runtime, training
 from echoef.errors import StudyError
 from echoef.ingest import patient_path
 from echoef.io import read_json, write_json
@@ -95,6 +95,8 @@ def main():
                     {"members": summary, "train_patients": sets["train"], "val_patients": sets["val"]})
     # Who the model saw, beside it: the cross-validation checks read this.
     write_json(args.train_log, {"seed": config.seed, "processes": world, "device": device, "train_seconds": seconds,
+                                "precision": runtime.precision_name(config.runtime.precision, device),
+                                "environment": machine.environment(device),
                           "train_patients": sets["train"], "val_patients": sets["val"],
                           "members": [{**s, "history": m["history"]} for s, m in zip(summary, results)]})
     print(f"train: {seconds:.0f} s; " + "; ".join(f"seed {s['seed']} ({s['phases_per_input']} frame(s) per input) best epoch "
