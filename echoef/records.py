@@ -74,7 +74,7 @@ def results_table(results: Path) -> str:
     rows = ["| record | profile | test patients (failed) | LV Dice ED / ES | EF MAE after calibration [95% CI] | r [95% CI] "
             "| bias | MAE before | training | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in Path(results).iterdir() if (p / "record.json").is_file()):
-        record, ef = read_json(folder / "record.json"), read_json(folder / "metrics/ef.json")["test"]
+        record, ef = read_json(folder / "record.json"), read_json(folder / "metrics/ef.json")
         dice = read_json(folder / "metrics/segmentation.json").get("test", {})
         environment = record.get("environment") or {}
         where = environment.get("gpu") or (environment.get("cpu") or {}).get("model", "?")
