@@ -150,12 +150,18 @@ def record_command(args) -> int:
 
 
 def results_command(args) -> int:
-    """The Markdown table of the run records (README's results table)."""
+    """The run records as a Markdown table; with --readme / --page, README's results block and the
+    current-results page rewritten from them."""
     from . import records
 
     if not args.results.is_dir():
         raise UsageError(f"{args.results} is not a folder of run records")
-    print(records.results_table(args.results))
+    if args.readme:
+        args.readme.write_text(records.with_readme_block(args.readme.read_text(), args.results))
+    if args.page:
+        args.page.write_text(records.results_page(args.results))
+    if not (args.readme or args.page):
+        print(records.results_table(args.results))
     return batch.EXIT_OK
 
 
@@ -191,8 +197,10 @@ def parser() -> argparse.ArgumentParser:
     record.add_argument("--workspace", type=Path, default=Path("."), help="the repository that ran (default: here)")
     record.add_argument("--results", type=Path, default=Path("results"))
     record.add_argument("--command", default="dvc repro", help="the command that made the run, as the record will state it")
-    results = commands.add_parser("results", help="the Markdown table of the run records")
+    results = commands.add_parser("results", help="the Markdown table of the run records (or README and the results page from them)")
     results.add_argument("--results", type=Path, default=Path("results"))
+    results.add_argument("--readme", type=Path, help="rewrite this README's generated results block")
+    results.add_argument("--page", type=Path, help="rewrite this current-results page (docs/benchmarks.md)")
     return main_parser
 
 

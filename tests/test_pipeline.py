@@ -16,7 +16,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from echoef import params
+
+from conftest import ROOT, echoef_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -50,15 +52,15 @@ def stages_run(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
-def set_params(repo: Path, overrides: dict) -> None:
-    """Change params.yaml keys given as tuples of nested names."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+def set_params(repo: Path, overrides: dict, file: str = "params.yaml") -> None:
+    """Change keys given as tuples of nested names in params.yaml (or another YAML file)."""
+    params = yaml.safe_load((repo / file).read_text())
     for keys, value in overrides.items():
         node = params
         for key in keys[:-1]:
             node = node[key]
         node[keys[-1]] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / file).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +73,8 @@ def repo(tmp_path_factory):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    set_params(repo, TINY)
+    set_params(repo, TINY, "conf/config.yaml")  # what `dvc exp run` composes params.yaml from
+    params.compose(repo / "params.yaml", [], repo)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
@@ -246,3 +249,27 @@ def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
     assert len(state["state_dicts"]) == 2 and state["members"][1]["best_epoch"] == log["members"][1]["best_epoch"]
     curves = read(tmp_path, "curves/metrics.json")
     assert curves["step"] == 2 and {"val_dice_lv", "train_loss"} <= set(curves["member_1"])
+
+
+def test_a_run_record_and_the_report(repo, tmp_path):
+    from test_docs import remote_resources
+
+    from echoef import records
+
+    assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "dvc repro").returncode == 0
+    record = read(tmp_path / "tiny", "record.json")
+    assert record["profile"] == "synthetic" and record["train_precision"] == "float32" and record["environment"]["cpu"]["cores"]
+    assert {"train", "infer", "evaluate", "train_fold@0", "ef_fold@1", "cv"} <= set(record["stage_seconds"])
+    assert all(seconds > 0 for seconds in record["stage_seconds"].values())
+    for name in ("metrics/ef.json", "reports/ef_full.json", "params.yaml", "dvc.lock", "models/train_log.json"):
+        assert (tmp_path / "tiny" / name).read_bytes() == (repo / name).read_bytes()
+    patients = pd.read_csv(tmp_path / "tiny" / "patients.csv")
+    split = read(repo, "data/split.json")
+    assert list(patients.columns) == records.PATIENT_COLUMNS and len(patients) == sum(len(split[s]) for s in split if s != "source")
+    ef = read(repo, "metrics/ef.json")
+    row = records.results_table(tmp_path).splitlines()[2]
+    assert row.startswith("| tiny | synthetic | 3 (") and f"| {ef['mae']:.2f} [{ef['mae_low']:.2f}, {ef['mae_high']:.2f}] |" in row
+    # The report: one page with everything inside it; the Markdown beside it links the committed PNGs.
+    assert remote_resources(repo / "reports/report.html") == []
+    assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
+    assert "](../plots/ef_scatter.png)" in (repo / "reports/report.md").read_text()

@@ -1,0 +1,137 @@
+"""What README and the repository's own files say holds: every documented command is one that
+exists and parses (the cheap ones are run), params.yaml is the composition of conf/, the profiles
+are valid, DVC's metric view stays readable, the plot page needs no network, and README's results
+are the records' numbers."""
+
+import html.parser
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from echoef import cli, params, records
+
+from conftest import CAMUS_2019, ROOT, echoef_in_process
+
+README = (ROOT / "README.md").read_text()
+VENV_BIN = Path(sys.executable).parent
+
+
+def documented_commands() -> list[list[str]]:
+    """Every command line of README's indented code blocks (4 spaces), comments dropped."""
+    commands = []
+    for line in README.splitlines():
+        if line.startswith("    ") and not line.startswith("     ") and line.strip():
+            text = line.strip().split("  #")[0].strip()
+            if text.split()[0] in {"make", "echoef", "dvc", "source", "python"}:
+                commands.append(shlex.split(text))
+    return commands
+
+
+# Placeholders of README's examples and a cheap stand-in for each.
+PLACEHOLDERS = {"ROOT": str(CAMUS_2019), "PATIENT_DIR": str(CAMUS_2019 / "patient0001"), "PRED_DIR": str(CAMUS_2019),
+                "DIR": "/tmp/echoef-doc-out", "NAME": "study", "/path/to/CAMUS_public": str(CAMUS_2019)}
+
+
+def test_every_documented_command_exists_and_parses():
+    commands = documented_commands()
+    programs = {c[0] for c in commands}
+    assert {"make", "echoef", "dvc"} <= programs and len(commands) >= 15
+    targets = set(re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for command in commands:
+        words = [PLACEHOLDERS.get(w, w) for w in command]
+        if words[0] == "make":
+            assert set(words[1:]) <= targets, command
+        elif words[0] == "source":
+            assert words[1] == ".venv/bin/activate", command
+        elif words[0] == "echoef":
+            args = [w for w in words[1:] if w not in ("[", "]", "...") and not w.startswith("[") and not w.endswith("]")]
+            cli.parser().parse_args(args)  # SystemExit (a failed test) on a flag or choice that does not exist
+        elif words[0] == "dvc":
+            sub = [w for w in words[1:3] if not w.startswith("-")]
+            result = subprocess.run([str(VENV_BIN / "dvc"), *sub, "--help"], cwd=ROOT, capture_output=True, text=True)
+            assert result.returncode == 0, (command, result.stderr[-300:])
+            # Every parameter a documented `-S` sets exists: composed and validated as `dvc exp run` would.
+            overrides = [w.strip("'\"") for flag, w in zip(words, words[1:]) if flag == "-S"]
+            overrides = [o for o in overrides if "," not in o]  # a sweep is several runs of the same keys
+            if overrides:
+                out = Path("/tmp/echoef-doc-params.yaml")
+                params.compose(out, [o.replace("=/path/to/CAMUS_public", f"={CAMUS_2019}") for o in overrides], ROOT)
+                params.load(out)
+
+
+def test_the_cheap_documented_commands_run(tmp_path):
+    assert subprocess.run([str(VENV_BIN / "echoef"), "--help"], cwd=tmp_path, capture_output=True).returncode == 0
+    result = echoef_in_process("ef", CAMUS_2019, "--out", tmp_path / "ef.csv")
+    assert result.returncode == 0 and "5 patients: 5 ok" in result.stdout
+    assert "| record | profile |" in echoef_in_process("results").stdout or not (ROOT / "results").is_dir()
+
+
+def test_params_yaml_is_the_composition_of_conf(tmp_path):
+    params.compose(tmp_path / "params.yaml", [], ROOT)
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("profile", ["synthetic", "camus-cpu", "camus-gpu"])
+def test_each_profile_composes_into_valid_params(tmp_path, profile):
+    params.compose(tmp_path / "params.yaml", [f"profile={profile}"], ROOT)
+    loaded = params.load(tmp_path / "params.yaml")
+    assert loaded.profile == profile
+    assert (loaded.data.root == "data/phantom") == (profile == "synthetic")
+
+
+def test_dvc_metrics_show_stays_readable():
+    """At most 30 columns on the default run (DVC keeps scalars only: intervals as two of them)."""
+    result = subprocess.run([str(VENV_BIN / "dvc"), "metrics", "show", "--json"], cwd=ROOT, capture_output=True, text=True)
+    shown = json.loads(result.stdout)
+
+    def keys(node, prefix=""):
+        if isinstance(node, dict):
+            return {k for key, value in node.items() for k in keys(value, f"{prefix}{key}.")}
+        return {prefix.rstrip(".")}
+
+    columns = set().union(*(keys(data["data"]) for revision in shown.values() for data in revision["data"].values()))
+    assert len(columns) <= 30, sorted(columns)
+    assert {"mae", "mae_low", "mae_high", "r", "r_low", "r_high", "n_failed"} <= columns
+
+
+class Resources(html.parser.HTMLParser):
+    """Every resource a page loads: src and href of its tags (script bodies are not parsed as tags)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        self.found += [(tag, value) for name, value in attrs if name in ("src", "href") and value]
+
+
+def remote_resources(page: Path) -> list:
+    parser = Resources()
+    parser.feed(page.read_text())
+    remote = [(t, v) for t, v in parser.found if re.match(r"^(https?:)?//", v)]
+    missing = [(t, v) for t, v in parser.found if not re.match(r"^(https?:|//|data:|#)", v) and not (page.parent / v).exists()]
+    return remote + missing
+
+
+def test_dvc_plots_show_needs_no_network(tmp_path):
+    result = subprocess.run([str(VENV_BIN / "dvc"), "plots", "show", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = tmp_path / "index.html"
+    assert remote_resources(page) == [] and page.read_text().count("<script>") >= 3  # vega, vega-lite, vega-embed inside
+    assert "vega-embed" in page.read_text() and "https://cdn" not in page.read_text().split("<body>")[1]
+
+
+def test_readme_and_the_results_page_are_the_records_numbers():
+    assert records.with_readme_block(README, ROOT / "results") == README, "run: echoef results --readme README.md"
+    assert records.results_page(ROOT / "results") == (ROOT / "docs/benchmarks.md").read_text(), \
+        "run: echoef results --page docs/benchmarks.md"
+    # Outside the generated block and code, README states no EF agreement figure of its own.
+    prose = README.replace(README[README.index(records.BEGIN):README.index(records.END)], "")
+    prose = "\n".join(line for line in prose.splitlines() if not line.startswith("    "))
+    assert not re.findall(r"(MAE|Dice|\br) (of |= )?\d\.\d", prose)
