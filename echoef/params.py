@@ -48,10 +48,12 @@ def _pair_in_0_100(key, value):
 
 
 def _fold_seeds(key, value):
-    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in value.items())
-            and sorted(value) == [str(i) for i in range(len(value))]):
-        raise ParamsError(f"params.yaml: {key} = {value!r} must map quoted fold ids \"0\", \"1\", ... to integer seeds "
-                          "(DVC's foreach needs string keys), or be {} without cross-validation")
+    # Fold ids as numbers (what Hydra's `++cv.fold_seeds={0:0,1:1}` writes) or quoted; DVC's foreach
+    # names the fold stages by them either way (train_fold@0, ...).
+    if not (isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+            and sorted(str(k) for k in value) == sorted(str(i) for i in range(len(value)))):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must map fold ids 0, 1, ... to integer seeds "
+                          "(dvc exp run -S '++cv.fold_seeds={0:0,1:1}'), or be {} without cross-validation")
 
 
 def _phases(key, value):
@@ -221,9 +223,9 @@ class Params:
     def __post_init__(self):
         folds, seeds = self.split.folds, self.cv.fold_seeds
         if len(seeds) != (folds if folds > 1 else 0):
-            expected = "{" + ", ".join(f'"{i}": {i}' for i in range(folds)) + "}" if folds > 1 else "{}"
+            expected = "{" + ",".join(f"{i}:{i}" for i in range(folds)) + "}" if folds > 1 else "{}"
             raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
-                              f"use cv.fold_seeds: {expected}")
+                              f"use -S '++cv.fold_seeds={expected}'")
         if self.calibration.fit_set == "oof" and folds <= 1:
             raise ParamsError("params.yaml: calibration.fit_set = 'oof' needs cross-validation (split.folds > 1)")
 
