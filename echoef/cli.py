@@ -23,7 +23,7 @@ from .io import read_json, write_csv, write_json
 from .params import PRECISIONS, Infer, build
 
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
-PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames", "detail"]
+PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames", "cine", "detail"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:
@@ -72,30 +72,40 @@ def _folder_name(folder: Path) -> str:
     return folder.name
 
 
-def _studies(args) -> list[tuple[str, dict[tuple[str, str], Path] | StudyError]]:
-    """(name, image paths keyed (view, phase)) of each study asked for, or the StudyError that
-    study will be reported with."""
-    studies = []
-    for folder in args.inputs:
-        try:
-            if not folder.is_dir():
-                raise StudyError("missing_study", f"{folder} is not a folder")
-            paths = camus.image_paths(folder)
-            if not paths:
-                raise StudyError("missing_frame", f"{folder}: no patientXXXX_<view>_<phase> image file")
-            studies.append((folder.name, paths))
-        except StudyError as error:
-            studies.append((folder.name, error))
-    files = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
-                                         (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
-    if files:
-        studies.append((args.patient, files))
+def _studies(args) -> list:
+    """The studies asked for: patient folders, files named per view and phase or per view (a loop),
+    and the DICOM files of --dicom grouped by patient and study. Two studies of one name are refused
+    (both would write DIR/<name>/), the later one as a status."""
+    from .studies import StudyFiles, from_dicom_folder, from_folder, read_views
+
+    studies = [from_folder(folder) for folder in args.inputs]
+    phases = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
+                                          (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
+    loops = {view: path for view, path in (("2CH", args.a2c), ("4CH", args.a4c)) if path}
+    if phases or loops:
+        studies.append(StudyFiles(args.patient, phases=phases, loops=loops))
+    if args.dicom:
+        if not args.dicom.is_dir():
+            raise UsageError(f"--dicom {args.dicom} is not a folder")
+        studies += from_dicom_folder(args.dicom, read_views(args.views))
     seen = set()
-    for i, (name, _) in enumerate(studies):
-        if name in seen:  # both would write DIR/<name>/: the later one is refused, never overwrites
-            studies[i] = (name, StudyError("duplicate_study", f"another study given is also named {name}"))
-        seen.add(name)
+    for study in studies:
+        if study.name in seen:
+            study.problem = StudyError("duplicate_study", f"another study given is also named {study.name}")
+        seen.add(study.name)
     return studies
+
+
+def _phase_frames(values: list[str]) -> dict[str, tuple[int, int]]:
+    """--phase-frames 2CH:ED:ES values -> {view: (ED, ES)}."""
+    given = {}
+    for value in values or []:
+        view, _, rest = value.upper().partition(":")
+        ed, _, es = rest.partition(":")
+        if view not in camus.VIEWS or not ed.isdigit() or not es.isdigit():
+            raise UsageError(f"--phase-frames {value}: give VIEW:ED:ES, e.g. 2CH:0:14 (frame indices from 0)")
+        given[view] = (int(ed), int(es))
+    return given
 
 
 def _calibrator(path: Path) -> dict:
@@ -118,7 +128,8 @@ def predict_command(args) -> int:
 
     studies = _studies(args)
     if not studies:
-        raise UsageError("give patient folders, or image files with --2ch-ed/--2ch-es/--4ch-ed/--4ch-es")
+        raise UsageError("give patient folders, image files (--2ch-ed/--2ch-es/--4ch-ed/--4ch-es), loops (--2ch/--4ch) "
+                         "or a folder of DICOM files (--dicom)")
     if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
     out = batch.writable_folder(args.out)
@@ -127,13 +138,14 @@ def predict_command(args) -> int:
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
     size = state["model_config"]["input_size"]
 
-    def predict(study) -> dict:
-        name, paths = study
-        if isinstance(paths, StudyError):
-            raise paths
-        return predict_study(name, paths, models, size, calibrator, config, out, args.spacing_mm)
+    phase_frames = _phase_frames(args.phase_frames)
+    if bundle_note := state.get("warning"):
+        print(f"warning: {bundle_note}", file=sys.stderr)
 
-    table = pd.DataFrame(batch.each_study(studies, lambda s: s[0], predict, "predict"), columns=PREDICT_COLUMNS)
+    def predict(study) -> dict:
+        return predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames)
+
+    table = pd.DataFrame(batch.each_study(studies, lambda s: s.name, predict, "predict"), columns=PREDICT_COLUMNS)
     write_csv(out / "summary.csv", table)
     write_json(out / "summary.json", table.to_dict(orient="records"))
     print(f"predict: {batch.summary_line(table, 'studies')}; in {out}")
@@ -178,6 +190,13 @@ def parser() -> argparse.ArgumentParser:
     ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default: one per core)")
     predict = commands.add_parser("predict", help="segment new studies and estimate EF with the trained pipeline")
     predict.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders (2019 or 2023)")
+    for view in camus.VIEWS:
+        predict.add_argument(f"--{view.lower()}", dest=f"a{view[0]}c", type=Path,
+                             help=f"a {view} cine loop (multi-frame DICOM, or a NIfTI/MetaImage sequence): ED and ES found by LV area")
+    predict.add_argument("--phase-frames", action="append", metavar="VIEW:ED:ES",
+                         help="a loop's ED and ES frame indices instead of finding them, e.g. 2CH:0:14")
+    predict.add_argument("--dicom", type=Path, help="a folder of DICOM files: one study per patient and study UID")
+    predict.add_argument("--views", type=Path, help="CSV (file, view) naming the view of DICOM files whose names do not")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     for view, phase in camus.FRAME_KEYS:
         predict.add_argument(f"--{view.lower()}-{phase.lower()}", dest=f"a{view[0]}c_{phase.lower()}", type=Path,

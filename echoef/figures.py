@@ -93,3 +93,17 @@ def overlays(cases: list[dict], path) -> None:
                            origin="upper")
             ax.set_title(f"{case['title']} {key[0]} {key[1]}", fontsize=8)
     _save(fig, path)
+
+
+def area_curves(curves: dict[str, dict], path) -> None:
+    """LV area (cm²) over the frames of each view's loop, the chosen ED and ES frames marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for view, curve in curves.items():
+        areas = np.asarray(curve["areas"]) / 100
+        line, = ax.plot(areas, marker=".", label=view)
+        for phase, marker in (("ed", "^"), ("es", "v")):
+            ax.plot(curve[phase], areas[curve[phase]], marker, color=line.get_color(), markersize=10)
+            ax.annotate(phase.upper(), (curve[phase], areas[curve[phase]]), textcoords="offset points", xytext=(4, 4))
+    ax.set(xlabel="frame", ylabel="LV area (cm²)", title="LV area over the loop; ED largest, ES smallest in one cycle")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -25,6 +25,7 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are report
 HEADER_FORMATS = (".nii.gz", ".nii", ".mhd", ".mha")  # headers that carry the physical pixel size
 PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels only: the size must be given
 MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
+MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
 SPACING_RANGE_MM = (0.005, 10.0)
@@ -148,21 +149,58 @@ def _grey(array: np.ndarray, path: Path) -> np.ndarray:
     return colour[..., 0]
 
 
-def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
-    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header).
+@dataclass
+class Loop:
+    """A view as stored in one file: its frames (T, H, W) in canonical orientation (T = 1 for a
+    single frame), their (row, col) spacing in mm, the stored header (to write label maps over
+    them) and the time between frames in ms where the file states it."""
 
-    A trailing singleton slice is dropped. The header is checked before any pixel is read, so a
-    corrupt size cannot exhaust memory. ``spacing_mm`` (row, col) is the pixel size of files that
-    carry none (PNG, JPEG, TIFF, BMP, or a header that states none); without it they are refused
-    (``no_spacing``), as is anything else that would make a volume wrong without a warning. A
-    header's own pixel size is always used.
+    frames: np.ndarray
+    spacing_mm: tuple[float, float]
+    header: Header
+    frame_ms: float | None = None
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: named .dcm, or any file with the DICM preamble (exports often have no extension)."""
+    if file_format(path) == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def check_pixels(array: np.ndarray, spacing: tuple[float, float], name: str) -> None:
+    """StudyError unless the pixels are finite grey levels and the spacing a plausible pixel size."""
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise StudyError("bad_pixels", f"{name}: pixel type {array.dtype} is not a grey level")
+    if not np.isfinite(array).all() or (array.dtype.kind == "f" and np.abs(array).max() > np.finfo(np.float32).max):
+        raise StudyError("bad_pixels", f"{name}: pixels that are not finite single-precision numbers")
+    if not all(np.isfinite(spacing)) or not SPACING_RANGE_MM[0] <= min(spacing) <= max(spacing) <= SPACING_RANGE_MM[1]:
+        raise StudyError("bad_spacing", f"{name}: spacing {spacing} mm is outside {SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm")
+
+
+def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """Read one view's file: a 2D frame, or a cine loop (a 3D NIfTI or MetaImage whose third axis is
+    time, as the CAMUS ``_sequence`` files; a multi-frame DICOM).
+
+    The header is checked before any pixel is read, so a corrupt size cannot exhaust memory.
+    ``spacing_mm`` (row, col) is the pixel size of files that carry none (PNG, JPEG, TIFF, BMP, or a
+    header that states none); without it they are refused (``no_spacing``), as is anything else
+    that would make a volume wrong without a warning. A header's own pixel size is always used.
     """
     path = Path(path)
     if not path.is_file():
         raise StudyError("missing_frame", f"{path.name} not found")
+    if is_dicom(path):
+        from .dicom import read_dicom  # pydicom only where DICOM is read
+
+        return read_dicom(path, spacing_mm)
     fmt = file_format(path)
     if fmt not in HEADER_FORMATS + PLAIN_FORMATS:
-        raise StudyError("unsupported_format", f"{path.name}: read are {', '.join(HEADER_FORMATS + PLAIN_FORMATS)}")
+        raise StudyError("unsupported_format", f"{path.name}: read are DICOM, {', '.join(HEADER_FORMATS + PLAIN_FORMATS)}")
     if fmt in PLAIN_FORMATS and spacing_mm is None:
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
     if fmt == ".nii.gz":
@@ -172,8 +210,9 @@ def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tup
     try:
         reader.ReadImageInformation()
         size = reader.GetSize()
-        if len(size) not in (2, 3) or (len(size) == 3 and size[2] != 1) or min(size[:2]) < 2 or np.prod(size) > MAX_PIXELS:
-            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image, the header says size {size}")
+        if len(size) not in (2, 3) or min(size) < 1 or min(size[:2]) < 2 or np.prod(size[:2]) > MAX_PIXELS \
+                or np.prod(size) > MAX_LOOP_PIXELS:
+            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}")
         header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
                         tuple(map(float, reader.GetDirection())))
         orientation = header.orientation()
@@ -187,19 +226,22 @@ def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tup
         # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.
         reason = "bad_spacing" if "spacing" in message.lower() else "unreadable_file"
         raise StudyError(reason, f"{path.name}: {message}") from error
-    if len(size) == 3:
-        array = array[0]
-    if array.ndim == 3:
-        array = _grey(array, path)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise StudyError("bad_pixels", f"{path.name}: pixel type {array.dtype} is not a grey level")
-    if not np.isfinite(array).all() or (array.dtype.kind == "f" and np.abs(array).max() > np.finfo(np.float32).max):
-        raise StudyError("bad_pixels", f"{path.name}: pixels that are not finite single-precision numbers")
-    spacing = header.spacing_mm
-    if not all(np.isfinite(spacing)) or not SPACING_RANGE_MM[0] <= min(spacing) <= max(spacing) <= SPACING_RANGE_MM[1]:
-        raise StudyError("bad_spacing", f"{path.name}: spacing {spacing} mm is outside "
-                                        f"{SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm")
-    return orientation.to_canonical(array), spacing, header
+    if len(size) == 2:
+        array = array[None]  # (T, H, W[, channels]) whatever the file
+    if array.ndim == 4:
+        array = np.stack([_grey(frame, path) for frame in array])
+    check_pixels(array, header.spacing_mm, path.name)
+    frames = np.stack([orientation.to_canonical(frame) for frame in array])
+    return Loop(frames, header.spacing_mm, header, None)
+
+
+def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
+    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header);
+    as ``read_loop``, and StudyError('bad_geometry') for a loop of several frames."""
+    loop = read_loop(path, spacing_mm)
+    if len(loop.frames) != 1:
+        raise StudyError("bad_geometry", f"{Path(path).name}: expected a 2D image, found a loop of {len(loop.frames)} frames")
+    return loop.frames[0], loop.spacing_mm, loop.header
 
 
 def label_path_for(image_path: Path, out_dir: Path, stem: str) -> Path:

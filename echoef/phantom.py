@@ -99,8 +99,9 @@ def render_frame(anatomy: dict, view: str, phase: str, rng: np.random.Generator)
 
 
 def _write_image(array: np.ndarray, spacing_mm: tuple[float, float], path: Path) -> None:
+    """An image (H, W), or a loop (T, H, W) whose frames lie on the third axis at 1 per unit."""
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((spacing_mm[1], spacing_mm[0]))  # SimpleITK spacing is (x=col, y=row)
+    image.SetSpacing((spacing_mm[1], spacing_mm[0], 1.0)[: array.ndim])  # SimpleITK spacing is (x=col, y=row[, t])
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
@@ -125,3 +126,39 @@ def write_cohort(root: str | Path, n_patients: int, seed: int) -> list[str]:
         (folder / "Info_4CH.cfg").write_text(common)
         names.append(name)
     return names
+
+
+def anatomy_at(anatomy: dict, weight: float) -> dict:
+    """The anatomy between end-systole (``weight`` 0) and end-diastole (1), as its ED entries."""
+    def between(ed, es):
+        return es + weight * (ed - es)
+
+    length = anatomy["length_mm"]
+    radius = anatomy["radius_mm"]
+    return {**anatomy, "length_mm": {"ED": between(length["ED"], length["ES"])},
+            "radius_mm": {(view, "ED"): between(radius[(view, "ED")], radius[(view, "ES")]) for view in ("2CH", "4CH")}}
+
+
+def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20) -> dict[str, dict]:
+    """Beside each patient of ``write_cohort(root, n_patients, seed)``, one beating cine loop per view
+    (``patientXXXX_<view>_sequence.nii.gz``, frames on the third axis): the LV of that patient
+    contracting sinusoidally from ED to ES and back over ``n_frames``, from an ED frame drawn per
+    view, so ES is ``n_frames / 2`` later (modulo the loop). Returns per patient and view the true ED
+    and ES frame indices, and the patient's reference EF (that of its ED and ES anatomy)."""
+    truth = {}
+    for index in range(n_patients):
+        anatomy = draw_patient(np.random.default_rng([seed, index]))  # the cohort's patient, drawn again
+        rng = np.random.default_rng([seed, index, 1])  # loops draw their own speckle: the cohort's files stay as they are
+        name = f"patient{index + 1:04d}"
+        folder = Path(root) / "database_nifti" / name
+        truth[name] = {"ef": reference_ef(anatomy)}
+        for view in ("2CH", "4CH"):
+            ed = int(rng.integers(0, n_frames))
+            frames = []
+            for t in range(n_frames):
+                weight = (1 + np.cos(2 * np.pi * (t - ed) / n_frames)) / 2
+                image, _, spacing = render_frame(anatomy_at(anatomy, weight), view, "ED", rng)
+                frames.append(image)
+            _write_image(np.stack(frames), spacing, folder / f"{name}_{view}_sequence.nii.gz")
+            truth[name][view] = {"ed": ed, "es": (ed + n_frames // 2) % n_frames}
+    return truth

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import calibration, camus, figures, imagefile, segmentation
+from . import calibration, camus, cine, figures, imagefile, segmentation
 from .ef import is_measured, patient_ef
 from .errors import StudyError
 from .params import Infer
+from .studies import StudyFiles
 
 
 def ef_method(views: set[str]) -> str | None:
@@ -23,22 +24,54 @@ def ef_method(views: set[str]) -> str | None:
     return None
 
 
-def read_frames(paths: dict[tuple[str, str], Path], spacing_mm: tuple[float, float] | None
-                ) -> tuple[dict[tuple[str, str], camus.Frame], list[str]]:
-    """The readable frames of a study and a note for each unreadable one; StudyError (the first
-    file's) when none can be read."""
-    frames, notes, errors = {}, [], []
-    for (view, phase), path in paths.items():
+def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int, config: Infer,
+                spacing_mm: tuple[float, float] | None, given: tuple[int, int] | None) -> tuple[dict, dict]:
+    """A view's ED and ES frames from its cine loop: the frame indices ``given``, else chosen by LV
+    area (``cine``). Returns ({(view, phase): Frame}, {areas, ed, es, frames})."""
+    loop = imagefile.read_loop(path, spacing_mm)
+    count = len(loop.frames)
+    if count < cine.MIN_FRAMES:
+        raise StudyError("short_loop", f"{view}: {path.name} holds {count} frame(s); give its ED and ES frames as files")
+    try:
+        areas = cine.lv_areas_mm2(models, loop.frames, loop.spacing_mm, size, config.batch_size, config.precision)
+    except ValueError as error:  # an ensemble of paired members only: the frames must be given
+        if given is None:
+            raise StudyError("needs_phase_frames", f"{view}: this model has no one-frame member to find ED and ES "
+                                                   "with; give them with --phase-frames") from error
+        areas = np.full(count, np.nan)
+    ed, es = given if given is not None else cine.end_diastole_systole(areas)
+    if not (0 <= ed < count and 0 <= es < count and ed != es):
+        raise StudyError("bad_phase_frames", f"{view}: ED {ed} and ES {es} must be two frames of 0-{count - 1}")
+    frames = {(view, phase): camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header)
+              for phase, index in (("ED", ed), ("ES", es))}
+    return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms}
+
+
+def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, config: Infer,
+                spacing_mm: tuple[float, float] | None, phase_frames: dict[str, tuple[int, int]]
+                ) -> tuple[dict[tuple[str, str], camus.Frame], dict[tuple[str, str], Path], dict[str, dict], list[str]]:
+    """The readable frames of a study (its single frames, and ED and ES of its loops), the file each
+    came from, each loop's area curve, and a note for each file that could not be used; StudyError
+    (the first one's) when nothing can be read."""
+    frames, sources, curves, notes, errors = {}, {}, {}, list(study.notes), []
+    for (view, phase), path in study.phases.items():
         try:
             image, spacing, header = imagefile.read_image(path, spacing_mm)
+            frames[(view, phase)], sources[(view, phase)] = camus.Frame(image.astype(np.float32), None, spacing, header), path
         except StudyError as error:
             errors.append(error)
             notes.append(f"{view}_{phase} {error}")
-            continue
-        frames[(view, phase)] = camus.Frame(image.astype(np.float32), None, spacing, header)
+    for view, path in study.loops.items():
+        try:
+            chosen, curves[view] = loop_phases(view, path, models, size, config, spacing_mm, phase_frames.get(view))
+            frames.update(chosen)
+            sources.update(dict.fromkeys(chosen, path))
+        except StudyError as error:
+            errors.append(error)
+            notes.append(f"{view} loop {error}")
     if not frames:
-        raise errors[0]
-    return frames, notes
+        raise errors[0] if errors else StudyError("missing_frame", "; ".join(notes) or "no frame given")
+    return frames, sources, curves, notes
 
 
 def calibrated_ef(row: dict, calibrator: dict) -> float:
@@ -48,21 +81,29 @@ def calibrated_ef(row: dict, calibrator: dict) -> float:
     return float(calibration.apply(calibrator, np.array([row["ef"]]))[0])
 
 
-def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list[torch.nn.Module], size: int,
-                  calibrator: dict, infer_config: Infer, out_dir: Path, spacing_mm: tuple[float, float] | None = None) -> dict:
-    """Segment the frames of one study, write its label maps beside an overlay PNG, return its EF row.
+def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, calibrator: dict, infer_config: Infer,
+                  out_dir: Path, spacing_mm: tuple[float, float] | None = None,
+                  phase_frames: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Segment the ED and ES frames of one study (from a view's loop: the frames chosen by LV area,
+    or ``phase_frames[view]``), write its label maps beside an overlay PNG (and the area curves of
+    its loops), return its EF row.
 
     Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>`` with the
     geometry of their input image (NIfTI for inputs without a header), so ``echoef ef ... --labels
-    out_dir`` reads them back. A frame that cannot be read is left out and named in ``detail``; EF
+    out_dir`` reads them back. A file that cannot be used is left out and named in ``detail``; EF
     then comes from the complete views that remain.
     """
-    frames, notes = read_frames(paths, spacing_mm)
+    if study.problem:
+        raise study.problem
+    patient = study.name
+    frames, sources, curves, notes = read_frames(study, models, size, infer_config, spacing_mm, phase_frames or {})
     labels = segmentation.predict_frames(models, frames, size, infer_config.batch_size, infer_config.tta,
                                          infer_config.precision)
     for (view, phase), frame in frames.items():
-        path = imagefile.label_path_for(paths[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
+        path = imagefile.label_path_for(sources[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
         imagefile.write_label(labels[(view, phase)], frame.header, path)
+    if curves:
+        figures.area_curves(curves, out_dir / patient / f"{patient}_lv_area.png")
     complete = {v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)}
     method = ef_method(complete)
     if method is None:
@@ -73,6 +114,7 @@ def predict_study(patient: str, paths: dict[tuple[str, str], Path], models: list
             row["status"] = row["status"].replace("ok", "ok_single_plane", 1)
     row["ef_calibrated"] = calibrated_ef(row, calibrator)
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
+    row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
     row["detail"] = "; ".join(notes)
     title = f"{patient} EF {row['ef']:.0f}" if is_measured(row["status"]) else f"{patient} {row['status']}"
     figures.overlays([{"title": title, "frames": {k: (f.image, None, labels[k], f.spacing_mm) for k, f in frames.items()}}],

@@ -89,3 +89,79 @@ def tiny_model(tmp_path_factory):
     calibrator = calibration.fit([30.0, 50, 70], [32.0, 51, 69], "linear", (5, 95), "val")
     write_json(out / "calibrator.json", {**calibrator, "ef_method": "simpson_biplane"})
     return out
+
+
+def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=None, patient="P001", study_uid="1.2.826.0.1.1",
+                rgb=False, frame_ms=None) -> Path:
+    """An ultrasound DICOM file of one frame (H, W) or a loop (T, H, W) of 8-bit pixels, its pixel size
+    in an ultrasound region (cm, as scanners write it) and/or in PixelSpacing, or in neither."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(frames, dtype=np.uint8)
+    count = pixels.shape[0] if pixels.ndim == 3 else 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if count > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = patient, study_uid, generate_uid(), "US"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if rgb:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    if count > 1:
+        ds.NumberOfFrames = count
+        if frame_ms:
+            ds.FrameTime = frame_ms
+    if region_spacing_mm is not None:
+        region = Dataset()
+        region.RegionSpatialFormat, region.RegionDataType = 1, 1
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = int(ds.Columns) - 1, int(ds.Rows) - 1
+        region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 3, 3
+        region.PhysicalDeltaX, region.PhysicalDeltaY = region_spacing_mm[1] / 10, region_spacing_mm[0] / 10
+        ds.SequenceOfUltrasoundRegions = [region]
+    if pixel_spacing_mm is not None:
+        ds.PixelSpacing = [pixel_spacing_mm[0], pixel_spacing_mm[1]]
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+TINY = train_config({
+    "seed": 0,
+    "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
+                "input_size": 64, "phases_per_input": 1, "members": 2},
+    "optimisation": {"epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0, "ce_weight": 1.0,
+                     "ema_decay": 0.9},
+    "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
+    "runtime": {"device": "cpu", "threads": 0, "processes": 1, "parallel_members": 1, "precision": "fp32"}})
+SIZE = TINY.network.input_size
+
+
+@pytest.fixture(scope="session")
+def trained(phantom_root, tmp_path_factory):
+    """A two-member U-Net ensemble trained briefly on 10 synthetic patients, and a linear calibrator file."""
+    import json
+
+    import numpy as np
+
+    from echoef import calibration, camus, dataset, network as N, training as T
+
+    folders = camus.find_patients(phantom_root)
+    frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
+    images, labels, _ = dataset.grid_tensors(frames, SIZE)
+    members = T.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
+    out = tmp_path_factory.mktemp("model")
+    N.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY.network, {})
+    calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
+    (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
+    return out

@@ -12,34 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from echoef import calibration, camus, dataset, ef as EF, geometry, network as N, segmentation as S, training as T
+from echoef import calibration, camus, dataset, ef as EF, geometry, network as N, segmentation as S
 from echoef.errors import CheckpointError, StudyError
 
-from conftest import CAMUS, CAMUS_2019, echoef_in_process, needs_shared, stored_with_direction, train_config
-
-TINY = train_config({
-    "seed": 0,
-    "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
-                "input_size": 64, "phases_per_input": 1, "members": 2},
-    "optimisation": {"epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0, "ce_weight": 1.0,
-                     "ema_decay": 0.9},
-    "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
-    "runtime": {"device": "cpu", "threads": 0, "processes": 1, "parallel_members": 1, "precision": "fp32"}})
-SIZE = TINY.network.input_size
-
-
-@pytest.fixture(scope="session")
-def trained(phantom_root, tmp_path_factory):
-    """A two-member U-Net ensemble trained briefly on 10 synthetic patients, and a linear calibrator file."""
-    folders = camus.find_patients(phantom_root)
-    frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
-    images, labels, _ = dataset.grid_tensors(frames, SIZE)
-    members = T.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
-    out = tmp_path_factory.mktemp("model")
-    N.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY.network, {})
-    calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
-    (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
-    return out
+from conftest import CAMUS, CAMUS_2019, SIZE, TINY, echoef_in_process, needs_shared, stored_with_direction
 
 
 def predict(trained, *args):

@@ -1,0 +1,146 @@
+"""The ways into `predict` beyond CAMUS files: DICOM (single and multi-frame, pixel size from the
+ultrasound region or PixelSpacing, colour, grouping by study, views from names or a table) and cine
+loops with ED and ES found by LV area."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from echoef import camus, cine, imagefile, phantom
+
+from conftest import CAMUS, echoef_in_process, needs_shared, write_dicom
+
+
+def predict(trained, *args):
+    return echoef_in_process("predict", *args, "--model", trained / "segmenter.pt", "--calibrator", trained / "calibrator.json")
+
+
+def as_dicom_folder(folder, out, region=True, rgb=False):
+    """The four frames of a CAMUS patient folder as single-frame DICOM files named by view and phase."""
+    for view, phase in camus.FRAME_KEYS:
+        image, spacing_mm, _ = imagefile.read_image(camus.frame_path(folder, view, phase, camus.detect_layout(folder)))
+        write_dicom(out / f"{folder.name}_{view}_{phase}.dcm", image, region_spacing_mm=spacing_mm if region else None,
+                    patient=folder.name, rgb=rgb)
+    return out
+
+
+def labels_of(out, patient):
+    return {key: camus.read_label(next((out / patient).glob(f"*_{key[0]}_{key[1]}_gt.*")))[0] for key in camus.FRAME_KEYS}
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_dicom_frames_give_the_masks_and_ef_of_the_nifti_ones(trained, phantom_root, tmp_path, rgb):
+    folder = camus.find_patients(phantom_root)[10]
+    as_dicom_folder(folder, tmp_path / "dicom", rgb=rgb)
+    assert predict(trained, folder, "--out", tmp_path / "nifti").returncode == 0
+    result = predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "from_dicom")
+    assert result.returncode == 0, result.stderr
+    nifti, dicom = (pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("nifti", "from_dicom"))
+    assert dicom["patient"].startswith(folder.name) and dicom["status"] == nifti["status"] == "ok"
+    assert dicom["ef"] == nifti["ef"] and dicom["edv_ml"] == nifti["edv_ml"]
+    a, b = labels_of(tmp_path / "nifti", folder.name), labels_of(tmp_path / "from_dicom", dicom["patient"])
+    assert all(np.array_equal(a[key], b[key]) for key in camus.FRAME_KEYS)
+
+
+@needs_shared
+def test_a_real_patient_as_dicom_gives_the_same_ef(trained, tmp_path):
+    folder = CAMUS / "database_nifti" / "patient0002"  # anisotropic 2CH grid, 0.308 mm 4CH
+    as_dicom_folder(folder, tmp_path / "dicom")
+    nifti = predict(trained, folder, "--out", tmp_path / "nifti")
+    dicom = predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "from_dicom")
+    rows = [pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("nifti", "from_dicom")]
+    assert nifti.returncode == dicom.returncode and rows[0]["status"] == rows[1]["status"]
+    assert rows[0]["edv_ml"] == rows[1]["edv_ml"] and rows[0]["esv_ml"] == rows[1]["esv_ml"]
+    assert math.isclose(rows[0]["ef"], rows[1]["ef"], abs_tol=0.5) or (math.isnan(rows[0]["ef"]) and math.isnan(rows[1]["ef"]))
+
+
+def test_pixel_size_only_from_the_file_or_the_user(trained, phantom_root, tmp_path):
+    folder = camus.find_patients(phantom_root)[10]
+    as_dicom_folder(folder, tmp_path / "dicom", region=False)
+    result = predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "none")
+    row = pd.read_csv(tmp_path / "none" / "summary.csv").iloc[0]
+    assert result.returncode == 1 and row["status"] == "no_spacing" and "give --spacing-mm" in row["detail"]
+    frame = imagefile.read_image(folder / f"{folder.name}_2CH_ED.nii.gz")[0]
+    write_dicom(tmp_path / "ps.dcm", frame, pixel_spacing_mm=(0.85, 0.95))
+    write_dicom(tmp_path / "both.dcm", frame, region_spacing_mm=(0.5, 0.6), pixel_spacing_mm=(0.85, 0.95))
+    assert imagefile.read_loop(tmp_path / "ps.dcm").spacing_mm == pytest.approx((0.85, 0.95))
+    assert imagefile.read_loop(tmp_path / "both.dcm").spacing_mm == pytest.approx((0.5, 0.6))  # the region wins
+
+
+def test_views_from_names_or_a_table_and_studies_by_uid(trained, phantom_root, tmp_path):
+    folders = camus.find_patients(phantom_root)[10:12]
+    for index, folder in enumerate(folders):
+        as_dicom_folder(folder, tmp_path / "dicom" / f"series{index}")
+    anonymous = tmp_path / "dicom" / "series0" / f"{folders[0].name}_4CH_ED.dcm"
+    anonymous.rename(anonymous.with_name("IM_0007_ED.dcm"))
+    result = predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("patient")
+    assert len(table) == 2  # one study per patient and study UID
+    first = table.loc[[p for p in table.index if p.startswith(folders[0].name)][0]]
+    assert first["status"] == "ok_single_plane" and "IM_0007_ED.dcm: view unknown" in first["detail"]
+    (tmp_path / "views.csv").write_text("file,view\nIM_0007_ED.dcm,4CH\n")
+    predict(trained, "--dicom", tmp_path / "dicom", "--views", tmp_path / "views.csv", "--out", tmp_path / "mapped")
+    assert (pd.read_csv(tmp_path / "mapped" / "summary.csv")["status"] == "ok").all() and result.returncode == 0
+
+
+@pytest.mark.parametrize("ed,period,frames", [(5, 20, 20), (0, 20, 11), (10, 20, 11), (3, 14, 40), (19, 20, 20)])
+def test_end_diastole_and_systole_of_an_area_curve(ed, period, frames):
+    # A beating area curve with ED at `ed`, ES half a period later (or before, when the loop stops
+    # first), with noise: ED is the largest area, ES the smallest of that cycle.
+    t = np.arange(frames)
+    areas = 1500 + 700 * (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2 + np.random.default_rng(ed).normal(0, 15, frames)
+    found_ed, found_es = cine.end_diastole_systole(areas)
+    shift = (found_ed - ed) % period
+    assert min(shift, period - shift) <= 1  # an ED of one of the loop's cycles
+    expected_es = found_ed + period // 2 if found_ed + period // 2 < frames else found_ed - period // 2
+    assert abs(found_es - expected_es) <= 1
+
+
+@pytest.fixture(scope="module")
+def loops(tmp_path_factory):
+    """The conftest cohort again (same seed: the same patients), each beating in a loop per view."""
+    root = tmp_path_factory.mktemp("loops")
+    phantom.write_cohort(root, 12, seed=3)
+    return root, phantom.write_loops(root, 12, seed=3)
+
+
+def test_a_cine_loop_is_read_at_its_ed_and_es(trained, loops, tmp_path):
+    root, truths = loops
+    folder = camus.find_patients(root)[11]  # not one the model was trained on
+    truth = truths[folder.name]
+    args = [f"--{v.lower()}" if i == 0 else folder / f"{folder.name}_{v}_sequence.nii.gz" for v in camus.VIEWS for i in (0, 1)]
+    result = predict(trained, *args, "--patient", "loop", "--out", tmp_path / "cine")
+    assert result.returncode == 0, result.stderr
+    row = pd.read_csv(tmp_path / "cine" / "summary.csv").iloc[0]
+    chosen = {v: tuple(int(x) for x in part.split(" ED ")[1].split(" of ")[0].split(" ES ")) for v, part in
+              (p.split(" ", 1) for p in row["cine"].split("; "))}
+    for view in camus.VIEWS:
+        ed, es = chosen[view]
+        n = 20
+        assert min(abs(ed - truth[view]["ed"]), n - abs(ed - truth[view]["ed"])) <= 1, (view, chosen, truth)
+        assert min(abs(es - truth[view]["es"]), n - abs(es - truth[view]["es"])) <= 1, (view, chosen, truth)
+    assert abs(row["ef"] - truth["ef"]) <= 8 and (tmp_path / "cine" / "loop" / "loop_lv_area.png").stat().st_size > 5000
+    # The true frames given by hand: the EF the model gives for the true ED and ES.
+    given = [a for v in camus.VIEWS for a in ("--phase-frames", f"{v}:{truth[v]['ed']}:{truth[v]['es']}")]
+    predict(trained, *args, *given, "--patient", "loop", "--out", tmp_path / "given")
+    exact = pd.read_csv(tmp_path / "given" / "summary.csv").iloc[0]
+    assert exact["cine"] == "; ".join(f"{v} ED {truth[v]['ed']} ES {truth[v]['es']} of 20" for v in camus.VIEWS)
+    assert abs(row["ef"] - exact["ef"]) <= 3
+
+
+def test_a_multiframe_dicom_is_the_same_loop(trained, loops, tmp_path):
+    folder = camus.find_patients(loops[0])[11]
+    for view in camus.VIEWS:
+        loop = imagefile.read_loop(folder / f"{folder.name}_{view}_sequence.nii.gz")
+        write_dicom(tmp_path / "dicom" / f"{folder.name}_{view}.dcm", loop.frames, region_spacing_mm=loop.spacing_mm, frame_ms=20)
+        assert imagefile.read_loop(tmp_path / "dicom" / f"{folder.name}_{view}.dcm").frame_ms == 20
+    args = [f"--{v.lower()}" if i == 0 else folder / f"{folder.name}_{v}_sequence.nii.gz" for v in camus.VIEWS for i in (0, 1)]
+    predict(trained, *args, "--patient", "loop", "--out", tmp_path / "nifti")
+    predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "dicom_out")
+    a, b = (pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("nifti", "dicom_out"))
+    assert a["cine"] == b["cine"] and a["ef"] == b["ef"]
+    assert sitk.ReadImage(str(next((tmp_path / "dicom_out").glob("*/*_2CH_ED_gt.nii.gz")))).GetSpacing()[:2] == \
+        pytest.approx(imagefile.read_loop(tmp_path / "dicom" / f"{folder.name}_2CH.dcm").header.spacing[:2])
