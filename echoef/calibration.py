@@ -63,3 +63,22 @@ def cross_fit(ef_pred: np.ndarray, ef_ref: np.ndarray, folds: np.ndarray, method
         calibrated[folds == fold] = apply(calibrator, ef_pred[folds == fold])
         calibrators.append(calibrator)
     return calibrated, calibrators
+
+
+def conformal_half_width(calibrated: np.ndarray, reference: np.ndarray, level: float) -> dict:
+    """Split-conformal prediction interval for calibrated EF: the half-width q such that a new
+    patient's reference EF lies within calibrated EF ± q with probability at least ``level``, from
+    patients the calibrator was not checked against (the ceil((n + 1) level)-th smallest absolute
+    residual of n; infinite when n is too small for that level)."""
+    residuals = np.sort(np.abs(np.asarray(calibrated, float) - np.asarray(reference, float)))
+    residuals = residuals[np.isfinite(residuals)]
+    rank = int(np.ceil((len(residuals) + 1) * level))
+    half_width = float(residuals[rank - 1]) if 1 <= rank <= len(residuals) else float("inf")
+    return {"level": level, "half_width": half_width, "n": int(len(residuals))}
+
+
+def interval(calibrator: dict, ef_calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of each calibrated EF's prediction interval, within 0-100 (NaN without one)."""
+    ef_calibrated = np.asarray(ef_calibrated, float)
+    half = calibrator.get("interval", {}).get("half_width", np.nan)
+    return np.clip(ef_calibrated - half, 0, 100), np.clip(ef_calibrated + half, 0, 100)

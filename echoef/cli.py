@@ -22,8 +22,10 @@ from .errors import CheckpointError, DeviceError, ParamsError, StudyError, Usage
 from .io import read_json, write_csv, write_json
 from .params import PRECISIONS, Infer, build
 
+DEFAULT_CALIBRATOR = Path("models/calibrator.json")
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
-PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "status", "frames", "cine", "detail"]
+PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
+                   "frames", "cine", "detail"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:
@@ -134,13 +136,15 @@ def predict_command(args) -> int:
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
     out = batch.writable_folder(args.out)
     models, state = load_checkpoint(args.model, resolve_device(args.device))
-    calibrator = _calibrator(args.calibrator)
+    bundled = args.model / "calibrator.json"
+    calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
     size = state["model_config"]["input_size"]
 
     phase_frames = _phase_frames(args.phase_frames)
-    if bundle_note := state.get("warning"):
-        print(f"warning: {bundle_note}", file=sys.stderr)
+    if state.get("trained_on", {}).get("synthetic"):
+        print(f"warning: {args.model} was trained on the synthetic cohort only: its EF on real studies means nothing",
+              file=sys.stderr)
 
     def predict(study) -> dict:
         return predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames)
@@ -152,11 +156,22 @@ def predict_command(args) -> int:
     return batch.exit_status(table)
 
 
+def export_command(args) -> int:
+    """A portable bundle of the workspace's trained run."""
+    from .bundle import export
+
+    out = batch.writable_folder(args.out)
+    export(out, args.model, args.calibrator or DEFAULT_CALIBRATOR, args.train_log, args.params, args.metrics, args.full)
+    print(f"export: bundle in {out} (weights.safetensors, model.json, calibrator.json, MODEL_CARD.md); "
+          f"use it with: echoef predict ... --model {out}")
+    return batch.EXIT_OK
+
+
 def record_command(args) -> int:
     """A run record of the workspace's finished run under RESULTS/NAME."""
     from . import records
 
-    out = records.make(args.name, args.workspace, args.results, args.command)
+    out = records.make(args.name, args.workspace, args.results, args.run_command)
     print(f"record: {out}")
     return batch.EXIT_OK
 
@@ -204,18 +219,27 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--patient", default="study", help="name for the study given as files")
     predict.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"),
                          help="pixel size of image files that carry none (PNG, JPEG, TIFF, BMP); headers keep their own")
-    predict.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
-    predict.add_argument("--calibrator", type=Path, default=Path("models/calibrator.json"))
+    predict.add_argument("--model", type=Path, default=Path("models/segmenter.pt"), help="a model file, or a bundle folder of echoef export")
+    predict.add_argument("--calibrator", type=Path, help=f"default: the bundle's with --model DIR, else {DEFAULT_CALIBRATOR}")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
                          help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
+    export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
+    export.add_argument("--calibrator", type=Path)
+    export.add_argument("--train-log", type=Path, default=Path("models/train_log.json"))
+    export.add_argument("--params", type=Path, default=Path("params.yaml"))
+    export.add_argument("--metrics", type=Path, default=Path("metrics/ef.json"))
+    export.add_argument("--full", type=Path, default=Path("reports/ef_full.json"))
     record = commands.add_parser("record", help="keep a finished run's numbers as a record under results/NAME")
     record.add_argument("name")
     record.add_argument("--workspace", type=Path, default=Path("."), help="the repository that ran (default: here)")
     record.add_argument("--results", type=Path, default=Path("results"))
-    record.add_argument("--command", default="dvc repro", help="the command that made the run, as the record will state it")
+    record.add_argument("--command", dest="run_command", default="dvc repro",
+                        help="the command that made the run, as the record will state it")
     results = commands.add_parser("results", help="the Markdown table of the run records (or README and the results page from them)")
     results.add_argument("--results", type=Path, default=Path("results"))
     results.add_argument("--readme", type=Path, help="rewrite this README's generated results block")
@@ -223,7 +247,8 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-COMMANDS = {"ef": ef_command, "predict": predict_command, "record": record_command, "results": results_command}
+COMMANDS = {"ef": ef_command, "predict": predict_command, "export": export_command, "record": record_command,
+            "results": results_command}
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,37 @@ def implausibility(edv_ml: float, esv_ml: float) -> str | None:
     return None
 
 
+def needed_frames(method: str) -> list[tuple[str, str]]:
+    """The (view, phase) frames ``method`` measures."""
+    views = {"simpson_single_plane_2ch": ("2CH",), "simpson_single_plane_4ch": ("4CH",)}.get(method, camus.VIEWS)
+    return [(view, phase) for view in views for phase in camus.PHASES]
+
+
+def geometries(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]],
+               keys: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], simpson.LVGeometry], str | None]:
+    """The LV geometry of each frame of ``keys`` (label map, spacing), or the status of the first
+    that cannot be measured ('<problem>:<view>_<phase>')."""
+    found = {}
+    for view, phase in keys:
+        label, spacing_mm = frames[(view, phase)]
+        try:
+            found[(view, phase)] = simpson.lv_geometry(label == Label.LV, spacing_mm)
+        except simpson.LVGeometryError as error:
+            return found, f"{error.status}:{view}_{phase}"
+    return found, None
+
+
+def ef_of(found: dict[tuple[str, str], simpson.LVGeometry], method: str) -> dict:
+    """{method, edv_ml, esv_ml, ef, status} from measured geometries (see ``patient_ef``)."""
+    result = simpson.volumes(found, method)
+    touching = [f"{view}_{phase}" for (view, phase), g in found.items() if g.touches_border]
+    status = "ok" if not touching else "ok_touches_border:" + "+".join(touching)
+    why = implausibility(result.edv_ml, result.esv_ml)
+    if why:
+        status = f"implausible:{why}"
+    return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status}
+
+
 def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]], method: str) -> dict:
     """{method, edv_ml, esv_ml, ef, status} from label maps keyed (view, phase) with their spacing.
 
@@ -36,24 +67,10 @@ def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
     'implausible:<why>' with the volumes kept for inspection when they cannot be a ventricle's
     (``implausibility``); only 'ok' statuses count as measured.
     """
-    needed = {"simpson_single_plane_2ch": ("2CH",), "simpson_single_plane_4ch": ("4CH",)}.get(method, camus.VIEWS)
-    geometries, touching = {}, []
-    for view in needed:
-        for phase in camus.PHASES:
-            label, spacing_mm = frames[(view, phase)]
-            try:
-                geometries[(view, phase)] = g = simpson.lv_geometry(label == Label.LV, spacing_mm)
-            except simpson.LVGeometryError as error:
-                return {"method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan,
-                        "status": f"{error.status}:{view}_{phase}"}
-            if g.touches_border:
-                touching.append(f"{view}_{phase}")
-    result = simpson.volumes(geometries, method)
-    status = "ok" if not touching else "ok_touches_border:" + "+".join(touching)
-    why = implausibility(result.edv_ml, result.esv_ml)
-    if why:
-        status = f"implausible:{why}"
-    return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status}
+    found, problem = geometries(frames, needed_frames(method))
+    if problem:
+        return {"method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": problem}
+    return ef_of(found, method)
 
 
 def is_measured(status) -> bool:

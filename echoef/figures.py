@@ -107,3 +107,29 @@ def area_curves(curves: dict[str, dict], path) -> None:
     ax.set(xlabel="frame", ylabel="LV area (cm²)", title="LV area over the loop; ED largest, ES smallest in one cycle")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def simpson_construction(frames: dict, title: str, path) -> None:
+    """Each frame ({(view, phase): (image, spacing, geometry or None)}) with the construction Simpson's
+    method measured: the LV contour (red), the mitral plane (yellow), apex and long axis (white), the
+    20 discs (cyan) - the picture an echocardiographer checks a volume by."""
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), squeeze=False)
+    for ax, key in zip(axes[0], camus.FRAME_KEYS):
+        ax.axis("off")
+        if key not in frames:
+            continue
+        image, spacing, geometry = frames[key]
+        ax.imshow(image, cmap="gray", extent=(0, image.shape[1] * spacing[1], image.shape[0] * spacing[0], 0))
+        ax.set_title(f"{key[0]} {key[1]}", fontsize=9)
+        if geometry is None:
+            ax.set_title(f"{key[0]} {key[1]}: not measured", fontsize=9)
+            continue
+        contour = geometry.contour_mm
+        ax.plot(contour[:, 1], contour[:, 0], color="red", lw=1)
+        for ends in geometry.disc_ends_mm:
+            ax.plot(ends[:, 1], ends[:, 0], color="cyan", lw=0.6)
+        ax.plot(geometry.mitral_mm[:, 1], geometry.mitral_mm[:, 0], color="yellow", lw=1.5)
+        ax.plot(geometry.axis_mm[:, 1], geometry.axis_mm[:, 0], color="white", lw=0.8, ls="--")
+        ax.plot(geometry.axis_mm[1, 1], geometry.axis_mm[1, 0], marker="o", color="white", markersize=3)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -4,8 +4,10 @@ softmax scores in batches (with test-time augmentation)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pickle
+from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
@@ -65,21 +67,39 @@ def save_checkpoint(path, state_dicts: list[dict], network: Network, extra: dict
         torch.save(state, tmp)
 
 
-def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], dict]:
-    """Rebuild the ensemble members saved by ``save_checkpoint``; CheckpointError if they do not fit.
+BUNDLE_WEIGHTS, BUNDLE_MODEL = "weights.safetensors", "model.json"
 
-    The file is unpickled with ``weights_only``: tensors and plain containers only. A file that
+
+def _read_state(path: Path, device: str) -> dict:
+    """The saved state of a model file, or of a bundle folder (``export``): its model.json with the
+    members' weights from weights.safetensors (tensors only: nothing in it can run)."""
+    if Path(path).is_dir():
+        from safetensors.torch import load_file
+
+        state = json.loads((Path(path) / BUNDLE_MODEL).read_text())
+        tensors = load_file(Path(path) / BUNDLE_WEIGHTS, device=str(device))
+        state["state_dicts"] = [{key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == f"member{m}"}
+                                for m in range(len(state["members"]))]
+        return state
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], dict]:
+    """Rebuild the ensemble members saved by ``save_checkpoint`` (or a bundle folder of ``export``);
+    CheckpointError if they do not fit.
+
+    A model file is unpickled with ``weights_only``: tensors and plain containers only. A file that
     needs anything more (a class, a function call: the way a crafted model file runs code) is
     refused before any of it is executed.
     """
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = _read_state(Path(path), device)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: not found") from error
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
                               "could run code when loaded; use a model file written by EchoEF") from error
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: not a model file ({str(error).splitlines()[0][:200]})") from error
     try:
         # The weights come from the file, never from a download.
@@ -91,6 +111,19 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], di
     except (AttributeError, IndexError, KeyError, ParamsError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
     return [m.to(device, memory_format=torch.channels_last).eval() for m in models], state
+
+
+def save_bundle(out: Path, state: dict) -> None:
+    """A bundle folder's weights and model.json from a model file's ``state`` (weights of member m
+    as ``member<m>.<name>``; the rest as JSON). Files are written whole or not at all."""
+    from safetensors.torch import save_file
+
+    tensors = {f"member{m}.{name}": tensor.contiguous() for m, weights in enumerate(state["state_dicts"])
+               for name, tensor in weights.items()}
+    with atomic_path(Path(out) / BUNDLE_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(Path(out) / BUNDLE_MODEL) as tmp:
+        tmp.write_text(json.dumps({k: v for k, v in state.items() if k != "state_dicts"}, indent=2) + "\n")
 
 
 def softmax_batches(model: PhaseStackUnet, images: torch.Tensor, batch_size: int, tta: bool, precision: str):

@@ -205,6 +205,7 @@ class Evaluate:
     bootstrap: int = _key(_typed(int, minimum=0))
     seed: int = _key(_typed(int))
     overlays: int = _key(_typed(int, minimum=0))
+    interval: float = _key(_typed(float, minimum=0.5, maximum=0.99))
 
 
 @dataclass(frozen=True)

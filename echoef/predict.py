@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import calibration, camus, cine, figures, imagefile, segmentation
-from .ef import is_measured, patient_ef
+from . import calibration, camus, cine, ef, figures, imagefile, report, review, segmentation
+from .ef import is_measured
 from .errors import StudyError
 from .params import Infer
 from .studies import StudyFiles
@@ -97,26 +97,30 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
         raise study.problem
     patient = study.name
     frames, sources, curves, notes = read_frames(study, models, size, infer_config, spacing_mm, phase_frames or {})
-    labels = segmentation.predict_frames(models, frames, size, infer_config.batch_size, infer_config.tta,
-                                         infer_config.precision)
+    labels, members, raw = segmentation.predict_frames_with_members(models, frames, size, infer_config.batch_size,
+                                                                    infer_config.tta, infer_config.precision)
     for (view, phase), frame in frames.items():
         path = imagefile.label_path_for(sources[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
         imagefile.write_label(labels[(view, phase)], frame.header, path)
     if curves:
         figures.area_curves(curves, out_dir / patient / f"{patient}_lv_area.png")
-    complete = {v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)}
-    method = ef_method(complete)
+    maps = {k: (labels[k], f.spacing_mm) for k, f in frames.items()}
+    found, problem = ef.geometries(maps, [k for k in camus.FRAME_KEYS if k in frames])
+    method = ef_method({v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)})
     if method is None:
         row = {"method": "", "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": "no_complete_view"}
     else:
-        row = patient_ef({k: (labels[k], frames[k].spacing_mm) for k in frames if k[0] in complete}, method)
+        row = ef.patient_ef(maps, method) if problem else ef.ef_of({k: found[k] for k in ef.needed_frames(method)}, method)
         if method != "simpson_biplane" and is_measured(row["status"]):
             row["status"] = row["status"].replace("ok", "ok_single_plane", 1)
     row["ef_calibrated"] = calibrated_ef(row, calibrator)
+    row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
+    row["review"] = "; ".join(review.reasons(row, frames, raw, members, calibrator))
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
     row["detail"] = "; ".join(notes)
-    title = f"{patient} EF {row['ef']:.0f}" if is_measured(row["status"]) else f"{patient} {row['status']}"
-    figures.overlays([{"title": title, "frames": {k: (f.image, None, labels[k], f.spacing_mm) for k, f in frames.items()}}],
-                     out_dir / patient / f"{patient}_overlay.png")
-    return {"patient": patient, **row}
+    row = {"patient": patient, **row}
+    figures.simpson_construction({k: (f.image, f.spacing_mm, found.get(k)) for k, f in frames.items()}, report.study_title(row),
+                                 out_dir / patient / f"{patient}_overlay.png")
+    report.write_study_page(row, out_dir / patient)
+    return row

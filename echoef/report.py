@@ -9,6 +9,8 @@ import html
 import math
 from pathlib import Path
 
+from .io import atomic_path
+
 # The numbers of one set's agreement that the headline keeps, after calibration and before.
 POST_KEYS = ("mae", "bias", "sd", "loa_low", "loa_high", "r")
 PRE_KEYS = ("mae", "bias", "r")
@@ -70,6 +72,10 @@ def tables(test: dict) -> dict[str, list[list[str]]]:
         cells = [_interval(test[s], key, digits) if f"{key}_ci" in test[s] else _fmt(test[s][key], digits) for s in ("post", "pre")]
         agreement.append([name, *cells])
     agreement.append(["patients measured / failed", f"{test['post']['n']} / {test['n_failed']}", ""])
+    if test.get("interval", {}).get("half_width") is not None:
+        interval = test["interval"]
+        agreement.append([f"{100 * interval['level']:.0f}% prediction interval (split-conformal, validation)",
+                          f"± {_fmt(interval['half_width'])}; test coverage {_fmt(interval['coverage'])}", ""])
     quality = [["image quality", "n", "MAE after", "MAE before", "bias after", "r after"]]
     for name, stats in test.get("by_quality", {}).items():
         quality.append([name, str(stats["post"]["n"]), _fmt(stats["post"]["mae"]), _fmt(stats["pre"]["mae"]),
@@ -130,3 +136,41 @@ def render(test: dict, worst: list[dict], about: dict, plots: Path, markdown_plo
         markdown += [f"## {caption}", "", f"![{caption}]({markdown_plots}/{name})", ""]
     markdown += ["## Parameters", "", "```yaml", about["params"].rstrip(), "```", ""]
     return "\n".join(page), "\n".join(markdown)
+
+
+def study_title(row: dict) -> str:
+    """One line of a predicted study: EDV, ESV, EF (calibrated, with its interval) or its status."""
+    if not str(row["status"]).startswith("ok"):
+        return f"{row['patient']}: {row['status']}"
+    text = f"{row['patient']}: EDV {row['edv_ml']:.0f} mL, ESV {row['esv_ml']:.0f} mL, EF {row['ef']:.0f}%"
+    if not math.isnan(row.get("ef_calibrated", math.nan)):
+        text += f", calibrated {row['ef_calibrated']:.0f}% [{row['ef_low']:.0f}, {row['ef_high']:.0f}]"
+    return text + ("" if row["status"] == "ok" else f" ({row['status']})")
+
+
+STUDY_FIGURES = {"overlay.png": "The masks measured and Simpson's construction: LV contour (red), mitral plane (yellow), "
+                                "long axis and apex (white), the 20 discs (cyan)",
+                 "lv_area.png": "LV area over each loop, with the ED and ES frames chosen"}
+
+
+def write_study_page(row: dict, folder: Path) -> None:
+    """``<patient>_report.html`` in the study's folder: its EF with the interval, the flags for
+    review, the figures inside the page (one file to open or send)."""
+    patient = row["patient"]
+    cells = [["status", str(row["status"])], ["review", str(row.get("review") or "none")],
+             ["method", str(row["method"])], ["frames", str(row["frames"])], ["loops", str(row.get("cine") or "-")],
+             ["detail", str(row.get("detail") or "-")]]
+    page = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(patient) + "</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{padding:2px 8px;vertical-align:top}"
+            "img{max-width:100%}.review{color:#a00}</style></head><body>",
+            f"<h1>{html.escape(study_title(row))}</h1>",
+            f"<p class='review'>{'Check before use: ' + html.escape(row['review']) if row.get('review') else ''}</p>",
+            "<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in cells) + "</table>"]
+    for name, caption in STUDY_FIGURES.items():
+        figure = folder / f"{patient}_{name}"
+        if figure.is_file():
+            data = base64.b64encode(figure.read_bytes()).decode()
+            page += [f"<h2>{html.escape(caption)}</h2>", f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]
+    page.append("<p>Research use only; not a medical device.</p></body></html>")
+    with atomic_path(folder / f"{patient}_report.html") as tmp:
+        tmp.write_text("\n".join(page))

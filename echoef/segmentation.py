@@ -50,10 +50,23 @@ def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], 
     """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
     are an ensemble (mean of their softmax), whatever frames per input each reads. ``tta`` and
     ``precision`` as in ``network.predict_scores``."""
+    return predict_frames_with_members(models, frames, size, batch_size, tta, precision)[0]
+
+
+def predict_frames_with_members(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
+                                batch_size: int, tta: bool = False, precision: str = "auto"):
+    """``predict_frames``, and beside it what each member alone reads and the ensemble's raw argmax
+    before post-processing (what review flags look at): (labels, [member labels], raw labels)."""
     keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
-    scores = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models]).mean(0)
-    return {k: postprocess(geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8)) for k, s, b in zip(keys, scores, boxes)}
+    each = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models])
+
+    def native(scores):
+        return {k: geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8) for k, s, b in zip(keys, scores, boxes)}
+
+    raw = native(each.mean(0))
+    members = [{k: postprocess(v) for k, v in native(member).items()} for member in each] if len(models) > 1 else []
+    return {k: postprocess(v) for k, v in raw.items()}, members, raw
 
 
 def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: Infer, out: Path,

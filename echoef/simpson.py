@@ -48,6 +48,11 @@ class LVGeometry:
     touches_border: bool  # the cavity reaches the image edge (volume may be truncated)
     base_mm: np.ndarray  # (row, col) of the base point on the native grid, mm
     apex_mm: np.ndarray
+    # The construction as drawn for review, (row, col) mm from the image's top-left corner:
+    contour_mm: np.ndarray  # (K, 2) the LV contour measured
+    mitral_mm: np.ndarray  # (2, 2) the ends of the mitral-plane chord
+    axis_mm: np.ndarray  # (2, 2) the base point and the apex
+    disc_ends_mm: np.ndarray  # (N_DISCS, 2, 2) the two ends of each disc's diameter
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,9 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
     normal = normal / np.linalg.norm(normal)
     points = base + direction * np.linspace(0, 1, N_DISCS, endpoint=False)[:, None]
     walk = (iso, offset, iso_shape)
-    diameters_px = _edge_distances(walk, points, normal) + _edge_distances(walk, points, -normal)
+    ahead, behind = _edge_distances(walk, points, normal), _edge_distances(walk, points, -normal)
+    diameters_px = ahead + behind
+    ends = np.stack([points + ahead[:, None] * normal, points - behind[:, None] * normal], axis=1)
     return LVGeometry(
         diameters_mm=diameters_px * pixel_mm,
         long_axis_mm=float(lengths.max() * pixel_mm),
@@ -280,6 +287,10 @@ def lv_geometry(mask: np.ndarray, spacing_mm: tuple[float, float],
         touches_border=bool(touches_border),
         base_mm=base * pixel_mm,
         apex_mm=apex * pixel_mm,
+        contour_mm=(contour + 0.5) * pixel_mm,  # contour positions are pixel indices; the corner is 0.5 before the first
+        mitral_mm=(contour[[j, i]] + 0.5) * pixel_mm,
+        axis_mm=(np.stack([base, apex]) + 0.5) * pixel_mm,
+        disc_ends_mm=(ends + 0.5) * pixel_mm,
     )
 
 

@@ -13,7 +13,8 @@ from echoef.stage import run
 
 def main():
     ef_path, oof_path, out = (Path(a) for a in sys.argv[1:4])
-    config = P.load().calibration
+    params = P.load()
+    config = params.calibration
     table = pd.read_csv(ef_path)
     val = table[(table["set"] == "val") & table["status"].map(is_measured)]
     # The fit set: the validation patients, or (a small validation set) every train+val patient's
@@ -22,11 +23,14 @@ def main():
     calibrator = calibration.fit(fit_rows["ef"], fit_rows["ef_ref"], config.method, tuple(config.ef_range), config.fit_set)
     before = agreement.summary(val["ef"], val["ef_ref"])["mae"]
     after = agreement.summary(calibration.apply(calibrator, val["ef"]), val["ef_ref"])["mae"]
-    calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before))
+    calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before),
+                      interval=calibration.conformal_half_width(calibration.apply(calibrator, val["ef"]), val["ef_ref"],
+                                                                params.evaluate.interval))
     write_json(out, calibrator)
     note = " (WORSE than uncalibrated on validation)" if after > before else ""
     print(f"calibrate: {config.method} fitted on {len(fit_rows)} {config.fit_set} patients, "
-          f"val MAE {before:.2f} -> {after:.2f}{note}")
+          f"val MAE {before:.2f} -> {after:.2f}{note}; {100 * params.evaluate.interval:.0f}% interval "
+          f"± {calibrator['interval']['half_width']:.1f}")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,15 @@ def main():
             for subset, rows in ((s, table[table["set"] == s]) for s in ("test", "val"))}
     full["cv"] = agreement.cross_validation_report(pd.read_csv(args.oof), pd.read_csv(args.ensemble_ef), calibrator,
                                                    config.bootstrap, config.seed)
-    write_json(args.full, full)
     write_json(args.metrics, report.ef_headline(full["test"], full["val"]))
     write_json(args.cv_metrics, report.cv_headline(full["cv"]))
 
     test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
     test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])
+    low, high = calibration.interval(calibrator, test["ef_calibrated"])
+    full["test"]["interval"] = {**calibrator.get("interval", {}), "interval_width": float((high - low).mean()) if len(test) else None,
+                                "coverage": float(((test["ef_ref"] >= low) & (test["ef_ref"] <= high)).mean()) if len(test) else None}
+    write_json(args.full, full)
     worst, cases = worst_cases(test, config.overlays, args.ingested, args.predictions)
     write_plots(test, full["test"], calibrator, cases, args.plots)
     about = {"profile": params.profile, "commit": machine.commit(), "params": Path("params.yaml").read_text()}

@@ -90,14 +90,24 @@ def read(repo, name):
 
 
 def test_outputs(repo):
-    ef = read(repo, "metrics/ef.json")
-    post = ef["test"]["post"]
-    for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "n", "mae_ci"):
-        assert key in post and key in ef["test"]["pre"]
+    # The headline DVC shows: a few scalars, every interval as two; the full statistics beside it.
+    headline, full = read(repo, "metrics/ef.json"), read(repo, "reports/ef_full.json")
+    assert set(headline) == {"n", "n_failed", "mae", "mae_low", "mae_high", "bias", "sd", "loa_low", "loa_high", "r", "r_low",
+                             "r_high", "mae_uncalibrated", "mae_uncalibrated_low", "mae_uncalibrated_high", "bias_uncalibrated",
+                             "r_uncalibrated", "r_uncalibrated_low", "r_uncalibrated_high", "val_mae"}
+    post = full["test"]["post"]
+    for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "n", "mae_ci", "confusion"):
+        assert key in post and key in full["test"]["pre"]
+    assert headline["mae"] == post["mae"] and [headline["mae_low"], headline["mae_high"]] == post["mae_ci"]
     split = read(repo, "data/split.json")
-    assert ef["test"]["n_patients"] == post["n"] + ef["test"]["n_failed"] == len(split["test"]) == 3
-    seg = read(repo, "metrics/segmentation.json")
-    assert set(seg) == {"val", "test"} and {"dice_lv_ed", "dice_lv_es", "dice_myo_ed", "dice_la_es"} <= set(seg["test"])
+    assert full["test"]["n_patients"] == headline["n"] + headline["n_failed"] == len(split["test"]) == 3
+    interval = full["test"]["interval"]
+    assert interval["level"] == 0.9 and 0 <= interval["coverage"] <= 1 and interval["interval_width"] >= 0
+    seg, seg_full = read(repo, "metrics/segmentation.json"), read(repo, "reports/segmentation_full.json")
+    assert set(seg) == {"val", "test"} and set(seg["test"]) == {"dice_lv_ed", "dice_lv_es"}
+    assert {"dice_lv_ed", "dice_lv_es", "dice_myo_ed", "dice_la_es"} <= set(seg_full["test"])
+    classes = pd.read_csv(repo / "plots/ef_classes.csv")
+    assert len(classes) == headline["n"] and set(classes.columns) == {"patient", "reference", "predicted"}
     calibrator = read(repo, "models/calibrator.json")
     assert calibrator["fit_set"] == "val" and calibrator["n"] <= len(split["val"])
     assert not set(split["train"]) & set(split["test"]) and split["source"] == "stratified"
@@ -134,16 +144,16 @@ def test_every_train_val_patient_has_one_out_of_fold_prediction(repo):
 
 
 def test_cv_metrics_count_every_out_of_fold_patient(repo):
-    split, ef_cv = read(repo, "data/split.json"), read(repo, "metrics/ef_cv.json")
+    split, ef_cv = read(repo, "data/split.json"), read(repo, "reports/ef_full.json")["cv"]
     oof = ef_cv["oof"]
-    assert ef_cv["folds"] == 2
+    assert ef_cv["folds"] == 2 and read(repo, "metrics/ef_cv.json")["oof"]["mae"] == oof["post"]["mae"]
     assert oof["n_patients"] == len(split["train"]) + len(split["val"]) == oof["post"]["n"] + oof["n_failed"]
     for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "mae_ci"):
         assert key in oof["pre"] and key in oof["post"]
     assert {"mae_pre_mean", "mae_pre_std", "mae_post_mean", "per_fold"} <= set(ef_cv["fold_spread"])
-    single = read(repo, "metrics/ef.json")["test"]
+    single = read(repo, "reports/ef_full.json")["test"]
     assert ef_cv["test_ensemble"]["n_patients"] == single["n_patients"] == len(split["test"])
-    seg = read(repo, "metrics/segmentation_cv.json")
+    seg = read(repo, "reports/segmentation_cv_full.json")
     assert seg["oof"]["n_patients"] == oof["n_patients"] and "dice_lv_ed" in seg["test_ensemble"]
 
 
@@ -200,7 +210,7 @@ def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
     assert stages_run(log) == {"check_params", "calibrate", "evaluate"}  # the check re-runs nothing by itself
     assert read(repo, "models/calibrator.json")["method"] == "none"
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
-    assert {"test.n_patients", "test.n_failed", "test.post.n", "val.post.n"} <= set(diff["metrics/ef.json"])
+    assert {"n", "n_failed", "mae", "mae_low", "mae_high", "r_low", "r_high", "val_mae"} <= set(diff["metrics/ef.json"])
     assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
 
 

@@ -1,0 +1,84 @@
+"""A trained run packed to travel: ``echoef export --out DIR`` writes the networks' weights in a safe
+format (safetensors), what built them, the calibrator with its prediction interval, and a model card
+whose numbers are the run's own metric files. ``echoef predict --model DIR`` takes it."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+from .io import atomic_path, read_json
+
+LICENCE = ("CAMUS data: CC BY-NC-SA 4.0, non-commercial research use only. Cite: S. Leclerc et al., \"Deep Learning for "
+           "Segmentation using an Open Large-Scale Dataset in 2D Echocardiography\", IEEE TMI 38(9):2198-2210, 2019, "
+           "doi:10.1109/TMI.2019.2900516. Networks trained on it inherit its terms.")
+
+
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, coverage: float | None) -> str:
+    """MODEL_CARD.md: what the networks are, what they saw, how they did (the run's own metrics
+    with their intervals), what they are for, and the data's licence."""
+    network = params["train"]["network"]
+    synthetic = params.get("profile") == "synthetic"
+    interval = calibrator.get("interval", {})
+    lines = ["# EchoEF model card", ""]
+    if synthetic:
+        lines += ["**Trained on the synthetic cohort only (ellipsoid phantoms). Its EF on real echocardiograms means "
+                  "nothing; it exists to test the software.**", ""]
+    lines += [
+        "## The networks", "",
+        f"- {network['members']} U-Net(s), encoder {network['encoder']} (depth {network['encoder_depth']}, no pretrained "
+        f"weights), {network['input_size']}-pixel grid, frames per input {network['phases_per_input']}; mean softmax of the members.",
+        "- Input: 2D apical 2CH and 4CH frames at ED and ES with their physical pixel size; labels LV cavity, myocardium, left atrium.",
+        "- EF: Simpson's biplane method of discs on the LV masks (a port of the CAMUS reference algorithm), then the calibrator.",
+        "", "## Training", "",
+        f"- Data: `{params['data']['root']}` (profile {params.get('profile')}); {len(train_log.get('train_patients', []))} "
+        f"training and {len(train_log.get('val_patients', []))} validation patients.",
+        f"- On {train_log.get('device')} in {train_log.get('precision')}, {_fmt((train_log.get('train_seconds') or math.nan) / 60, 0)} min "
+        f"({(train_log.get('environment') or {}).get('gpu') or ((train_log.get('environment') or {}).get('cpu') or {}).get('model')}).",
+        f"- Calibrator: {calibrator['method']} on the {calibrator.get('fit_set')} patients (n = {calibrator.get('n')}).",
+        "", "## Results on the run's test list (development figures)", "",
+        f"- EF MAE after calibration {_fmt(ef['mae'])} points [95% CI {_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}], "
+        f"before {_fmt(ef['mae_uncalibrated'])}; bias {_fmt(ef['bias'])}, limits of agreement {_fmt(ef['loa_low'])} to "
+        f"{_fmt(ef['loa_high'])}; r {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}]; "
+        f"{ef['n']} patients measured, {ef['n_failed']} failed.",
+    ]
+    if interval:
+        lines.append(f"- Prediction interval: calibrated EF ± {_fmt(interval['half_width'])} points, "
+                     f"{100 * interval['level']:.0f}% split-conformal on {interval['n']} validation patients"
+                     + (f"; coverage on the test list {_fmt(coverage)}" if coverage is not None else "") + ".")
+    lines += ["", "## Intended use", "",
+              "Research on echocardiographic EF measurement. Not a medical device: not for diagnosis or treatment "
+              "decisions. Check every EF against its overlays (the masks and the Simpson construction) and flags.",
+              "", "## Licence", "", LICENCE, ""]
+    return "\n".join(lines)
+
+
+def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Path, metrics: Path, full: Path) -> Path:
+    """Write the bundle folder ``out`` from a finished run's files (``full``: its complete statistics,
+    for the interval's coverage)."""
+    from .network import load_checkpoint, save_bundle
+
+    missing = [str(p) for p in (model, calibrator, train_log, params, metrics) if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"no finished run to export ({', '.join(missing)} missing); run dvc repro first")
+    _, state = load_checkpoint(model)  # refuses what the model file should not hold
+    run_params = yaml.safe_load(Path(params).read_text())
+    state["trained_on"] = {"profile": run_params.get("profile"), "data_root": run_params["data"]["root"],
+                           "synthetic": run_params.get("profile") == "synthetic"}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_bundle(out, state)
+    shutil.copy2(calibrator, out / "calibrator.json")
+    coverage = read_json(full)["test"].get("interval", {}).get("coverage") if Path(full).is_file() else None
+    card = model_card(run_params, read_json(train_log), read_json(metrics), read_json(calibrator), coverage)
+    with atomic_path(out / "MODEL_CARD.md") as tmp:
+        tmp.write_text(card)
+    return out
