@@ -283,3 +283,31 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
     assert "](../plots/ef_scatter.png)" in (repo / "reports/report.md").read_text()
+
+
+def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
+    bundle = tmp_path / "bundle"
+    paths = {"--model": "models/segmenter.pt", "--calibrator": "models/calibrator.json", "--train-log": "models/train_log.json",
+             "--params": "params.yaml", "--metrics": "metrics/ef.json", "--full": "reports/ef_full.json"}
+    args = [a for option, path in paths.items() for a in (option, repo / path)]
+    assert echoef_in_process("export", "--out", bundle, *args).returncode == 0
+    assert sorted(p.name for p in bundle.iterdir()) == ["MODEL_CARD.md", "calibrator.json", "model.json", "weights.safetensors"]
+    card, ef = (bundle / "MODEL_CARD.md").read_text(), read(repo, "metrics/ef.json")
+    assert "Trained on the synthetic cohort only" in card and "CC BY-NC-SA 4.0" in card and "Leclerc" in card
+    assert f"EF MAE after calibration {ef['mae']:.2f} points [95% CI {ef['mae_low']:.2f}, {ef['mae_high']:.2f}]" in card
+    interval = read(repo, "models/calibrator.json")["interval"]
+    assert f"calibrated EF ± {interval['half_width']:.2f} points" in card
+    # Elsewhere, with nothing of the run but the bundle: the same masks as the model file gives.
+    patient = repo / "data/phantom/database_nifti" / read(repo, "data/split.json")["test"][0]
+    result = subprocess.run([str(Path(sys.executable).parent / "echoef"), "predict", str(patient), "--out", "from_bundle",
+                             "--model", str(bundle)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode in (0, 1) and "trained on the synthetic cohort only" in result.stderr, result.stderr
+    echoef_in_process("predict", patient, "--out", tmp_path / "from_file", "--model", repo / "models/segmenter.pt",
+                      "--calibrator", repo / "models/calibrator.json")
+    rows = [pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("from_bundle", "from_file")]
+    assert rows[0]["status"] == rows[1]["status"]
+    assert rows[0]["edv_ml"] == rows[1]["edv_ml"] or (pd.isna(rows[0]["edv_ml"]) and pd.isna(rows[1]["edv_ml"]))
+    page = tmp_path / "from_bundle" / patient.name / f"{patient.name}_report.html"
+    from test_docs import remote_resources
+
+    assert remote_resources(page) == [] and "Simpson" in page.read_text()
