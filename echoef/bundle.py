@@ -50,7 +50,7 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
         f"{_fmt(ef['loa_high'])}; r {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}]; "
         f"{ef['n']} patients measured, {ef['n_failed']} failed.",
     ]
-    if interval:
+    if interval.get("half_width") is not None:
         lines.append(f"- Prediction interval: calibrated EF ± {_fmt(interval['half_width'])} points, "
                      f"{100 * interval['level']:.0f}% split-conformal on {interval['n']} validation patients"
                      + (f"; coverage on the test list {_fmt(coverage)}" if coverage is not None else "") + ".")

@@ -67,18 +67,32 @@ def cross_fit(ef_pred: np.ndarray, ef_ref: np.ndarray, folds: np.ndarray, method
 
 def conformal_half_width(calibrated: np.ndarray, reference: np.ndarray, level: float) -> dict:
     """Split-conformal prediction interval for calibrated EF: the half-width q such that a new
-    patient's reference EF lies within calibrated EF ± q with probability at least ``level``, from
-    patients the calibrator was not checked against (the ceil((n + 1) level)-th smallest absolute
-    residual of n; infinite when n is too small for that level)."""
+    patient's reference EF lies within calibrated EF ± q with probability at least ``level`` (the
+    ceil((n + 1) level)-th smallest absolute residual of n; None, with a note, when n is too small
+    for that level)."""
     residuals = np.sort(np.abs(np.asarray(calibrated, float) - np.asarray(reference, float)))
     residuals = residuals[np.isfinite(residuals)]
     rank = int(np.ceil((len(residuals) + 1) * level))
-    half_width = float(residuals[rank - 1]) if 1 <= rank <= len(residuals) else float("inf")
-    return {"level": level, "half_width": half_width, "n": int(len(residuals))}
+    if not 1 <= rank <= len(residuals):
+        return {"level": level, "half_width": None, "n": int(len(residuals)),
+                "note": f"{len(residuals)} patients are too few for a {100 * level:.0f}% interval"}
+    return {"level": level, "half_width": float(residuals[rank - 1]), "n": int(len(residuals))}
 
 
 def interval(calibrator: dict, ef_calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of each calibrated EF's prediction interval, within 0-100 (NaN without one)."""
     ef_calibrated = np.asarray(ef_calibrated, float)
-    half = calibrator.get("interval", {}).get("half_width", np.nan)
+    half = calibrator.get("interval", {}).get("half_width")
+    half = np.nan if half is None else half
     return np.clip(ef_calibrated - half, 0, 100), np.clip(ef_calibrated + half, 0, 100)
+
+
+def interval_report(calibrator: dict, ef_calibrated, ef_ref) -> dict:
+    """How the prediction interval did on patients it was not made from: the share whose reference
+    EF lies inside (``coverage``) and the mean width (``interval_width``); None for both without an
+    interval or a patient."""
+    low, high = interval(calibrator, ef_calibrated)
+    ef_ref = np.asarray(ef_ref, float)
+    if calibrator.get("interval", {}).get("half_width") is None or not len(ef_ref):
+        return {"coverage": None, "interval_width": None}
+    return {"coverage": float(((ef_ref >= low) & (ef_ref <= high)).mean()), "interval_width": float((high - low).mean())}

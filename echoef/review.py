@@ -44,7 +44,7 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator:
         spread = float(np.nanmax(efs) - np.nanmin(efs)) if not np.all(np.isnan(efs)) else float("nan")
         if not spread <= MEMBER_SPREAD_POINTS:
             found.append(f"members_disagree:{spread:.0f}_points")
-    half_width = calibrator.get("interval", {}).get("half_width", 0.0)
-    if is_measured(row["status"]) and half_width > WIDE_INTERVAL_POINTS:
+    half_width = calibrator.get("interval", {}).get("half_width")
+    if is_measured(row["status"]) and half_width is not None and half_width > WIDE_INTERVAL_POINTS:
         found.append(f"wide_interval:{half_width:.0f}_points")
     return found

@@ -30,7 +30,7 @@ def main():
     note = " (WORSE than uncalibrated on validation)" if after > before else ""
     print(f"calibrate: {config.method} fitted on {len(fit_rows)} {config.fit_set} patients, "
           f"val MAE {before:.2f} -> {after:.2f}{note}; {100 * params.evaluate.interval:.0f}% interval "
-          f"± {calibrator['interval']['half_width']:.1f}")
+          f"± {calibrator['interval']['half_width'] or float('nan'):.1f}")
 
 
 if __name__ == "__main__":

@@ -66,9 +66,7 @@ def main():
 
     test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
     test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])
-    low, high = calibration.interval(calibrator, test["ef_calibrated"])
-    full["test"]["interval"] = {**calibrator.get("interval", {}), "interval_width": float((high - low).mean()) if len(test) else None,
-                                "coverage": float(((test["ef_ref"] >= low) & (test["ef_ref"] <= high)).mean()) if len(test) else None}
+    full["test"]["interval"] = {**calibrator.get("interval", {}), **calibration.interval_report(calibrator, test["ef_calibrated"], test["ef_ref"])}
     write_json(args.full, full)
     worst, cases = worst_cases(test, config.overlays, args.ingested, args.predictions)
     write_plots(test, full["test"], calibrator, cases, args.plots)

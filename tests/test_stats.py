@@ -172,3 +172,18 @@ def test_seed_scoring_report_cross_validates_inside_the_set():
         calibrated[held] = intercept + slope * x[held]
     assert report["post"]["mae"] == pytest.approx(np.abs(calibrated - y).mean())
     assert report["post"]["mae"] != pytest.approx(report["pre"]["mae"])
+
+
+def test_split_conformal_interval_covers_new_patients_at_its_level():
+    # Residuals of 200 calibration patients and 20,000 new ones from one distribution: the interval
+    # of the 90% level (the 181st smallest absolute residual of 200) holds about 90% of the new ones.
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(20, 70, 20_200)
+    calibrated = reference + rng.normal(0, 5, 20_200)
+    fitted = calibration.conformal_half_width(calibrated[:200], reference[:200], 0.9)
+    residuals = np.sort(np.abs(calibrated[:200] - reference[:200]))
+    assert fitted == {"level": 0.9, "half_width": residuals[180], "n": 200}
+    report = calibration.interval_report({"interval": fitted}, calibrated[200:], reference[200:])
+    assert abs(report["coverage"] - 0.9) < 0.03 and report["interval_width"] <= 2 * fitted["half_width"]
+    assert calibration.conformal_half_width(calibrated[:5], reference[:5], 0.9)["half_width"] is None  # ceil(6 * 0.9) = 6 > 5
+    assert calibration.interval_report({"interval": {"half_width": None}}, calibrated, reference)["coverage"] is None
