@@ -65,8 +65,8 @@ def make(name: str, workspace: Path, results: Path, command: str) -> Path:
     return out
 
 
-def _fmt(value, digits=2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value, digits=2, sign="") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{sign}.{digits}f}"
 
 
 def results_table(results: Path) -> str:
@@ -82,7 +82,7 @@ def results_table(results: Path) -> str:
         rows.append(f"| {record['name']} | {record['profile']} | {ef['n'] + ef['n_failed']} ({ef['n_failed']}) "
                     f"| {_fmt(dice.get('dice_lv_ed'), 3)} / {_fmt(dice.get('dice_lv_es'), 3)} "
                     f"| {_fmt(ef['mae'])} [{_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}] "
-                    f"| {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}] | {ef['bias']:+.2f} "
+                    f"| {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}] | {_fmt(ef['bias'], 2, '+')} "
                     f"| {_fmt(ef['mae_uncalibrated'])} | {training} | {record['commit'][:7]} |")
     return "\n".join(rows) if len(rows) > 2 else "No run of the pipeline has been recorded yet."
 

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from echoef import params
+from echoef.bundle import _fmt
 
 from conftest import ROOT, echoef_in_process
 
@@ -276,10 +277,13 @@ def test_a_run_record_and_the_report(repo, tmp_path):
         assert (tmp_path / "tiny" / name).read_bytes() == (repo / name).read_bytes()
     patients = pd.read_csv(tmp_path / "tiny" / "patients.csv")
     split = read(repo, "data/split.json")
-    assert list(patients.columns) == records.PATIENT_COLUMNS and len(patients) == sum(len(split[s]) for s in split if s != "source")
+    # Validation and test patients by the model, and every train+val patient out of fold.
+    assert list(patients.columns) == records.PATIENT_COLUMNS
+    assert patients["set"].value_counts().to_dict() == {"oof": len(split["train"]) + len(split["val"]), "val": len(split["val"]),
+                                                        "test": len(split["test"])}
     ef = read(repo, "metrics/ef.json")
     row = records.results_table(tmp_path).splitlines()[2]
-    assert row.startswith("| tiny | synthetic | 3 (") and f"| {ef['mae']:.2f} [{ef['mae_low']:.2f}, {ef['mae_high']:.2f}] |" in row
+    assert row.startswith("| tiny | synthetic | 3 (") and f"| {_fmt(ef['mae'])} [{_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}] |" in row
     # The report: one page with everything inside it; the Markdown beside it links the committed PNGs.
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
@@ -295,11 +299,11 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == ["MODEL_CARD.md", "calibrator.json", "model.json", "weights.safetensors"]
     card, ef = (bundle / "MODEL_CARD.md").read_text(), read(repo, "metrics/ef.json")
     assert "Trained on the synthetic cohort only" in card and "CC BY-NC-SA 4.0" in card and "Leclerc" in card
-    assert f"EF MAE after calibration {ef['mae']:.2f} points [95% CI {ef['mae_low']:.2f}, {ef['mae_high']:.2f}]" in card
-    interval = read(repo, "models/calibrator.json")["interval"]
-    assert f"calibrated EF ± {interval['half_width']:.2f} points" in card
+    assert f"EF MAE after calibration {_fmt(ef['mae'])} points [95% CI {_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}]" in card
+    assert f"{ef['n']} patients measured, {ef['n_failed']} failed" in card
     # Elsewhere, with nothing of the run but the bundle: the same masks as the model file gives.
     patient = repo / "data/phantom/database_nifti" / read(repo, "data/split.json")["test"][0]
+    (bundle / "unrelated.txt").write_text("a bundle is its four files; others are left alone")
     result = subprocess.run([str(Path(sys.executable).parent / "echoef"), "predict", str(patient), "--out", "from_bundle",
                              "--model", str(bundle)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode in (0, 1) and "trained on the synthetic cohort only" in result.stderr, result.stderr
