@@ -5,6 +5,7 @@ checks of the output path before any work is done."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
 import tempfile
 from collections import Counter
@@ -89,3 +90,19 @@ def writable_folder(path: Path) -> Path:
     except OSError as error:
         raise UsageError(f"cannot write to {path}: {error.strerror or error}") from error
     return path
+
+
+def shard(items: list, spec: str | None, name: Callable[[object], str]) -> list:
+    """The items of share I of N (``spec`` 'I/N'): those whose name hashes to I modulo N, a split that
+    every copy of a job array computes alike and that adding a study does not reshuffle."""
+    if spec is None:
+        return items
+    index, _, count = spec.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise UsageError(f"--shard {spec}: give I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
+    return [item for item in items if int(hashlib.sha256(name(item).encode()).hexdigest(), 16) % int(count) == int(index)]
+
+
+def study_row_path(out: Path, name: str) -> Path:
+    """Where a study's row is kept once predicted: what resuming and ``merge`` read."""
+    return Path(out) / name / f"{name}_row.json"

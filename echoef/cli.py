@@ -146,13 +146,34 @@ def predict_command(args) -> int:
         print(f"warning: {args.model} was trained on the synthetic cohort only: its EF on real studies means nothing",
               file=sys.stderr)
 
+    studies = batch.shard(studies, args.shard, lambda s: s.name)
+
     def predict(study) -> dict:
-        return predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames)
+        done = batch.study_row_path(out, study.name)
+        if done.is_file() and not args.force:  # written by an earlier run: resumed, not recomputed
+            return read_json(done)
+        row = predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames)
+        write_json(done, row)
+        return row
 
     table = pd.DataFrame(batch.each_study(studies, lambda s: s.name, predict, "predict"), columns=PREDICT_COLUMNS)
-    write_csv(out / "summary.csv", table)
-    write_json(out / "summary.json", table.to_dict(orient="records"))
-    print(f"predict: {batch.summary_line(table, 'studies')}; in {out}")
+    name = "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}"
+    write_csv(out / f"{name}.csv", table)
+    write_json(out / f"{name}.json", table.to_dict(orient="records"))
+    print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
+          f" (shard {args.shard}; echoef merge {out} joins the shards)"))
+    return batch.exit_status(table)
+
+
+def merge_command(args) -> int:
+    """One summary of every study written under DIR (by the shards of a cohort, or by resumed runs)."""
+    rows = [read_json(path) for path in sorted(args.folder.glob("*/*_row.json"))]
+    if not rows:
+        raise UsageError(f"no study under {args.folder} (predict writes DIR/<study>/<study>_row.json)")
+    table = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
+    write_csv(args.folder / "summary.csv", table)
+    write_json(args.folder / "summary.json", table.to_dict(orient="records"))
+    print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}")
     return batch.exit_status(table)
 
 
@@ -224,8 +245,12 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
+    predict.add_argument("--force", action="store_true", help="predict studies already written in DIR again (default: resume)")
+    predict.add_argument("--shard", metavar="I/N", help="only this share of the studies (0 <= I < N), for N copies in parallel")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
                          help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
+    merge = commands.add_parser("merge", help="join the studies written by several predict runs (shards) into one summary")
+    merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
@@ -247,8 +272,8 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-COMMANDS = {"ef": ef_command, "predict": predict_command, "export": export_command, "record": record_command,
-            "results": results_command}
+COMMANDS = {"ef": ef_command, "predict": predict_command, "merge": merge_command, "export": export_command,
+            "record": record_command, "results": results_command}
 
 
 def main(argv=None) -> int:

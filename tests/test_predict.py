@@ -192,3 +192,24 @@ def test_images_without_a_pixel_size_need_one_given(trained, phantom_root, tmp_p
     assert nifti.returncode == 0
     same = [pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("given", "nifti")]
     assert same[0]["ef"] == same[1]["ef"] and same[0]["status"] == same[1]["status"]
+
+
+def test_a_cohort_in_shards_resumed_and_merged(trained, phantom_root, tmp_path):
+    folders = camus.find_patients(phantom_root)[8:12]
+    shards = [predict(trained, *folders, "--out", tmp_path, "--shard", f"{i}/2") for i in range(2)]
+    assert all(r.returncode == 0 for r in shards)
+    parts = [set(pd.read_csv(tmp_path / f"summary-{i}-of-2.csv")["patient"]) for i in range(2)]
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == {f.name for f in folders}  # each study in one shard
+    merged = echoef_in_process("merge", tmp_path)
+    assert merged.returncode == 0 and "4 studies: " in merged.stdout
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert sorted(summary["patient"]) == [f.name for f in folders]
+    # Again without --force: every study is resumed from what was written, nothing is redone.
+    overlay = tmp_path / folders[0].name / f"{folders[0].name}_overlay.png"
+    written = overlay.stat().st_mtime_ns
+    again = predict(trained, *folders, "--out", tmp_path)
+    assert again.returncode == 0 and overlay.stat().st_mtime_ns == written
+    assert pd.read_csv(tmp_path / "summary.csv").set_index("patient").sort_index().equals(summary.set_index("patient").sort_index())
+    predict(trained, folders[0], "--out", tmp_path, "--force")
+    assert overlay.stat().st_mtime_ns > written
+    assert predict(trained, folders[0], "--out", tmp_path, "--shard", "2/2").returncode == 2  # I must be below N
