@@ -46,15 +46,15 @@ def dominant_period(areas: np.ndarray) -> int:
 
 def end_diastole_systole(areas: np.ndarray) -> tuple[int, int]:
     """(ED, ES) frame indices: ED the largest LV area of the loop (lightly smoothed), ES the smallest
-    within the same cycle, looked for over one period after ED (or before it, when the loop ends
-    too soon after ED to hold that cycle's systole)."""
+    within one period of it, after ED or before it. A minimum at the loop's first or last frame may
+    be a systole the loop cut short, so a true minimum inside the loop on the other side wins."""
     areas = np.asarray(areas, dtype=float)
     if len(areas) < MIN_FRAMES:
         raise ValueError(f"{len(areas)} frames")
     smooth = np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
     ed = int(np.argmax(smooth))
     period = dominant_period(smooth)
-    after = np.arange(ed + 1, min(len(areas), ed + period))
-    before = np.arange(max(0, ed - period + 1), ed)
-    window = after if len(after) >= max(1, len(before)) or len(after) >= period // 3 else before
-    return ed, int(window[np.argmin(smooth[window])])
+    windows = [w for w in (np.arange(ed + 1, min(len(areas), ed + period)), np.arange(max(0, ed - period + 1), ed)) if len(w)]
+    lowest = [int(w[np.argmin(smooth[w])]) for w in windows]
+    inside = [i for i in lowest if 0 < i < len(areas) - 1]
+    return ed, inside[0] if inside else min(lowest, key=lambda i: smooth[i])
