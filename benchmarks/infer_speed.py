@@ -5,7 +5,7 @@ are in memory (`echoef.segmentation.predict_frames`: letterbox onto the grid, ne
 scores back to each native grid, post-process); network alone is the grid tensors through the
 network in batches of `infer.batch_size`. Reading the files is not timed.
 
-Usage: python benchmarks/infer_speed.py [--params profiles/camus-cpu.yaml] [--model models/segmenter.pt]
+Usage: python benchmarks/infer_speed.py [--profile camus-cpu | --params FILE] [--model models/segmenter.pt]
            [--root ../shared/data/camus] [--patients 25] [--threads 2] [--precision fp32|bf16]
 Without --model the params' network is built with random weights: its speed does not depend on them.
 """
@@ -30,7 +30,9 @@ def listed_patients(root: Path, count: int) -> list[Path]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="profiles/camus-cpu.yaml")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--profile", default="camus-cpu", help="a profile in conf/profile/ (default camus-cpu)")
+    source.add_argument("--params", help="a params file instead of a profile")
     parser.add_argument("--model", help="a checkpoint (models/segmenter.pt); default: the params' network, random weights")
     parser.add_argument("--root", default="../shared/data/camus")
     parser.add_argument("--patients", type=int, default=25)
@@ -39,7 +41,7 @@ def main():
     parser.add_argument("--precision", choices=P.PRECISIONS, help="default: the params' infer.precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    params = P.load(args.params)
+    params = (P.load(args.params) if args.params else P.load_profile(args.profile))
     if args.model:
         models, state = network.load_checkpoint(args.model, args.device)
         config = P.build(P.Network, {**state["model_config"], "members": len(models)})

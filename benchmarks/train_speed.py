@@ -4,7 +4,7 @@ Runs `echoef.training.Trainer` itself for two epochs of `--steps` batches of `tr
 frames at the profile's grid (speed does not depend on the content) and times the second epoch, so
 one-off kernel set-up is left out; the time includes the epoch's validation of one batch.
 
-Usage: python benchmarks/train_speed.py [--params profiles/camus-cpu.yaml] [--steps 20] [--threads 2]
+Usage: python benchmarks/train_speed.py [--profile camus-cpu | --params FILE] [--steps 20] [--threads 2]
 """
 
 import argparse
@@ -29,12 +29,14 @@ def seconds_of_second_epoch(config: P.Train, phases: int, train_set, val_set) ->
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="profiles/camus-cpu.yaml")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--profile", default="camus-cpu", help="a profile in conf/profile/ (default camus-cpu)")
+    source.add_argument("--params", help="a params file instead of a profile")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = P.load(args.params).train
+    config = (P.load(args.params) if args.params else P.load_profile(args.profile)).train
     size, batch_size = config.network.input_size, config.optimisation.batch_size
     generator = torch.Generator().manual_seed(0)
     frames = torch.randn(args.steps * batch_size, 1, size, size, generator=generator)

@@ -268,6 +268,20 @@ def compose(output: str | Path, overrides: list[str] = (), repo: str | Path = ".
     compose_and_dump(output, str(repo / "conf"), None, "config", str(repo), list(overrides))
 
 
+def load_profile(profile: str, repo: str | Path = ".") -> Params:
+    """The parameters `dvc exp run -S profile=<profile>` would run with (``conf/`` composed), for
+    scripts that measure a profile without touching the workspace's params.yaml."""
+    import tempfile
+
+    profiles = Path(repo) / "conf" / "profile"
+    if not (profiles / f"{profile}.yaml").is_file():
+        known = ", ".join(sorted(path.stem for path in profiles.glob("*.yaml")))
+        raise ParamsError(f"no profile '{profile}' in {profiles}; give one of: {known}")
+    with tempfile.TemporaryDirectory() as folder:
+        compose(Path(folder) / "params.yaml", [f"profile={profile}"], repo)
+        return load(Path(folder) / "params.yaml")
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate the parameters file."""
     path = Path(path)

@@ -80,11 +80,15 @@ def test_params_yaml_is_the_composition_of_conf(tmp_path):
 
 
 @pytest.mark.parametrize("profile", ["synthetic", "camus-cpu", "camus-gpu"])
-def test_each_profile_composes_into_valid_params(tmp_path, profile):
-    params.compose(tmp_path / "params.yaml", [f"profile={profile}"], ROOT)
-    loaded = params.load(tmp_path / "params.yaml")
+def test_each_profile_composes_into_valid_params(profile):
+    loaded = params.load_profile(profile, ROOT)  # what the benchmarks measure: conf/ composed
     assert loaded.profile == profile
     assert (loaded.data.root == "data/phantom") == (profile == "synthetic")
+
+
+def test_an_unknown_profile_is_named_with_the_known_ones():
+    with pytest.raises(params.ParamsError, match="no profile 'camus-cpx'.*camus-cpu, camus-gpu, synthetic"):
+        params.load_profile("camus-cpx", ROOT)
 
 
 def test_dvc_metrics_show_stays_readable():
