@@ -12,14 +12,11 @@ import yaml
 
 from .errors import UsageError
 from .io import atomic_path, read_json
+from .report import fmt
 
 LICENCE = ("CAMUS data: CC BY-NC-SA 4.0, non-commercial research use only. Cite: S. Leclerc et al., \"Deep Learning for "
            "Segmentation using an Open Large-Scale Dataset in 2D Echocardiography\", IEEE TMI 38(9):2198-2210, 2019, "
            "doi:10.1109/TMI.2019.2900516. Networks trained on it inherit its terms.")
-
-
-def _fmt(value, digits=2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, coverage: float | None) -> str:
@@ -41,19 +38,19 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
         "", "## Training", "",
         f"- Data: `{params['data']['root']}` (profile {params.get('profile')}); {len(train_log.get('train_patients', []))} "
         f"training and {len(train_log.get('val_patients', []))} validation patients.",
-        f"- On {train_log.get('device')} in {train_log.get('precision')}, {_fmt((train_log.get('train_seconds') or math.nan) / 60, 0)} min "
+        f"- On {train_log.get('device')} in {train_log.get('precision')}, {fmt((train_log.get('train_seconds') or math.nan) / 60, 0)} min "
         f"({(train_log.get('environment') or {}).get('gpu') or ((train_log.get('environment') or {}).get('cpu') or {}).get('model')}).",
         f"- Calibrator: {calibrator['method']} on the {calibrator.get('fit_set')} patients (n = {calibrator.get('n')}).",
         "", "## Results on the run's test list (development figures)", "",
-        f"- EF MAE after calibration {_fmt(ef['mae'])} points [95% CI {_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}], "
-        f"before {_fmt(ef['mae_uncalibrated'])}; bias {_fmt(ef['bias'])}, limits of agreement {_fmt(ef['loa_low'])} to "
-        f"{_fmt(ef['loa_high'])}; r {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}]; "
+        f"- EF MAE after calibration {fmt(ef['mae'])} points [95% CI {fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}], "
+        f"before {fmt(ef['mae_uncalibrated'])}; bias {fmt(ef['bias'])}, limits of agreement {fmt(ef['loa_low'])} to "
+        f"{fmt(ef['loa_high'])}; r {fmt(ef['r'], 3)} [{fmt(ef['r_low'], 3)}, {fmt(ef['r_high'], 3)}]; "
         f"{ef['n']} patients measured, {ef['n_failed']} failed.",
     ]
     if interval.get("half_width") is not None:
-        lines.append(f"- Prediction interval: calibrated EF ± {_fmt(interval['half_width'])} points, "
+        lines.append(f"- Prediction interval: calibrated EF ± {fmt(interval['half_width'])} points, "
                      f"{100 * interval['level']:.0f}% split-conformal on {interval['n']} validation patients"
-                     + (f"; coverage on the test list {_fmt(coverage)}" if coverage is not None else "") + ".")
+                     + (f"; coverage on the test list {fmt(coverage)}" if coverage is not None else "") + ".")
     lines += ["", "## Intended use", "",
               "Research on echocardiographic EF measurement. Not a medical device: not for diagnosis or treatment "
               "decisions. Check every EF against its overlays (the masks and the Simpson construction) and flags.",

@@ -90,9 +90,10 @@ def interval(calibrator: dict, ef_calibrated: np.ndarray) -> tuple[np.ndarray, n
 def interval_report(calibrator: dict, ef_calibrated, ef_ref) -> dict:
     """How the prediction interval did on patients it was not made from: the share whose reference
     EF lies inside (``coverage``) and the mean width (``interval_width``); None for both without an
-    interval or a patient."""
+    interval or a patient; ``n_test`` patients)."""
     low, high = interval(calibrator, ef_calibrated)
     ef_ref = np.asarray(ef_ref, float)
     if calibrator.get("interval", {}).get("half_width") is None or not len(ef_ref):
-        return {"coverage": None, "interval_width": None}
-    return {"coverage": float(((ef_ref >= low) & (ef_ref <= high)).mean()), "interval_width": float((high - low).mean())}
+        return {"coverage": None, "interval_width": None, "n_test": len(ef_ref)}
+    return {"coverage": float(((ef_ref >= low) & (ef_ref <= high)).mean()), "interval_width": float((high - low).mean()),
+            "n_test": len(ef_ref)}

@@ -15,6 +15,7 @@ import pandas as pd
 from . import calibration, machine
 from .errors import UsageError
 from .io import read_json, write_csv, write_json
+from .report import fmt
 
 # Files of a run copied into its record as they are (those that exist: folds add the cv ones).
 COPIED = ("params.yaml", "dvc.lock", "metrics/ef.json", "metrics/ef_cv.json", "metrics/segmentation.json",
@@ -55,35 +56,36 @@ def make(name: str, workspace: Path, results: Path, command: str) -> Path:
     write_csv(out / "patients.csv", patient_table(workspace))
     train_log = read_json(workspace / "models/train_log.json")
     params = (workspace / "params.yaml").read_text()
+    full = workspace / "reports/ef_full.json"
+    interval = read_json(full).get("test", {}).get("interval") if full.is_file() else None
     write_json(out / "record.json", {
         "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
         "commit": machine.commit(workspace), "profile": next((line.split(":", 1)[1].strip() for line in params.splitlines()
                                                                if line.startswith("profile:")), ""),
         "train_precision": train_log.get("precision"), "train_device": train_log.get("device"),
         "environment": train_log.get("environment"), "train_seconds": train_log.get("train_seconds"),
-        "stage_seconds": stage_seconds(workspace)})
+        "stage_seconds": stage_seconds(workspace), "test_prediction_interval": interval})
     return out
-
-
-def _fmt(value, digits=2, sign="") -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{sign}.{digits}f}"
 
 
 def results_table(results: Path) -> str:
     """The Markdown table of every record under ``results``: one row each, numbers from its files."""
     rows = ["| record | profile | test patients (failed) | LV Dice ED / ES | EF MAE after calibration [95% CI] | r [95% CI] "
-            "| bias | MAE before | training | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| bias | MAE before | EF interval: coverage (width) | training | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in Path(results).iterdir() if (p / "record.json").is_file()):
         record, ef = read_json(folder / "record.json"), read_json(folder / "metrics/ef.json")
         dice = read_json(folder / "metrics/segmentation.json").get("test", {})
         environment = record.get("environment") or {}
         where = environment.get("gpu") or (environment.get("cpu") or {}).get("model", "?")
-        training = f"{_fmt((record.get('train_seconds') or math.nan) / 60, 0)} min, {record.get('train_precision')}, {where}"
+        training = f"{fmt((record.get('train_seconds') or math.nan) / 60, 0)} min, {record.get('train_precision')}, {where}"
+        interval = record.get("test_prediction_interval") or {}
+        coverage = (f"{fmt(interval['coverage'])} of {interval['n_test']} at {interval['level']:.0%} "
+                    f"(± {fmt(interval['half_width'], 1)})" if interval.get("coverage") is not None else "-")
         rows.append(f"| {record['name']} | {record['profile']} | {ef['n'] + ef['n_failed']} ({ef['n_failed']}) "
-                    f"| {_fmt(dice.get('dice_lv_ed'), 3)} / {_fmt(dice.get('dice_lv_es'), 3)} "
-                    f"| {_fmt(ef['mae'])} [{_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}] "
-                    f"| {_fmt(ef['r'], 3)} [{_fmt(ef['r_low'], 3)}, {_fmt(ef['r_high'], 3)}] | {_fmt(ef['bias'], 2, '+')} "
-                    f"| {_fmt(ef['mae_uncalibrated'])} | {training} | {record['commit'][:7]} |")
+                    f"| {fmt(dice.get('dice_lv_ed'), 3)} / {fmt(dice.get('dice_lv_es'), 3)} "
+                    f"| {fmt(ef['mae'])} [{fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}] "
+                    f"| {fmt(ef['r'], 3)} [{fmt(ef['r_low'], 3)}, {fmt(ef['r_high'], 3)}] | {fmt(ef['bias'], 2, '+')} "
+                    f"| {fmt(ef['mae_uncalibrated'])} | {coverage} | {training} | {record['commit'][:7]} |")
     return "\n".join(rows) if len(rows) > 2 else "No run of the pipeline has been recorded yet."
 
 
@@ -95,8 +97,8 @@ def expert_masks_lines(results: Path) -> list[str]:
         s = record["methods"]["simpson_biplane"]
         lines.append(f"Simpson's biplane method (this project's port of the CAMUS reference algorithm, masks measured on "
                      f"0.308 mm pixels) on the expert masks of {s['n']} patients of `{record['data']}`: EF MAE "
-                     f"{_fmt(s['mae'])} points against the stored reference EF, {_fmt(100 * s['exact'], 1)}% exact, "
-                     f"{_fmt(100 * s['within_1'], 1)}% within 1 point (record `{folder.name}`, commit {record['commit'][:7]}).")
+                     f"{fmt(s['mae'])} points against the stored reference EF, {fmt(100 * s['exact'], 1)}% exact, "
+                     f"{fmt(100 * s['within_1'], 1)}% within 1 point (record `{folder.name}`, commit {record['commit'][:7]}).")
     return lines
 
 

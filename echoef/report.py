@@ -53,13 +53,14 @@ def dice_headline(summary: dict) -> dict:
             if isinstance(stats, dict) and "dice_lv_ed" in stats}
 
 
-def _fmt(value, digits: int = 2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def fmt(value, digits: int = 2, sign: str = "") -> str:
+    """A number for a page or table: ``digits`` decimals, '+' in ``sign`` to show it, '-' when missing or NaN."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{sign}.{digits}f}"
 
 
 def _interval(stats: dict, key: str, digits: int = 2) -> str:
     low, high = stats.get(f"{key}_ci", [math.nan, math.nan])
-    return f"{_fmt(stats[key], digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+    return f"{fmt(stats[key], digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
 def tables(test: dict) -> dict[str, list[list[str]]]:
@@ -69,23 +70,23 @@ def tables(test: dict) -> dict[str, list[list[str]]]:
     for key, name, digits in (("mae", "EF MAE (points) [95% CI]", 2), ("bias", "bias [95% CI]", 2), ("sd", "SD of differences", 2),
                               ("loa_low", "lower limit of agreement", 2), ("loa_high", "upper limit of agreement", 2),
                               ("r", "Pearson r [95% CI]", 3), ("within_5", "within 5 points", 2), ("within_10", "within 10 points", 2)):
-        cells = [_interval(test[s], key, digits) if f"{key}_ci" in test[s] else _fmt(test[s][key], digits) for s in ("post", "pre")]
+        cells = [_interval(test[s], key, digits) if f"{key}_ci" in test[s] else fmt(test[s][key], digits) for s in ("post", "pre")]
         agreement.append([name, *cells])
     agreement.append(["patients measured / failed", f"{test['post']['n']} / {test['n_failed']}", ""])
     if test.get("interval", {}).get("half_width") is not None:
         interval = test["interval"]
         agreement.append([f"{100 * interval['level']:.0f}% prediction interval (split-conformal, validation)",
-                          f"± {_fmt(interval['half_width'])}; test coverage {_fmt(interval['coverage'])}", ""])
+                          f"± {fmt(interval['half_width'])}; test coverage {fmt(interval['coverage'])}", ""])
     quality = [["image quality", "n", "MAE after", "MAE before", "bias after", "r after"]]
     for name, stats in test.get("by_quality", {}).items():
-        quality.append([name, str(stats["post"]["n"]), _fmt(stats["post"]["mae"]), _fmt(stats["pre"]["mae"]),
-                        _fmt(stats["post"]["bias"]), _fmt(stats["post"]["r"], 3)])
+        quality.append([name, str(stats["post"]["n"]), fmt(stats["post"]["mae"]), fmt(stats["pre"]["mae"]),
+                        fmt(stats["post"]["bias"]), fmt(stats["post"]["r"], 3)])
     names = ["<40", "40-49", ">=50"]
     classes = [["reference \\ predicted", *names]]
     for name, row in zip(names, test["post"]["confusion"]):
         classes.append([name, *map(str, row)])
-    classes.append(["sensitivity / specificity for EF < 40", _fmt(test["post"]["sensitivity_ef_lt_40"]),
-                    _fmt(test["post"]["specificity_ef_lt_40"]), ""])
+    classes.append(["sensitivity / specificity for EF < 40", fmt(test["post"]["sensitivity_ef_lt_40"]),
+                    fmt(test["post"]["specificity_ef_lt_40"]), ""])
     return {"Agreement with the reference EF (test list)": agreement, "By image quality (2CH)": quality,
             "EF classes after calibration (test list)": classes}
 
@@ -111,7 +112,7 @@ def render(test: dict, worst: list[dict], about: dict, plots: Path, markdown_plo
     commit, params (YAML text)."""
     title = f"EchoEF evaluation: profile {about['profile']}, commit {about['commit']}"
     worst_rows = [["patient", "image quality", "EF", "calibrated EF", "reference EF"]] + [
-        [w["patient"], str(w["quality"]), _fmt(w["ef"], 0), _fmt(w["ef_calibrated"], 1), _fmt(w["ef_ref"], 0)] for w in worst]
+        [w["patient"], str(w["quality"]), fmt(w["ef"], 0), fmt(w["ef_calibrated"], 1), fmt(w["ef_ref"], 0)] for w in worst]
     sections = {**tables(test), f"The {len(worst)} worst test patients (by calibrated error)": worst_rows}
     figures = [(name, caption, base64.b64encode((plots / name).read_bytes()).decode()) for name, caption in FIGURES.items()
                if (plots / name).is_file()]

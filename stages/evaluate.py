@@ -66,7 +66,8 @@ def main():
 
     test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
     test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])
-    full["test"]["interval"] = {**calibrator.get("interval", {}), **calibration.interval_report(calibrator, test["ef_calibrated"], test["ef_ref"])}
+    made = {("n_validation" if key == "n" else key): value for key, value in calibrator.get("interval", {}).items()}
+    full["test"]["interval"] = {**made, **calibration.interval_report(calibrator, test["ef_calibrated"], test["ef_ref"])}
     write_json(args.full, full)
     worst, cases = worst_cases(test, config.overlays, args.ingested, args.predictions)
     write_plots(test, full["test"], calibrator, cases, args.plots)

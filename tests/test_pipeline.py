@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from echoef import params
-from echoef.bundle import _fmt
+from echoef.io import write_json
+from echoef.report import fmt
 
 from conftest import ROOT, echoef_in_process
 
@@ -283,7 +284,15 @@ def test_a_run_record_and_the_report(repo, tmp_path):
                                                         "test": len(split["test"])}
     ef = read(repo, "metrics/ef.json")
     row = records.results_table(tmp_path).splitlines()[2]
-    assert row.startswith("| tiny | synthetic | 3 (") and f"| {_fmt(ef['mae'])} [{_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}] |" in row
+    assert row.startswith("| tiny | synthetic | 3 (") and f"| {fmt(ef['mae'])} [{fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}] |" in row
+    # The prediction interval's coverage on the test list, as evaluate measured it, stated in the record
+    # (none here: 3 validation patients make no 90% interval; a record with one shows its coverage).
+    interval = read(repo, "reports/ef_full.json")["test"]["interval"]
+    assert record["test_prediction_interval"] == interval and interval["n_test"] == ef["n"] and interval["n_validation"] == 3
+    assert f"| {fmt(ef['mae_uncalibrated'])} | - |" in row
+    write_json(tmp_path / "tiny/record.json", {**record, "test_prediction_interval": {
+        **interval, "half_width": 6.25, "coverage": 0.875, "n_test": 48}})
+    assert "| 0.88 of 48 at 90% (± 6.2) |" in records.results_table(tmp_path).splitlines()[2]
     # The report: one page with everything inside it; the Markdown beside it links the committed PNGs.
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
@@ -299,7 +308,7 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == ["MODEL_CARD.md", "calibrator.json", "model.json", "weights.safetensors"]
     card, ef = (bundle / "MODEL_CARD.md").read_text(), read(repo, "metrics/ef.json")
     assert "Trained on the synthetic cohort only" in card and "CC BY-NC-SA 4.0" in card and "Leclerc" in card
-    assert f"EF MAE after calibration {_fmt(ef['mae'])} points [95% CI {_fmt(ef['mae_low'])}, {_fmt(ef['mae_high'])}]" in card
+    assert f"EF MAE after calibration {fmt(ef['mae'])} points [95% CI {fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}]" in card
     assert f"{ef['n']} patients measured, {ef['n_failed']} failed" in card
     # Elsewhere, with nothing of the run but the bundle: the same masks as the model file gives.
     patient = repo / "data/phantom/database_nifti" / read(repo, "data/split.json")["test"][0]
