@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
-from .io import atomic_path, read_json
+from .io import atomic_folder, read_json
 from .report import fmt
 
 LICENCE = ("CAMUS data: CC BY-NC-SA 4.0, non-commercial research use only. Cite: S. Leclerc et al., \"Deep Learning for "
@@ -70,12 +70,13 @@ def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Pa
     run_params = yaml.safe_load(Path(params).read_text())
     state["trained_on"] = {"profile": run_params.get("profile"), "data_root": run_params["data"]["root"],
                            "synthetic": run_params.get("profile") == "synthetic"}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_bundle(out, state)
-    shutil.copy2(calibrator, out / "calibrator.json")
+    final = Path(out)
+    if final.is_dir() and any(final.iterdir()) and not (final / "model.json").is_file():
+        raise UsageError(f"--out {final} holds files that are not a bundle; give an empty or new folder")
     coverage = read_json(full)["test"].get("interval", {}).get("coverage") if Path(full).is_file() else None
     card = model_card(run_params, read_json(train_log), read_json(metrics), read_json(calibrator), coverage)
-    with atomic_path(out / "MODEL_CARD.md") as tmp:
-        tmp.write_text(card)
-    return out
+    with atomic_folder(final) as out:  # a bundle is written whole or not at all
+        save_bundle(out, state)
+        shutil.copy2(calibrator, out / "calibrator.json")
+        (out / "MODEL_CARD.md").write_text(card)
+    return final

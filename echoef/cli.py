@@ -19,7 +19,7 @@ import pandas as pd
 from . import batch, camus, simpson
 from .ef import label_maps, patient_ef
 from .errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
-from .io import read_json, write_csv, write_json
+from .io import read_json, write_csv, write_json, write_text
 from .params import PRECISIONS, Infer, build
 
 DEFAULT_CALIBRATOR = Path("models/calibrator.json")
@@ -205,9 +205,16 @@ def results_command(args) -> int:
     if not args.results.is_dir():
         raise UsageError(f"{args.results} is not a folder of run records")
     if args.readme:
-        args.readme.write_text(records.with_readme_block(args.readme.read_text(), args.results))
+        try:
+            readme = records.with_readme_block(args.readme.read_text(), args.results)
+        except OSError as error:
+            raise UsageError(f"--readme {args.readme}: {error.strerror or error}") from error
+        except ValueError as error:  # str.index: a marker is missing
+            raise UsageError(f"--readme {args.readme} has no generated results block ({records.BEGIN} ... "
+                             f"{records.END}); add the two lines where the table belongs") from error
+        write_text(args.readme, readme)
     if args.page:
-        args.page.write_text(records.results_page(args.results))
+        write_text(batch.writable_file(args.page), records.results_page(args.results))
     if not (args.readme or args.page):
         print(records.results_table(args.results))
     return batch.EXIT_OK

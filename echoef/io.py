@@ -61,6 +61,26 @@ def atomic_files(path: str | Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a new temporary folder beside ``path`` to fill; only if the block succeeds does it become
+    ``path``, replacing an older one, so a reader finds the old folder or the whole new one, never half.
+    The folder gets the mode a plain ``mkdir`` would give it (0777 less the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = folder.with_suffix(".old")
+    try:
+        yield folder
+        os.chmod(folder, 0o777 & ~_umask())
+        if path.exists():
+            os.replace(path, old)  # a folder cannot be renamed onto a non-empty one
+        os.replace(folder, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _finite(value):
     """NaN and infinities become null: JSON has no NaN, and DVC reads null as missing."""
     if isinstance(value, dict):
@@ -72,6 +92,12 @@ def _finite(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: str | Path, data) -> None:

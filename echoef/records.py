@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import calibration, machine
 from .errors import UsageError
-from .io import read_json, write_csv, write_json
+from .io import atomic_folder, read_json, write_csv, write_json
 from .report import fmt
 
 # Files of a run copied into its record as they are (those that exist: folds add the cv ones).
@@ -44,11 +44,19 @@ def stage_seconds(workspace: Path) -> dict[str, float]:
 def make(name: str, workspace: Path, results: Path, command: str) -> Path:
     """Write ``results/<name>/`` from the run in ``workspace``; returns its folder."""
     workspace = Path(workspace)
-    missing = [f for f in ("params.yaml", "metrics/ef.json", "data/ef.csv", "models/calibrator.json") if not (workspace / f).is_file()]
+    needed = ("params.yaml", "metrics/ef.json", "data/ef.csv", "models/calibrator.json", "models/train_log.json")
+    missing = [f for f in needed if not (workspace / f).is_file()]
     if missing:
         raise UsageError(f"{workspace} holds no finished run ({', '.join(missing)} missing); run dvc repro first")
-    out = Path(results) / name
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(results) / name
+    if final.is_dir() and any(final.iterdir()) and not (final / "record.json").is_file():
+        raise UsageError(f"{final} exists and is not a run record; give the record another name")
+    with atomic_folder(final) as out:  # a record is written whole or not at all
+        _write_record(out, name, workspace, command)
+    return final
+
+
+def _write_record(out: Path, name: str, workspace: Path, command: str) -> None:
     for relative in COPIED:
         if (workspace / relative).is_file():
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +73,6 @@ def make(name: str, workspace: Path, results: Path, command: str) -> Path:
         "train_precision": train_log.get("precision"), "train_device": train_log.get("device"),
         "environment": train_log.get("environment"), "train_seconds": train_log.get("train_seconds"),
         "stage_seconds": stage_seconds(workspace), "test_prediction_interval": interval})
-    return out
 
 
 def results_table(results: Path) -> str:

@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from .io import atomic_path
+from .io import write_text
 
 # The numbers of one set's agreement that the headline keeps, after calibration and before.
 POST_KEYS = ("mae", "bias", "sd", "loa_low", "loa_high", "r")
@@ -173,5 +173,4 @@ def write_study_page(row: dict, folder: Path) -> None:
             data = base64.b64encode(figure.read_bytes()).decode()
             page += [f"<h2>{html.escape(caption)}</h2>", f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]
     page.append("<p>Research use only; not a medical device.</p></body></html>")
-    with atomic_path(folder / f"{patient}_report.html") as tmp:
-        tmp.write_text("\n".join(page))
+    write_text(folder / f"{patient}_report.html", "\n".join(page))

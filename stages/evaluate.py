@@ -13,7 +13,7 @@ import pandas as pd
 from echoef import agreement, calibration, figures, framefile, machine, params as P, report
 from echoef.ef import ef_class, is_measured
 from echoef.ingest import patient_path
-from echoef.io import atomic_path, read_json, write_csv, write_json
+from echoef.io import read_json, write_csv, write_json, write_text
 from echoef.stage import run
 
 CLASS_NAMES = ("<40", "40-49", ">=50")
@@ -74,8 +74,7 @@ def main():
     about = {"profile": params.profile, "commit": machine.commit(), "params": Path("params.yaml").read_text()}
     page, markdown = report.render(full["test"], worst, about, args.plots, "../" + args.plots.name)
     for path, text in ((args.report, page), (args.report_md, markdown)):
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+        write_text(path, text)
     pre, post = full["test"]["pre"], full["test"]["post"]
     print(f"evaluate: test n={post['n']} (failed {full['test']['n_failed']}): MAE {pre['mae']:.2f} -> {post['mae']:.2f}, "
           f"bias {pre['bias']:+.2f} -> {post['bias']:+.2f}, r {post['r']:.3f}")

@@ -79,3 +79,20 @@ def test_a_bad_reference_in_the_cfg_does_not_cost_the_ef(phantom_root, tmp_path)
     table = pd.read_csv(tmp_path / "o.csv").set_index("patient")
     assert table.loc["patient0002", "status"] == "ok" and table.loc["patient0002", "ef"] > 0
     assert np.isnan(table.loc["patient0002", "ef_ref"]) and table.loc["patient0002", "detail"] == "bad_cfg: 2CH cfg EF is not a number: 'forty'"
+
+
+def test_results_and_record_usage_errors_are_one_line(tmp_path):
+    (tmp_path / "README.md").write_text("# no generated block here\n")
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    (tmp_path / "results" / "taken" / "notes.txt").write_text("a user's own file")
+    cases = {
+        ("results", "--readme", tmp_path / "README.md"): "has no generated results block",
+        ("results", "--readme", tmp_path / "nowhere.md"): "--readme",
+        ("results", "--results", tmp_path / "nowhere"): "is not a folder of run records",
+        ("record", "taken", "--workspace", tmp_path, "--results", tmp_path / "results"): "holds no finished run",
+    }
+    for args, message in cases.items():
+        result = subprocess.run([sys.executable, "-m", "echoef", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+        assert "\n" not in result.stderr.strip()
+    assert (tmp_path / "README.md").read_text() == "# no generated block here\n"

@@ -294,6 +294,14 @@ def test_a_run_record_and_the_report(repo, tmp_path):
         **interval, "half_width": 6.25, "coverage": 0.875, "n_test": 48}})
     assert "| 0.88 of 48 at 90% (± 6.2) |" in records.results_table(tmp_path).splitlines()[2]
     # The report: one page with everything inside it; the Markdown beside it links the committed PNGs.
+    # Made again, a record replaces the old one whole; a folder that is not a record is never replaced.
+    assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "again").returncode == 0
+    assert read(tmp_path / "tiny", "record.json")["command"] == "again"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    refused = echoef_in_process("record", "notes", "--workspace", repo, "--results", tmp_path)
+    assert refused.returncode == 2 and "exists and is not a run record" in refused.stderr
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
     assert "](../plots/ef_scatter.png)" in (repo / "reports/report.md").read_text()
@@ -310,6 +318,12 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
     assert "Trained on the synthetic cohort only" in card and "CC BY-NC-SA 4.0" in card and "Leclerc" in card
     assert f"EF MAE after calibration {fmt(ef['mae'])} points [95% CI {fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}]" in card
     assert f"{ef['n']} patients measured, {ef['n_failed']} failed" in card
+    # A folder of the user's own files is never replaced by a bundle.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused = echoef_in_process("export", "--out", tmp_path / "mine", *args)
+    assert refused.returncode == 2 and "holds files that are not a bundle" in refused.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # Elsewhere, with nothing of the run but the bundle: the same masks as the model file gives.
     patient = repo / "data/phantom/database_nifti" / read(repo, "data/split.json")["test"][0]
     (bundle / "unrelated.txt").write_text("a bundle is its four files; others are left alone")
