@@ -3,8 +3,10 @@ and numbers (AVX2, AVX-512, AVX512-BF16, AMX), GPU, Python and the project's com
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,14 +27,36 @@ def cpu() -> dict:
     return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+def pipeline_files(repo: Path = Path(".")) -> list[str]:
+    """Paths a pipeline run rewrites, as fnmatch patterns: params.yaml, dvc.lock and every output
+    dvc.yaml declares (``${...}`` of a templated one as ``*``)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load((Path(repo) / "dvc.yaml").read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ["params.yaml", "dvc.lock"]
+    paths = ["params.yaml", "dvc.lock"]
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        for kind in ("outs", "metrics", "plots"):
+            for out in body.get(kind, []):
+                paths.append(re.sub(r"\$\{[^}]*\}", "*", out if isinstance(out, str) else next(iter(out))))
+    return paths
+
+
 def commit(repo: Path = Path(".")) -> str:
-    """The checked-out commit, '+modified' when the working tree differs from it ('unknown' outside git)."""
+    """The checked-out commit, '+modified' when a tracked file differs from it; the files a pipeline
+    run rewrites (``pipeline_files``) do not count, so a run's own record names a clean commit."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                                 text=True, check=True).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    outputs = pipeline_files(repo)
+    dirty = [line[3:] for line in changed
+             if not any(fnmatch.fnmatch(line[3:], out) or fnmatch.fnmatch(line[3:], out.rstrip("/") + "/*") for out in outputs)]
     return head + ("+modified" if dirty else "")
 
 

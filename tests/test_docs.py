@@ -141,3 +141,26 @@ def test_readme_and_the_results_page_are_the_records_numbers():
     prose = README.replace(README[README.index(records.BEGIN):README.index(records.END)], "")
     prose = "\n".join(line for line in prose.splitlines() if not line.startswith("    "))
     assert not re.findall(r"(MAE|Dice|\br) (of |= )?\d\.\d", prose)
+
+
+def test_a_runs_own_outputs_leave_the_commit_clean_and_code_changes_do_not(tmp_path):
+    from echoef import machine
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": "x", "outs": ["models/m.pt", {"metrics/m.json": {"cache": False}}]},
+        "fold": {"foreach": [0, 1], "do": {"cmd": "x", "outs": ["data/fold_${item}/ef.csv"]}}}}))
+    for name in ("params.yaml", "dvc.lock", "metrics/m.json", "data/fold_1/ef.csv", "code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("before")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    for name in ("params.yaml", "dvc.lock", "metrics/m.json", "data/fold_1/ef.csv"):
+        (tmp_path / name).write_text("a run wrote this")
+    assert machine.commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("edited")
+    assert machine.commit(tmp_path) == head + "+modified"
