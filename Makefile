@@ -22,7 +22,7 @@ run: setup  ## set up and run the pipeline (synthetic cohort by default)
 test: setup  ## the whole suite, as CI runs it (needs ../shared/data for the real-data tests)
 	$(ENV) $(PY) -m pytest -q tests
 
-test-fast: setup  ## everything but the end-to-end DVC runs
+test-fast: setup  ## everything but the end-to-end runs (marked slow)
 	$(ENV) $(PY) -m pytest -q -m "not slow" tests
 
 lint: setup

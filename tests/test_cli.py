@@ -7,7 +7,7 @@ import pandas as pd
 
 from echoef import camus
 
-from conftest import CAMUS_2019, ROOT, needs_shared
+from conftest import CAMUS_2019, ROOT, echoef_in_process, needs_shared
 
 
 @needs_shared
@@ -92,7 +92,7 @@ def test_results_and_record_usage_errors_are_one_line(tmp_path):
         ("record", "taken", "--workspace", tmp_path, "--results", tmp_path / "results"): "holds no finished run",
     }
     for args, message in cases.items():
-        result = subprocess.run([sys.executable, "-m", "echoef", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+        result = echoef_in_process(*args)
         assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
         assert "\n" not in result.stderr.strip()
     assert (tmp_path / "README.md").read_text() == "# no generated block here\n"

@@ -113,6 +113,7 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
     assert torch.equal(models[1].state_dict()[key], members[1]["state_dict"][key])
 
 
+@pytest.mark.slow  # starts worker processes, each importing torch
 def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
     # Each member is seeded alone, so two worker processes give the networks of one process, bit
     # for bit on CPU (one thread each way); the log receives every member's rows after training.

@@ -76,6 +76,7 @@ def test_basal_chord_matches_reference_loops(patient):
         assert simpson.basal_chord(contour) == reference_chord(contour), (view, phase)
 
 
+@pytest.mark.slow  # every real patient: a whole-dataset run
 @needs_shared
 def test_reference_ef_on_all_camus_patients(tmp_path):
     """Issue 3: the expert masks of all 449 patients reproduce the stored EF (through `echoef ef`,
