@@ -157,12 +157,16 @@ def predict_command(args) -> int:
         return row
 
     table = pd.DataFrame(batch.each_study(studies, lambda s: s.name, predict, "predict"), columns=PREDICT_COLUMNS)
-    name = "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}"
-    write_csv(out / f"{name}.csv", table)
-    write_json(out / f"{name}.json", table.to_dict(orient="records"))
+    write_summary(table, out, "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}")
     print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
           f" (shard {args.shard}; echoef merge {out} joins the shards)"))
     return batch.exit_status(table)
+
+
+def write_summary(table: pd.DataFrame, folder: Path, name: str) -> None:
+    """A predict summary as ``folder/<name>.csv`` and the same rows as ``<name>.json``."""
+    write_csv(folder / f"{name}.csv", table)
+    write_json(folder / f"{name}.json", table.to_dict(orient="records"))
 
 
 def merge_command(args) -> int:
@@ -171,8 +175,7 @@ def merge_command(args) -> int:
     if not rows:
         raise UsageError(f"no study under {args.folder} (predict writes DIR/<study>/<study>_row.json)")
     table = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
-    write_csv(args.folder / "summary.csv", table)
-    write_json(args.folder / "summary.json", table.to_dict(orient="records"))
+    write_summary(table, args.folder, "summary")
     print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}")
     return batch.exit_status(table)
 
