@@ -48,12 +48,17 @@ def _pair_in_0_100(key, value):
 
 
 def _fold_seeds(key, value):
-    # Fold ids as numbers (what Hydra's `++cv.fold_seeds={0:0,1:1}` writes) or quoted; DVC's foreach
-    # names the fold stages by them either way (train_fold@0, ...).
+    # Fold ids are names (fold_0, fold_1, ...): DVC's foreach silently ignores number keys, which is
+    # what Hydra writes for `{0:0,1:1}` and cannot be quoted there, so such a run would have no fold.
     if not (isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
-            and sorted(str(k) for k in value) == sorted(str(i) for i in range(len(value)))):
-        raise ParamsError(f"params.yaml: {key} = {value!r} must map fold ids 0, 1, ... to integer seeds "
-                          "(dvc exp run -S '++cv.fold_seeds={0:0,1:1}'), or be {} without cross-validation")
+            and sorted(value, key=str) == sorted(fold_ids(len(value)))):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must map fold ids fold_0, fold_1, ... to integer seeds "
+                          "(dvc exp run -S '++cv.fold_seeds={fold_0:0,fold_1:1}'), or be {} without cross-validation")
+
+
+def fold_ids(folds: int) -> list[str]:
+    """The names of K folds as ``cv.fold_seeds`` keys them and the fold stages and folders are named."""
+    return [f"fold_{fold}" for fold in range(folds)]
 
 
 def _phases(key, value):
@@ -224,7 +229,7 @@ class Params:
     def __post_init__(self):
         folds, seeds = self.split.folds, self.cv.fold_seeds
         if len(seeds) != (folds if folds > 1 else 0):
-            expected = "{" + ",".join(f"{i}:{i}" for i in range(folds)) + "}" if folds > 1 else "{}"
+            expected = "{" + ",".join(f"{name}:{i}" for i, name in enumerate(fold_ids(folds))) + "}" if folds > 1 else "{}"
             raise ParamsError(f"params.yaml: cv.fold_seeds has {len(seeds)} entries but split.folds = {folds}; "
                               f"use -S '++cv.fold_seeds={expected}'")
         if self.calibration.fit_set == "oof" and folds <= 1:

@@ -39,7 +39,7 @@ def main():
         write_json(args.full, {"folds": 0})
         print("cv: no cross-validation (split.folds <= 1)")
         return
-    fold_dirs = [args.cv_dir / f"fold_{f}" for f in range(k)]
+    fold_dirs = [args.cv_dir / name for name in P.fold_ids(k)]
     oof = pd.concat([pd.read_csv(d / "ef.csv").assign(fold=f) for f, d in enumerate(fold_dirs)], ignore_index=True)
     if sorted(oof["patient"]) != sorted(read_json(args.folds)["fold_of"]):
         raise RuntimeError("out-of-fold predictions do not cover every train+val patient exactly once")

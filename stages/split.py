@@ -28,8 +28,8 @@ def main():
     write_json(folds_path, folds)
     shutil.rmtree(sets_dir, ignore_errors=True)
     sets_dir.mkdir(parents=True)
-    for fold in range(folds["k"]):
-        write_json(sets_dir / f"fold_{fold}.json", split.fold_sets(folds, fold))
+    for fold, name in enumerate(P.fold_ids(folds["k"])):
+        write_json(sets_dir / f"{name}.json", split.fold_sets(folds, fold))
 
 
 if __name__ == "__main__":

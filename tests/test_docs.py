@@ -38,7 +38,7 @@ PLACEHOLDERS = {"ROOT": str(CAMUS_2019), "PATIENT_DIR": str(CAMUS_2019 / "patien
                 "DIR": "/tmp/echoef-doc-out", "NAME": "study", "/path/to/CAMUS_public": str(CAMUS_2019)}
 
 
-def test_every_documented_command_exists_and_parses():
+def test_every_documented_command_exists_and_parses(tmp_path):
     commands = documented_commands()
     programs = {c[0] for c in commands}
     assert {"make", "echoef", "dvc"} <= programs and len(commands) >= 15
@@ -62,9 +62,22 @@ def test_every_documented_command_exists_and_parses():
             # A sweep (key=a,b) is several runs of the same keys: its first value stands for them all.
             overrides = [o.split(",")[0] if re.match(r"^[^={]+=[^{\[]*,", o) else o for o in overrides]
             if overrides:
-                out = Path("/tmp/echoef-doc-params.yaml")
+                out = tmp_path / "params.yaml"
                 params.compose(out, [o.replace("=/path/to/CAMUS_public", f"={CAMUS_2019}") for o in overrides], ROOT)
-                params.load(out)
+                folds = params.load(out).split.folds
+                if folds > 1:  # DVC itself makes one stage of each kind per fold from these params
+                    fold_stages = {s for s in dvc_stage_names(tmp_path) if "_fold@" in s}
+                    assert fold_stages == {f"{kind}_fold@{fold}" for kind in ("train", "infer", "ef")
+                                           for fold in params.fold_ids(folds)}, command
+
+
+def dvc_stage_names(folder: Path) -> list[str]:
+    """The stages `dvc` makes of the repository's dvc.yaml with ``folder``'s params.yaml."""
+    (folder / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    dvc = str(VENV_BIN / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-f", "-q"], cwd=folder, check=True)
+    listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=folder, capture_output=True, text=True, check=True)
+    return listed.stdout.split()
 
 
 def test_the_cheap_documented_commands_run(tmp_path):

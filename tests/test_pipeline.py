@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     ("data", "phantom", "n_patients"): 14,
     ("split", "folds"): 2,
-    ("cv", "fold_seeds"): {"0": 0, "1": 1},
+    ("cv", "fold_seeds"): {"fold_0": 0, "fold_1": 1},
     ("train", "network", "input_size"): 64,
     ("train", "network", "encoder_depth"): 3,
     ("train", "optimisation", "epochs"): 3,
@@ -191,9 +191,9 @@ def test_a_params_typo_leaves_every_previous_output_in_place(repo):
 
 
 def test_changing_one_fold_reruns_that_fold_only(repo):
-    set_params(repo, {("cv", "fold_seeds"): {"0": 0, "1": 7}})
+    set_params(repo, {("cv", "fold_seeds"): {"fold_0": 0, "fold_1": 7}})
     ran = stages_run(run(["dvc", "repro", "--dry"], repo))
-    assert "train_fold@1" in ran and not {"train_fold@0", "infer_fold@0", "ef_fold@0", "train", "split"} & ran
+    assert "train_fold@fold_1" in ran and not {"train_fold@fold_0", "infer_fold@fold_0", "ef_fold@fold_0", "train", "split"} & ran
     run(["git", "checkout", "params.yaml"], repo)
 
 

@@ -79,7 +79,7 @@ def test_params_errors_name_the_key():
         (with_train(network={"phases_per_input": 1.0}), "train.network.phases_per_input = 1.0 must be 1, 2, or a list"),
         ({**good, "infer": {**good["infer"], "precision": "fp16"}}, "infer.precision = 'fp16' is not allowed.*'bf16'"),
         ({**good, "split": {**good["split"], "folds": 2}},
-         "cv.fold_seeds has 0 entries but split.folds = 2; use -S '\\+\\+cv.fold_seeds=\\{0:0,1:1\\}'"),
+         "cv.fold_seeds has 0 entries but split.folds = 2; use -S '\\+\\+cv.fold_seeds=\\{fold_0:0,fold_1:1\\}'"),
         ({key: value for key, value in good.items() if key != "ef"}, "missing key 'ef'"),
     ]
     for mapping, message in cases:
