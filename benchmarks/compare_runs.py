@@ -25,10 +25,10 @@ def ef_errors(run: Path, subset: str) -> pd.DataFrame:
     calibrator = read_json(run / "models/calibrator.json")
     if subset == "oof":
         rows = pd.read_csv(run / "data/ef_cv.csv")
-        post, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], calibrator["method"], calibrator["ef_range"])
+        post, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], calibrator["method"], calibrator["ef_range"], rows)
     else:
         rows = pd.read_csv(run / "data/ef.csv").query("set == @subset")
-        post = calibration.apply(calibrator, rows["ef"])
+        post = calibration.apply(calibrator, rows["ef"], rows)
     rows = rows.assign(pre=rows["ef"] - rows["ef_ref"], post=np.asarray(post, float) - rows["ef_ref"])
     return rows[rows["status"].map(is_measured)].set_index("patient")[["pre", "post"]]
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-METHODS = ("none", "linear", "isotonic")
+from .ef import VIEW_COLUMNS
+
+METHODS = ("none", "linear", "isotonic", "ridge")
 MIN_FIT_PATIENTS = 3
+# What the ridge calibrator reads beside the biplane EF: each view's single-plane EF (their
+# disagreement), the volumes and the four long axes, all measured on the predicted masks. CAMUS's
+# image quality is left out: a user's own study has none.
+RIDGE_FEATURES = ("edv_ml", "esv_ml", *VIEW_COLUMNS)
+RIDGE_ALPHAS = np.logspace(-2, 4, 25)  # penalties on the standardised features, chosen by leave-one-out
+MIN_RIDGE_PATIENTS = 20  # fewer: the linear calibrator, said so in the file
 
 
-def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[float, float], fit_set: str) -> dict:
-    """Fit a calibrator of reference EF on predicted EF; returned as a JSON-ready dict."""
+def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[float, float], fit_set: str,
+        features: Mapping | None = None) -> dict:
+    """Fit a calibrator of reference EF on predicted EF (and, for 'ridge', the ``RIDGE_FEATURES``
+    columns of ``features``, rows aligned with ``ef_pred``); returned as a JSON-ready dict."""
     ef_pred, ef_ref = np.asarray(ef_pred, float), np.asarray(ef_ref, float)
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}")
@@ -18,6 +30,9 @@ def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[fl
         # Nothing to learn from: say so, and leave EF as it is (clipped) rather than fail the run.
         return {**calibrator, "method": "none", "requested_method": method,
                 "note": f"only {len(ef_pred)} measured patients in the fit set; not calibrated"}
+    if method == "ridge" and len(ef_pred) < MIN_RIDGE_PATIENTS:
+        return {**fit(ef_pred, ef_ref, "linear", ef_range, fit_set), "requested_method": method,
+                "note": f"only {len(ef_pred)} measured patients in the fit set, too few for ridge; linear"}
     # scikit-learn is imported here, where it is used: commands that only apply a calibrator stay light.
     if method == "linear":
         from sklearn.linear_model import LinearRegression
@@ -29,15 +44,56 @@ def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[fl
 
         model = IsotonicRegression(out_of_bounds="clip").fit(ef_pred, ef_ref)
         calibrator.update(x=model.X_thresholds_.tolist(), y=model.y_thresholds_.tolist())
+    elif method == "ridge":
+        x = _features(features, RIDGE_FEATURES, method)
+        if not np.isfinite(x).all() or not np.isfinite(ef_pred).all():
+            raise ValueError("calibration method 'ridge' needs every measure of each patient it is fitted on: "
+                             "ef.method simpson_biplane and measured rows only")
+        calibrator.update(_fit_ridge(ef_pred, ef_ref, x))
     return calibrator
 
 
-def apply(calibrator: dict, ef_pred: np.ndarray) -> np.ndarray:
-    """Calibrated EF, clipped to the calibrator's physiological range (NaN stays NaN)."""
+def _features(features: Mapping | None, names, method: str) -> np.ndarray:
+    """(rows, len(names)) float matrix of the named columns of ``features``."""
+    missing = [name for name in names if features is None or name not in features]
+    if missing:
+        raise ValueError(f"calibration method {method!r} needs the EF table's columns {', '.join(missing)} "
+                         "(written by the ef stage since issue 28; re-run it)")
+    return np.column_stack([np.asarray(features[name], float) for name in names])
+
+
+def _fit_ridge(ef_pred: np.ndarray, ef_ref: np.ndarray, x: np.ndarray) -> dict:
+    """Reference EF on predicted EF and the features ``x``: the linear calibrator's intercept and slope
+    unpenalised, the standardised features' weights shrunk by a ridge penalty chosen by leave-one-out
+    (so the strongest penalty gives back the linear calibrator). Weights returned in the features' units."""
+    from sklearn.linear_model import RidgeCV
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+    base = np.column_stack([np.ones_like(ef_pred), ef_pred])
+
+    def residual(values):  # what the unpenalised terms leave (Frisch-Waugh: the joint fit's features part)
+        return values - base @ np.linalg.lstsq(base, values, rcond=None)[0]
+
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS, fit_intercept=False).fit(residual(z), residual(ef_ref))
+    intercept, slope = np.linalg.lstsq(base, ef_ref - z @ ridge.coef_, rcond=None)[0]
+    weights = ridge.coef_ / scale
+    return {"alpha": float(ridge.alpha_), "intercept": float(intercept - weights @ mean), "slope": float(slope),
+            "features": dict(zip(RIDGE_FEATURES, weights.tolist()))}
+
+
+def apply(calibrator: dict, ef_pred: np.ndarray, features: Mapping | None = None) -> np.ndarray:
+    """Calibrated EF, clipped to the calibrator's physiological range (NaN stays NaN, as does a row
+    with a NaN feature). A 'ridge' calibrator reads its features' columns from ``features``."""
     ef_pred = np.asarray(ef_pred, float)
     method = calibrator["method"]
     if method == "linear":
         out = calibrator["intercept"] + calibrator["slope"] * ef_pred
+    elif method == "ridge":
+        weights = calibrator["features"]
+        out = calibrator["intercept"] + calibrator["slope"] * ef_pred + _features(features, weights, method) @ np.array(
+            list(weights.values()), float)
     elif method == "isotonic":
         out = np.where(np.isnan(ef_pred), np.nan, np.interp(ef_pred, calibrator["x"], calibrator["y"]))
     elif method == "none":
@@ -49,20 +105,29 @@ def apply(calibrator: dict, ef_pred: np.ndarray) -> np.ndarray:
 
 
 def cross_fit(ef_pred: np.ndarray, ef_ref: np.ndarray, folds: np.ndarray, method: str,
-              ef_range: tuple[float, float]) -> tuple[np.ndarray, list[dict]]:
+              ef_range: tuple[float, float], features: Mapping | None = None) -> tuple[np.ndarray, list[dict]]:
     """Calibrate each fold's predictions with a calibrator fitted on the other folds only.
 
     NaN predictions stay NaN and are left out of the fits. Returns (calibrated EF, one calibrator per fold).
     """
     ef_pred, ef_ref, folds = np.asarray(ef_pred, float), np.asarray(ef_ref, float), np.asarray(folds)
+    columns = None if features is None else {name: np.asarray(features[name], float) for name in RIDGE_FEATURES if name in features}
     calibrated = np.full(len(ef_pred), np.nan)
     calibrators = []
     for fold in np.unique(folds):
         train = (folds != fold) & ~np.isnan(ef_pred)
-        calibrator = fit(ef_pred[train], ef_ref[train], method, ef_range, f"out-of-fold, folds other than {fold}")
-        calibrated[folds == fold] = apply(calibrator, ef_pred[folds == fold])
+        held = folds == fold
+        calibrator = fit(ef_pred[train], ef_ref[train], method, ef_range, f"out-of-fold, folds other than {fold}",
+                         None if columns is None else {name: values[train] for name, values in columns.items()})
+        calibrated[held] = apply(calibrator, ef_pred[held], None if columns is None else {n: v[held] for n, v in columns.items()})
         calibrators.append(calibrator)
     return calibrated, calibrators
+
+
+def check(calibrator: dict) -> None:
+    """Raise ValueError (KeyError, TypeError) unless ``calibrator`` is a calibrator file's content."""
+    features = {name: [50.0] for name in calibrator.get("features", {})} if calibrator.get("method") == "ridge" else None
+    apply(calibrator, [50.0], features)
 
 
 def conformal_half_width(calibrated: np.ndarray, reference: np.ndarray, level: float) -> dict:

@@ -17,15 +17,15 @@ from pathlib import Path
 import pandas as pd
 
 from . import batch, camus, simpson
-from .ef import label_maps, patient_ef
+from .ef import VIEW_COLUMNS, label_maps, patient_ef
 from .errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
 from .io import read_json, write_csv, write_json, write_text
 from .params import PRECISIONS, Infer, build
 
 DEFAULT_CALIBRATOR = Path("models/calibrator.json")
-EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
+EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
-                   "frames", "cine", "detail"]
+                   "frames", "cine", *VIEW_COLUMNS, "detail"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:
@@ -115,7 +115,7 @@ def _calibrator(path: Path) -> dict:
 
     try:
         calibrator = read_json(path)
-        calibration.apply(calibrator, [50.0])
+        calibration.check(calibrator)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise UsageError(f"--calibrator {path}: not a calibrator file ({error})") from error
     return calibrator

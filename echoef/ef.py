@@ -9,7 +9,10 @@ import numpy as np
 from . import camus, simpson
 from .camus import Label
 
-COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status"]
+# Each view's single-plane EF and each frame's long axis, measured with the EF: what a calibrator may
+# read beside it (calibration.RIDGE_FEATURES) and what a reader checks a view against the other with.
+VIEW_COLUMNS = ["ef_2ch", "long_axis_ed_2ch_mm", "long_axis_es_2ch_mm", "ef_4ch", "long_axis_ed_4ch_mm", "long_axis_es_4ch_mm"]
+COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status", *VIEW_COLUMNS]
 EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
 # Physiological limits of an adult LV measured by discs: below a few mL no ventricle was found (a
 # sliver of a mask, a spacing in the wrong unit); above this no heart is that large.
@@ -48,19 +51,33 @@ def geometries(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
     return found, None
 
 
+def view_measures(found: dict[tuple[str, str], simpson.LVGeometry]) -> dict:
+    """``VIEW_COLUMNS`` from measured geometries: a view's single-plane EF when both its phases are
+    measured, a frame's long axis (mm) when it is; NaN otherwise."""
+    out = {}
+    for view in camus.VIEWS:
+        pair = [found.get((view, phase)) for phase in camus.PHASES]
+        out[f"ef_{view.lower()}"] = math.nan if None in pair else simpson.simpson_single_plane(*pair, view).ef
+        for phase, geometry in zip(camus.PHASES, pair):
+            out[f"long_axis_{phase.lower()}_{view.lower()}_mm"] = math.nan if geometry is None else geometry.long_axis_mm
+    return out
+
+
 def ef_of(found: dict[tuple[str, str], simpson.LVGeometry], method: str) -> dict:
-    """{method, edv_ml, esv_ml, ef, status} from measured geometries (see ``patient_ef``)."""
+    """{method, edv_ml, esv_ml, ef, status, VIEW_COLUMNS...} from measured geometries (see ``patient_ef``)."""
     result = simpson.volumes(found, method)
     touching = [f"{view}_{phase}" for (view, phase), g in found.items() if g.touches_border]
     status = "ok" if not touching else "ok_touches_border:" + "+".join(touching)
     why = implausibility(result.edv_ml, result.esv_ml)
     if why:
         status = f"implausible:{why}"
-    return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status}
+    return {"method": result.method, "edv_ml": result.edv_ml, "esv_ml": result.esv_ml, "ef": result.ef, "status": status,
+            **view_measures(found)}
 
 
 def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]], method: str) -> dict:
-    """{method, edv_ml, esv_ml, ef, status} from label maps keyed (view, phase) with their spacing.
+    """{method, edv_ml, esv_ml, ef, status, VIEW_COLUMNS...} from label maps keyed (view, phase) with
+    their spacing.
 
     ``status`` is 'ok', 'ok_touches_border:<frames>' (measured, but the cavity reaches the image
     edge), '<problem>:<frame>' with NaN volumes when a mask cannot be measured, or
@@ -69,7 +86,8 @@ def patient_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, floa
     """
     found, problem = geometries(frames, needed_frames(method))
     if problem:
-        return {"method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": problem}
+        return {"method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": problem,
+                **view_measures(found)}
     return ef_of(found, method)
 
 

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import camus  # noqa: E402
+from . import calibration, camus  # noqa: E402
 from .camus import Label  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
@@ -44,12 +44,15 @@ def bland_altman(ref, pre, post, stats_pre: dict, stats_post: dict, path) -> Non
     _save(fig, path)
 
 
-def calibration_curve(calibrator_fn, path) -> None:
-    """The fitted mapping from raw to calibrated EF."""
-    x = np.linspace(0, 100, 201)
+def calibration_curve(calibrator: dict, rows, path) -> None:
+    """The fitted mapping from raw to calibrated EF: a curve where EF alone sets it, and the points
+    (``ef``, ``ef_calibrated``) of ``rows`` (a ridge calibrator also reads each patient's other measures)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 100], [0, 100], color="grey", lw=1, label="identity")
-    ax.plot(x, calibrator_fn(x), color="C1", label="calibrator")
+    if calibrator["method"] != "ridge":
+        x = np.linspace(0, 100, 201)
+        ax.plot(x, calibration.apply(calibrator, x), color="C1", label="calibrator")
+    ax.scatter(rows["ef"], rows["ef_calibrated"], s=10, color="C0", label="test patients")
     ax.set(xlabel="raw predicted EF (%)", ylabel="calibrated EF (%)", xlim=(0, 100), ylim=(0, 100))
     ax.legend(fontsize=8)
     _save(fig, path)

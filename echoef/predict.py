@@ -78,7 +78,7 @@ def calibrated_ef(row: dict, calibrator: dict) -> float:
     """The calibrated EF of a measured row by the method the calibrator was fitted for, else NaN."""
     if not is_measured(row["status"]) or row["method"] != calibrator.get("ef_method", "simpson_biplane"):
         return math.nan
-    return float(calibration.apply(calibrator, np.array([row["ef"]]))[0])
+    return float(calibration.apply(calibrator, np.array([row["ef"]]), {key: [value] for key, value in row.items()})[0])
 
 
 def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, calibrator: dict, infer_config: Infer,

@@ -31,7 +31,7 @@ def patient_table(workspace: Path) -> pd.DataFrame:
     oof = workspace / "data/ef_cv.csv"
     if oof.is_file() and oof.stat().st_size and not (cv := pd.read_csv(oof)).empty:
         table = pd.concat([table, cv], ignore_index=True)
-    table["ef_calibrated"] = calibration.apply(read_json(workspace / "models/calibrator.json"), table["ef"])
+    table["ef_calibrated"] = calibration.apply(read_json(workspace / "models/calibrator.json"), table["ef"], table)
     return table[PATIENT_COLUMNS]
 
 

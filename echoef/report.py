@@ -17,13 +17,22 @@ PRE_KEYS = ("mae", "bias", "r")
 INTERVALS = ("mae", "r")
 
 
+def headline_number(key: str, value):
+    """``value`` rounded as the reports print it (3 decimals of r, 2 of an EF point): more digits are
+    noise at these sample sizes and would widen every column of `dvc exp show`. Full precision stays in
+    reports/*_full.json."""
+    if value is None or isinstance(value, int) or math.isnan(value):
+        return value
+    return round(float(value), 3 if key == "r" else 2)
+
+
 def _with_intervals(stats: dict, keys: tuple[str, ...], suffix: str = "") -> dict:
     out = {}
     for key in keys:
-        out[key + suffix] = stats[key]
+        out[key + suffix] = headline_number(key, stats[key])
         if key in INTERVALS:
             low, high = stats.get(f"{key}_ci", [math.nan, math.nan])
-            out[f"{key}{suffix}_low"], out[f"{key}{suffix}_high"] = low, high
+            out[f"{key}{suffix}_low"], out[f"{key}{suffix}_high"] = headline_number(key, low), headline_number(key, high)
     return out
 
 
@@ -32,7 +41,7 @@ def ef_headline(test: dict, val: dict) -> dict:
     bias, SD, limits of agreement) and before it, the patient counts, and validation MAE (20 numbers,
     short top-level names so that `dvc exp show` fits a terminal)."""
     return {"n": test["post"]["n"], "n_failed": test["n_failed"], **_with_intervals(test["post"], POST_KEYS),
-            **_with_intervals(test["pre"], PRE_KEYS, "_uncalibrated"), "val_mae": val["post"]["mae"]}
+            **_with_intervals(test["pre"], PRE_KEYS, "_uncalibrated"), "val_mae": headline_number("mae", val["post"]["mae"])}
 
 
 def cv_headline(cv: dict) -> dict:
@@ -43,8 +52,8 @@ def cv_headline(cv: dict) -> dict:
     oof = cv["oof"]
     return {"folds": cv["folds"],
             "oof": {"n": oof["post"]["n"], "n_failed": oof["n_failed"], **_with_intervals(oof["post"], ("mae", "bias", "r")),
-                    "mae_uncalibrated": oof["pre"]["mae"]},
-            "test_ensemble": {"mae": cv["test_ensemble"]["post"]["mae"]}}
+                    "mae_uncalibrated": headline_number("mae", oof["pre"]["mae"])},
+            "test_ensemble": {"mae": headline_number("mae", cv["test_ensemble"]["post"]["mae"])}}
 
 
 def dice_headline(summary: dict) -> dict:

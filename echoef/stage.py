@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import USER_ERRORS
 
-# DVC names the stage it runs (DVC_STAGE, e.g. train_fold@0) and the repository (DVC_ROOT).
+# DVC names the stage it runs (DVC_STAGE, e.g. train_fold@fold_0) and the repository (DVC_ROOT).
 TIMES_DIR = Path(".dvc/tmp/stage_seconds")
 
 

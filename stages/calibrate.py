@@ -20,12 +20,13 @@ def main():
     # The fit set: the validation patients, or (a small validation set) every train+val patient's
     # out-of-fold prediction from cross-validation.
     fit_rows = val if config.fit_set == "val" else pd.read_csv(oof_path).pipe(lambda t: t[t["status"].map(is_measured)])
-    calibrator = calibration.fit(fit_rows["ef"], fit_rows["ef_ref"], config.method, tuple(config.ef_range), config.fit_set)
+    calibrator = calibration.fit(fit_rows["ef"], fit_rows["ef_ref"], config.method, tuple(config.ef_range), config.fit_set,
+                                 features=fit_rows)
+    val_calibrated = calibration.apply(calibrator, val["ef"], val)
     before = agreement.summary(val["ef"], val["ef_ref"])["mae"]
-    after = agreement.summary(calibration.apply(calibrator, val["ef"]), val["ef_ref"])["mae"]
+    after = agreement.summary(val_calibrated, val["ef_ref"])["mae"]
     calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before),
-                      interval=calibration.conformal_half_width(calibration.apply(calibrator, val["ef"]), val["ef_ref"],
-                                                                params.evaluate.interval))
+                      interval=calibration.conformal_half_width(val_calibrated, val["ef_ref"], params.evaluate.interval))
     write_json(out, calibrator)
     note = " (WORSE than uncalibrated on validation)" if after > before else ""
     print(f"calibrate: {config.method} fitted on {len(fit_rows)} {config.fit_set} patients, "

@@ -42,7 +42,7 @@ def write_plots(test: pd.DataFrame, stats: dict, calibrator: dict, cases: list[d
         "predicted": [CLASS_NAMES[c] for c in ef_class(test["ef_calibrated"].to_numpy())]}))
     figures.scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], plots / "ef_scatter.png")
     figures.bland_altman(test["ef_ref"], test["ef"], test["ef_calibrated"], stats["pre"], stats["post"], plots / "bland_altman.png")
-    figures.calibration_curve(lambda x: calibration.apply(calibrator, x), plots / "calibration.png")
+    figures.calibration_curve(calibrator, test, plots / "calibration.png")
     figures.confusion(stats["post"]["confusion"], plots / "ef_classes.png")
     figures.overlays(cases, plots / "overlays.png")
 
@@ -57,7 +57,7 @@ def main():
     config = params.evaluate
     table = pd.read_csv(args.ef)
     calibrator = read_json(args.calibrator)
-    full = {subset: agreement.set_report(rows, calibration.apply(calibrator, rows["ef"]), config.bootstrap, config.seed)
+    full = {subset: agreement.set_report(rows, calibration.apply(calibrator, rows["ef"], rows), config.bootstrap, config.seed)
             for subset, rows in ((s, table[table["set"] == s]) for s in ("test", "val"))}
     full["cv"] = agreement.cross_validation_report(pd.read_csv(args.oof), pd.read_csv(args.ensemble_ef), calibrator,
                                                    config.bootstrap, config.seed)
@@ -65,7 +65,7 @@ def main():
     write_json(args.cv_metrics, report.cv_headline(full["cv"]))
 
     test = table[(table["set"] == "test") & table["status"].map(is_measured)].copy()
-    test["ef_calibrated"] = calibration.apply(calibrator, test["ef"])
+    test["ef_calibrated"] = calibration.apply(calibrator, test["ef"], test)
     made = {("n_validation" if key == "n" else key): value for key, value in calibrator.get("interval", {}).items()}
     full["test"]["interval"] = {**made, **calibration.interval_report(calibrator, test["ef_calibrated"], test["ef_ref"])}
     write_json(args.full, full)

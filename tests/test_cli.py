@@ -17,8 +17,15 @@ def test_ef_command_on_the_2019_sample(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
-    assert list(table.columns) == ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "detail"]
+    assert list(table.columns) == ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", "ef_2ch", "long_axis_ed_2ch_mm",
+                                   "long_axis_es_2ch_mm", "ef_4ch", "long_axis_ed_4ch_mm", "long_axis_es_4ch_mm", "detail"]
     assert len(table) == 5 and (table["status"] == "ok").all()
+    # Each view's measures are what that view's single-plane method measures alone.
+    for view in ("2ch", "4ch"):
+        single = tmp_path / f"{view}.csv"
+        subprocess.run([sys.executable, "-m", "echoef", "ef", str(CAMUS_2019), "--out", str(single), "--method",
+                        f"simpson_single_plane_{view}"], cwd=ROOT, check=True, capture_output=True)
+        assert pd.read_csv(single)["ef"].tolist() == table[f"ef_{view}"].tolist() != table["ef"].tolist()
     assert table["ef_ref"].tolist() == [63.2, 49.4, 55.4, 62.1, 53.4]  # the 2019 LVef
     assert table["ef"].between(30, 75).all()
 

@@ -69,6 +69,7 @@ def set_params(repo: Path, overrides: dict, file: str = "params.yaml") -> None:
 def repo(tmp_path_factory):
     """A git repository holding this project's tracked files with TINY, run and committed."""
     repo = tmp_path_factory.mktemp("repo")
+    ENV["PYTHONPATH"] = str(repo)  # the stages import the copy's echoef, which DVC hashed, not this checkout's
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
@@ -100,7 +101,10 @@ def test_outputs(repo):
     post = full["test"]["post"]
     for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "n", "mae_ci", "confusion"):
         assert key in post and key in full["test"]["pre"]
-    assert headline["mae"] == post["mae"] and [headline["mae_low"], headline["mae_high"]] == post["mae_ci"]
+    # Rounded as the reports print them (2 decimals of an EF point, 3 of r).
+    assert headline["mae"] == round(post["mae"], 2)
+    assert [headline["mae_low"], headline["mae_high"]] == [None if v is None else round(v, 2) for v in post["mae_ci"]]
+    assert headline["r"] == (None if post["r"] is None else round(post["r"], 3))
     split = read(repo, "data/split.json")
     assert full["test"]["n_patients"] == headline["n"] + headline["n_failed"] == len(split["test"]) == 3
     interval = full["test"]["interval"]  # 3 validation patients are too few for a 90% interval: none, said so
@@ -149,7 +153,7 @@ def test_every_train_val_patient_has_one_out_of_fold_prediction(repo):
 def test_cv_metrics_count_every_out_of_fold_patient(repo):
     split, ef_cv = read(repo, "data/split.json"), read(repo, "reports/ef_full.json")["cv"]
     oof = ef_cv["oof"]
-    assert ef_cv["folds"] == 2 and read(repo, "metrics/ef_cv.json")["oof"]["mae"] == oof["post"]["mae"]
+    assert ef_cv["folds"] == 2 and read(repo, "metrics/ef_cv.json")["oof"]["mae"] == round(oof["post"]["mae"], 2)
     assert oof["n_patients"] == len(split["train"]) + len(split["val"]) == oof["post"]["n"] + oof["n_failed"]
     for key in ("mae", "bias", "sd", "loa_low", "loa_high", "r", "r2", "mae_ci"):
         assert key in oof["pre"] and key in oof["post"]
@@ -209,16 +213,21 @@ def test_a_bad_parameter_stops_the_stage_with_the_key(repo):
 
 def test_nothing_to_do_then_an_experiment_reruns_only_calibration(repo):
     assert "up to date" in run(["dvc", "repro"], repo)
-    log = run(["dvc", "exp", "run", "-S", "calibration.method=none"], repo)
+    log = run(["dvc", "exp", "run", "-S", "calibration.method=isotonic"], repo)
     assert stages_run(log) == {"check_params", "calibrate", "evaluate"}  # the check re-runs nothing by itself
-    assert read(repo, "models/calibrator.json")["method"] == "none"
+    assert read(repo, "models/calibrator.json")["method"] == "isotonic"
+    # What changed fits a 160-column terminal laid out for 1,000. The cross-validation columns are left
+    # out: the default run has none, this repository has two folds.
+    shown = subprocess.run(["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", r"^(oof\.|test_ensemble\.)"],
+                           cwd=repo, capture_output=True, text=True, env={**ENV, "COLUMNS": "1000"}, check=True).stdout
+    assert "isotonic" in shown and " mae " in shown and max(map(len, shown.splitlines())) <= 160, shown
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
     assert {"n", "n_failed", "mae", "bias", "val_mae"} <= set(diff["metrics/ef.json"])  # intervals too, when not null
     assert "bland_altman" in run(["dvc", "plots", "show", "--json"], repo)
 
 
 def test_a_run_killed_mid_stage_leaves_nothing_a_rerun_trusts(repo):
-    # After the experiment above (calibration.method none): calibrate on the out-of-fold predictions.
+    # After the experiment above (calibration.method isotonic): calibrate on the out-of-fold predictions.
     set_params(repo, {("calibration", "method"): "linear", ("calibration", "fit_set"): "oof"})
     process = subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=ENV, start_new_session=True)
@@ -272,7 +281,7 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "dvc repro").returncode == 0
     record = read(tmp_path / "tiny", "record.json")
     assert record["profile"] == "synthetic" and record["train_precision"] == "float32" and record["environment"]["cpu"]["cores"]
-    assert {"train", "infer", "evaluate", "train_fold@0", "ef_fold@1", "cv"} <= set(record["stage_seconds"])
+    assert {"train", "infer", "evaluate", "train_fold@fold_0", "ef_fold@fold_1", "cv"} <= set(record["stage_seconds"])
     assert all(seconds > 0 for seconds in record["stage_seconds"].values())
     for name in ("metrics/ef.json", "reports/ef_full.json", "params.yaml", "dvc.lock", "models/train_log.json"):
         assert (tmp_path / "tiny" / name).read_bytes() == (repo / name).read_bytes()

@@ -229,3 +229,19 @@ def test_seed_scoring_of_expert_masks():
         maps = ef.label_maps(camus.read_study(CAMUS / "database_nifti" / patient).frames)
         found[patient] = (eftable.seed_scoring_ef(maps), ef.patient_ef(maps, "area_length")["ef"], ef.patient_ef(maps, "simpson_biplane")["ef"])
     assert found == {"patient0004": (62.0, 62.0, 57.0), "patient0009": (32.0, 29.0, 25.0)}
+
+
+def test_view_measures_are_each_views_single_plane_ef_and_long_axes():
+    """Identical 2CH and 4CH masks: circular discs either way, so each view's single-plane EF is the
+    biplane EF; the long axes are the half-ellipses' lengths (the analytic values within a pixel or two)."""
+    spacing = (0.25, 0.25)
+    ed, es = half_ellipse((400, 300), spacing, 80.0, 24.0), half_ellipse((400, 300), spacing, 72.0, 17.0)
+    maps = {(view, phase): (mask, spacing) for view in camus.VIEWS for phase, mask in zip(camus.PHASES, (ed, es))}
+    row = ef.patient_ef(maps, "simpson_biplane")
+    assert row["status"] == "ok" and 30 < row["ef"] < 70
+    assert row["ef_2ch"] == row["ef_4ch"] == row["ef"]
+    assert row["long_axis_ed_2ch_mm"] == row["long_axis_ed_4ch_mm"] == pytest.approx(80.0, abs=0.5)
+    assert row["long_axis_es_4ch_mm"] == pytest.approx(72.0, abs=0.5)
+    single = ef.patient_ef({k: v for k, v in maps.items() if k[0] == "4CH"}, "simpson_single_plane_4ch")
+    assert single["ef_4ch"] == single["ef"] == row["ef"] and np.isnan(single["ef_2ch"]) and np.isnan(single["long_axis_ed_2ch_mm"])
+    assert list(row)[5:] == ef.VIEW_COLUMNS

@@ -1,4 +1,7 @@
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +10,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from echoef import agreement, calibration, geometry, params, split
+from echoef import agreement, calibration, ef, geometry, params, split
+
+from conftest import ROOT
 
 PRED = np.array([55.0, 60, 35, 48, 70, 25, 52, 61])
 REF = np.array([52.0, 63, 30, 50, 66, 31, 50, 58])
@@ -187,3 +192,72 @@ def test_split_conformal_interval_covers_new_patients_at_its_level():
     assert abs(report["coverage"] - 0.9) < 0.03 and report["interval_width"] <= 2 * fitted["half_width"]
     assert calibration.conformal_half_width(calibrated[:5], reference[:5], 0.9)["half_width"] is None  # ceil(6 * 0.9) = 6 > 5
     assert calibration.interval_report({"interval": {"half_width": None}}, calibrated, reference)["coverage"] is None
+
+
+def ridge_rows(n: int, seed: int) -> pd.DataFrame:
+    """EF rows with every ridge measure, and a reference EF that is linear in the biplane EF plus the
+    views' disagreement (ef_2ch - ef_4ch), with noise of SD 0.5."""
+    rng = np.random.default_rng(seed)
+    ef_pred = rng.uniform(20, 75, n)
+    edv = rng.uniform(60, 200, n)
+    rows = pd.DataFrame({"ef": ef_pred, "edv_ml": edv, "esv_ml": edv * (1 - ef_pred / 100) + rng.normal(0, 3, n),
+                         "ef_2ch": ef_pred + rng.normal(0, 4, n), "ef_4ch": ef_pred + rng.normal(0, 4, n),
+                         **{name: rng.normal(80, 8, n) for name in ef.VIEW_COLUMNS if name.startswith("long_axis")}})
+    rows["ef_ref"] = 6 + 0.85 * rows["ef"] + 0.4 * (rows["ef_2ch"] - rows["ef_4ch"]) + rng.normal(0, 0.5, n)
+    return rows
+
+
+def test_the_ridge_calibrator_recovers_a_linear_plus_feature_relation():
+    rows = ridge_rows(300, 0)
+    fitted = calibration.fit(rows["ef"], rows["ef_ref"], "ridge", (0, 100), "oof", rows)
+    weights = fitted["features"]
+    assert fitted["method"] == "ridge" and fitted["slope"] == pytest.approx(0.85, abs=0.03)
+    assert weights["ef_2ch"] == pytest.approx(0.4, abs=0.02) and weights["ef_4ch"] == pytest.approx(-0.4, abs=0.02)
+    assert max(abs(weights[name]) for name in weights if name not in ("ef_2ch", "ef_4ch")) < 0.02
+    # The same penalised least squares solved independently: the penalty as extra rows, on the
+    # standardised measures only, intercept and slope unpenalised.
+    x = rows[list(calibration.RIDGE_FEATURES)].to_numpy()
+    z = (x - x.mean(0)) / x.std(0)
+    design = np.vstack([np.column_stack([np.ones(len(rows)), rows["ef"], z]),
+                        np.column_stack([np.zeros((z.shape[1], 2)), np.sqrt(fitted["alpha"]) * np.eye(z.shape[1])])])
+    solution = np.linalg.lstsq(design, np.concatenate([rows["ef_ref"], np.zeros(z.shape[1])]), rcond=None)[0]
+    assert fitted["slope"] == pytest.approx(solution[1], abs=1e-9)
+    np.testing.assert_allclose(list(weights.values()), solution[2:] / x.std(0), atol=1e-9)
+    applied = calibration.apply(fitted, rows["ef"], rows)
+    np.testing.assert_allclose(applied, solution[0] + solution[1] * rows["ef"] + z @ solution[2:], atol=1e-9)
+    # Out of sample, cross-fitted on five folds: well below the linear calibrator, which cannot see the views.
+    folds = np.arange(len(rows)) % 5
+    ridge, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], folds, "ridge", (0, 100), rows)
+    linear, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], folds, "linear", (0, 100), rows)
+    assert np.abs(ridge - rows["ef_ref"]).mean() < 0.6 < 0.5 * np.abs(linear - rows["ef_ref"]).mean()
+
+
+def test_the_ridge_calibrator_says_what_it_needs():
+    rows = ridge_rows(40, 1)
+    with pytest.raises(ValueError, match="needs the EF table's columns ef_2ch"):
+        calibration.fit(rows["ef"], rows["ef_ref"], "ridge", (0, 100), "oof", rows.drop(columns="ef_2ch"))
+    few = calibration.fit(rows["ef"][:10], rows["ef_ref"][:10], "ridge", (0, 100), "val", rows[:10])
+    assert few["method"] == "linear" and few["requested_method"] == "ridge"  # 10 patients: linear, said so
+    fitted = calibration.fit(rows["ef"], rows["ef_ref"], "ridge", (0, 100), "oof", rows)
+    calibration.check(json.loads(json.dumps(fitted)))  # as read back from its file
+    with pytest.raises(ValueError, match="needs the EF table's columns"):
+        calibration.apply(fitted, rows["ef"])
+    one = {name: [np.nan if name == "ef_4ch" else 50.0] for name in calibration.RIDGE_FEATURES}
+    assert np.isnan(calibration.apply(fitted, [50.0], one)).all()  # a patient without a measure gets no calibrated EF
+
+
+def test_the_calibrate_stage_never_reads_a_test_row(tmp_path):
+    params.compose(tmp_path / "params.yaml", ["calibration.method=ridge", "calibration.fit_set=oof", "split.folds=2",
+                                              "++cv.fold_seeds={fold_0:0,fold_1:1}"], ROOT)
+    table = ridge_rows(60, 2).assign(patient=[f"p{i}" for i in range(60)], method="simpson_biplane", status="ok",
+                                     set=["val"] * 30 + ["test"] * 30)
+    oof = ridge_rows(120, 3).assign(patient=[f"q{i}" for i in range(120)], status="ok", fold=np.arange(120) % 2)
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    fitted = []
+    for scrambled in (table, table.assign(**{c: np.where(table["set"] == "test", -table[c], table[c])
+                                             for c in ["ef", "ef_ref", *calibration.RIDGE_FEATURES]})):
+        scrambled.to_csv(tmp_path / "ef.csv", index=False)
+        subprocess.run([sys.executable, ROOT / "stages/calibrate.py", "ef.csv", "oof.csv", "calibrator.json"], cwd=tmp_path,
+                       check=True, capture_output=True)
+        fitted.append(json.loads((tmp_path / "calibrator.json").read_text()))
+    assert fitted[0] == fitted[1] and fitted[0]["method"] == "ridge" and fitted[0]["n"] == 120
