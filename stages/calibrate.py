@@ -27,7 +27,7 @@ def main():
     after = agreement.summary(val_calibrated, val["ef_ref"])["mae"]
     calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before),
                       interval=calibration.conformal_half_width(val_calibrated, val["ef_ref"], params.evaluate.interval))
-    write_json(out, calibrator)
+    write_json(out, {**calibrator, "fingerprint": calibration.fingerprint(calibrator)})
     note = " (WORSE than uncalibrated on validation)" if after > before else ""
     print(f"calibrate: {config.method} fitted on {len(fit_rows)} {config.fit_set} patients, "
           f"val MAE {before:.2f} -> {after:.2f}{note}; {100 * params.evaluate.interval:.0f}% interval "

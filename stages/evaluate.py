@@ -12,6 +12,7 @@ import pandas as pd
 
 from echoef import agreement, calibration, figures, framefile, machine, params as P, report
 from echoef.ef import ef_class, is_measured
+from echoef.errors import UsageError
 from echoef.ingest import patient_path
 from echoef.io import read_json, write_csv, write_json, write_text
 from echoef.stage import run
@@ -57,6 +58,8 @@ def main():
     config = params.evaluate
     table = pd.read_csv(args.ef)
     calibrator = read_json(args.calibrator)
+    if calibrator.get("fingerprint") != calibration.fingerprint(calibrator):  # DVC re-runs this stage on the fingerprint alone
+        raise UsageError(f"{args.calibrator} was changed by hand (its fingerprint no longer matches); run dvc repro -f -s calibrate")
     full = {subset: agreement.set_report(rows, calibration.apply(calibrator, rows["ef"], rows), config.bootstrap, config.seed)
             for subset, rows in ((s, table[table["set"] == s]) for s in ("test", "val"))}
     full["cv"] = agreement.cross_validation_report(pd.read_csv(args.oof), pd.read_csv(args.ensemble_ef), calibrator,

@@ -261,3 +261,11 @@ def test_the_calibrate_stage_never_reads_a_test_row(tmp_path):
                        check=True, capture_output=True)
         fitted.append(json.loads((tmp_path / "calibrator.json").read_text()))
     assert fitted[0] == fitted[1] and fitted[0]["method"] == "ridge" and fitted[0]["n"] == 120
+
+
+def test_a_calibrators_fingerprint_follows_every_value_but_its_own():
+    fitted = calibration.fit(PRED, REF, "linear", (5, 95), "val")
+    stamped = {**fitted, "fingerprint": calibration.fingerprint(fitted)}
+    assert calibration.fingerprint(stamped) == stamped["fingerprint"] and len(stamped["fingerprint"]) == 8
+    assert calibration.fingerprint({**fitted, "slope": fitted["slope"] + 1e-9}) != stamped["fingerprint"]
+    assert calibration.fingerprint(dict(reversed(list(fitted.items())))) == stamped["fingerprint"]  # key order aside
