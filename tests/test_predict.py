@@ -22,6 +22,21 @@ def predict(trained, *args):
     return echoef_in_process("predict", *args, "--model", trained / "segmenter.pt", "--calibrator", trained / "calibrator.json")
 
 
+def test_predict_with_a_ridge_calibrator_reads_each_studys_view_measures(trained, phantom_root, tmp_path):
+    weights = {"edv_ml": 0.01, "esv_ml": -0.02, "ef_2ch": 0.1, "long_axis_ed_2ch_mm": 0.03, "long_axis_es_2ch_mm": -0.03,
+               "ef_4ch": -0.05, "long_axis_ed_4ch_mm": 0.02, "long_axis_es_4ch_mm": -0.01}
+    ridge = {"method": "ridge", "fit_set": "oof", "n": 100, "ef_range": [5, 95], "alpha": 1.0, "intercept": 2.0, "slope": 0.9,
+             "features": weights, "ef_method": "simpson_biplane"}
+    (tmp_path / "ridge.json").write_text(json.dumps(ridge))
+    result = echoef_in_process("predict", *camus.find_patients(phantom_root)[10:12], "--out", tmp_path / "out",
+                               "--model", trained / "segmenter.pt", "--calibrator", tmp_path / "ridge.json")
+    assert result.returncode == 0, result.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    by_hand = 2.0 + 0.9 * summary["ef"] + sum(w * summary[name] for name, w in weights.items())
+    assert summary["status"].eq("ok").all() and np.allclose(summary["ef_calibrated"], by_hand.clip(5, 95))
+    assert not np.allclose(summary["ef_calibrated"], (2.0 + 0.9 * summary["ef"]).clip(5, 95))  # the measures moved it
+
+
 def assert_same_geometry(written, reference):
     a, b = sitk.ReadImage(str(written)), sitk.ReadImage(str(reference))
     assert a.GetSize() == b.GetSize() and a.GetSpacing() == pytest.approx(b.GetSpacing())
