@@ -168,10 +168,13 @@ def cross_validation_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrato
 def calibrator_comparison(measured: pd.DataFrame, ef_range, n_resamples: int, seed: int) -> dict:
     """Each calibration method cross-fitted on the same folds of the measured out-of-fold rows: its
     EF MAE, and ridge minus linear absolute error per patient with a paired bootstrap interval (the
-    evidence the adoption rule of docs/experiment-log.md reads). Ridge is left out of tables without
-    its measures; ``ridge_folds`` counts the folds where it was fitted, not fallen back to linear."""
+    evidence the adoption rule of docs/experiment-log.md reads). Ridge is left out where a row lacks
+    one of its measures (older tables, a single-plane EF method); ``ridge_folds`` counts the folds
+    where it was fitted, not fallen back to linear."""
     ref = measured["ef_ref"].to_numpy()
-    methods = [m for m in calibration.METHODS if m != "ridge" or set(calibration.RIDGE_FEATURES) <= set(measured)]
+    names = list(calibration.RIDGE_FEATURES)
+    has_measures = set(names) <= set(measured) and np.isfinite(measured[names].to_numpy(float)).all()
+    methods = [m for m in calibration.METHODS if m != "ridge" or has_measures]
     errors, out = {}, {"n": len(measured)}
     for method in methods:
         calibrated, fitted = calibration.cross_fit(measured["ef"], ref, measured["fold"], method, ef_range, measured)

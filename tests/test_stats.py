@@ -269,3 +269,16 @@ def test_a_calibrators_fingerprint_follows_every_value_but_its_own():
     assert calibration.fingerprint(stamped) == stamped["fingerprint"] and len(stamped["fingerprint"]) == 8
     assert calibration.fingerprint({**fitted, "slope": fitted["slope"] + 1e-9}) != stamped["fingerprint"]
     assert calibration.fingerprint(dict(reversed(list(fitted.items())))) == stamped["fingerprint"]  # key order aside
+
+
+def test_the_calibrator_comparison_pairs_ridge_with_linear_on_the_same_folds():
+    rows = ridge_rows(200, 4).assign(fold=np.arange(200) % 5)
+    compared = agreement.calibrator_comparison(rows, (0, 100), 500, 0)
+    linear, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], "linear", (0, 100))
+    ridge, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], "ridge", (0, 100), rows)
+    difference = np.abs(ridge - rows["ef_ref"]) - np.abs(linear - rows["ef_ref"])
+    assert compared["mae"]["linear"] == pytest.approx(np.abs(linear - rows["ef_ref"]).mean()) and compared["ridge_folds"] == 5
+    paired = compared["ridge_minus_linear"]
+    assert paired["mean"] == pytest.approx(difference.mean()) and paired["ci"][0] < paired["mean"] < paired["ci"][1] < 0
+    single_plane = agreement.calibrator_comparison(rows.assign(ef_4ch=np.nan), (0, 100), 500, 0)
+    assert "ridge" not in single_plane["mae"] and "ridge_minus_linear" not in single_plane  # no measure, no ridge
