@@ -156,6 +156,27 @@ def test_readme_and_the_results_page_are_the_records_numbers():
     assert not re.findall(r"(MAE|Dice|\br) (of |= )?\d\.\d", prose)
 
 
+def test_the_calibrator_decision_follows_the_rule_from_a_records_numbers(tmp_path):
+    comparison = {"n": 399, "ridge_folds": 5, "mae": {"none": 5.1, "linear": 4.25, "isotonic": 4.4, "ridge": 4.1},
+                  "ridge_minus_linear": {"n": 399, "mean": -0.15, "ci": [-0.31, 0.02]}}
+    (tmp_path / "oof/reports").mkdir(parents=True)
+    (tmp_path / "no-cv/reports").mkdir(parents=True)
+    (tmp_path / "no-cv/reports/ef_full.json").write_text(json.dumps({"test": {}}))
+
+    def lines(ci):
+        (tmp_path / "oof/reports/ef_full.json").write_text(json.dumps(
+            {"cv": {"calibrators": {**comparison, "ridge_minus_linear": {"n": 399, "mean": -0.15, "ci": ci}}}}))
+        return records.calibrator_lines(tmp_path)
+
+    [line] = lines([-0.31, 0.02])  # one sentence: the record without cross-validation has none
+    assert "record `oof` (399 patients, ridge fitted in 5 folds)" in line
+    assert "EF MAE none 5.10, linear 4.25, isotonic 4.40, ridge 4.10" in line
+    assert "ridge minus linear -0.15 [-0.31, +0.02]" in line and line.endswith("the linear calibrator stays.")
+    assert lines([-0.31, -0.01])[0].endswith("ridge is adopted.")
+    assert not records.ridge_adopted({"ridge_minus_linear": {"ci": [float("nan"), float("nan")]}})
+    assert lines([-0.31, -0.01])[0] in records.readme_block(tmp_path)
+
+
 def test_a_runs_own_outputs_leave_the_commit_clean_and_code_changes_do_not(tmp_path):
     from echoef import machine
 
