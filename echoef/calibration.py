@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .ef import VIEW_COLUMNS
+from .io import as_json
 
 METHODS = ("none", "linear", "isotonic", "ridge")
 MIN_FIT_PATIENTS = 3
@@ -130,7 +131,8 @@ def fingerprint(calibrator: dict) -> str:
     """A short digest of a calibrator's content (its own ``fingerprint`` key aside): what the evaluate
     stage depends on, as a parameter, so that `dvc exp show` shows 8 characters where a file
     dependency would show a 32-character hash."""
-    content = json.dumps({key: value for key, value in calibrator.items() if key != "fingerprint"}, sort_keys=True)
+    # As the file stores it, so that a calibrator with NaN (a fit on no patient) matches once read back.
+    content = json.dumps(as_json({key: value for key, value in calibrator.items() if key != "fingerprint"}), sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:8]
 
 

@@ -81,12 +81,13 @@ def atomic_folder(path: str | Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _finite(value):
-    """NaN and infinities become null: JSON has no NaN, and DVC reads null as missing."""
+def as_json(value):
+    """``value`` as ``write_json`` stores it (and ``read_json`` gives it back): NaN and infinities
+    become null (JSON has no NaN, and DVC reads null as missing), numpy scalars plain numbers."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: as_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [as_json(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -103,7 +104,7 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, data) -> None:
     """Write JSON (indented, keys in insertion order, NaN as null) atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(as_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | Path, table: pd.DataFrame) -> None:

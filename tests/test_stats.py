@@ -11,6 +11,7 @@ import yaml
 from scipy import stats
 
 from echoef import agreement, calibration, ef, geometry, params, split
+from echoef.io import read_json, write_json
 
 from conftest import ROOT
 
@@ -263,12 +264,17 @@ def test_the_calibrate_stage_never_reads_a_test_row(tmp_path):
     assert fitted[0] == fitted[1] and fitted[0]["method"] == "ridge" and fitted[0]["n"] == 120
 
 
-def test_a_calibrators_fingerprint_follows_every_value_but_its_own():
+def test_a_calibrators_fingerprint_follows_every_value_but_its_own(tmp_path):
     fitted = calibration.fit(PRED, REF, "linear", (5, 95), "val")
     stamped = {**fitted, "fingerprint": calibration.fingerprint(fitted)}
     assert calibration.fingerprint(stamped) == stamped["fingerprint"] and len(stamped["fingerprint"]) == 8
     assert calibration.fingerprint({**fitted, "slope": fitted["slope"] + 1e-9}) != stamped["fingerprint"]
     assert calibration.fingerprint(dict(reversed(list(fitted.items())))) == stamped["fingerprint"]  # key order aside
+    # A fit on no patient has NaN statistics, stored as null: read back, it still matches its fingerprint.
+    empty = {**calibration.fit(PRED[:0], REF[:0], "linear", (5, 95), "val"), "val_mae_before": float("nan")}
+    write_json(tmp_path / "calibrator.json", {**empty, "fingerprint": calibration.fingerprint(empty)})
+    stored = read_json(tmp_path / "calibrator.json")
+    assert stored["val_mae_before"] is None and calibration.fingerprint(stored) == stored["fingerprint"]
 
 
 def test_the_calibrator_comparison_pairs_ridge_with_linear_on_the_same_folds():
