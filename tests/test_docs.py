@@ -198,3 +198,25 @@ def test_a_runs_own_outputs_leave_the_commit_clean_and_code_changes_do_not(tmp_p
     assert machine.commit(tmp_path) == head
     (tmp_path / "code.py").write_text("edited")
     assert machine.commit(tmp_path) == head + "+modified"
+
+
+# How a stage reports, times itself and writes its files atomically, not what it computes: editing
+# these re-runs nothing (a re-run of training costs an hour on a CPU).
+NOT_A_RESULT = {"echoef/errors.py", "echoef/stage.py", "echoef/io.py", "echoef/machine.py"}
+
+
+def test_each_stage_depends_on_its_script_and_the_modules_it_calls():
+    import ast
+
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        script = next(word for word in body["cmd"].split() if word.startswith("stages/"))
+        modules = set()
+        for node in ast.walk(ast.parse((ROOT / script).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "echoef":
+                modules |= {f"echoef/{alias.name}.py" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("echoef."):
+                modules.add(node.module.replace(".", "/") + ".py")
+        assert modules and all((ROOT / module).is_file() for module in modules), script
+        missing = sorted(({script} | modules) - NOT_A_RESULT - set(body["deps"]))
+        assert not missing, f"dvc.yaml stage {name} runs {script} but does not depend on {missing}"
