@@ -113,8 +113,8 @@ def ridge_adopted(comparison: dict) -> bool:
     """The adoption rule of docs/experiment-log.md (written before the out-of-fold run): the feature
     ridge replaces the linear calibrator only if the paired 95% interval of ridge minus linear
     out-of-fold EF MAE lies wholly below zero."""
-    high = comparison.get("ridge_minus_linear", {}).get("ci", [math.nan, math.nan])[1]
-    return bool(high < 0)
+    high = comparison.get("ridge_minus_linear", {}).get("ci", [None, None])[1]
+    return high is not None and high < 0  # no interval (null, as JSON stores NaN): nothing is adopted
 
 
 def calibrator_lines(results: Path) -> list[str]:

@@ -174,6 +174,8 @@ def test_the_calibrator_decision_follows_the_rule_from_a_records_numbers(tmp_pat
     assert "ridge minus linear -0.15 [-0.31, +0.02]" in line and line.endswith("the linear calibrator stays.")
     assert lines([-0.31, -0.01])[0].endswith("ridge is adopted.")
     assert not records.ridge_adopted({"ridge_minus_linear": {"ci": [float("nan"), float("nan")]}})
+    assert lines([None, None])[0].endswith("[-, -] points per patient, so by the rule written before the run (ridge only "
+                                           "if that interval lies wholly below zero) the linear calibrator stays.")
     assert lines([-0.31, -0.01])[0] in records.readme_block(tmp_path)
 
 
