@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -20,6 +21,7 @@ from .ef import is_measured
 from .errors import StudyError, UsageError
 
 EXIT_OK, EXIT_NONE_MEASURED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def _row(compute: Callable[[object], dict], name: Callable[[object], str], item) -> dict:
@@ -98,11 +100,19 @@ def shard(items: list, spec: str | None, name: Callable[[object], str]) -> list:
     if spec is None:
         return items
     index, _, count = spec.partition("/")
-    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+    if not (is_index(index) and is_index(count) and int(index) < int(count)):
         raise UsageError(f"--shard {spec}: give I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
     return [item for item in items if int(hashlib.sha256(name(item).encode()).hexdigest(), 16) % int(count) == int(index)]
 
 
+def is_index(text: str) -> bool:
+    """Whether ``text`` is a whole number written in ASCII digits (str.isdigit also takes '²' and
+    other Unicode digits, which int() then refuses), of at most 9 digits."""
+    return re.fullmatch(r"[0-9]{1,9}", text) is not None
+
+
 def study_row_path(out: Path, name: str) -> Path:
     """Where a study's row is kept once predicted: what resuming and ``merge`` read."""
-    return Path(out) / name / f"{name}_row.json"
+    from .names import safe_name, study_folder
+
+    return study_folder(out, name) / f"{safe_name(name)}_row.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from . import calibration
 from .errors import UsageError
 from .io import atomic_folder, read_json
 from .report import fmt
@@ -17,6 +18,16 @@ from .report import fmt
 LICENCE = ("CAMUS data: CC BY-NC-SA 4.0, non-commercial research use only. Cite: S. Leclerc et al., \"Deep Learning for "
            "Segmentation using an Open Large-Scale Dataset in 2D Echocardiography\", IEEE TMI 38(9):2198-2210, 2019, "
            "doi:10.1109/TMI.2019.2900516. Networks trained on it inherit its terms.")
+
+
+def dataset_name(profile: str | None) -> str:
+    """The dataset a profile trains on, as a reader elsewhere knows it (a card travels to other labs,
+    where the folder it was read from means nothing)."""
+    if profile == "synthetic":
+        return "the synthetic cohort of EchoEF (ellipsoid phantoms; profile synthetic)"
+    if str(profile).startswith("camus"):
+        return f"CAMUS (Leclerc et al., IEEE TMI 2019), its development split (profile {profile})"
+    return f"a CAMUS-layout dataset (profile {profile})"
 
 
 def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, coverage: float | None) -> str:
@@ -36,7 +47,7 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
         "- Input: 2D apical 2CH and 4CH frames at ED and ES with their physical pixel size; labels LV cavity, myocardium, left atrium.",
         "- EF: Simpson's biplane method of discs on the LV masks (a port of the CAMUS reference algorithm), then the calibrator.",
         "", "## Training", "",
-        f"- Data: `{params['data']['root']}` (profile {params.get('profile')}); {len(train_log.get('train_patients', []))} "
+        f"- Data: {dataset_name(params.get('profile'))}; {len(train_log.get('train_patients', []))} "
         f"training and {len(train_log.get('val_patients', []))} validation patients.",
         f"- On {train_log.get('device')} in {train_log.get('precision')}, {fmt((train_log.get('train_seconds') or math.nan) / 60, 0)} min "
         f"({(train_log.get('environment') or {}).get('gpu') or ((train_log.get('environment') or {}).get('cpu') or {}).get('model')}).",
@@ -68,13 +79,15 @@ def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Pa
         raise UsageError(f"no finished run to export ({', '.join(missing)} missing); run dvc repro first")
     _, state = load_checkpoint(model)  # refuses what the model file should not hold
     run_params = yaml.safe_load(Path(params).read_text())
-    state["trained_on"] = {"profile": run_params.get("profile"), "data_root": run_params["data"]["root"],
+    state["trained_on"] = {"profile": run_params.get("profile"), "dataset": dataset_name(run_params.get("profile")),
                            "synthetic": run_params.get("profile") == "synthetic"}
     final = Path(out)
-    if final.is_dir() and any(final.iterdir()) and not (final / "model.json").is_file():
-        raise UsageError(f"--out {final} holds files that are not a bundle; give an empty or new folder")
     coverage = read_json(full)["test"].get("interval", {}).get("coverage") if Path(full).is_file() else None
-    card = model_card(run_params, read_json(train_log), read_json(metrics), read_json(calibrator), coverage)
+    try:
+        checked = calibration.validate(read_json(calibrator))
+    except ValueError as error:
+        raise UsageError(f"--calibrator {calibrator}: refused: {str(error).splitlines()[0][:200]}") from error
+    card = model_card(run_params, read_json(train_log), read_json(metrics), checked, coverage)
     with atomic_folder(final) as out:  # a bundle is written whole or not at all
         save_bundle(out, state)
         shutil.copy2(calibrator, out / "calibrator.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -61,7 +62,7 @@ def _features(features: Mapping | None, names, method: str) -> np.ndarray:
     missing = [name for name in names if features is None or name not in features]
     if missing:
         raise ValueError(f"calibration method {method!r} needs the EF table's columns {', '.join(missing)} "
-                         "(written by the ef stage since issue 28; re-run it)")
+                         "(the ef stage writes them; re-run it)")
     return np.column_stack([np.asarray(features[name], float) for name in names])
 
 
@@ -136,10 +137,67 @@ def fingerprint(calibrator: dict) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:8]
 
 
-def check(calibrator: dict) -> None:
-    """Raise ValueError (KeyError, TypeError) unless ``calibrator`` is a calibrator file's content."""
-    features = {name: [50.0] for name in calibrator.get("features", {})} if calibrator.get("method") == "ridge" else None
-    apply(calibrator, [50.0], features)
+SLOPE_RANGE = (0.1, 10.0)  # linear: calibrated EF per predicted EF point; outside, the fit or the file is broken
+RIDGE_SLOPE_RANGE = (-10.0, 10.0)
+MAX_INTERCEPT = 100.0  # EF points
+MAX_FEATURE_WEIGHT = 10.0  # EF points per ml or per mm of a ridge feature
+MAX_POINTS = 10_000  # isotonic steps
+
+
+def _number(calibrator: dict, key: str, low: float, high: float, where: str = "") -> float:
+    value = calibrator.get(key) if isinstance(calibrator, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{where}{key} = {str(value)[:40]}: give a finite number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _numbers(values, key: str, low: float, high: float) -> list[float]:
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_POINTS:
+        raise ValueError(f"{key}: give a list of 1 to {MAX_POINTS} numbers")
+    return [_number({key: v}, key, low, high) for v in values]
+
+
+def validate(calibrator) -> dict:
+    """``calibrator`` if it is a calibrator file's content with every value it is used by typed, finite
+    and within sane bounds; ValueError naming the field otherwise (a list, a NaN or 1e308 coefficient,
+    a reversed EF range, a negative interval: files that would give impossible EFs reported ok)."""
+    from .simpson import METHODS as EF_METHODS
+
+    if not isinstance(calibrator, dict):
+        raise ValueError(f"holds a {type(calibrator).__name__}, not the fields of a calibrator")
+    method = calibrator.get("method")
+    if method not in METHODS:
+        raise ValueError(f"method = {str(method)[:40]}: one of {', '.join(METHODS)}")
+    ef_range = calibrator.get("ef_range")
+    if not isinstance(ef_range, list) or len(ef_range) != 2:
+        raise ValueError("ef_range: give [lowest, highest] calibrated EF")
+    low, high = (_number({"ef_range": v}, "ef_range", 0, 100) for v in ef_range)
+    if not low < high:
+        raise ValueError(f"ef_range = {ef_range}: the lowest EF must be below the highest")
+    if method == "linear":
+        _number(calibrator, "slope", *SLOPE_RANGE)
+        _number(calibrator, "intercept", -MAX_INTERCEPT, MAX_INTERCEPT)
+    elif method == "ridge":
+        _number(calibrator, "slope", *RIDGE_SLOPE_RANGE)
+        _number(calibrator, "intercept", -10 * MAX_INTERCEPT, 10 * MAX_INTERCEPT)
+        features = calibrator.get("features")
+        if not isinstance(features, dict) or not features or not set(features) <= set(RIDGE_FEATURES):
+            raise ValueError(f"features: give weights of some of {', '.join(RIDGE_FEATURES)}")
+        for name in features:
+            _number(features, name, -MAX_FEATURE_WEIGHT, MAX_FEATURE_WEIGHT, "features.")
+    elif method == "isotonic":
+        x, y = _numbers(calibrator.get("x"), "x", 0, 100), _numbers(calibrator.get("y"), "y", 0, 100)
+        if len(x) != len(y) or np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+            raise ValueError("x, y: two lists of equal length, each in increasing order")
+    if "ef_method" in calibrator and calibrator["ef_method"] not in EF_METHODS:
+        raise ValueError(f"ef_method = {str(calibrator['ef_method'])[:40]}: one of {', '.join(EF_METHODS)}")
+    interval = calibrator.get("interval", {})
+    if not isinstance(interval, dict):
+        raise ValueError("interval: give {level, half_width, n}")
+    if interval.get("half_width") is not None:
+        _number(interval, "half_width", 0, 100, "interval.")
+        _number(interval, "level", 0.5, 0.999, "interval.")
+    return calibrator
 
 
 def conformal_half_width(calibrated: np.ndarray, reference: np.ndarray, level: float) -> dict:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -19,13 +21,13 @@ import pandas as pd
 from . import batch, camus, simpson
 from .ef import VIEW_COLUMNS, label_maps, patient_ef
 from .errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
-from .io import read_json, write_csv, write_json, write_text
+from .io import check_ownable, claim_folder, read_json, write_csv, write_json, write_text
 from .params import PRECISIONS, Infer, build
 
 DEFAULT_CALIBRATOR = Path("models/calibrator.json")
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
-                   "frames", "cine", *VIEW_COLUMNS, "detail"]
+                   "frames", "cine", *VIEW_COLUMNS, "detail", "made_by"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:
@@ -92,9 +94,9 @@ def _studies(args) -> list:
         studies += from_dicom_folder(args.dicom, read_views(args.views))
     seen = set()
     for study in studies:
-        if study.name in seen:
+        if study.name.casefold() in seen:  # casefold: one folder on a case-insensitive file system
             study.problem = StudyError("duplicate_study", f"another study given is also named {study.name}")
-        seen.add(study.name)
+        seen.add(study.name.casefold())
     return studies
 
 
@@ -104,7 +106,7 @@ def _phase_frames(values: list[str]) -> dict[str, tuple[int, int]]:
     for value in values or []:
         view, _, rest = value.upper().partition(":")
         ed, _, es = rest.partition(":")
-        if view not in camus.VIEWS or not ed.isdigit() or not es.isdigit():
+        if view not in camus.VIEWS or not batch.is_index(ed) or not batch.is_index(es):
             raise UsageError(f"--phase-frames {value}: give VIEW:ED:ES, e.g. 2CH:0:14 (frame indices from 0)")
         given[view] = (int(ed), int(es))
     return given
@@ -114,19 +116,18 @@ def _calibrator(path: Path) -> dict:
     from . import calibration
 
     try:
-        calibrator = read_json(path)
-        calibration.check(calibrator)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise UsageError(f"--calibrator {path}: not a calibrator file ({error})") from error
-    return calibrator
+        return calibration.validate(read_json(path))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise UsageError(f"--calibrator {path}: refused: {str(error).splitlines()[0][:200]}") from error
 
 
 def predict_command(args) -> int:
     """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
     # torch and the network are imported here, where they are needed: `echoef ef` and `--help` stay light.
-    from .network import load_checkpoint
+    from . import calibration
+    from .network import load_checkpoint, model_fingerprint
     from .predict import predict_study
-    from .runtime import resolve_device
+    from .runtime import precision_name, resolve_device
 
     studies = _studies(args)
     if not studies:
@@ -134,8 +135,9 @@ def predict_command(args) -> int:
                          "or a folder of DICOM files (--dicom)")
     if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
-    out = batch.writable_folder(args.out)
-    models, state = load_checkpoint(args.model, resolve_device(args.device))
+    out = claim_folder(batch.writable_folder(args.out))
+    device = resolve_device(args.device)
+    models, state = load_checkpoint(args.model, device)
     bundled = args.model / "calibrator.json"
     calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
@@ -148,11 +150,16 @@ def predict_command(args) -> int:
 
     studies = batch.shard(studies, args.shard, lambda s: s.name)
 
+    settings = {"model": model_fingerprint(args.model), "calibrator": calibration.fingerprint(calibrator),
+                "tta": config.tta, "precision": precision_name(config.precision, device), "device": device,
+                "spacing_mm": args.spacing_mm, "code": version("echoef")}
+
     def predict(study) -> dict:
         done = batch.study_row_path(out, study.name)
-        if done.is_file() and not args.force:  # written by an earlier run: resumed, not recomputed
-            return read_json(done)
-        row = predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames)
+        made_by = made_by_key(settings, {view: phase_frames.get(view) for view in sorted(study.loops)})
+        if done.is_file() and not args.force and read_row(done).get("made_by") == made_by:
+            return read_row(done)  # written by an earlier run with the same model and settings: resumed
+        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames), "made_by": made_by}
         write_json(done, row)
         return row
 
@@ -163,18 +170,50 @@ def predict_command(args) -> int:
     return batch.exit_status(table)
 
 
+def made_by_key(settings: dict, study_settings: dict) -> str:
+    """What made a study's row, as 16 hex digits: the model's and calibrator's fingerprints, the code's
+    version, and every setting that changes its numbers. A resumed run reuses a row only if it matches."""
+    content = json.dumps({**settings, "study": study_settings}, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
 def write_summary(table: pd.DataFrame, folder: Path, name: str) -> None:
     """A predict summary as ``folder/<name>.csv`` and the same rows as ``<name>.json``."""
     write_csv(folder / f"{name}.csv", table)
     write_json(folder / f"{name}.json", table.to_dict(orient="records"))
 
 
+def read_row(path: Path) -> dict:
+    """A study's row file as ``predict`` wrote it (``DIR/<study>/<study>_row.json``), or a row whose
+    status says why it cannot be used (a truncated or hand-edited file, a row of another study)."""
+    study = path.parent.name
+    try:
+        row = read_json(path)
+        if not isinstance(row, dict) or not isinstance(row.get("status"), str):
+            raise ValueError("not a row of predict")
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return {"patient": study, "status": "unreadable_row", "detail": f"{path.name}: {str(error)[:150]}"}
+    if row.get("patient") != study:
+        return {"patient": study, "status": "unreadable_row",
+                "detail": f"{path.name} is the row of {str(row.get('patient'))[:80]!r}, not of the folder it is in"}
+    return {column: row.get(column) for column in PREDICT_COLUMNS}
+
+
 def merge_command(args) -> int:
-    """One summary of every study written under DIR (by the shards of a cohort, or by resumed runs)."""
-    rows = [read_json(path) for path in sorted(args.folder.glob("*/*_row.json"))]
-    if not rows:
+    """One summary of every study written under DIR (by the shards of a cohort, or by resumed runs):
+    one row per study folder, whatever its row file holds."""
+    if not args.folder.is_dir():
+        raise UsageError(f"{args.folder} is not a folder (give the --out of predict)")
+    claim_folder(args.folder, "merge")
+    paths = sorted(args.folder.glob("*/*_row.json"))
+    paths = [path for path in paths if path.name == f"{path.parent.name}_row.json"]
+    if not paths:
         raise UsageError(f"no study under {args.folder} (predict writes DIR/<study>/<study>_row.json)")
-    table = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
+    table = pd.DataFrame([read_row(path) for path in paths], columns=PREDICT_COLUMNS)
+    made_by = set(table["made_by"].dropna())
+    if len(made_by) > 1:
+        print(f"warning: the rows were made by {len(made_by)} different models, calibrators or settings "
+              "(column made_by); predict --force into one folder makes them alike", file=sys.stderr)
     write_summary(table, args.folder, "summary")
     print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}")
     return batch.exit_status(table)
@@ -184,6 +223,7 @@ def export_command(args) -> int:
     """A portable bundle of the workspace's trained run."""
     from .bundle import export
 
+    check_ownable(args.out, "--out", replace=True)  # before any work: a user's folder is never replaced
     out = batch.writable_folder(args.out)
     export(out, args.model, args.calibrator or DEFAULT_CALIBRATOR, args.train_log, args.params, args.metrics, args.full)
     print(f"export: bundle in {out} (weights.safetensors, model.json, calibrator.json, MODEL_CARD.md); "
@@ -293,3 +333,6 @@ def main(argv=None) -> int:
     except (UsageError, ParamsError, CheckpointError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return batch.EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"echoef {args.command}: interrupted; rows already written are kept (predict resumes from them)", file=sys.stderr)
+        return batch.EXIT_INTERRUPTED

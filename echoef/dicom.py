@@ -4,13 +4,14 @@ view each belongs to.
 The pixel size comes from the Sequence of Ultrasound Regions (PhysicalDeltaX/Y, in cm) of the 2D
 tissue region that holds the image, or from PixelSpacing; a file with neither is refused
 (``no_spacing``) unless the user gives one: a guessed pixel size would make every volume wrong.
-Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, JPEG baseline/extended and
-JPEG 2000. JPEG-LS, lossless JPEG and other syntaxes need a decoder plugin (pylibjpeg) and are
-refused with ``unsupported_transfer_syntax`` until one is installed.
+Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
+extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
+decoder plugin (pylibjpeg) and are refused with ``unsupported_transfer_syntax`` until one is installed.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -34,30 +35,46 @@ def region_spacing_mm(dataset) -> tuple[float, float] | None:
         if (region.get("RegionSpatialFormat") != REGION_2D or region.get("PhysicalUnitsXDirection") != UNITS_CM
                 or region.get("PhysicalUnitsYDirection") != UNITS_CM):
             continue
-        dx, dy = abs(float(region.get("PhysicalDeltaX", 0))), abs(float(region.get("PhysicalDeltaY", 0)))
+        dx, dy = _positive(abs(float(region.get("PhysicalDeltaX", 0)))), _positive(abs(float(region.get("PhysicalDeltaY", 0))))
+        if dx is None or dy is None:
+            continue
         area = (region.get("RegionLocationMaxX1", 0) - region.get("RegionLocationMinX0", 0)) * \
                (region.get("RegionLocationMaxY1", 0) - region.get("RegionLocationMinY0", 0))
-        if dx > 0 and dy > 0 and area > best_area:
+        if area > best_area:
             best, best_area = (10 * dy, 10 * dx), area
     return best
 
 
+def _positive(value) -> float | None:
+    """A tag's value as a positive finite number, else None (a crafted or broken tag: text, NaN, 0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
 def pixel_spacing_mm(dataset) -> tuple[float, float] | None:
-    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else None."""
-    region = region_spacing_mm(dataset)
+    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else None. Only what the
+    file states as a positive number counts; nothing is assumed."""
+    try:
+        region = region_spacing_mm(dataset)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        region = None
     if region:
         return region
     spacing = dataset.get("PixelSpacing")
-    return (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 and min(map(float, spacing)) > 0 else None
+    try:
+        values = [_positive(v) for v in spacing] if spacing is not None and len(spacing) == 2 else [None]
+    except TypeError:
+        values = [None]
+    return (values[0], values[1]) if all(v is not None for v in values) else None
 
 
 def frame_interval_ms(dataset) -> float | None:
     """Time between frames in ms (FrameTime, else CineRate), or None."""
-    if dataset.get("FrameTime"):
-        return float(dataset.FrameTime)
-    if dataset.get("CineRate"):
-        return 1000.0 / float(dataset.CineRate)
-    return None
+    frame_ms, rate = _positive(dataset.get("FrameTime")), _positive(dataset.get("CineRate"))
+    return frame_ms if frame_ms is not None else (1000.0 / rate if rate is not None else None)
 
 
 def _grey(pixels: np.ndarray, dataset) -> np.ndarray:

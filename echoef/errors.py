@@ -23,6 +23,10 @@ class UsageError(ValueError):
     written), reported before any work is done."""
 
 
+class ForeignFolderError(UsageError):
+    """An output folder that holds files EchoEF did not write: never written over or deleted."""
+
+
 class IngestError(RuntimeError):
     """Ingest cannot produce a dataset (no patient, or an exclusion under ``strict``)."""
 

@@ -10,6 +10,8 @@ with, so a label map written back overlays its image exactly in any viewer.
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,15 +130,95 @@ def _check_gzip_complete(path: Path) -> None:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
 
 
-def _declares_spacing(path: Path, reader: sitk.ImageFileReader) -> bool:
-    """Whether the header states a pixel size (ITK silently assumes 1 mm where it does not)."""
+def _nifti_header(path: Path):
+    """A NIfTI file's header exactly as stored (nibabel, unchecked: its checks would "fix" a zero
+    pixel size to 1 mm, as ITK does)."""
+    import nibabel
+
+    try:
+        with nibabel.openers.ImageOpener(str(path)) as handle:
+            start = handle.read(4)
+        nifti2 = 540 in (int.from_bytes(start, "little"), int.from_bytes(start, "big"))
+        with nibabel.openers.ImageOpener(str(path)) as handle:
+            return (nibabel.Nifti2Header if nifti2 else nibabel.Nifti1Header).from_fileobj(handle, check=False)
+    except Exception as error:  # noqa: BLE001 - nibabel's many header errors: the file is unreadable, whichever
+        raise StudyError("unreadable_file", f"{path.name}: NIfTI header ({str(error)[:150]})") from error
+
+
+def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
+    """Whether the file itself states the pixel size that ``reader_spacing`` (ITK's) gives.
+
+    ITK reports 1 mm where a header states none (a NIfTI pixdim of 0 or NaN, a MetaImage without
+    ElementSpacing) as if the file had said so; so NIfTI's pixdim is read as stored (nibabel) and
+    must be positive, finite and what ITK reports, and a MetaImage must name its spacing.
+    """
     fmt = file_format(path)
     if fmt in (".nii", ".nii.gz"):
-        return all(float(reader.GetMetaData(f"pixdim[{k}]")) != 0 for k in (1, 2))
-    with open(path, "rb") as handle:  # MetaImage: text lines up to ElementDataFile
-        head = handle.read(1 << 16).decode("latin-1")
-    keys = {line.partition("=")[0].strip() for line in head.splitlines()}
+        pixdim = np.asarray(_nifti_header(path)["pixdim"][1:3], dtype=float)
+        if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+            return False
+        if not np.allclose(pixdim, np.asarray(reader_spacing[:2], dtype=float), rtol=1e-4, atol=0):
+            raise StudyError("bad_spacing", f"{path.name}: pixdim states {tuple(pixdim)} mm but the header's "
+                                            f"transform gives {tuple(reader_spacing[:2])} mm")
+        return True
+    keys = {line.partition("=")[0].strip() for line in _metaimage_head(path).splitlines()}
     return bool(keys & {"ElementSpacing", "ElementSize"})
+
+
+def _nifti_pixels_finite(path: Path) -> bool:
+    """Whether every pixel of a NIfTI file is a finite number once scaled (ITK silently reads NaN and
+    infinite pixels as 0); only floating-point data or a scaling can hold such values."""
+    import nibabel
+
+    header = _nifti_header(path)
+    slope, intercept = float(header["scl_slope"]), float(header["scl_inter"])
+    scaled = slope not in (0.0, 1.0) and not np.isnan(slope)
+    if header.get_data_dtype().kind != "f" and not scaled and np.isfinite(intercept):
+        return True
+    try:
+        with np.errstate(all="ignore"):
+            return bool(np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all())
+    except Exception as error:  # noqa: BLE001 - as in _nifti_header
+        raise StudyError("unreadable_file", f"{path.name}: NIfTI pixels ({str(error)[:150]})") from error
+
+
+def _metaimage_head(path: Path) -> str:
+    """A MetaImage header's text: its lines up to ElementDataFile (a .mha's pixels follow it)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16).decode("latin-1")
+    lines = []
+    for line in head.splitlines():
+        lines.append(line)
+        if line.partition("=")[0].strip() == "ElementDataFile":
+            break
+    return "\n".join(lines)
+
+
+def metaimage_data_file(path: Path) -> Path | None:
+    """The file a MetaImage header names for its pixels, None when they follow the header (LOCAL);
+    StudyError('unreadable_file') unless it is a regular file in the header's own folder, named
+    relative to it: a crafted header must not read any other file of the machine (drawn into a
+    shareable overlay), nor block the batch on a FIFO or a device."""
+    fields = dict(line.partition("=")[::2] for line in _metaimage_head(path).splitlines() if "=" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    name = fields.get("ElementDataFile")
+    if name is None:
+        raise StudyError("unreadable_file", f"{path.name}: a MetaImage header that names no ElementDataFile")
+    if name == "LOCAL":
+        return None
+    relative = Path(name)
+    if (not name or relative.is_absolute() or ".." in relative.parts or name.split()[0] == "LIST" or "%" in name
+            or "\\" in name or ":" in name):
+        raise StudyError("unreadable_file", f"{path.name}: its ElementDataFile {name[:80]!r} is not a file beside it "
+                                            "(only a name relative to the header's folder is read)")
+    data = path.parent / relative
+    try:
+        is_regular = stat.S_ISREG(os.stat(data).st_mode)
+    except OSError as error:
+        raise StudyError("unreadable_file", f"{path.name}: its data file {name[:80]} is missing ({error.strerror})") from error
+    if not is_regular:
+        raise StudyError("unreadable_file", f"{path.name}: its data file {name[:80]} is not a regular file")
+    return data
 
 
 def _grey(array: np.ndarray, path: Path) -> np.ndarray:
@@ -205,6 +287,8 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
     if fmt == ".nii.gz":
         _check_gzip_complete(path)
+    if fmt in (".mhd", ".mha"):
+        metaimage_data_file(path)  # before ITK opens whatever the header names
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -216,11 +300,13 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
         header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
                         tuple(map(float, reader.GetDirection())))
         orientation = header.orientation()
-        if fmt in PLAIN_FORMATS or not _declares_spacing(path, reader):
+        if fmt in PLAIN_FORMATS or not _stated_spacing(path, header.spacing):
             if spacing_mm is None:
                 raise StudyError("no_spacing", f"{path.name}: the header states no pixel size; give --spacing-mm ROW COL")
             header = header.with_spacing_mm(spacing_mm)
         array = sitk.GetArrayFromImage(reader.Execute())
+        if fmt in (".nii", ".nii.gz") and not _nifti_pixels_finite(path):
+            raise StudyError("bad_pixels", f"{path.name}: pixels that are not finite numbers (NaN or infinite)")
     except RuntimeError as error:
         message = str(error).strip().splitlines()[-1][:200]
         # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.

@@ -1,7 +1,12 @@
-"""Atomic output writers: a temporary file in the same folder, then a rename.
+"""Atomic output writers: a temporary file in the same folder, then a rename; and the folders a
+command may write over.
 
 A crash (or a kill) mid-write leaves the previous file or none, never half of one; what it can
 leave is a hidden ``.NAME.*.tmp`` beside it, which git and DVC ignore and the next write replaces.
+
+A command writes over, or replaces, only folders that EchoEF made: those holding the ``OWNER_MARK``
+file (``claim_folder``, ``atomic_folder``). A folder of anything else that is not empty is refused
+(``ForeignFolderError``): nothing of a user's is ever overwritten or deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .errors import ForeignFolderError
+
+OWNER_MARK = ".echoef"  # the file that says EchoEF made this folder (and may write over it)
 
 
 def _umask() -> int:
@@ -61,17 +70,73 @@ def atomic_files(path: str | Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+_ACCUMULATES = "accumulates"  # a mark's entries for a folder written into over several runs
+
+
+def _marked_entries(path: Path) -> set[str] | str | None:
+    """What the owner mark of folder ``path`` says EchoEF wrote there: the set of its entries (a
+    folder written whole), ``_ACCUMULATES`` (a folder written into over several runs), or None when
+    there is no readable mark."""
+    try:
+        entries = json.loads((path / OWNER_MARK).read_text())["entries"]
+        return _ACCUMULATES if entries is None else {str(entry) for entry in entries} | {OWNER_MARK}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_ownable(path: str | Path, what: str, replace: bool = False) -> None:
+    """ForeignFolderError unless ``path`` is absent, empty, or a folder EchoEF made (it holds the owner
+    mark); to ``replace`` it, the mark must list every entry in it as written by EchoEF, so that
+    nothing a user added is deleted with it."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise ForeignFolderError(f"{what} {path} is {'a link' if path.is_symlink() else 'a file'}; give a new folder")
+    present = {entry.name for entry in path.iterdir()}
+    if not present:
+        return
+    marked = _marked_entries(path)
+    if marked == _ACCUMULATES and not replace:
+        return
+    foreign = sorted(present - marked) if isinstance(marked, set) else sorted(present)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ForeignFolderError(f"{what} {path} holds files EchoEF did not write there ({shown}); "
+                                 "give an empty or new folder")
+
+
+def _write_mark(folder: Path, entries: list[str] | None) -> None:
+    write_text(folder / OWNER_MARK, json.dumps({"written_by": "EchoEF", "entries": entries}) + "\n")
+
+
+def claim_folder(path: str | Path, what: str = "--out") -> Path:
+    """``path`` created if need be and marked as EchoEF's, for a command that writes into it over
+    several runs (``predict --out``); ForeignFolderError for a non-empty folder EchoEF did not make."""
+    path = Path(path)
+    check_ownable(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+    if _marked_entries(path) != _ACCUMULATES:
+        _write_mark(path, None)
+    return path
+
+
 @contextmanager
-def atomic_folder(path: str | Path):
+def atomic_folder(path: str | Path, what: str = "--out"):
     """Yield a new temporary folder beside ``path`` to fill; only if the block succeeds does it become
     ``path``, replacing an older one, so a reader finds the old folder or the whole new one, never half.
-    The folder gets the mode a plain ``mkdir`` would give it (0777 less the umask)."""
+    An existing ``path`` is replaced only if it holds nothing but what EchoEF wrote there
+    (``check_ownable``, checked before any work and again before the swap). The folder gets the mode a
+    plain ``mkdir`` would give it (0777 less the umask) and an owner mark listing its entries."""
     path = Path(path)
+    check_ownable(path, what, replace=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = folder.with_suffix(".old")
     try:
         yield folder
+        _write_mark(folder, sorted(entry.name for entry in folder.iterdir()))
+        check_ownable(path, what, replace=True)
         os.chmod(folder, 0o777 & ~_umask())
         if path.exists():
             os.replace(path, old)  # a folder cannot be renamed onto a non-empty one

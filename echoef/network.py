@@ -70,18 +70,99 @@ def save_checkpoint(path, state_dicts: list[dict], network: Network, extra: dict
 BUNDLE_WEIGHTS, BUNDLE_MODEL = "weights.safetensors", "model.json"
 
 
-def _read_state(path: Path, device: str) -> dict:
-    """The saved state of a model file, or of a bundle folder (``export``): its model.json with the
-    members' weights from weights.safetensors (tensors only: nothing in it can run)."""
-    if Path(path).is_dir():
-        from safetensors.torch import load_file
+MAX_MEMBERS = 16  # more networks in one model file is a corrupt or crafted file, not an ensemble
+MAX_INPUT_SIZE = 1024  # pixels of the network grid; echo frames are resampled to at most this
+MAX_CHANNELS = 4096
+MAX_MODEL_JSON_BYTES = 1 << 20
 
-        state = json.loads((Path(path) / BUNDLE_MODEL).read_text())
-        tensors = load_file(Path(path) / BUNDLE_WEIGHTS, device=str(device))
-        state["state_dicts"] = [{key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == f"member{m}"}
-                                for m in range(len(state["members"]))]
-        return state
+
+def _bundle_state(folder: Path, device: str) -> dict:
+    """A bundle folder's model.json with its members' weights from weights.safetensors (tensors only:
+    nothing in it can run); member m's tensors are the keys ``member<m>.<name>``, m = 0, 1, ..."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_json = folder / BUNDLE_MODEL
+    if model_json.stat().st_size > MAX_MODEL_JSON_BYTES:
+        raise ValueError(f"{BUNDLE_MODEL} is {model_json.stat().st_size} bytes; EchoEF writes a few kB")
+    state = json.loads(model_json.read_text())
+    if not isinstance(state, dict):
+        raise ValueError(f"{BUNDLE_MODEL} holds a {type(state).__name__}, not the fields of a model")
+    try:
+        tensors = load_file(folder / BUNDLE_WEIGHTS, device=str(device))
+    except SafetensorError as error:
+        raise ValueError(f"{BUNDLE_WEIGHTS}: {error}") from error
+    prefixes = {key.split(".", 1)[0] for key in tensors}
+    count = len(prefixes)
+    if not 1 <= count <= MAX_MEMBERS or prefixes != {f"member{m}" for m in range(count)}:
+        raise ValueError(f"{BUNDLE_WEIGHTS}: tensors of {sorted(prefixes)[:4]}..., not member0 ... member<n-1> with "
+                         f"n from 1 to {MAX_MEMBERS}")
+    state["state_dicts"] = [{key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == f"member{m}"}
+                            for m in range(count)]
+    return state
+
+
+def _read_state(path: Path, device: str) -> dict:
+    """The saved state of a model file, or of a bundle folder (``export``)."""
+    if Path(path).is_dir():
+        return _bundle_state(Path(path), device)
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def check_state(state) -> Network:
+    """The ``Network`` a model file's state describes, every value checked before anything is built:
+    ValueError (naming the field) for a wrong type, an impossible size, an unknown encoder, a
+    member count that does not match its weights, or a weight that is not a finite number."""
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+        raise ValueError("model_config: missing, or not a table of fields")
+    config = state["model_config"]
+    weights = state.get("state_dicts")
+    if not isinstance(weights, list) or not 1 <= len(weights) <= MAX_MEMBERS \
+            or not all(isinstance(w, dict) and w for w in weights):
+        raise ValueError(f"state_dicts: give 1 to {MAX_MEMBERS} members' weights")
+    if "members" in state and (not isinstance(state["members"], list) or len(state["members"]) != len(weights)):
+        raise ValueError(f"members: {str(state['members'])[:60]} does not describe the {len(weights)} weight sets")
+    if state.get("trained_on") is not None and not isinstance(state["trained_on"], dict):
+        raise ValueError("trained_on: not a table of fields")
+    unknown = sorted(set(config) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"model_config: unknown fields {', '.join(map(str, unknown))}")
+    try:
+        network = build(Network, {**config, "encoder_weights": None, "members": len(weights)})
+    except ParamsError as error:  # its message names params.yaml, where a training run's values come from
+        raise ValueError(f"model_config: {str(error).removeprefix('params.yaml: ')}") from error
+    if network.encoder not in smp.encoders.get_encoder_names():
+        raise ValueError(f"model_config.encoder: {network.encoder[:60]!r} is not an encoder of segmentation-models-pytorch")
+    if not 32 <= network.input_size <= MAX_INPUT_SIZE or network.input_size % 2 ** network.encoder_depth:
+        raise ValueError(f"model_config.input_size: {network.input_size} must be 32-{MAX_INPUT_SIZE} pixels and a "
+                         f"multiple of {2 ** network.encoder_depth}")
+    channels = network.decoder_channels
+    if len(channels) < network.encoder_depth or not all(1 <= c <= MAX_CHANNELS for c in channels):
+        raise ValueError(f"model_config.decoder_channels: {str(channels)[:60]} needs {network.encoder_depth} sizes of "
+                         f"1-{MAX_CHANNELS}")
+    if any(p not in (1, 2) for p in network.member_phases()):
+        raise ValueError(f"model_config.phases_per_input: {network.phases_per_input} (1 or 2 frames per input)")
+    for m, member in enumerate(weights):
+        for name, tensor in member.items():
+            if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.dtype == torch.int64):
+                raise ValueError(f"member {m} weight {str(name)[:60]}: not a tensor of numbers")
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"member {m} weight {str(name)[:60]}: holds NaN or infinite values")
+    return network
+
+
+def model_fingerprint(path) -> str:
+    """SHA-256 (16 hex digits) of what a model file or bundle folder holds: its weights and what
+    built them; two models give the same fingerprint only if they compute the same thing."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in ([path / BUNDLE_MODEL, path / BUNDLE_WEIGHTS] if path.is_dir() else [path]):
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], dict]:
@@ -99,11 +180,14 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], di
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
                               "could run code when loaded; use a model file written by EchoEF") from error
-    except (OSError, RuntimeError, EOFError, ValueError, KeyError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: not a model file ({str(error).splitlines()[0][:200]})") from error
     try:
+        network = check_state(state)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: refused: {str(error).splitlines()[0][:200]}") from error
+    try:
         # The weights come from the file, never from a download.
-        network = build(Network, {**state["model_config"], "encoder_weights": None, "members": len(state["state_dicts"])})
         models = []
         for weights, phases in zip(state["state_dicts"], network.member_phases(), strict=True):
             models.append(build_unet(network, phases))

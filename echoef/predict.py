@@ -10,7 +10,9 @@ import torch
 
 from . import calibration, camus, cine, ef, figures, imagefile, report, review, segmentation
 from .ef import is_measured
-from .errors import StudyError
+from .errors import ForeignFolderError, StudyError
+from .io import claim_folder
+from .names import study_folder
 from .params import Infer
 from .studies import StudyFiles
 
@@ -96,14 +98,19 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     if study.problem:
         raise study.problem
     patient = study.name
+    folder = study_folder(out_dir, patient)
     frames, sources, curves, notes = read_frames(study, models, size, infer_config, spacing_mm, phase_frames or {})
     labels, members, raw = segmentation.predict_frames_with_members(models, frames, size, infer_config.batch_size,
                                                                     infer_config.tta, infer_config.precision)
+    try:
+        claim_folder(folder, "the study's folder")
+    except ForeignFolderError as error:
+        raise StudyError("foreign_output", str(error)) from error
     for (view, phase), frame in frames.items():
-        path = imagefile.label_path_for(sources[(view, phase)], out_dir / patient, f"{patient}_{view}_{phase}_gt")
+        path = imagefile.label_path_for(sources[(view, phase)], folder, f"{patient}_{view}_{phase}_gt")
         imagefile.write_label(labels[(view, phase)], frame.header, path)
     if curves:
-        figures.area_curves(curves, out_dir / patient / f"{patient}_lv_area.png")
+        figures.area_curves(curves, folder / f"{patient}_lv_area.png")
     maps = {k: (labels[k], f.spacing_mm) for k, f in frames.items()}
     found, problem = ef.geometries(maps, [k for k in camus.FRAME_KEYS if k in frames])
     method = ef_method({v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)})
@@ -121,6 +128,6 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     row["detail"] = "; ".join(notes)
     row = {"patient": patient, **row}
     figures.simpson_construction({k: (f.image, f.spacing_mm, found.get(k)) for k, f in frames.items()}, report.study_title(row),
-                                 out_dir / patient / f"{patient}_overlay.png")
-    report.write_study_page(row, out_dir / patient)
+                                 folder / f"{patient}_overlay.png")
+    report.write_study_page(row, folder)
     return row

@@ -30,6 +30,9 @@ def run(main) -> None:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     stage, root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
     if stage and root and os.environ.get("RANK", "0") == "0":  # one process of several writes it
         path = Path(root) / TIMES_DIR / f"{stage}.json"

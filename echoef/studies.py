@@ -12,6 +12,7 @@ from pathlib import Path
 from . import camus
 from .errors import StudyError, UsageError
 from .imagefile import is_dicom
+from .names import safe_name
 
 PHASE_IN_NAME = {"ED": re.compile(r"(^|[^a-z])(ed|end[ _-]?diastol\w*)([^a-z]|$)", re.I),
                  "ES": re.compile(r"(^|[^a-z])(es|end[ _-]?systol\w*)([^a-z]|$)", re.I)}
@@ -20,13 +21,18 @@ PHASE_IN_NAME = {"ED": re.compile(r"(^|[^a-z])(ed|end[ _-]?diastol\w*)([^a-z]|$)
 @dataclass
 class StudyFiles:
     """One study's files: ``phases[(view, phase)]`` single frames, ``loops[view]`` cine loops, and
-    notes on files that were found but could not be placed; ``problem`` when the whole study is unusable."""
+    notes on files that were found but could not be placed; ``problem`` when the whole study is unusable.
+    ``name`` is made a safe file name (``names.safe_name``) whatever it was given as: it names the
+    study's output folder."""
 
     name: str
     phases: dict[tuple[str, str], Path] = field(default_factory=dict)
     loops: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problem: StudyError | None = None
+
+    def __post_init__(self):
+        self.name = safe_name(self.name)
 
 
 def from_folder(folder: Path) -> StudyFiles:
@@ -59,10 +65,6 @@ def read_views(path: Path | None) -> dict[str, str]:
     return views
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unknown"
-
-
 def from_dicom_folder(folder: Path, views: dict[str, str]) -> list[StudyFiles]:
     """The DICOM files under ``folder``, one study per patient and study UID (named
     ``<patient id>_<end of study UID>``). A file's view comes from ``views`` or its name; a
@@ -75,9 +77,9 @@ def from_dicom_folder(folder: Path, views: dict[str, str]) -> list[StudyFiles]:
             patient, uid, frames = dicom.header_facts(path)
         except Exception as error:  # noqa: BLE001 - an unreadable header is one file's problem, reported with it
             key = ("unreadable", path.name)
-            studies.setdefault(key, StudyFiles(_safe(path.stem), problem=StudyError("unreadable_file", f"{path.name}: {error}")))
+            studies.setdefault(key, StudyFiles(path.stem, problem=StudyError("unreadable_file", f"{path.name}: {error}")))
             continue
-        study = studies.setdefault((patient, uid), StudyFiles(_safe(f"{patient}_{uid[-8:]}")))
+        study = studies.setdefault((patient, uid), StudyFiles(f"{patient}_{uid[-8:]}"))
         view = views.get(path.name) or dicom.view_from_name(path)
         if view is None:
             study.notes.append(f"{path.name}: view unknown (put 2CH or 4CH in its name, or list it in --views)")
@@ -92,5 +94,15 @@ def from_dicom_folder(folder: Path, views: dict[str, str]) -> list[StudyFiles]:
         if len(phase) != 1:
             study.notes.append(f"{path.name}: a single frame of {view} with no ED or ES in its name")
             continue
+        if (view, phase[0]) in study.phases:
+            study.notes.append(f"{path.name}: a second {view} {phase[0]} frame, left out "
+                               f"({study.phases[(view, phase[0])].name} is used)")
+            continue
         study.phases[(view, phase[0])] = path
+    named: dict[str, int] = {}
+    for study in studies.values():
+        named[study.name.casefold()] = named.get(study.name.casefold(), 0) + 1
+    for (patient, uid), study in studies.items():
+        if named[study.name.casefold()] > 1 and patient != "unreadable":  # UIDs that end alike: the whole UID tells them apart
+            study.name = safe_name(f"{patient}_{uid}")
     return list(studies.values())

@@ -57,7 +57,10 @@ def main():
     params = P.load()
     config = params.evaluate
     table = pd.read_csv(args.ef)
-    calibrator = read_json(args.calibrator)
+    try:
+        calibrator = calibration.validate(read_json(args.calibrator))
+    except ValueError as error:
+        raise UsageError(f"{args.calibrator}: refused: {error}") from error
     if calibrator.get("fingerprint") != calibration.fingerprint(calibrator):  # DVC re-runs this stage on the fingerprint alone
         raise UsageError(f"{args.calibrator} was changed by hand (its fingerprint no longer matches); run dvc repro -f -s calibrate")
     full = {subset: agreement.set_report(rows, calibration.apply(calibrator, rows["ef"], rows), config.bootstrap, config.seed)

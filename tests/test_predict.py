@@ -119,6 +119,11 @@ def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
     torch.save(state, bad)
     result = echoef_in_process("predict", camus.find_patients(phantom_root)[0], "--out", tmp_path / "o", "--model", bad)
     assert result.returncode == 2
+    assert "refused: model_config.decoder_channels" in result.stderr and "Traceback" not in result.stderr
+    state["model_config"]["decoder_channels"] = [64, 32, 16, 8, 4]  # a valid configuration the weights do not fit
+    torch.save(state, bad)
+    result = echoef_in_process("predict", camus.find_patients(phantom_root)[0], "--out", tmp_path / "o", "--model", bad)
+    assert result.returncode == 2
     assert "not a model of this configuration" in result.stderr and "Traceback" not in result.stderr
 
 

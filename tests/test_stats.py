@@ -240,7 +240,7 @@ def test_the_ridge_calibrator_says_what_it_needs():
     few = calibration.fit(rows["ef"][:10], rows["ef_ref"][:10], "ridge", (0, 100), "val", rows[:10])
     assert few["method"] == "linear" and few["requested_method"] == "ridge"  # 10 patients: linear, said so
     fitted = calibration.fit(rows["ef"], rows["ef_ref"], "ridge", (0, 100), "oof", rows)
-    calibration.check(json.loads(json.dumps(fitted)))  # as read back from its file
+    calibration.validate(json.loads(json.dumps(fitted)))  # as read back from its file
     with pytest.raises(ValueError, match="needs the EF table's columns"):
         calibration.apply(fitted, rows["ef"])
     one = {name: [np.nan if name == "ef_4ch" else 50.0] for name in calibration.RIDGE_FEATURES}

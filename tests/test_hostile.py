@@ -1,0 +1,545 @@
+"""Hostile input, class by class (docs/threat-model.md): names that would lead outside --out, output
+folders that hold a user's files, pixel sizes a file does not state, data files that are not what
+they say, model bundles and calibrators with impossible values, resumed rows made by another model,
+and the messages of merge, Ctrl-C and odd flags.
+
+Each property compares the whole tree around the run before and after it: nothing is created outside
+--out, no file the command did not write is removed or changed, and no traceback is printed.
+Hypothesis draws the inputs (derandomized in conftest); the examples are bounded to keep the suite short.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from echoef import calibration, imagefile, io, names, network
+from echoef.errors import CheckpointError, ForeignFolderError, StudyError
+
+from conftest import ROOT, echoef_in_process, write_dicom
+
+HOSTILE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+NAME_ATTACKS = ["..", ".", "...", "....", "../../escaped", "/etc/x", "a/../../b", ".hidden", "-rf", "~", "$HOME", "`id`",
+                "a" * 300, "CON", "nul.txt", "é", "\u202e", " ", "", "a\x00b", "patient0001/..", "./.", "x" * 79 + "/.."]
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file and folder under ``folder`` (links not followed) with its content's digest."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = "link:" + os.readlink(path)
+        elif path.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def outside_changes(before: dict, after: dict, out: str) -> dict:
+    """What changed in a tree outside the folder ``out`` (relative)."""
+    keys = set(before) | set(after)
+    return {k: (before.get(k), after.get(k)) for k in keys
+            if not (k == out or k.startswith(out + os.sep)) and before.get(k) != after.get(k)}
+
+
+def _files(phantom_root, patient="patient0001"):
+    folder = phantom_root / "database_nifti" / patient
+    return {key: folder / f"{patient}_{key}.nii.gz" for key in ("2CH_ED", "2CH_ES", "4CH_ED", "4CH_ES")}
+
+
+def _model_args(model: Path) -> list:
+    return ["--model", model / "segmenter.pt", "--calibrator", model / "calibrator.json", "--device", "cpu"]
+
+
+# ---- 1. identifiers become names, never paths -------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(identifier=st.one_of(st.sampled_from(NAME_ATTACKS), st.text(max_size=120)))
+def test_a_safe_name_is_a_plain_file_name(identifier):
+    name = names.safe_name(identifier)
+    assert 0 < len(name) <= names.MAX_NAME
+    assert "/" not in name and "\\" not in name and name not in (".", "..")
+    assert name[0].isalnum() and name[-1].isalnum() and name.isascii()
+    assert (Path("/out") / name).parent == Path("/out")
+    assert names.safe_name(name) == name  # a safe name stays itself: resuming finds the same folder
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.text(max_size=40), second=st.text(max_size=40))
+def test_two_identifiers_never_share_a_name(first, second):
+    if first != second:
+        assert names.safe_name(first) != names.safe_name(second)
+
+
+@HOSTILE
+@given(patient=st.one_of(st.sampled_from(NAME_ATTACKS), st.text(min_size=1, max_size=60)))
+def test_predict_writes_nothing_outside_out_whatever_the_patient_name(phantom_root, tiny_model, tmp_path_factory, patient):
+    if "\x00" in patient:
+        return  # a command line cannot carry a NUL
+    work = tmp_path_factory.mktemp("names")
+    (work / "deep" / "er").mkdir(parents=True)
+    (work / "deep" / "mine.txt").write_text("the user's")
+    files = _files(phantom_root)
+    before = tree(work)
+    result = echoef_in_process("predict", "--2ch-ed", files["2CH_ED"], "--2ch-es", files["2CH_ES"], f"--patient={patient}",
+                               "--out", work / "deep" / "er" / "out", *_model_args(tiny_model))
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
+    assert outside_changes(before, tree(work), os.path.join("deep", "er", "out")) == {}
+    summary = pd.read_csv(work / "deep" / "er" / "out" / "summary.csv", dtype={"patient": str})
+    folder = work / "deep" / "er" / "out" / summary["patient"][0]
+    assert folder.parent == work / "deep" / "er" / "out" and (folder / f"{folder.name}_row.json").is_file()
+
+
+@HOSTILE
+@given(patient_id=st.sampled_from(NAME_ATTACKS[:14]), uid=st.sampled_from(["1.2.3", "..", "../..", "/tmp", "1" * 200]))
+def test_dicom_identifiers_stay_inside_out(tmp_path_factory, tiny_model, patient_id, uid):
+    work = tmp_path_factory.mktemp("dicom_names")
+    rng = np.random.default_rng(0)
+    for phase in ("ED", "ES"):
+        write_dicom(work / "in" / f"a4c_{phase}.dcm", rng.integers(0, 255, (48, 40)), region_spacing_mm=(0.3, 0.3),
+                    patient=patient_id, study_uid=uid)
+    before = tree(work)
+    result = echoef_in_process("predict", "--dicom", work / "in", "--out", work / "out", *_model_args(tiny_model))
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
+    assert outside_changes(before, tree(work), "out") == {}
+    summary = pd.read_csv(work / "out" / "summary.csv")
+    assert len(summary) == 1 and summary["status"][0] != "error"
+    assert (work / "out" / summary["patient"][0]).is_dir()
+
+
+def test_dicom_studies_whose_uids_end_alike_get_two_folders(tmp_path, tiny_model):
+    rng = np.random.default_rng(1)
+    for uid in ("1.2.3.99912345678", "1.2.4.99912345678"):
+        for phase in ("ED", "ES"):
+            write_dicom(tmp_path / "in" / uid / f"a4c_{phase}.dcm", rng.integers(0, 255, (48, 40)),
+                        region_spacing_mm=(0.3, 0.3), patient="P1", study_uid=uid)
+    echoef_in_process("predict", "--dicom", tmp_path / "in", "--out", tmp_path / "out", *_model_args(tiny_model))
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(set(summary["patient"])) == 2 and "duplicate_study" not in set(summary["status"])
+
+
+def test_a_second_single_frame_of_a_view_and_phase_is_named(tmp_path, tiny_model):
+    from echoef.studies import from_dicom_folder
+
+    rng = np.random.default_rng(2)
+    for name in ("a4c_ED.dcm", "a4c_ED_again.dcm", "a4c_ES.dcm"):
+        write_dicom(tmp_path / name, rng.integers(0, 255, (48, 40)), region_spacing_mm=(0.3, 0.3))
+    (study,) = from_dicom_folder(tmp_path, {})
+    assert study.phases[("4CH", "ED")].name == "a4c_ED.dcm"
+    assert any("a4c_ED_again.dcm: a second 4CH ED frame, left out" in note for note in study.notes)
+
+
+def test_a_patient_folder_with_odd_characters_or_a_long_name_gets_a_reason(phantom_root, tiny_model, tmp_path):
+    for name in ("patient$0001", "p" * 200):
+        folder = tmp_path / "in" / name
+        folder.mkdir(parents=True)
+        for file in (phantom_root / "database_nifti" / "patient0001").iterdir():
+            shutil.copy(file, folder / file.name.replace("patient0001", name))
+    result = echoef_in_process("predict", *sorted((tmp_path / "in").iterdir()), "--out", tmp_path / "out", *_model_args(tiny_model))
+    assert "unexpected" not in result.stderr, result.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(summary) == 2 and "error" not in set(summary["status"]), summary[["patient", "status", "detail"]]
+    assert all(len(name) <= names.MAX_NAME for name in summary["patient"])
+
+
+def test_a_study_folder_that_is_a_link_is_not_written_through(phantom_root, tiny_model, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    echoef_in_process("predict", phantom_root / "database_nifti" / "patient0002", "--out", out, *_model_args(tiny_model))
+    os.symlink(elsewhere, out / "patient0001")
+    result = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", out, *_model_args(tiny_model))
+    assert list(elsewhere.iterdir()) == []
+    assert pd.read_csv(out / "summary.csv")["status"][0] == "unsafe_output", result.stderr
+
+
+# ---- 2. a user's folder is never written over or deleted ---------------------------------------------
+
+def test_export_refuses_a_users_folder_and_keeps_its_files(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.json").write_text("the user's own")
+    (mine / "notes.txt").write_text("keep me")
+    before = tree(tmp_path)
+    result = echoef_in_process("export", "--out", mine, "--model", tmp_path / "none.pt")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "did not write" in result.stderr
+    assert tree(tmp_path) == before
+
+
+def test_a_folder_echoef_wrote_is_replaced_but_not_with_a_users_file_added(tmp_path):
+    target = tmp_path / "bundle"
+    with io.atomic_folder(target) as folder:
+        (folder / "a.txt").write_text("1")
+    with io.atomic_folder(target) as folder:  # its own folder: replaced
+        (folder / "a.txt").write_text("2")
+    assert (target / "a.txt").read_text() == "2"
+    (target / "mine.txt").write_text("the user's")
+    with pytest.raises(ForeignFolderError, match="mine.txt"):
+        with io.atomic_folder(target) as folder:
+            (folder / "a.txt").write_text("3")
+    assert (target / "mine.txt").read_text() == "the user's" and (target / "a.txt").read_text() == "2"
+
+
+@pytest.mark.parametrize("command", ["predict", "merge"])
+def test_predict_and_merge_refuse_a_folder_of_someone_elses(command, phantom_root, tiny_model, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "patient0001").mkdir(parents=True)
+    (mine / "patient0001" / "patient0001_row.json").write_text("{}")
+    (mine / "summary.csv").write_text("the user's")
+    before = tree(tmp_path)
+    arguments = [phantom_root / "database_nifti" / "patient0001", "--out", mine, *_model_args(tiny_model)] \
+        if command == "predict" else [mine]
+    result = echoef_in_process(command, *arguments)
+    assert result.returncode == 2 and "did not write" in result.stderr and "Traceback" not in result.stderr
+    assert tree(tmp_path) == before
+
+
+def test_a_study_folder_of_someone_elses_inside_out_is_left_alone(phantom_root, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    echoef_in_process("predict", phantom_root / "database_nifti" / "patient0002", "--out", out, *_model_args(tiny_model))
+    (out / "patient0001").mkdir()
+    (out / "patient0001" / "patient0001_2CH_ED_gt.nii.gz").write_text("an expert's mask")
+    echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", out, *_model_args(tiny_model))
+    assert (out / "patient0001" / "patient0001_2CH_ED_gt.nii.gz").read_text() == "an expert's mask"
+    assert pd.read_csv(out / "summary.csv")["status"][0] == "foreign_output"
+
+
+# ---- 3. a pixel size only where the file states one ------------------------------------------------
+
+def _nifti(path: Path, pixdim, qform_code=1, sform_code=0, pixels=None):
+    """A 2D NIfTI written byte for byte as crafted (nibabel would "fix" a zero pixdim on save)."""
+    array = np.asarray(pixels if pixels is not None else np.random.default_rng(0).random((40, 30)) * 200, np.float32)
+    image = nibabel.Nifti1Image(array.T, np.diag([0.3, 0.3, 1, 1]))
+    header = image.header
+    header["qform_code"], header["sform_code"] = qform_code, sform_code
+    nibabel.save(image, path)
+    data = bytearray(path.read_bytes())
+    data[80:88] = np.asarray(pixdim, "<f4").tobytes()  # pixdim[1], pixdim[2]
+    path.write_bytes(bytes(data))
+    return path
+
+
+@settings(max_examples=40, deadline=None)
+@given(pixdim=st.tuples(*[st.sampled_from([0.0, -0.3, math.nan, math.inf, 0.3, 0.45, 1.0])] * 2),
+       codes=st.sampled_from([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)]))
+def test_a_nifti_pixel_size_is_the_one_its_header_states(tmp_path_factory, pixdim, codes):
+    path = _nifti(tmp_path_factory.mktemp("pixdim") / "frame.nii", pixdim, *codes)
+    stored = nibabel.Nifti1Header.from_fileobj(open(path, "rb"), check=False)["pixdim"][1:3]
+    try:
+        loop = imagefile.read_loop(path)
+    except StudyError as error:
+        assert error.reason in {"no_spacing", "bad_spacing"}, error
+        return
+    # Read: the spacing is exactly the header's own (x along columns, y along rows).
+    assert np.isfinite(stored).all() and (stored > 0).all()
+    assert loop.spacing_mm == pytest.approx((float(stored[1]), float(stored[0])), rel=1e-6)
+
+
+def test_a_nifti_without_a_pixel_size_is_measured_only_with_one_given(tmp_path):
+    path = _nifti(tmp_path / "frame.nii", (0.0, 0.0))
+    with pytest.raises(StudyError, match="no_spacing"):
+        imagefile.read_loop(path)
+    assert imagefile.read_loop(path, (0.2, 0.4)).spacing_mm == (0.2, 0.4)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mhd"])
+def test_non_finite_pixels_are_bad_pixels_in_every_format(tmp_path, value, suffix):
+    pixels = np.random.default_rng(0).random((40, 30)).astype(np.float32) * 100
+    pixels[7, 3] = value
+    path = tmp_path / f"frame{suffix}"
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing((0.3, 0.3))
+    if suffix == ".mhd":
+        sitk.WriteImage(image, str(path))
+    else:
+        nibabel.save(nibabel.Nifti1Image(pixels.T, np.diag([0.3, 0.3, 1, 1])), path)
+    with pytest.raises(StudyError, match="bad_pixels"):
+        imagefile.read_loop(path)
+
+
+# ---- 4. data files are regular files beside their header --------------------------------------------
+
+def _metaimage(folder: Path, data_file: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = folder / "frame.mhd"
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (40, 30)).astype(np.uint8))
+    image.SetSpacing((0.3, 0.3))
+    sitk.WriteImage(image, str(header))
+    header.write_text(header.read_text().replace("ElementDataFile = frame.raw", f"ElementDataFile = {data_file}"))
+    return header
+
+
+@pytest.mark.parametrize("data_file", ["FIFO", "/etc/hostname", "ABSOLUTE", "../outside.raw", "sub/../../outside.raw",
+                                       "/dev/zero", "LIST", "frame_%03d.raw 0 2 1", "folder"])
+def test_a_metaimage_reads_only_a_regular_file_beside_it(tmp_path, data_file):
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(bytes(range(256)) * 5)
+    if data_file == "ABSOLUTE":
+        data_file = str(outside)
+    header = _metaimage(tmp_path / "study", data_file)
+    if data_file == "FIFO":
+        os.mkfifo(tmp_path / "study" / "FIFO")
+    if data_file == "folder":
+        (tmp_path / "study" / "folder").mkdir()
+    with pytest.raises(StudyError, match="unreadable_file"):
+        imagefile.read_loop(header)
+
+
+def test_a_fifo_data_file_never_blocks_the_batch(tmp_path, tiny_model, phantom_root):
+    """predict in its own process, with a deadline: a header pointing at a FIFO fails its study, and the
+    good study beside it and the summary are still written."""
+    bad = tmp_path / "in" / "patient0009"  # the 2019 layout (MetaImage), one header naming a FIFO
+    bad.mkdir(parents=True)
+    for key, source in _files(phantom_root).items():
+        sitk.WriteImage(sitk.ReadImage(str(source)), str(bad / f"patient0009_{key}.mhd"))
+    header = bad / "patient0009_4CH_ES.mhd"
+    header.write_text(header.read_text().replace("ElementDataFile = patient0009_4CH_ES.raw", "ElementDataFile = pipe"))
+    os.mkfifo(bad / "pipe")
+    result = subprocess.run([sys.executable, "-m", "echoef", "predict", str(bad), str(phantom_root / "database_nifti" / "patient0002"),
+                             "--out", str(tmp_path / "out"), *map(str, _model_args(tiny_model))],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("patient")
+    assert "Traceback" not in result.stderr and len(summary) == 2
+    assert "4CH_ES unreadable_file" in summary.loc["patient0009", "detail"], summary.loc["patient0009"].to_dict()
+
+
+# ---- 5. bundles and calibrators: every value checked on load ---------------------------------------
+
+CALIBRATOR_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                              st.text(max_size=5), st.lists(st.floats(allow_nan=True), max_size=3),
+                              st.just([95, 5]), st.just([5, 95]), st.just({"half_width": -1, "level": 0.9}))
+GOOD_CALIBRATORS = [
+    {"method": "linear", "slope": 1.04, "intercept": 0.05, "ef_range": [5, 95], "interval": {"level": 0.9, "half_width": 9.0, "n": 50}},
+    {"method": "isotonic", "x": [20.0, 40.0, 60.0], "y": [25.0, 41.0, 58.0], "ef_range": [5, 95]},
+    {"method": "ridge", "slope": 0.9, "intercept": 3.0, "features": {"edv_ml": 0.01, "ef_2ch": 0.1}, "ef_range": [5, 95]},
+    {"method": "none", "ef_range": [5, 95]},
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(base=st.sampled_from(GOOD_CALIBRATORS), key=st.sampled_from(["method", "slope", "intercept", "ef_range", "x", "y",
+                                                                    "features", "interval", "ef_method"]),
+       value=CALIBRATOR_VALUES)
+def test_a_loaded_calibrator_gives_finite_ordered_efs_in_its_range(base, key, value):
+    calibrator = json.loads(json.dumps({**base, key: value}))  # as read back from a file (NaN stays NaN)
+    try:
+        calibration.validate(calibrator)
+    except ValueError:
+        return
+    efs = np.linspace(0, 100, 21)
+    features = {name: np.full(21, 50.0) for name in calibration.RIDGE_FEATURES}
+    calibrated = calibration.apply(calibrator, efs, features)
+    low, high = calibration.interval(calibrator, calibrated)
+    assert np.isfinite(calibrated).all()
+    assert calibrator["ef_range"][0] <= calibrated.min() and calibrated.max() <= calibrator["ef_range"][1]
+    if calibrator.get("interval", {}).get("half_width") is not None:
+        assert (low <= calibrated).all() and (calibrated <= high).all()
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"method": "linear", "slope": NaN, "intercept": 0, "ef_range": [5, 95]}',
+                                     '{"method": "linear", "slope": 1e308, "intercept": 0, "ef_range": [5, 95]}',
+                                     '{"method": "linear", "slope": 1, "intercept": 0, "ef_range": [95, 5]}',
+                                     '{"method": "none", "ef_range": [5, 95], "interval": {"level": 0.9, "half_width": -3}}',
+                                     '{"method": "linear", "slope": "1", "intercept": 0, "ef_range": [5, 95]}', '', '\x00\xff',
+                                     '[' * 100000])
+def test_predict_refuses_an_impossible_calibrator_in_one_line(content, phantom_root, tiny_model, tmp_path):
+    (tmp_path / "bad.json").write_text(content, errors="surrogateescape")
+    result = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "out",
+                               "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "bad.json")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "bad.json" in result.stderr, result.stderr
+
+
+def _bundle(folder: Path, tiny_model: Path, edit=None) -> Path:
+    state = torch.load(tiny_model / "segmenter.pt", weights_only=True)
+    if edit:
+        edit(state)
+    folder.mkdir(parents=True)
+    network.save_bundle(folder, state)
+    return folder
+
+
+MODEL_EDITS = {
+    "members": lambda s: s.update(members=list(range(7))),
+    "members_int": lambda s: s.update(members=10**9),
+    "input_size": lambda s: s["model_config"].update(input_size=10**6),
+    "input_size_odd": lambda s: s["model_config"].update(input_size=33),
+    "input_size_text": lambda s: s["model_config"].update(input_size="big"),
+    "encoder": lambda s: s["model_config"].update(encoder="../../x"),
+    "depth_bool": lambda s: s["model_config"].update(encoder_depth=True),
+    "channels": lambda s: s["model_config"].update(decoder_channels=[10**9, 8, 4]),
+    "phases": lambda s: s["model_config"].update(phases_per_input=7),
+    "unknown": lambda s: s["model_config"].update(surprise=1),
+    "trained_on": lambda s: s.update(trained_on=[1]),
+    "nan_weight": lambda s: next(iter(s["state_dicts"][0].values())).fill_(math.nan),
+    "no_members": lambda s: s.update(state_dicts=[]),
+    "too_many": lambda s: s.update(state_dicts=[{k: v.clone() for k, v in s["state_dicts"][0].items()} for _ in range(17)]),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(MODEL_EDITS))
+def test_a_bundle_with_an_impossible_value_is_refused_naming_the_field(edit, tiny_model, tmp_path, phantom_root):
+    bundle = _bundle(tmp_path / "bundle", tiny_model, MODEL_EDITS[edit])
+    with pytest.raises(CheckpointError, match="refused|not a model"):
+        network.load_checkpoint(bundle)
+    result = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "out",
+                               "--model", bundle, "--calibrator", tiny_model / "calibrator.json")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("damage", ["header_length", "header_json", "truncated", "empty", "model_json_list", "model_json_bytes"])
+def test_a_corrupt_bundle_file_is_refused_in_one_line(damage, tiny_model, tmp_path):
+    bundle = _bundle(tmp_path / "bundle", tiny_model)
+    weights = bundle / network.BUNDLE_WEIGHTS
+    data = weights.read_bytes()
+    if damage == "header_length":
+        weights.write_bytes((2**62).to_bytes(8, "little") + data[8:])
+    elif damage == "header_json":
+        weights.write_bytes(data[:8] + b"{" * 8 + data[16:])
+    elif damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "model_json_list":
+        (bundle / network.BUNDLE_MODEL).write_text("[]")
+    else:
+        (bundle / network.BUNDLE_MODEL).write_bytes(b"\xff\xfe{")
+    with pytest.raises(CheckpointError):
+        network.load_checkpoint(bundle)
+
+
+# ---- 6. a resumed row is reused only if the same model and settings made it ------------------------
+
+def test_resume_redoes_rows_made_by_another_calibrator_or_setting(phantom_root, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    study = phantom_root / "database_nifti" / "patient0001"
+    row = out / "patient0001" / "patient0001_row.json"
+    echoef_in_process("predict", study, "--out", out, *_model_args(tiny_model))
+    first = json.loads(row.read_text())
+    echoef_in_process("predict", study, "--out", out, *_model_args(tiny_model))
+    assert json.loads(row.read_text()) == first  # same everything: resumed as it was
+    (tmp_path / "none.json").write_text('{"method": "none", "ef_range": [0, 100]}')
+    echoef_in_process("predict", study, "--out", out, "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "none.json")
+    second = json.loads(row.read_text())
+    assert second["made_by"] != first["made_by"]
+    echoef_in_process("predict", study, "--out", out, *_model_args(tiny_model), "--tta")
+    third = json.loads(row.read_text())
+    assert len({first["made_by"], second["made_by"], third["made_by"]}) == 3
+    assert pd.read_csv(out / "summary.csv")["made_by"][0] == third["made_by"]
+
+
+def test_resume_with_another_calibrator_changes_the_calibrated_ef(trained, phantom_root, tmp_path):
+    out = tmp_path / "out"
+    studies = [phantom_root / "database_nifti" / f"patient{n:04d}" for n in (11, 12)]
+    echoef_in_process("predict", *studies, "--out", out, "--model", trained / "segmenter.pt", "--calibrator",
+                      trained / "calibrator.json")
+    before = pd.read_csv(out / "summary.csv")
+    shifted = {**json.loads((trained / "calibrator.json").read_text()), "intercept": 10.0}
+    (tmp_path / "shifted.json").write_text(json.dumps(shifted))
+    echoef_in_process("predict", *studies, "--out", out, "--model", trained / "segmenter.pt", "--calibrator", tmp_path / "shifted.json")
+    after = pd.read_csv(out / "summary.csv")
+    measured = before["status"].str.startswith("ok") & (before["method"] == "simpson_biplane")
+    assert measured.any()
+    expected = np.clip(after["ef"] * shifted["slope"] + 10.0, *shifted["ef_range"])
+    assert np.allclose(after.loc[measured, "ef_calibrated"], expected[measured])
+    assert not np.allclose(after.loc[measured, "ef_calibrated"], before.loc[measured, "ef_calibrated"])
+
+
+# ---- 7. messages, merge, flags ---------------------------------------------------------------------
+
+def test_merge_counts_each_study_once_and_names_a_broken_row(phantom_root, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    echoef_in_process("predict", *[phantom_root / "database_nifti" / f"patient000{n}" for n in (1, 2)], "--out", out,
+                      *_model_args(tiny_model))
+    row = out / "patient0001" / "patient0001_row.json"
+    row.write_text(row.read_text()[:40])  # truncated
+    shutil.copytree(out / "patient0002", out / "patient0002_copy")  # a folder copied by hand
+    (out / "patient0002_copy" / "patient0002_row.json").rename(out / "patient0002_copy" / "patient0002_copy_row.json")
+    result = echoef_in_process("merge", out)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+    summary = pd.read_csv(out / "summary.csv").set_index("patient")
+    assert sorted(summary.index) == ["patient0001", "patient0002", "patient0002_copy"]
+    assert summary.loc["patient0001", "status"] == "unreadable_row"
+    assert summary.loc["patient0002_copy", "status"] == "unreadable_row"
+    assert "patient0002" in summary.loc["patient0002_copy", "detail"]
+    assert summary.loc["patient0002", "status"] != "unreadable_row"
+
+
+@pytest.mark.parametrize("flag", [["--shard", "²/3"], ["--shard", "1/٣"], ["--shard", "0/99999999999999999999"],
+                                  ["--phase-frames", "2CH:¹:2"], ["--phase-frames", "4CH:0:٣"]])
+def test_odd_digits_in_flags_are_usage_errors(flag, phantom_root, tiny_model, tmp_path):
+    files = _files(phantom_root)
+    result = echoef_in_process("predict", "--2ch", files["2CH_ED"], "--out", tmp_path / "out", *_model_args(tiny_model), *flag)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and flag[0] in result.stderr, result.stderr
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(phantom_root, tiny_model, tmp_path, monkeypatch):
+    from echoef import predict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_study", interrupted)
+    result = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "out",
+                               *_model_args(tiny_model))
+    assert result.returncode == 130 and result.stderr.count("\n") == 1 and "interrupted" in result.stderr
+
+
+def test_the_model_card_names_the_dataset_not_a_local_folder():
+    from echoef.bundle import dataset_name
+
+    assert dataset_name("camus-cpu").startswith("CAMUS (Leclerc et al., IEEE TMI 2019)")
+    assert "synthetic" in dataset_name("synthetic")
+    params = {"profile": "camus-cpu", "data": {"root": "/home/someone/private/camus"},
+              "train": {"network": {"members": 1, "encoder": "resnet18", "encoder_depth": 4, "input_size": 256,
+                                    "phases_per_input": 1}}}
+    ef = dict.fromkeys(["mae", "mae_low", "mae_high", "mae_uncalibrated", "bias", "loa_low", "loa_high", "r", "r_low",
+                        "r_high"], 1.0) | {"n": 50, "n_failed": 0}
+    from echoef.bundle import model_card
+
+    card = model_card(params, {}, ef, {"method": "linear", "ef_range": [5, 95]}, None)
+    assert "/home/someone" not in card and "CAMUS (Leclerc et al., IEEE TMI 2019)" in card
+
+
+def test_cli_messages_name_no_issue_numbers():
+    text = "".join(path.read_text() for path in (ROOT / "echoef").glob("*.py"))
+    assert "since issue" not in text and "issue #" not in text.lower()
+
+
+
+def test_12_bit_jpeg_extended_is_refused_as_the_readme_says(tmp_path):
+    """README: 8-bit JPEG extended decodes; 12-bit needs a decoder plugin and is refused with a status."""
+    import io as bytes_io
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    from echoef import dicom
+
+    path = write_dicom(tmp_path / "a4c.dcm", np.zeros((32, 32)), region_spacing_mm=(0.3, 0.3))
+    dataset = pydicom.dcmread(path)
+    jpeg = bytes_io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(jpeg, "JPEG")
+    dataset.PixelData = encapsulate([jpeg.getvalue()])
+    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+    dataset.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(StudyError, match="unsupported_transfer_syntax"):
+        dicom.read_dicom(path)
