@@ -3,7 +3,7 @@ DVC := .venv/bin/dvc
 # The stages call `python` and `dvc`: the project's environment comes first on PATH.
 ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 
-.PHONY: setup params run test test-fast lint bench clean
+.PHONY: setup params run test test-fast lint deps bench clean
 
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3.11 -m venv .venv
@@ -25,8 +25,13 @@ test: setup  ## the whole suite, as CI runs it (needs ../shared/data for the rea
 test-fast: setup  ## everything but the end-to-end runs (marked slow)
 	$(ENV) $(PY) -m pytest -q -m "not slow" tests
 
-lint: setup
+lint: setup  ## style, the layer contract of the package (pyproject.toml), and dvc.yaml's code deps
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+	$(PY) -m echoef.codedeps dvc.yaml --check
+
+deps: setup  ## write each stage's code deps into dvc.yaml from the import graph
+	$(PY) -m echoef.codedeps dvc.yaml
 
 bench: setup  ## EF-method benchmark on ../shared/data/camus (see docs/benchmarks.md)
 	$(PY) benchmarks/ef_reference.py --root ../shared/data/camus

@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from echoef import camus, ef, eftable
-from echoef.framefile import load as load_frames
-from echoef.ingest import patient_path
+from echoef.framefile import load as load_frames, patient_path
 from echoef.io import read_json
 
 SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEYS},

@@ -4,19 +4,15 @@ gamma, gain, blur and noise; and the gamma that test-time augmentation reuses.""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .params import Augment
+from .network import apply_gamma
 
-
-def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
-    """Gamma on each image (N, C, H, W) rescaled to [0, 1] (images are zero-mean normalised), then
-    scaled back; ``gamma`` a number or (N, 1, 1, 1)."""
-    low = images.amin(dim=(1, 2, 3), keepdim=True)
-    span = images.amax(dim=(1, 2, 3), keepdim=True) - low + 1e-6
-    return ((images - low) / span) ** gamma * span + low
+if TYPE_CHECKING:  # the type of its configuration only: augmenting loads no parameters
+    from .params import Augment
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: torch.Tensor, radius: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .ef import VIEW_COLUMNS
+from .domain import CALIBRATION_METHODS, EF_METHODS, VIEW_COLUMNS
 from .io import as_json
 
-METHODS = ("none", "linear", "isotonic", "ridge")
+METHODS = CALIBRATION_METHODS
 MIN_FIT_PATIENTS = 3
 # What the ridge calibrator reads beside the biplane EF: each view's single-plane EF (their
 # disagreement), the volumes and the four long axes, all measured on the predicted masks. CAMUS's
@@ -161,8 +161,6 @@ def validate(calibrator) -> dict:
     """``calibrator`` if it is a calibrator file's content with every value it is used by typed, finite
     and within sane bounds; ValueError naming the field otherwise (a list, a NaN or 1e308 coefficient,
     a reversed EF range, a negative interval: files that would give impossible EFs reported ok)."""
-    from .simpson import METHODS as EF_METHODS
-
     if not isinstance(calibrator, dict):
         raise ValueError(f"holds a {type(calibrator).__name__}, not the fields of a calibrator")
     method = calibrator.get("method")

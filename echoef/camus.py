@@ -9,58 +9,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
 from pathlib import Path
 
 import numpy as np
 
+from .domain import FRAME_KEYS, HEART_LABELS, PHASES, VIEWS, Frame, Label, Phase, View  # noqa: F401 - the reader's vocabulary
 from .errors import StudyError
 from .imagefile import Header, read_image
 
-
-class View(StrEnum):
-    """The apical views of CAMUS (their file-name spelling)."""
-
-    A2C = "2CH"
-    A4C = "4CH"
-
-
-class Phase(StrEnum):
-    """End-diastole and end-systole."""
-
-    ED = "ED"
-    ES = "ES"
-
-
-class Label(IntEnum):
-    """The values of a CAMUS label map."""
-
-    BACKGROUND = 0
-    LV = 1  # the LV cavity (endocardium)
-    MYOCARDIUM = 2
-    ATRIUM = 3  # the left atrium
-
-
-VIEWS = tuple(View)
-PHASES = tuple(Phase)
-FRAME_KEYS = tuple((v, p) for v in View for p in Phase)  # (view, phase) of each frame, 2CH ED first
-HEART_LABELS = (Label.LV, Label.MYOCARDIUM, Label.ATRIUM)
 EXTENSIONS = {"2023": ".nii.gz", "2019": ".mhd"}
 SPLIT_FILES = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt", "test": "subgroup_testing.txt"}
 PATIENT_DIR = re.compile(r"^patient\d+$")
 MAX_CFG_BYTES = 1 << 20  # an Info_*.cfg is a few hundred bytes; a megabyte is not one
-
-
-@dataclass
-class Frame:
-    """One apical frame: image (H, W) and label map (H, W) in canonical orientation (either may be
-    None), their (row, col) spacing in mm, and the header of the file they came from (None for
-    arrays made in memory: the identity at the origin)."""
-
-    image: np.ndarray | None
-    label: np.ndarray | None
-    spacing_mm: tuple[float, float]
-    header: Header | None = None
 
 
 @dataclass

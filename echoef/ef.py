@@ -8,10 +8,8 @@ import numpy as np
 
 from . import camus, simpson
 from .camus import Label
+from .domain import VIEW_COLUMNS
 
-# Each view's single-plane EF and each frame's long axis, measured with the EF: what a calibrator may
-# read beside it (calibration.RIDGE_FEATURES) and what a reader checks a view against the other with.
-VIEW_COLUMNS = ["ef_2ch", "long_axis_ed_2ch_mm", "long_axis_es_2ch_mm", "ef_4ch", "long_axis_ed_4ch_mm", "long_axis_es_4ch_mm"]
 COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status", *VIEW_COLUMNS]
 EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
 # Physiological limits of an adult LV measured by discs: below a few mL no ventricle was found (a

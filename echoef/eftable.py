@@ -12,7 +12,7 @@ import pandas as pd
 from . import framefile, simpson
 from .camus import Label
 from .ef import label_maps, patient_ef
-from .ingest import patient_path
+from .framefile import patient_path
 
 SEED_GRID = 256  # the seed notebook's square input
 

@@ -20,6 +20,11 @@ from .io import write_npz
 HEADER_FIELDS = ("spacing", "origin", "direction")
 
 
+def patient_path(patient: str, folder: Path) -> Path:
+    """The frame file of one patient in a folder of them (ingested images and labels, or predictions)."""
+    return Path(folder) / f"{patient}.npz"
+
+
 def _compact(image: np.ndarray) -> np.ndarray:
     """uint8 where that loses nothing (CAMUS images are 8-bit), the values as they are otherwise."""
     if np.issubdtype(image.dtype, np.integer) or np.array_equal(image, np.round(image)):

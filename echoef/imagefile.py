@@ -120,12 +120,18 @@ def file_format(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices."""
+def _check_gzip_complete(path: Path, needed_bytes: int) -> None:
+    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices. Only the bytes
+    the header declares (``needed_bytes``: its pixel offset and pixels) are inflated, so a small file
+    that inflates to gigabytes (a gzip bomb) costs no more than the image it claims to be."""
+    read = 0
     try:
         with gzip.open(path) as stream:
-            while stream.read(1 << 22):
-                pass
+            while read < needed_bytes:
+                chunk = stream.read(min(1 << 22, needed_bytes - read))
+                if not chunk:
+                    raise EOFError(f"{read} of the {needed_bytes} bytes the header declares")
+                read += len(chunk)
     except (OSError, EOFError, zlib.error) as error:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
 
@@ -285,8 +291,6 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
         raise StudyError("unsupported_format", f"{path.name}: read are DICOM, {', '.join(HEADER_FORMATS + PLAIN_FORMATS)}")
     if fmt in PLAIN_FORMATS and spacing_mm is None:
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
-    if fmt == ".nii.gz":
-        _check_gzip_complete(path)
     if fmt in (".mhd", ".mha"):
         metaimage_data_file(path)  # before ITK opens whatever the header names
     reader = sitk.ImageFileReader()
@@ -297,6 +301,9 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
         if len(size) not in (2, 3) or min(size) < 1 or min(size[:2]) < 2 or np.prod(size[:2]) > MAX_PIXELS \
                 or np.prod(size) > MAX_LOOP_PIXELS:
             raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}")
+        if fmt == ".nii.gz":
+            stored = _nifti_header(path)
+            _check_gzip_complete(path, int(stored["vox_offset"]) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
         header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
                         tuple(map(float, reader.GetDirection())))
         orientation = header.orientation()

@@ -61,7 +61,3 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
     write_csv(out_dir / "exclusions.csv", exclusion_table)
     return cohort, exclusion_table
 
-
-def patient_path(patient: str, ingested: Path) -> Path:
-    """The frame file of one ingested patient."""
-    return Path(ingested) / f"{patient}.npz"

@@ -12,7 +12,6 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 
-from .augment import apply_gamma
 from .camus import Label
 from .errors import CheckpointError, ParamsError
 from .io import atomic_path
@@ -27,6 +26,15 @@ TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
 # What a model file records of its networks (the fields of params.Network but the member count,
 # which is the number of weight sets it holds).
 MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size", "phases_per_input")
+
+
+def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
+    """Gamma on each image (N, C, H, W) rescaled to [0, 1] (images are zero-mean normalised), then
+    scaled back; ``gamma`` a number or (N, 1, 1, 1)."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    span = images.amax(dim=(1, 2, 3), keepdim=True) - low + 1e-6
+    return ((images - low) / span) ** gamma * span + low
+
 
 
 class PhaseStackUnet(smp.Unet):

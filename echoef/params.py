@@ -14,9 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .calibration import METHODS as CALIBRATION_METHODS
+from .domain import CALIBRATION_METHODS, EF_METHODS
 from .errors import ParamsError
-from .simpson import METHODS as EF_METHODS
 
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (runtime.has_native_bf16)
 

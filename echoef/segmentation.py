@@ -9,28 +9,13 @@ import pandas as pd
 import torch
 
 from . import camus, framefile, geometry
-from .camus import HEART_LABELS, Label
+from .camus import Label
 from .dataset import grid_tensors, input_order
-from .ingest import patient_path
+from .framefile import patient_path
 from .network import predict_scores
+from .overlap import DICE_NAMES, dice  # noqa: F401 - what this module reports, with its names
 from .params import Infer
 from .simpson import clean_lv_mask, largest_component
-
-DICE_NAMES = {Label.LV: "lv", Label.MYOCARDIUM: "myo", Label.ATRIUM: "la"}
-
-
-def dice(pred, truth, labels=HEART_LABELS) -> torch.Tensor:
-    """Dice of each label per sample: label maps ``pred`` and ``truth`` (N, H, W), tensors or arrays,
-    give (N, len(labels)) float64 (NaN where both lack the label). The one Dice of the project:
-    training validates with it, inference reports it."""
-    pred, truth = torch.as_tensor(pred), torch.as_tensor(truth)
-    scores = []
-    for label in labels:
-        p, t = pred == label, truth == label
-        inter = (p & t).flatten(1).sum(1).double()
-        total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
-        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.nan))
-    return torch.stack(scores, 1)
 
 
 def postprocess(label: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours
 
+from .domain import EF_METHODS
+
 N_DISCS = 20
 # The reference's constants below are in pixels of the CAMUS release grid (0.308 mm square). Every
 # mask is resampled to that pixel size first, so they keep their physical size on any grid: on a
@@ -26,7 +28,7 @@ EDGE_WALK_START_PX = 8
 EDGE_WALK_STEP_PX = 0.5
 MIN_LV_PIXELS = 50  # below this a "cavity" is noise, not a ventricle
 
-METHODS = ("simpson_biplane", "simpson_single_plane_2ch", "simpson_single_plane_4ch", "area_length")
+METHODS = EF_METHODS
 
 
 class LVGeometryError(ValueError):

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from .augment import augment
 from .camus import HEART_LABELS
 from .network import PhaseStackUnet, build_unet, softmax_batches
+from .overlap import dice
 from .params import Train
 from .runtime import autocast, seed_everything
-from .segmentation import dice
 
 
 class DiceCELoss(torch.nn.Module):

@@ -13,7 +13,7 @@ import pandas as pd
 from echoef import agreement, calibration, figures, framefile, machine, params as P, report
 from echoef.ef import ef_class, is_measured
 from echoef.errors import UsageError
-from echoef.ingest import patient_path
+from echoef.framefile import patient_path
 from echoef.io import read_json, write_csv, write_json, write_text
 from echoef.stage import run
 

@@ -18,7 +18,7 @@ from dvclive import Live
 
 from echoef import dataset, framefile, machine, params as P, runtime, training
 from echoef.errors import StudyError
-from echoef.ingest import patient_path
+from echoef.framefile import patient_path
 from echoef.io import read_json, write_json
 from echoef.network import save_checkpoint
 from echoef.stage import run

@@ -7,6 +7,7 @@ import html.parser
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echoef import cli, params, records
+from echoef import cli, codedeps, params, records
 
 from conftest import CAMUS_2019, ROOT, echoef_in_process
 
@@ -202,23 +203,83 @@ def test_a_runs_own_outputs_leave_the_commit_clean_and_code_changes_do_not(tmp_p
     assert machine.commit(tmp_path) == head + "+modified"
 
 
-# How a stage reports, times itself and writes its files atomically, not what it computes: editing
-# these re-runs nothing (a re-run of training costs an hour on a CPU).
-NOT_A_RESULT = {"echoef/errors.py", "echoef/stage.py", "echoef/io.py", "echoef/machine.py"}
+def test_each_stage_depends_on_all_the_code_it_reaches():
+    """dvc.yaml's code deps are the import graph's (``make deps`` writes them): a module reached only
+    through another (``overlap`` through ``segmentation``) re-runs the stage when edited."""
+    found = codedeps.differences(ROOT, yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    assert not found, "run `make deps`: " + "; ".join(f"{name} missing {m}, superfluous {s}" for name, (m, s) in found.items())
 
 
-def test_each_stage_depends_on_its_script_and_the_modules_it_calls():
-    import ast
+def test_the_code_deps_follow_imports_through_other_modules():
+    infer = codedeps.code_deps(ROOT, "stages/infer.py")
+    assert "echoef/overlap.py" in infer and "echoef/framefile.py" in infer and "echoef/domain.py" in infer
+    assert "stages/infer.py" in infer and not codedeps.NOT_A_RESULT & set(infer)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for main, fold in (("train", "train_fold"), ("infer", "infer_fold"), ("ef", "ef_fold")):  # one list per script
+        code = [{d for d in stage.get("do", stage)["deps"] if codedeps.is_code(d)} for stage in (stages[main], stages[fold])]
+        assert code[0] == code[1]
 
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        body = stage.get("do", stage)
-        script = next(word for word in body["cmd"].split() if word.startswith("stages/"))
-        modules = set()
-        for node in ast.walk(ast.parse((ROOT / script).read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "echoef":
-                modules |= {f"echoef/{alias.name}.py" for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("echoef."):
-                modules.add(node.module.replace(".", "/") + ".py")
-        assert modules and all((ROOT / module).is_file() for module in modules), script
-        missing = sorted(({script} | modules) - NOT_A_RESULT - set(body["deps"]))
-        assert not missing, f"dvc.yaml stage {name} runs {script} but does not depend on {missing}"
+
+def test_the_deps_check_names_what_a_hand_written_list_misses(tmp_path):
+    for folder in ("echoef", "stages"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    document = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    document["stages"]["infer"]["deps"].remove("echoef/overlap.py")
+    document["stages"]["infer"]["deps"].append("echoef/phantom.py")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(document))
+    result = subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml", "--check"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "infer: missing ['echoef/overlap.py']; superfluous ['echoef/phantom.py']" in result.stdout
+    subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml"], cwd=tmp_path, check=True, capture_output=True)
+    assert subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml", "--check"], cwd=tmp_path).returncode == 0
+
+
+def test_dvc_reruns_a_stage_when_a_module_it_reaches_only_through_others_changes(tmp_path):
+    """In a copy: the infer stage committed as up to date, then one line of echoef/overlap.py (imported
+    by segmentation, never by stages/infer.py) changed: `dvc status` names infer, and not ingest."""
+    for folder in ("echoef", "stages", "conf"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in ("infer", "ingest"):  # stand-ins for their inputs and outputs: only the code is compared
+        for entry in stages[stage]["deps"] + [next(iter(o)) if isinstance(o, dict) else o
+                                              for key in ("outs", "metrics") for o in stages[stage].get(key, [])]:
+            path = tmp_path / str(entry).replace("${data.root}", "data/phantom")
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if entry.endswith((".py", ".json", ".ok", ".pt", ".csv")):
+                    path.write_text("stand-in")
+                else:
+                    path.mkdir()
+                    (path / "x").write_text("stand-in")
+    dvc = str(VENV_BIN / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "config", "core.analytics", "false"], cwd=tmp_path, check=True)
+    for stage in ("infer", "ingest"):
+        subprocess.run([dvc, "commit", "-f", "-q", stage], cwd=tmp_path, check=True, capture_output=True)
+
+    def status(stage):
+        out = subprocess.run([dvc, "status", stage, "--json"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    assert status("infer") == {} and status("ingest") == {}
+    overlap = tmp_path / "echoef" / "overlap.py"
+    overlap.write_text(overlap.read_text() + "\n# an edit\n")
+    changed = status("infer")
+    assert "infer" in changed and {"changed deps": {"echoef/overlap.py": "modified"}} in changed["infer"]
+    assert status("ingest") == {}
+
+
+def test_the_layer_contract_refuses_a_wrong_way_import(tmp_path):
+    """`make lint` keeps the layers: in a copy, the file-writing module importing the command line breaks it."""
+    shutil.copytree(ROOT / "echoef", tmp_path / "echoef", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    lint = [str(VENV_BIN / "lint-imports"), "--no-cache"]
+    assert subprocess.run(lint, cwd=tmp_path, capture_output=True, env={"PYTHONPATH": str(tmp_path)}).returncode == 0
+    io_module = tmp_path / "echoef" / "io.py"
+    io_module.write_text(io_module.read_text() + "\n\ndef _wrong_way():\n    from . import cli  # noqa: F401\n")
+    result = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1 and "echoef.io -> echoef.cli" in result.stdout

@@ -543,3 +543,23 @@ def test_12_bit_jpeg_extended_is_refused_as_the_readme_says(tmp_path):
     dataset.save_as(path, enforce_file_format=True)
     with pytest.raises(StudyError, match="unsupported_transfer_syntax"):
         dicom.read_dicom(path)
+
+
+def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
+    """A 40 x 30 NIfTI followed by 256 MB of zeros, compressed to a few hundred kB: read as the image it claims to
+    be (ITK reads no further either), without inflating the rest."""
+    import gzip
+
+    path = tmp_path / "frame.nii"
+    nibabel.save(nibabel.Nifti1Image(np.full((30, 40), 7, np.uint8), np.diag([0.3, 0.3, 1, 1])), path)
+    with gzip.open(tmp_path / "frame.nii.gz", "wb", compresslevel=1) as stream:
+        stream.write(path.read_bytes())
+        zeros = bytes(1 << 24)
+        for _ in range(16):
+            stream.write(zeros)
+    loop = imagefile.read_loop(tmp_path / "frame.nii.gz")
+    assert loop.frames.shape == (1, 40, 30) and (loop.frames == 7).all()
+    damaged = tmp_path / "short.nii.gz"
+    damaged.write_bytes(gzip.compress(path.read_bytes())[:-200])
+    with pytest.raises(StudyError, match="unreadable_file"):
+        imagefile.read_loop(damaged)

@@ -140,7 +140,7 @@ def test_tta_is_the_mean_over_three_gammas():
     net = N.build_unet(config().network, 1).eval()
     images = data(3)[0]
     with torch.no_grad():
-        expected = sum(net(A.apply_gamma(images, g)).softmax(1) for g in N.TTA_GAMMAS) / 3
+        expected = sum(net(N.apply_gamma(images, g)).softmax(1) for g in N.TTA_GAMMAS) / 3
     assert torch.allclose(N.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
     assert not torch.allclose(N.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
 
