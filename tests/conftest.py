@@ -154,14 +154,14 @@ def trained(phantom_root, tmp_path_factory):
 
     import numpy as np
 
-    from echoef import calibration, camus, dataset, network as N, training as T
+    from echoef import calibration, camus, dataset, network, training
 
     folders = camus.find_patients(phantom_root)
     frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]
     images, labels, _ = dataset.grid_tensors(frames, SIZE)
-    members = T.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
+    members = training.train_members((images[:32], labels[:32]), (images[32:], labels[32:]), TINY, "cpu")
     out = tmp_path_factory.mktemp("model")
-    N.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY.network, {})
+    network.save_checkpoint(out / "segmenter.pt", [m["state_dict"] for m in members], TINY.network, {})
     calibrator = calibration.fit(np.array([30.0, 50, 70]), np.array([32.0, 51, 69]), "linear", (5, 95), "val")
     (out / "calibrator.json").write_text(json.dumps({**calibrator, "ef_method": "simpson_biplane"}))
     return out

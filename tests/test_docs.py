@@ -283,3 +283,10 @@ def test_the_layer_contract_refuses_a_wrong_way_import(tmp_path):
     io_module.write_text(io_module.read_text() + "\n\ndef _wrong_way():\n    from . import cli  # noqa: F401\n")
     result = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 1 and "echoef.io -> echoef.cli" in result.stdout
+
+
+def test_the_design_module_map_names_every_module():
+    text = (ROOT / "docs/design.md").read_text()
+    mapped = set(re.findall(r"^      (\w+)\.py ", text, re.M))
+    modules = {path.stem for path in (ROOT / "echoef").glob("*.py") if path.stem != "__init__"}
+    assert mapped == modules, f"docs/design.md misses {sorted(modules - mapped)}, names gone {sorted(mapped - modules)}"

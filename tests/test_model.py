@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from echoef import augment as A, network as N, runtime as R, training as T
+from echoef import augment, network, runtime, training
 
 from conftest import train_config
 
@@ -33,9 +33,9 @@ def data(n=8, size=32):
 
 
 def trained(train, phases=1):
-    R.seed_everything(train.seed)
-    net = N.build_unet(train.network, phases)
-    state, best_epoch, history = T.Trainer(net, data(), data(4), train, "cpu").run()
+    runtime.seed_everything(train.seed)
+    net = network.build_unet(train.network, phases)
+    state, best_epoch, history = training.Trainer(net, data(), data(4), train, "cpu").run()
     return net, state, best_epoch, history
 
 
@@ -68,47 +68,47 @@ def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
 
 def test_auto_precision_is_bf16_only_on_hardware_with_native_bf16(monkeypatch):
     for native in (True, False):
-        monkeypatch.setattr(R, "has_native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(runtime, "has_native_bf16", lambda device, native=native: native)
         expected = torch.bfloat16 if native else None
-        assert R.autocast_dtype("auto", "cpu") is expected and R.autocast_dtype("auto", "cuda") is expected
-        assert R.autocast_dtype("fp32", "cpu") is None and R.autocast_dtype("fp32", "cuda") is None
-        assert R.precision_name("auto", "cpu") == ("bf16" if native else "float32") and R.precision_name("fp32", "cuda") == "float32"
+        assert runtime.autocast_dtype("auto", "cpu") is expected and runtime.autocast_dtype("auto", "cuda") is expected
+        assert runtime.autocast_dtype("fp32", "cpu") is None and runtime.autocast_dtype("fp32", "cuda") is None
+        assert runtime.precision_name("auto", "cpu") == ("bf16" if native else "float32") and runtime.precision_name("fp32", "cuda") == "float32"
     # Asked for explicitly, bf16 is honoured; where it would be emulated, with a warning naming the keys.
     with pytest.warns(UserWarning, match="emulated.*train.runtime.precision / infer.precision"):
-        assert R.autocast_dtype("bf16", "cpu") is torch.bfloat16
-    monkeypatch.setattr(R, "has_native_bf16", lambda device: True)
+        assert runtime.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(runtime, "has_native_bf16", lambda device: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert R.autocast_dtype("bf16", "cpu") is torch.bfloat16
+        assert runtime.autocast_dtype("bf16", "cpu") is torch.bfloat16
 
 
 def test_cpu_bf16_is_native_with_avx512_bf16_or_amx_and_not_when_torch_cannot_tell(monkeypatch):
     for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert R.has_native_bf16("cpu") is native
+        assert runtime.has_native_bf16("cpu") is native
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert R.has_native_bf16("cpu") is False
+    assert runtime.has_native_bf16("cpu") is False
 
 
 def test_bf16_scores_are_float32_and_close_to_float32_ones():
-    R.seed_everything(0)
-    net = N.build_unet(config().network, 1).eval()
+    runtime.seed_everything(0)
+    net = network.build_unet(config().network, 1).eval()
     images = data(3)[0]
-    full, mixed = N.predict_scores(net, images, 2, precision="fp32"), N.predict_scores(net, images, 2, precision="bf16")
+    full, mixed = network.predict_scores(net, images, 2, precision="fp32"), network.predict_scores(net, images, 2, precision="bf16")
     assert full.dtype == mixed.dtype == torch.float32
     assert not torch.equal(full, mixed) and torch.allclose(full, mixed, atol=0.05)
 
 
 def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
     two = config(network={"members": 2})
-    members = T.train_members(data(), data(4), two, "cpu")
+    members = training.train_members(data(), data(4), two, "cpu")
     assert [m["seed"] for m in members] == [3, 4]
     key = "encoder.conv1.weight"
     assert not torch.equal(members[0]["state_dict"][key], members[1]["state_dict"][key])
-    N.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], two.network, {})
-    models, state = N.load_checkpoint(tmp_path / "m.pt")
+    network.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], two.network, {})
+    models, state = network.load_checkpoint(tmp_path / "m.pt")
     assert len(models) == 2 and state["model_config"]["input_size"] == 32
     assert torch.equal(models[1].state_dict()[key], members[1]["state_dict"][key])
 
@@ -121,11 +121,11 @@ def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        in_turn = T.train_members(data(), data(4), three, "cpu")
+        in_turn = training.train_members(data(), data(4), three, "cpu")
     finally:
         torch.set_num_threads(threads)
     rows = []
-    parallel = T.train_members(data(), data(4), dataclasses.replace(three, runtime=dataclasses.replace(three.runtime, parallel_members=2)),
+    parallel = training.train_members(data(), data(4), dataclasses.replace(three, runtime=dataclasses.replace(three.runtime, parallel_members=2)),
                                "cpu", lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])))
     assert [(m["seed"], m["phases_per_input"]) for m in parallel] == [(3, 1), (4, 2), (5, 1)]
     for a, b in zip(in_turn, parallel, strict=True):
@@ -136,18 +136,18 @@ def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
 
 
 def test_tta_is_the_mean_over_three_gammas():
-    R.seed_everything(0)
-    net = N.build_unet(config().network, 1).eval()
+    runtime.seed_everything(0)
+    net = network.build_unet(config().network, 1).eval()
     images = data(3)[0]
     with torch.no_grad():
-        expected = sum(net(N.apply_gamma(images, g)).softmax(1) for g in N.TTA_GAMMAS) / 3
-    assert torch.allclose(N.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
-    assert not torch.allclose(N.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
+        expected = sum(net(network.apply_gamma(images, g)).softmax(1) for g in network.TTA_GAMMAS) / 3
+    assert torch.allclose(network.predict_scores(net, images, 2, tta=True, precision="fp32"), expected, atol=1e-6)
+    assert not torch.allclose(network.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
 
 
 def test_a_paired_model_reads_each_view_as_one_input():
-    R.seed_everything(0)
-    net = N.build_unet(config().network, 2).eval()
+    runtime.seed_everything(0)
+    net = network.build_unet(config().network, 2).eval()
     frames = data(4)[0]  # two inputs: frames 0-1 and 2-3
     with torch.no_grad():
         logits = net(frames)
@@ -158,16 +158,16 @@ def test_a_paired_model_reads_each_view_as_one_input():
     assert not torch.allclose(other[0], logits[0])  # the ED mask depends on the ES frame of its view
     assert torch.equal(other[2:], logits[2:])  # and on nothing outside its view
     # Batches of an odd frame count are cut at whole inputs.
-    assert torch.allclose(N.predict_scores(net, frames, 3, precision="fp32"), logits.softmax(1), atol=1e-6)
+    assert torch.allclose(network.predict_scores(net, frames, 3, precision="fp32"), logits.softmax(1), atol=1e-6)
 
 
 def test_augmentation_draws_once_per_input():
     images, labels = data(4)
     images[1], labels[1] = images[0], labels[0]
     quiet = config(augment={"noise_std": 0.0}).augment
-    paired, paired_labels = A.augment(images, labels, quiet, torch.Generator().manual_seed(0), 2)
+    paired, paired_labels = augment.augment(images, labels, quiet, torch.Generator().manual_seed(0), 2)
     assert torch.equal(paired[0], paired[1]) and torch.equal(paired_labels[0], paired_labels[1])
-    single, _ = A.augment(images, labels, quiet, torch.Generator().manual_seed(0), 1)
+    single, _ = augment.augment(images, labels, quiet, torch.Generator().manual_seed(0), 1)
     assert not torch.allclose(single[0], single[1])
 
 
@@ -177,7 +177,7 @@ def test_gaussian_blur_spreads_each_image_by_its_own_sigma():
     # sigma 0 leaves the image unchanged.
     impulses = torch.zeros(3, 1, 15, 17)
     impulses[:, 0, 7, 8] = 1.0
-    blurred = A.gaussian_blur(impulses, torch.tensor([0.0, 0.5, 1.0]), radius=3)
+    blurred = augment.gaussian_blur(impulses, torch.tensor([0.0, 0.5, 1.0]), radius=3)
     assert torch.allclose(blurred[0], impulses[0], atol=1e-6)
     offsets = torch.arange(-3.0, 4.0)
     for image, variance in zip(blurred[1:], (0.2150, 0.9959)):
@@ -191,7 +191,7 @@ def test_blur_off_keeps_the_augmentation_stream():
     # option existed (1865.68, pinned from commit a5a2e66); with blur the smoothed images sum lower.
     images, labels = data(4)
     for sigma_px, total in ((0.0, 1865.68), (1.0, 1414.71)):
-        augmented, _ = A.augment(images, labels, config(augment={"blur_sigma_px": sigma_px}).augment, torch.Generator().manual_seed(0))
+        augmented, _ = augment.augment(images, labels, config(augment={"blur_sigma_px": sigma_px}).augment, torch.Generator().manual_seed(0))
         assert abs(float(augmented.abs().sum()) - total) < 0.05
 
 
@@ -200,18 +200,18 @@ def test_paired_training_keeps_views_together(monkeypatch):
     # augmentation receives must hold whole views, 3 per batch of 6 frames (the last one 1).
     images, labels = data(8)
     images[1::2], labels[1::2] = images[::2], labels[::2]
-    seen, augment = [], A.augment
+    seen, original = [], augment.augment
 
     def checked(batch, batch_labels, *args):
         seen.append(len(batch))
         assert torch.equal(batch[0::2], batch[1::2]) and torch.equal(batch_labels[0::2], batch_labels[1::2])
-        return augment(batch, batch_labels, *args)
+        return original(batch, batch_labels, *args)
 
-    monkeypatch.setattr(T, "augment", checked)
-    R.seed_everything(0)
+    monkeypatch.setattr(training, "augment", checked)
+    runtime.seed_everything(0)
     paired = config(network={"phases_per_input": 2}, optimisation={"batch_size": 6, "epochs": 2})
-    net = N.build_unet(paired.network, 2)
-    state, _, history = T.Trainer(net, (images, labels), (images[:4], labels[:4]), paired, "cpu").run()
+    net = network.build_unet(paired.network, 2)
+    state, _, history = training.Trainer(net, (images, labels), (images[:4], labels[:4]), paired, "cpu").run()
     assert seen == [6, 2, 6, 2] and len(history) == 2 and state is not None
 
 
@@ -219,10 +219,10 @@ def test_a_mixed_ensemble_trains_and_loads_each_member_with_its_own_input(tmp_pa
     # phases_per_input [1, 2]: member 0 reads frames alone, member 1 a view's two frames together,
     # both from the same frames in input order; the checkpoint rebuilds each as it was trained.
     mixed = config(network={"members": 2, "phases_per_input": [1, 2]})
-    members = T.train_members(data(), data(4), mixed, "cpu")
+    members = training.train_members(data(), data(4), mixed, "cpu")
     assert [(m["seed"], m["phases_per_input"]) for m in members] == [(3, 1), (4, 2)]
-    assert members[0]["history"] == T.train_members(data(), data(4), config(), "cpu")[0]["history"]  # member 0 is the one-frame model
-    N.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], mixed.network, {})
-    models, _ = N.load_checkpoint(tmp_path / "m.pt")
+    assert members[0]["history"] == training.train_members(data(), data(4), config(), "cpu")[0]["history"]  # member 0 is the one-frame model
+    network.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], mixed.network, {})
+    models, _ = network.load_checkpoint(tmp_path / "m.pt")
     assert [m.phases_per_input for m in models] == [1, 2]
     assert models[1].encoder.conv1.weight.shape[1] == 2 and models[1].segmentation_head[0].out_channels == 8

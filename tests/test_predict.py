@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from echoef import calibration, camus, dataset, ef as EF, geometry, network as N, segmentation as S
+from echoef import calibration, camus, dataset, ef, geometry, network, segmentation
 from echoef.errors import CheckpointError, StudyError
 
 from conftest import CAMUS, CAMUS_2019, SIZE, TINY, echoef_in_process, needs_shared, stored_with_direction
@@ -105,7 +105,7 @@ def test_predict_real_layouts_keep_their_geometry(trained, tmp_path):
     measured = summary["status"].str.startswith("ok")
     assert result.returncode == (0 if measured.any() else 1), result.stderr
     ok = summary[measured]
-    assert ok["edv_ml"].between(EF.MIN_VOLUME_ML, EF.MAX_VOLUME_ML).all() and (ok["esv_ml"] < ok["edv_ml"]).all()
+    assert ok["edv_ml"].between(ef.MIN_VOLUME_ML, ef.MAX_VOLUME_ML).all() and (ok["esv_ml"] < ok["edv_ml"]).all()
     assert summary.loc[~measured, "status"].str.match(r"(implausible|empty_mask|tiny_mask|no_basal_chord):").all()
     assert summary.loc[~measured, "ef_calibrated"].isna().all()
     assert_same_geometry(tmp_path / "patient0001" / "patient0001_2CH_ED_gt.mhd", patients[0] / "patient0001_2CH_ED.mhd")
@@ -129,7 +129,7 @@ def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
 
 def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_path):
     paired = dataclasses.replace(TINY.network, phases_per_input=2, members=1)
-    N.save_checkpoint(tmp_path / "paired.pt", [N.build_unet(paired, 2).state_dict()], paired, {})
+    network.save_checkpoint(tmp_path / "paired.pt", [network.build_unet(paired, 2).state_dict()], paired, {})
     folder = camus.find_patients(phantom_root)[0]
     frames = camus.read_study(folder).frames
     assert dataset.input_order(frames, 2) == list(camus.FRAME_KEYS)
@@ -150,19 +150,19 @@ def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_ro
     models = []
     for seed, phases in ((0, 1), (1, 2)):
         torch.manual_seed(seed)
-        models.append(N.build_unet(TINY.network, phases).eval())
+        models.append(network.build_unet(TINY.network, phases).eval())
     frames = camus.read_study(camus.find_patients(phantom_root)[0]).frames
     keys = dataset.input_order(frames, 2)
     images, _, boxes = dataset.grid_tensors([frames[k] for k in keys], SIZE, with_labels=False)
-    scores = [N.predict_scores(m, images, 8) for m in models]
-    labels = S.predict_frames(models, frames, SIZE, 8)
+    scores = [network.predict_scores(m, images, 8) for m in models]
+    labels = segmentation.predict_frames(models, frames, SIZE, 8)
     for i, key in enumerate(keys):
         mean = geometry.to_native((scores[0][i] + scores[1][i]) / 2, boxes[i]).argmax(0).numpy().astype(np.uint8)
-        assert np.array_equal(labels[key], S.postprocess(mean))
-    alone = S.predict_frames(models[:1], frames, SIZE, 8)
+        assert np.array_equal(labels[key], segmentation.postprocess(mean))
+    alone = segmentation.predict_frames(models[:1], frames, SIZE, 8)
     assert any(not np.array_equal(labels[k], alone[k]) for k in keys)
     with pytest.raises(StudyError, match="unpaired_view: 4CH: this model segments a view's ED and ES frames together"):
-        S.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, SIZE, 8)
+        segmentation.predict_frames(models, {k: v for k, v in frames.items() if k != ("4CH", "ES")}, SIZE, 8)
 
 
 class _RunsCodeWhenUnpickled:
@@ -180,7 +180,7 @@ def test_a_model_file_that_would_run_code_is_refused_without_running_it(trained,
     evidence = tmp_path / "code_ran"
     torch.save({**state, "extra": _RunsCodeWhenUnpickled(evidence)}, tmp_path / "crafted.pt")
     with pytest.raises(CheckpointError, match="refused: it holds Python objects beyond tensors and plain data"):
-        N.load_checkpoint(tmp_path / "crafted.pt")
+        network.load_checkpoint(tmp_path / "crafted.pt")
     result = echoef_in_process("predict", camus.find_patients(phantom_root)[0], "--out", tmp_path / "o", "--model", tmp_path / "crafted.pt")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "refused" in result.stderr
     assert not evidence.exists()
