@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoef import cli, machine, params, phantom
+from echoef import cli, machine, params, phantom, runfiles
 from echoef.io import read_json
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
-    parser.add_argument("--calibrator", type=Path, default=Path("models/calibrator.json"))
-    parser.add_argument("--split", type=Path, default=Path("data/split.json"))
+    parser.add_argument("--model", type=Path, default=runfiles.MODEL)
+    parser.add_argument("--calibrator", type=Path, default=runfiles.CALIBRATOR)
+    parser.add_argument("--split", type=Path, default=runfiles.SPLIT)
     parser.add_argument("--patients", type=int, default=10)
     args = parser.parse_args()
     config = params.load().data.phantom

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoef import agreement, calibration
+from echoef import agreement, calibration, runfiles
 from echoef.ef import is_measured
 from echoef.io import read_json
 
@@ -22,12 +22,12 @@ from echoef.io import read_json
 def ef_errors(run: Path, subset: str) -> pd.DataFrame:
     """Signed EF error (predicted minus reference) per measured patient, before ('pre') and after
     ('post') calibration."""
-    calibrator = read_json(run / "models/calibrator.json")
+    calibrator = read_json(run / runfiles.CALIBRATOR)
     if subset == "oof":
-        rows = pd.read_csv(run / "data/ef_cv.csv")
+        rows = pd.read_csv(run / runfiles.EF_CV_TABLE)
         post, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], calibrator["method"], calibrator["ef_range"], rows)
     else:
-        rows = pd.read_csv(run / "data/ef.csv").query("set == @subset")
+        rows = pd.read_csv(run / runfiles.EF_TABLE).query("set == @subset")
         post = calibration.apply(calibrator, rows["ef"], rows)
     rows = rows.assign(pre=rows["ef"] - rows["ef_ref"], post=np.asarray(post, float) - rows["ef_ref"])
     return rows[rows["status"].map(is_measured)].set_index("patient")[["pre", "post"]]
@@ -38,7 +38,7 @@ def lv_dice(run: Path, subset: str) -> pd.DataFrame:
     if subset == "oof":
         table = pd.concat([pd.read_csv(path) for path in sorted(run.glob("data/cv/fold_*/predictions/dice.csv"))])
     else:
-        table = pd.read_csv(run / "data/segmentation_dice.csv").query("set == @subset")
+        table = pd.read_csv(run / runfiles.SEGMENTATION_DICE).query("set == @subset")
     return table.pivot_table(index="patient", columns="phase", values="dice_lv")
 
 

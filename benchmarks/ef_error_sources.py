@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import camus, ef, eftable
+from echoef import camus, ef, eftable, runfiles
 from echoef.framefile import load as load_frames, patient_path
 from echoef.io import read_json
 
@@ -22,15 +22,15 @@ SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEY
 
 def substituted_ef(run: Path, patient: str) -> dict:
     """EF of one patient's predicted masks with each substitution of expert masks."""
-    predicted = eftable.load_predictions(run / "data/predictions" / f"{patient}.npz")
-    expert = ef.label_maps(load_frames(patient_path(patient, run / "data/ingested")))
+    predicted = eftable.load_predictions(patient_path(patient, run / runfiles.PREDICTIONS))
+    expert = ef.label_maps(load_frames(patient_path(patient, run / runfiles.INGESTED)))
     return {name: ef.patient_ef({**predicted, **{k: expert[k] for k in keys}}, "simpson_biplane")["ef"]
             for name, keys in SUBSTITUTIONS.items()}
 
 
 def error_table(run: Path, patients: list[str]) -> pd.DataFrame:
     """Signed EF error (predicted minus reference) per patient and substitution."""
-    cohort = pd.read_csv(run / "data/ingested/cohort.csv").set_index("patient")
+    cohort = pd.read_csv(run / runfiles.COHORT).set_index("patient")
     rows = {p: substituted_ef(run, p) for p in patients}
     return pd.DataFrame(rows).T.sub(cohort.loc[patients, "ef_ref"], axis=0)
 

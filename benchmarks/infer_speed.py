@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from echoef import camus, network, params as P, segmentation
+from echoef import camus, network, params, segmentation
 from echoef.dataset import grid_tensors, input_order
 
 
@@ -38,20 +38,20 @@ def main():
     parser.add_argument("--patients", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", choices=P.PRECISIONS, help="default: the params' infer.precision")
+    parser.add_argument("--precision", choices=params.PRECISIONS, help="default: the params' infer.precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    params = (P.load(args.params) if args.params else P.load_profile(args.profile))
+    settings = (params.load(args.params) if args.params else params.load_profile(args.profile))
     if args.model:
         models, state = network.load_checkpoint(args.model, args.device)
-        config = P.build(P.Network, {**state["model_config"], "members": len(models)})
+        config = params.build(params.Network, {**state["model_config"], "members": len(models)})
     else:
         torch.manual_seed(0)  # the stage does not switch on deterministic kernels, so neither does this
-        config = params.train.network
-        models = [network.build_unet(config, phases).to(args.device, memory_format=torch.channels_last).eval()
+        config = settings.train.network
+        models = [network.build_network(config, phases).to(args.device, memory_format=torch.channels_last).eval()
                   for phases in config.member_phases()]
-    size, batch_size, tta = config.input_size, params.infer.batch_size, params.infer.tta
-    precision = args.precision or params.infer.precision
+    size, batch_size, tta = config.input_size, settings.infer.batch_size, settings.infer.tta
+    precision = args.precision or settings.infer.precision
     studies = [camus.read_study(path, with_label=False).frames for path in listed_patients(Path(args.root), args.patients)]
     n_frames = sum(len(frames) for frames in studies)
     print(f"{len(studies)} patients ({n_frames} frames) from {args.root}; {config.encoder} depth "

@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from echoef import network, params as P, runtime, training
+from echoef import network, params, runtime, training
 
 
-def seconds_of_second_epoch(config: P.Train, phases: int, train_set, val_set) -> float:
+def seconds_of_second_epoch(config: params.Train, phases: int, train_set, val_set) -> float:
     """Wall seconds of epoch 2 of a ``training.Trainer`` run with ``config`` (epochs forced to 2)."""
     ends = []
     config = dataclasses.replace(config, optimisation=dataclasses.replace(config.optimisation, epochs=2))
     runtime.seed_everything(0)
-    net = network.build_unet(config.network, phases)
+    net = network.build_network(config.network, phases)
     training.Trainer(net, train_set, val_set, config, "cpu", log=lambda epoch, row: ends.append(time.perf_counter())).run()
     return ends[1] - ends[0]
 
@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = (P.load(args.params) if args.params else P.load_profile(args.profile)).train
+    config = (params.load(args.params) if args.params else params.load_profile(args.profile)).train
     size, batch_size = config.network.input_size, config.optimisation.batch_size
     generator = torch.Generator().manual_seed(0)
     frames = torch.randn(args.steps * batch_size, 1, size, size, generator=generator)

@@ -42,7 +42,8 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
                   "nothing; it exists to test the software.**", ""]
     lines += [
         "## The networks", "",
-        f"- {network['members']} U-Net(s), encoder {network['encoder']} (depth {network['encoder_depth']}, no pretrained "
+        f"- {network['members']} {network.get('architecture', 'Unet')} network(s), "
+        f"encoder {network['encoder']} (depth {network['encoder_depth']}, no pretrained "
         f"weights), {network['input_size']}-pixel grid, frames per input {network['phases_per_input']}; mean softmax of the members.",
         "- Input: 2D apical 2CH and 4CH frames at ED and ES with their physical pixel size; labels LV cavity, myocardium, left atrium.",
         "- EF: Simpson's biplane method of discs on the LV masks (a port of the CAMUS reference algorithm), then the calibrator.",

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import batch, camus, simpson
+from . import batch, camus, runfiles, simpson
 from .ef import VIEW_COLUMNS, label_maps, patient_ef
 from .errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
 from .io import check_ownable, claim_folder, read_json, write_csv, write_json, write_text
 from .params import PRECISIONS, Infer, build
 
-DEFAULT_CALIBRATOR = Path("models/calibrator.json")
+DEFAULT_CALIBRATOR = runfiles.CALIBRATOR
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
                    "frames", "cine", *VIEW_COLUMNS, "detail", "made_by"]
@@ -290,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--patient", default="study", help="name for the study given as files")
     predict.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"),
                          help="pixel size of image files that carry none (PNG, JPEG, TIFF, BMP); headers keep their own")
-    predict.add_argument("--model", type=Path, default=Path("models/segmenter.pt"), help="a model file, or a bundle folder of echoef export")
+    predict.add_argument("--model", type=Path, default=runfiles.MODEL, help="a model file, or a bundle folder of echoef export")
     predict.add_argument("--calibrator", type=Path, help=f"default: the bundle's with --model DIR, else {DEFAULT_CALIBRATOR}")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
@@ -303,12 +303,12 @@ def parser() -> argparse.ArgumentParser:
     merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
     export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--model", type=Path, default=Path("models/segmenter.pt"))
+    export.add_argument("--model", type=Path, default=runfiles.MODEL)
     export.add_argument("--calibrator", type=Path)
-    export.add_argument("--train-log", type=Path, default=Path("models/train_log.json"))
-    export.add_argument("--params", type=Path, default=Path("params.yaml"))
-    export.add_argument("--metrics", type=Path, default=Path("metrics/ef.json"))
-    export.add_argument("--full", type=Path, default=Path("reports/ef_full.json"))
+    export.add_argument("--train-log", type=Path, default=runfiles.TRAIN_LOG)
+    export.add_argument("--params", type=Path, default=runfiles.PARAMS)
+    export.add_argument("--metrics", type=Path, default=runfiles.EF_METRICS)
+    export.add_argument("--full", type=Path, default=runfiles.EF_FULL)
     record = commands.add_parser("record", help="keep a finished run's numbers as a record under results/NAME")
     record.add_argument("name")
     record.add_argument("--workspace", type=Path, default=Path("."), help="the repository that ran (default: here)")

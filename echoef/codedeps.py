@@ -18,7 +18,7 @@ PACKAGE = "echoef"
 # How a stage reports a user error, times itself and names its machine, not what it computes: a stage
 # that reaches only these is not re-run when they change (a re-run of training costs an hour on a CPU).
 # Everything a stage writes goes through echoef/io.py, whose format is part of the results: it counts.
-NOT_A_RESULT = {"echoef/errors.py", "echoef/stage.py", "echoef/machine.py"}
+NOT_A_RESULT = {"echoef/errors.py", "echoef/stage.py", "echoef/machine.py"}  # and what only they reach
 
 
 def _module_file(root: Path, module: str) -> str:
@@ -44,15 +44,22 @@ def script_imports(script: Path) -> set[str]:
 
 def code_deps(root: Path, script: str, graph=None) -> list[str]:
     """The files a stage running ``script`` depends on: the script, and every module of the package
-    it reaches through imports (``NOT_A_RESULT`` aside; a package's ``__init__.py`` where it holds
-    code, since it runs first), sorted."""
+    it reaches through imports, sorted (a package's ``__init__.py`` where it holds code, since it runs
+    first). The ``NOT_A_RESULT`` modules, and what is reached only through them, are left out."""
     root = Path(root)
     graph = graph or build_graph(root)
-    reached = set()
+    excluded = {file.removesuffix(".py").replace("/", ".") for file in NOT_A_RESULT}
+    reached, todo = set(), []
     for module in script_imports(root / script):
         while module not in graph.modules:  # `from echoef.a import f`: f is no module
             module = module.rpartition(".")[0]
-        reached |= {module} | graph.find_upstream_modules(module)
+        todo.append(module)
+    while todo:  # what the script reaches, not counting what only the modules that are no result reach
+        module = todo.pop()
+        if module in reached or module in excluded:
+            continue
+        reached.add(module)
+        todo += graph.find_modules_directly_imported_by(module)
     reached |= {parent for module in set(reached) for parent in _parents(module)}
     files = {_module_file(root, module) for module in reached}
     files = {file for file in files if not file.endswith("__init__.py") or (root / file).stat().st_size}

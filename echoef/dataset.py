@@ -3,10 +3,12 @@ network reads them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from . import camus, geometry
+from . import camus, framefile, geometry
 from .errors import StudyError
 
 
@@ -36,3 +38,21 @@ def input_order(frames: dict[tuple[str, str], camus.Frame], phases_per_input: in
             if pair[0].image.shape != pair[1].image.shape or not np.allclose(pair[0].spacing_mm, pair[1].spacing_mm):
                 raise StudyError("unpaired_view", f"{view}: the ED and ES frames differ in size or spacing; this model needs them on one grid")
     return keys
+
+
+def training_tensors(patients: list[str], ingested: Path, network) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid tensors (images, labels) of the patients' ingested frames, in the input order every member
+    of ``network`` (a ``params.Network``) can read. A patient a paired member cannot read (a view
+    without both phases) is left out, and named."""
+    frames, skipped = [], []
+    for patient in patients:
+        study = framefile.load(framefile.patient_path(patient, ingested))
+        try:
+            frames += [study[key] for key in input_order(study, max(network.member_phases()))]
+        except StudyError as error:  # a paired member cannot read this patient; the others still train
+            skipped.append(f"{patient} ({error})")
+    if skipped:
+        print(f"train: {len(skipped)} patient(s) left out: " + "; ".join(skipped))
+    images, labels, _ = grid_tensors(frames, network.input_size)
+    return images, labels
+

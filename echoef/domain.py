@@ -44,6 +44,8 @@ HEART_LABELS = (Label.LV, Label.MYOCARDIUM, Label.ATRIUM)
 # Simpson's biplane method of discs (the CAMUS reference), single-plane discs of one view, area-length.
 EF_METHODS = ("simpson_biplane", "simpson_single_plane_2ch", "simpson_single_plane_4ch", "area_length")
 CALIBRATION_METHODS = ("none", "linear", "isotonic", "ridge")
+# Segmentation networks of segmentation-models-pytorch that train.network.architecture may name.
+NETWORK_ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
 # Each view's single-plane EF and each frame's long axis, measured with the EF: what a calibrator may
 # read beside it and what a reader checks a view against the other with.
 VIEW_COLUMNS = ["ef_2ch", "long_axis_ed_2ch_mm", "long_axis_es_2ch_mm", "ef_4ch", "long_axis_ed_4ch_mm", "long_axis_es_4ch_mm"]

@@ -45,7 +45,7 @@ def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, metho
     cohort = cohort.set_index("patient")
     rows = []
     for patient in patients:
-        path = predictions / f"{patient}.npz"
+        path = patient_path(patient, predictions)
         predicted = load_predictions(path) if path.is_file() else None
         pred = patient_ef(predicted, method) if predicted else {
             "method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": "no_prediction"}
@@ -55,3 +55,14 @@ def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, metho
                      "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],
                      "ef_ref": cohort.loc[patient, "ef_ref"], "quality": cohort.loc[patient, "quality_2ch"]})
     return pd.DataFrame(rows)
+
+
+def out_of_fold_table(fold_dirs: list[Path], expected: list[str]) -> pd.DataFrame:
+    """Every fold's EF table (``<fold dir>/ef.csv``) with its fold number: each train+val patient's
+    out-of-fold EF. RuntimeError unless they cover the ``expected`` patients exactly once."""
+    table = pd.concat([pd.read_csv(Path(folder) / "ef.csv").assign(fold=fold) for fold, folder in enumerate(fold_dirs)],
+                      ignore_index=True)
+    if sorted(table["patient"]) != sorted(expected):
+        raise RuntimeError("out-of-fold predictions do not cover every train+val patient exactly once")
+    return table
+

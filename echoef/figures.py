@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from . import calibration, camus  # noqa: E402
+from . import calibration, camus, framefile  # noqa: E402
 from .camus import Label  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from .ef import ef_class  # noqa: E402
+from .io import atomic_path, write_csv  # noqa: E402
 
 
 def _save(fig, path) -> None:
@@ -136,3 +140,35 @@ def simpson_construction(frames: dict, title: str, path) -> None:
         ax.plot(geometry.axis_mm[1, 1], geometry.axis_mm[1, 0], marker="o", color="white", markersize=3)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+CLASS_NAMES = ("<40", "40-49", ">=50")
+
+
+def worst_cases(test: pd.DataFrame, count: int, ingested: Path, predictions: Path) -> tuple[list[dict], list[dict]]:
+    """The ``count`` measured test patients with the largest calibrated EF error: their rows, and
+    their frames for the overlay figure."""
+    worst = test.assign(error=(test["ef_calibrated"] - test["ef_ref"]).abs()).nlargest(count, "error")
+    cases = []
+    for row in worst.itertuples():
+        expert = framefile.load(framefile.patient_path(row.patient, ingested))
+        predicted = framefile.load(framefile.patient_path(row.patient, predictions))
+        cases.append({"title": f"{row.patient} EF {row.ef_calibrated:.0f} vs {row.ef_ref:.0f}",
+                      "frames": {k: (f.image, f.label, predicted[k].label, f.spacing_mm) for k, f in expert.items()}})
+    return worst.to_dict(orient="records"), cases
+
+
+def write_plots(test: pd.DataFrame, stats: dict, calibrator: dict, cases: list[dict], plots: Path) -> None:
+    """The plot tables DVC draws (scatter, Bland-Altman, EF-class confusion) and the PNG figures."""
+    write_csv(plots / "ef_scatter.csv", test[["patient", "ef_ref", "ef", "ef_calibrated"]].rename(columns={"ef": "ef_pred"}))
+    write_csv(plots / "bland_altman.csv", pd.concat([
+        pd.DataFrame({"patient": test["patient"], "stage": stage, "mean": (v + test["ef_ref"]) / 2, "diff": v - test["ef_ref"]})
+        for stage, v in (("pre", test["ef"]), ("post", test["ef_calibrated"]))]))
+    write_csv(plots / "ef_classes.csv", pd.DataFrame({
+        "patient": test["patient"], "reference": [CLASS_NAMES[c] for c in ef_class(test["ef_ref"].to_numpy())],
+        "predicted": [CLASS_NAMES[c] for c in ef_class(test["ef_calibrated"].to_numpy())]}))
+    scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], plots / "ef_scatter.png")
+    bland_altman(test["ef_ref"], test["ef"], test["ef_calibrated"], stats["pre"], stats["post"], plots / "bland_altman.png")
+    calibration_curve(calibrator, test, plots / "calibration.png")
+    confusion(stats["post"]["confusion"], plots / "ef_classes.png")
+    overlays(cases, plots / "overlays.png")

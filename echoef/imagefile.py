@@ -13,6 +13,7 @@ import gzip
 import os
 import stat
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,11 +271,32 @@ def check_pixels(array: np.ndarray, spacing: tuple[float, float], name: str) -> 
         raise StudyError("bad_spacing", f"{name}: spacing {spacing} mm is outside {SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm")
 
 
-def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
-    """Read one view's file: a 2D frame, or a cine loop (a 3D NIfTI or MetaImage whose third axis is
-    time, as the CAMUS ``_sequence`` files; a multi-frame DICOM).
+@dataclass(frozen=True)
+class Reader:
+    """One input format: the file extensions it reads (lower case, ``.nii.gz`` as one), its reading
+    function taking (path, spacing_mm or None) and returning a ``Loop``, and optionally a check of a
+    file's first bytes for files whose name does not tell (DICOM exports often have no extension)."""
 
-    The header is checked before any pixel is read, so a corrupt size cannot exhaust memory.
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, tuple[float, float] | None], Loop]
+    sniff: Callable[[Path], bool] | None = None
+
+
+def reader_for(path: Path) -> Reader | None:
+    """The registered reader of ``path``: the first whose first-bytes check accepts it, else the one
+    of its extension, else None."""
+    for reader in READERS:
+        if reader.sniff is not None and reader.sniff(path):
+            return reader
+    return next((reader for reader in READERS if file_format(path) in reader.suffixes), None)
+
+
+def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """Read one view's file with its format's reader (``READERS``): a 2D frame, or a cine loop (a 3D
+    NIfTI or MetaImage whose third axis is time, as the CAMUS ``_sequence`` files; a multi-frame DICOM).
+
+    Every reader checks the header before any pixel is read, so a corrupt size cannot exhaust memory.
     ``spacing_mm`` (row, col) is the pixel size of files that carry none (PNG, JPEG, TIFF, BMP, or a
     header that states none); without it they are refused (``no_spacing``), as is anything else
     that would make a volume wrong without a warning. A header's own pixel size is always used.
@@ -282,13 +304,17 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
     path = Path(path)
     if not path.is_file():
         raise StudyError("missing_frame", f"{path.name} not found")
-    if is_dicom(path):
-        from .dicom import read_dicom  # pydicom only where DICOM is read
+    reader = reader_for(path)
+    if reader is None:
+        known = ", ".join(suffix for reader in READERS for suffix in reader.suffixes)
+        raise StudyError("unsupported_format", f"{path.name}: read are {known} (and DICOM of any name)")
+    return reader.read(path, spacing_mm)
 
-        return read_dicom(path, spacing_mm)
+
+def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """A NIfTI, MetaImage, PNG, JPEG, TIFF or BMP file through SimpleITK (``read_loop`` describes what
+    is checked)."""
     fmt = file_format(path)
-    if fmt not in HEADER_FORMATS + PLAIN_FORMATS:
-        raise StudyError("unsupported_format", f"{path.name}: read are DICOM, {', '.join(HEADER_FORMATS + PLAIN_FORMATS)}")
     if fmt in PLAIN_FORMATS and spacing_mm is None:
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
     if fmt in (".mhd", ".mha"):
@@ -354,3 +380,17 @@ def write_label(label: np.ndarray, header: Header, path: Path) -> None:
     image.SetDirection(header.direction)
     with atomic_files(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=file_format(path) == ".nii.gz")
+
+
+# The formats read, one entry each (nnU-Net's LIST_OF_IO_CLASSES is the model): predict, ef and ingest
+# all read through read_loop, so a format added here is read everywhere. docs/extending.md: how to add one.
+def _read_dicom(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
+    from .dicom import read_dicom  # pydicom is imported only where DICOM is read
+
+    return read_dicom(path, spacing_mm)
+
+
+READERS: list[Reader] = [
+    Reader("DICOM", (".dcm",), _read_dicom, sniff=is_dicom),
+    Reader("ITK", HEADER_FORMATS + PLAIN_FORMATS, read_itk),
+]

@@ -51,7 +51,7 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
                 raise IngestError(f"{folder.name} excluded ({error}); ingest.strict is true") from error
             exclusions.append({"patient": folder.name, "reason": error.reason, "detail": error.detail})
             continue
-        framefile.save(out_dir / f"{study.patient}.npz", study.frames)
+        framefile.save(framefile.patient_path(study.patient, out_dir), study.frames)
         rows.append(study.cohort_row())
     if not rows:
         raise IngestError(f"no usable patient under {root} ({len(exclusions)} excluded; see the exclusions table)")
@@ -61,3 +61,8 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
     write_csv(out_dir / "exclusions.csv", exclusion_table)
     return cohort, exclusion_table
 
+
+def counts(cohort: pd.DataFrame, exclusions: pd.DataFrame) -> dict:
+    """metrics/ingest.json: patients included and excluded, and the excluded by reason."""
+    return {"n_included": len(cohort), "n_excluded": len(exclusions),
+            **{f"excluded_{k}": int(v) for k, v in exclusions["reason"].value_counts().items()}}

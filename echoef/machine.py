@@ -10,6 +10,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from . import runfiles
+
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
@@ -35,8 +37,8 @@ def pipeline_files(repo: Path = Path(".")) -> list[str]:
     try:
         stages = yaml.safe_load((Path(repo) / "dvc.yaml").read_text()).get("stages", {})
     except (OSError, yaml.YAMLError, AttributeError):
-        return ["params.yaml", "dvc.lock"]
-    paths = ["params.yaml", "dvc.lock"]
+        return [str(runfiles.PARAMS), str(runfiles.LOCK)]
+    paths = [str(runfiles.PARAMS), str(runfiles.LOCK)]
     for stage in stages.values():
         body = stage.get("do", stage)
         for kind in ("outs", "metrics", "plots"):

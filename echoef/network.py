@@ -1,4 +1,4 @@
-"""The segmentation network: an smp U-Net built from ``train.network``, its model file, and its
+"""The segmentation network: an smp architecture built from ``train.network``, its model file, and its
 softmax scores in batches (with test-time augmentation)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from .camus import Label
+from .domain import NETWORK_ARCHITECTURES
 from .errors import CheckpointError, ParamsError
 from .io import atomic_path
 from .params import Network, build
@@ -23,9 +24,9 @@ N_CLASSES = len(Label)
 # not used: apical views have a fixed orientation, and mirrored test images cost a mirror-naive
 # model 0.013-0.018 LV Dice on CAMUS validation (docs/benchmarks.md).
 TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
-# What a model file records of its networks (the fields of params.Network but the member count,
-# which is the number of weight sets it holds).
-MODEL_KEYS = ("encoder", "encoder_weights", "encoder_depth", "decoder_channels", "input_size", "phases_per_input")
+# What a model file records of its networks: the fields of params.Network but the member count, which
+# is the number of weight sets it holds.
+MODEL_KEYS = tuple(field.name for field in dataclasses.fields(Network) if field.name != "members")
 
 
 def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
@@ -37,33 +38,66 @@ def apply_gamma(images: torch.Tensor, gamma) -> torch.Tensor:
 
 
 
-class PhaseStackUnet(smp.Unet):
-    """An smp U-Net that segments ``phases_per_input`` consecutive frames together (2: a view's ED
-    and ES frames as the channels of one input, so both masks come from one reading of the view).
+def _unet_family(name: str):
+    def build(network: Network, **common) -> torch.nn.Module:
+        return getattr(smp, name)(**common, decoder_channels=tuple(network.decoder_channels[: network.encoder_depth]))
+    return build
+
+
+def _fpn(network: Network, **common) -> torch.nn.Module:
+    # FPN's head upsamples its stride-4 map by 4, as for a depth-5 encoder; shallower encoders need less.
+    # Its segmentation branch is group-normalised in groups of 32 channels: half the width, in 32s.
+    width = network.decoder_channels[0]
+    return smp.FPN(**common, decoder_pyramid_channels=width, decoder_segmentation_channels=max(32, width // 64 * 32),
+                   upsampling=2 ** (network.encoder_depth - 3))
+
+
+def _deeplab(network: Network, **common) -> torch.nn.Module:
+    return smp.DeepLabV3Plus(**common, decoder_channels=network.decoder_channels[0])
+
+
+# train.network.architecture -> how segmentation-models-pytorch builds it from train.network (the
+# Unet family takes one decoder width per encoder stage; FPN and DeepLabV3+ take the first as theirs).
+# To add one: a builder here and its name in domain.NETWORK_ARCHITECTURES (docs/extending.md).
+ARCHITECTURES = {"Unet": _unet_family("Unet"), "UnetPlusPlus": _unet_family("UnetPlusPlus"), "FPN": _fpn,
+                 "DeepLabV3Plus": _deeplab}
+assert set(ARCHITECTURES) == set(NETWORK_ARCHITECTURES), "each architecture name needs a builder"
+
+
+def _unprefixed_keys(module, state_dict, prefix, *args) -> None:
+    """Model files written when the network was itself the smp model keep their keys without the
+    ``network.`` prefix; they load into the wrapper unchanged."""
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "network.")]:
+        state_dict[prefix + "network." + key[len(prefix):]] = state_dict.pop(key)
+
+
+class PhaseStack(torch.nn.Module):
+    """Any segmentation network of ``ARCHITECTURES``, made to segment ``phases_per_input`` consecutive
+    frames together (2: a view's ED and ES frames as the channels of one input, so both masks come
+    from one reading of the view).
 
     Takes frames (F, 1, H, W) and returns logits (F, 4, H, W) in the same order, F a multiple of
-    ``phases_per_input``; with 1 it is the plain one-frame U-Net.
+    ``phases_per_input``; with 1 it is the plain one-frame network.
     """
 
-    def __init__(self, phases_per_input: int, **kwargs):
-        super().__init__(in_channels=phases_per_input, classes=N_CLASSES * phases_per_input, **kwargs)
+    def __init__(self, network: torch.nn.Module, phases_per_input: int):
+        super().__init__()
+        self.network = network
         self.phases_per_input = phases_per_input
+        self.register_load_state_dict_pre_hook(_unprefixed_keys)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         n, _, height, width = frames.shape
-        logits = super().forward(frames.reshape(n // self.phases_per_input, self.phases_per_input, height, width))
+        logits = self.network(frames.reshape(n // self.phases_per_input, self.phases_per_input, height, width))
         return logits.reshape(n, N_CLASSES, height, width)
 
 
-def build_unet(network: Network, phases_per_input: int) -> PhaseStackUnet:
-    """One ensemble member of ``network`` reading ``phases_per_input`` frames per input."""
-    return PhaseStackUnet(
-        phases_per_input,
-        encoder_name=network.encoder,
-        encoder_weights=network.encoder_weights,
-        encoder_depth=network.encoder_depth,
-        decoder_channels=tuple(network.decoder_channels[: network.encoder_depth]),
-    )
+def build_network(network: Network, phases_per_input: int) -> PhaseStack:
+    """One ensemble member of ``network`` (its ``architecture`` from ``ARCHITECTURES``) reading
+    ``phases_per_input`` frames per input."""
+    common = {"encoder_name": network.encoder, "encoder_weights": network.encoder_weights, "encoder_depth": network.encoder_depth,
+              "in_channels": phases_per_input, "classes": N_CLASSES * phases_per_input}
+    return PhaseStack(ARCHITECTURES[network.architecture](network, **common), phases_per_input)
 
 
 def save_checkpoint(path, state_dicts: list[dict], network: Network, extra: dict) -> None:
@@ -123,7 +157,7 @@ def check_state(state) -> Network:
     member count that does not match its weights, or a weight that is not a finite number."""
     if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
         raise ValueError("model_config: missing, or not a table of fields")
-    config = state["model_config"]
+    config = {"architecture": "Unet", **state["model_config"]}  # files from before the choice: U-Nets
     weights = state.get("state_dicts")
     if not isinstance(weights, list) or not 1 <= len(weights) <= MAX_MEMBERS \
             or not all(isinstance(w, dict) and w for w in weights):
@@ -173,7 +207,7 @@ def model_fingerprint(path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], dict]:
+def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStack], dict]:
     """Rebuild the ensemble members saved by ``save_checkpoint`` (or a bundle folder of ``export``);
     CheckpointError if they do not fit.
 
@@ -198,11 +232,21 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStackUnet], di
         # The weights come from the file, never from a download.
         models = []
         for weights, phases in zip(state["state_dicts"], network.member_phases(), strict=True):
-            models.append(build_unet(network, phases))
+            models.append(build_network(network, phases))
             models[-1].load_state_dict(weights)
     except (AttributeError, IndexError, KeyError, ParamsError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error
     return [m.to(device, memory_format=torch.channels_last).eval() for m in models], state
+
+
+def load_ensemble(paths: list[Path], device: str = "cpu") -> tuple[list[PhaseStack], int]:
+    """Every member of the model files ``paths`` as one ensemble (the mean of all their softmax
+    outputs), and their grid size; CheckpointError if they do not share one."""
+    loaded = [load_checkpoint(path, device) for path in paths]
+    sizes = {state["model_config"]["input_size"] for _, state in loaded}
+    if len(sizes) != 1:
+        raise CheckpointError(f"{', '.join(map(str, paths))}: models of several grid sizes ({sorted(sizes)}) in one ensemble")
+    return [member for members, _ in loaded for member in members], sizes.pop()
 
 
 def save_bundle(out: Path, state: dict) -> None:
@@ -218,7 +262,7 @@ def save_bundle(out: Path, state: dict) -> None:
         tmp.write_text(json.dumps({k: v for k, v in state.items() if k != "state_dicts"}, indent=2) + "\n")
 
 
-def softmax_batches(model: PhaseStackUnet, images: torch.Tensor, batch_size: int, tta: bool, precision: str):
+def softmax_batches(model: PhaseStack, images: torch.Tensor, batch_size: int, tta: bool, precision: str):
     """Softmax probabilities (B, C, S, S) batch by batch, on the model's device, for normalised grid
     images (N, 1, S, S); with ``tta`` the mean over the image at three gammas (``TTA_GAMMAS``)."""
     device = next(model.parameters()).device
@@ -234,7 +278,7 @@ def softmax_batches(model: PhaseStackUnet, images: torch.Tensor, batch_size: int
             yield probs
 
 
-def predict_scores(model: PhaseStackUnet, images: torch.Tensor, batch_size: int, tta: bool = False,
+def predict_scores(model: PhaseStack, images: torch.Tensor, batch_size: int, tta: bool = False,
                    precision: str = "auto") -> torch.Tensor:
     """Softmax probabilities (N, C, S, S) on the CPU for normalised grid images (N, 1, S, S);
     ``precision`` as in ``runtime.autocast_dtype``."""

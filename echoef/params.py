@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .domain import CALIBRATION_METHODS, EF_METHODS
+from .domain import CALIBRATION_METHODS, EF_METHODS, NETWORK_ARCHITECTURES
 from .errors import ParamsError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (runtime.has_native_bf16)
@@ -115,6 +115,7 @@ class CV:
 class Network:
     """What builds the networks (and is saved with their weights)."""
 
+    architecture: str = _key(_choice(*NETWORK_ARCHITECTURES))
     encoder: str = _key(_typed(str))
     encoder_weights: str | None = _key(_typed(str, type(None)))
     encoder_depth: int = _key(_typed(int, minimum=3, maximum=5))

@@ -12,26 +12,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import calibration, machine
+from . import calibration, machine, runfiles
 from .errors import UsageError
 from .io import atomic_folder, read_json, write_csv, write_json
+from .names import safe_name
 from .report import fmt
 
 # Files of a run copied into its record as they are (those that exist: folds add the cv ones).
-COPIED = ("params.yaml", "dvc.lock", "metrics/ef.json", "metrics/ef_cv.json", "metrics/segmentation.json",
-          "metrics/segmentation_cv.json", "metrics/ingest.json", "reports/ef_full.json", "reports/segmentation_full.json",
-          "reports/segmentation_cv_full.json", "models/calibrator.json", "models/train_log.json")
+COPIED = tuple(str(path) for path in runfiles.RECORDED)
 PATIENT_COLUMNS = ["patient", "set", "quality", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_ref", "status"]
 
 
 def patient_table(workspace: Path) -> pd.DataFrame:
     """Per patient of the run's EF table: set, image quality, EF before and after calibration, the
     reference, the status (out-of-fold rows too, with cross-validation)."""
-    table = pd.read_csv(workspace / "data/ef.csv")
-    oof = workspace / "data/ef_cv.csv"
+    table = pd.read_csv(workspace / runfiles.EF_TABLE)
+    oof = workspace / runfiles.EF_CV_TABLE
     if oof.is_file() and oof.stat().st_size and not (cv := pd.read_csv(oof)).empty:
         table = pd.concat([table, cv], ignore_index=True)
-    table["ef_calibrated"] = calibration.apply(read_json(workspace / "models/calibrator.json"), table["ef"], table)
+    table["ef_calibrated"] = calibration.apply(read_json(workspace / runfiles.CALIBRATOR), table["ef"], table)
     return table[PATIENT_COLUMNS]
 
 
@@ -43,15 +42,16 @@ def stage_seconds(workspace: Path) -> dict[str, float]:
 
 def make(name: str, workspace: Path, results: Path, command: str) -> Path:
     """Write ``results/<name>/`` from the run in ``workspace``; returns its folder."""
+    if safe_name(name) != name:
+        raise UsageError(f"record name {name!r}: give a plain name (letters, digits, '.', '_', '-'), e.g. {safe_name(name)}")
     workspace = Path(workspace)
-    needed = ("params.yaml", "metrics/ef.json", "data/ef.csv", "models/calibrator.json", "models/train_log.json")
+    needed = (runfiles.PARAMS, runfiles.EF_METRICS, runfiles.EF_TABLE, runfiles.CALIBRATOR, runfiles.TRAIN_LOG)
     missing = [f for f in needed if not (workspace / f).is_file()]
     if missing:
-        raise UsageError(f"{workspace} holds no finished run ({', '.join(missing)} missing); run dvc repro first")
+        raise UsageError(f"{workspace} holds no finished run ({', '.join(map(str, missing))} missing); run dvc repro first")
     final = Path(results) / name
-    if final.is_dir() and any(final.iterdir()) and not (final / "record.json").is_file():
-        raise UsageError(f"{final} exists and is not a run record; give the record another name")
-    with atomic_folder(final) as out:  # a record is written whole or not at all
+    # A record is written whole or not at all, and replaces only an earlier record of EchoEF's.
+    with atomic_folder(final, "the record") as out:
         _write_record(out, name, workspace, command)
     return final
 
@@ -62,9 +62,9 @@ def _write_record(out: Path, name: str, workspace: Path, command: str) -> None:
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(workspace / relative, out / relative)
     write_csv(out / "patients.csv", patient_table(workspace))
-    train_log = read_json(workspace / "models/train_log.json")
-    params = (workspace / "params.yaml").read_text()
-    full = workspace / "reports/ef_full.json"
+    train_log = read_json(workspace / runfiles.TRAIN_LOG)
+    params = (workspace / runfiles.PARAMS).read_text()
+    full = workspace / runfiles.EF_FULL
     interval = read_json(full).get("test", {}).get("interval") if full.is_file() else None
     write_json(out / "record.json", {
         "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
@@ -80,8 +80,8 @@ def results_table(results: Path) -> str:
     rows = ["| record | profile | test patients (failed) | LV Dice ED / ES | EF MAE after calibration [95% CI] | r [95% CI] "
             "| bias | MAE before | EF interval: coverage (width) | training | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in Path(results).iterdir() if (p / "record.json").is_file()):
-        record, ef = read_json(folder / "record.json"), read_json(folder / "metrics/ef.json")
-        dice = read_json(folder / "metrics/segmentation.json").get("test", {})
+        record, ef = read_json(folder / "record.json"), read_json(folder / runfiles.EF_METRICS)
+        dice = read_json(folder / runfiles.SEGMENTATION_METRICS).get("test", {})
         environment = record.get("environment") or {}
         where = environment.get("gpu") or (environment.get("cpu") or {}).get("model", "?")
         training = f"{fmt((record.get('train_seconds') or math.nan) / 60, 0)} min, {record.get('train_precision')}, {where}"
@@ -122,8 +122,8 @@ def calibrator_lines(results: Path) -> list[str]:
     reports/ef_full.json): each method's cross-fitted MAE, ridge minus linear with its paired
     interval, and what ``ridge_adopted`` decides."""
     lines = []
-    for folder in sorted(p for p in Path(results).iterdir() if (p / "reports/ef_full.json").is_file()):
-        comparison = (read_json(folder / "reports/ef_full.json").get("cv") or {}).get("calibrators") or {}
+    for folder in sorted(p for p in Path(results).iterdir() if (p / runfiles.EF_FULL).is_file()):
+        comparison = (read_json(folder / runfiles.EF_FULL).get("cv") or {}).get("calibrators") or {}
         if "ridge_minus_linear" not in comparison:
             continue
         diff = comparison["ridge_minus_linear"]

@@ -3,6 +3,7 @@ computes, only where and how fast."""
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 
@@ -59,3 +60,26 @@ def seed_everything(seed: int, device: str = "cpu") -> None:
     cuda = torch.device(device).type == "cuda"
     torch.use_deterministic_algorithms(not cuda, warn_only=True)
     torch.backends.cudnn.benchmark = cuda
+
+
+def start_processes(device: str) -> tuple[str, bool, int]:
+    """Under torchrun with several processes: one process group, one GPU per process (or gloo on
+    CPU). Returns (this process's device, whether it writes the outputs, the number of processes)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, True, 1
+    import torch.distributed as distributed
+
+    distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return device, distributed.get_rank() == 0, distributed.get_world_size()
+
+
+def end_processes(world: int) -> None:
+    """Leave the process group ``start_processes`` joined (nothing with one process)."""
+    if world > 1:
+        import torch.distributed as distributed
+
+        distributed.destroy_process_group()
+

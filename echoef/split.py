@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .ef import ef_class
 from .errors import SplitError
+from .io import write_json
+from .params import fold_ids
 
 
 def strata(cohort: pd.DataFrame, min_count: int = 3) -> pd.Series:
@@ -77,3 +82,21 @@ def fold_sets(folds: dict, fold: int) -> dict[str, list[str]]:
     inner = folds["inner_val"][str(fold)]
     train = sorted(p for p, f in folds["fold_of"].items() if f != fold and p not in set(inner))
     return {"train": train, "val": inner, "oof": held}
+
+
+def write_splits(cohort: pd.DataFrame, lists: dict[str, list[str]] | None, config, split_path: Path, folds_path: Path,
+                 sets_dir: Path) -> tuple[dict, dict]:
+    """The split stage's files: the train/val/test lists (the dataset's own ``lists`` if it has them,
+    else stratified by ``config``, a ``params.Split``), each train+val patient's fold (``{"k": 0}``
+    without cross-validation; test untouched) and one sets file per fold in ``sets_dir``."""
+    sets = assign(cohort, lists, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    write_json(split_path, {**sets, "source": "database_split" if lists else "stratified"})
+    k = config.folds
+    folds = (assign_folds(cohort, sets["train"] + sets["val"], k, inner_fraction=config.inner_val_fraction, seed=config.seed)
+             if k > 1 else {"k": 0})
+    write_json(folds_path, folds)
+    shutil.rmtree(sets_dir, ignore_errors=True)
+    Path(sets_dir).mkdir(parents=True)
+    for fold, name in enumerate(fold_ids(folds["k"])):
+        write_json(Path(sets_dir) / f"{name}.json", fold_sets(folds, fold))
+    return sets, folds

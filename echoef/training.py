@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .augment import augment
 from .camus import HEART_LABELS
-from .network import PhaseStackUnet, build_unet, softmax_batches
+from .network import PhaseStack, build_network, softmax_batches
 from .overlap import dice
 from .params import Train
 from .runtime import autocast, seed_everything
@@ -38,7 +38,7 @@ class DiceCELoss(torch.nn.Module):
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * F.cross_entropy(logits, target)
 
 
-def validation_dice(model: PhaseStackUnet, val_set, batch_size: int, precision: str) -> np.ndarray:
+def validation_dice(model: PhaseStack, val_set, batch_size: int, precision: str) -> np.ndarray:
     """Mean Dice of LV cavity, myocardium and atrium over the validation frames (on their device)."""
     images, labels = val_set
     pred = torch.cat([probs.argmax(1) for probs in softmax_batches(model, images, batch_size, False, precision)])
@@ -63,7 +63,7 @@ class Trainer:
     each process trains on its share of every global batch.
     """
 
-    def __init__(self, model: PhaseStackUnet, train_set, val_set, config: Train, device: str, log=None):
+    def __init__(self, model: PhaseStack, train_set, val_set, config: Train, device: str, log=None):
         self.config, self.device, self.log = config, device, log
         distributed = dist.is_available() and dist.is_initialized()
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
@@ -151,7 +151,7 @@ def train_member(train_set, val_set, config: Train, phases_per_input: int, devic
     """Seed, build and train one network of ``config`` (its own ``seed``) reading ``phases_per_input``
     frames per input. Returns {seed, phases_per_input, state_dict, best_epoch, history}."""
     seed_everything(config.seed, device)
-    state, best_epoch, history = Trainer(build_unet(config.network, phases_per_input), train_set, val_set, config, device, log).run()
+    state, best_epoch, history = Trainer(build_network(config.network, phases_per_input), train_set, val_set, config, device, log).run()
     return {"seed": config.seed, "phases_per_input": phases_per_input, "state_dict": state,
             "best_epoch": best_epoch, "history": history}
 
@@ -195,3 +195,16 @@ def train_members(train_set, val_set, config: Train, device: str, log=None) -> l
             for epoch, row in enumerate(result["history"]):
                 log(member, epoch, row)
     return members
+
+
+def curve_logger(live, members: int):
+    """A ``log(member, epoch, row)`` for ``train_members`` that records each member's curves with a
+    dvclive ``live`` (under ``member_<m>/`` when there are several) and prints one line per epoch."""
+    def log(member, epoch, row):
+        live.step = epoch  # each member's curve starts at step 0
+        for key, value in row.items():
+            live.log_metric(key if members == 1 else f"member_{member}/{key}", value)
+        live.make_summary()
+        print(f"member {member} epoch {epoch + 1}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+    return log
+

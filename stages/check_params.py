@@ -9,19 +9,19 @@ whose content never changes: a valid edit re-runs only the stages it touches, an
 import argparse
 from pathlib import Path
 
-from echoef import params as P
+from echoef import params
 from echoef.errors import ParamsError
 from echoef.io import write_json
 from echoef.stage import run
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("params", type=Path)
-    parser.add_argument("marker", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, required=True, help="the parameters file to check")
+    parser.add_argument("--marker", type=Path, required=True, help="written when they are valid; every stage depends on it")
     parser.add_argument("--phantom", type=Path, required=True, help="the folder the phantom stage writes")
     args = parser.parse_args()
-    root = Path(P.load(args.params).data.root)
+    root = Path(params.load(args.params).data.root)
     if root != args.phantom and not root.is_dir():
         raise ParamsError(f"{args.params}: data.root = '{root}' is not a folder; point it at a CAMUS download "
                           f"(the folder holding database_nifti/, or the 2019 patient folders) or at {args.phantom}")

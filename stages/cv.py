@@ -2,9 +2,8 @@
 ensemble (mean softmax) on the test list; out-of-fold and ensemble Dice. The evaluate stage turns the
 tables into metrics/ef_cv.json with cross-fitted calibration.
 
-cv.py --folds FILE --cv-dir DIR --split FILE --ingested DIR --ensemble DIR --oof CSV --ensemble-ef CSV
---metrics JSON --full JSON; fold K's outputs are read from DIR/fold_K/. Without cross-validation (split.folds <= 1)
-it writes {"folds": 0} and empty tables.
+Fold K's outputs are read from CV_DIR/fold_K/. Without cross-validation (split.folds <= 1) it writes
+{"folds": 0} and empty tables.
 """
 
 import argparse
@@ -14,21 +13,27 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params as P, report, runtime, segmentation as S
+from echoef import params, report, runtime, segmentation
 from echoef.ef import COLUMNS
-from echoef.eftable import ef_table
+from echoef.eftable import ef_table, out_of_fold_table
+from echoef.framefile import patient_path
 from echoef.io import read_json, write_csv, write_json
-from echoef.network import load_checkpoint
+from echoef.network import load_ensemble
 from echoef.stage import run
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    for name in ("--folds", "--cv-dir", "--split", "--ingested", "--ensemble", "--oof", "--ensemble-ef", "--metrics", "--full"):
-        parser.add_argument(name, type=Path, required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, what in (("--folds", "each train+val patient's fold (JSON)"), ("--cv-dir", "the folds' folders"),
+                       ("--split", "the train/val/test lists"), ("--ingested", "ingest's frame files"),
+                       ("--ensemble", "the fold ensemble's label maps (replaced)"), ("--oof", "the out-of-fold EF table"),
+                       ("--ensemble-ef", "the fold ensemble's EF table of the test list"),
+                       ("--metrics", "headline Dice of cross-validation"), ("--full", "every Dice statistic of it")):
+        parser.add_argument(name, type=Path, required=True, help=what)
     args = parser.parse_args()
-    params = P.load()
-    k = read_json(args.folds)["k"]
+    settings = params.load()
+    folds = read_json(args.folds)
+    k = folds["k"]
     shutil.rmtree(args.ensemble, ignore_errors=True)
     args.ensemble.mkdir(parents=True)
     if k == 0:
@@ -39,29 +44,18 @@ def main():
         write_json(args.full, {"folds": 0})
         print("cv: no cross-validation (split.folds <= 1)")
         return
-    fold_dirs = [args.cv_dir / name for name in P.fold_ids(k)]
-    oof = pd.concat([pd.read_csv(d / "ef.csv").assign(fold=f) for f, d in enumerate(fold_dirs)], ignore_index=True)
-    if sorted(oof["patient"]) != sorted(read_json(args.folds)["fold_of"]):
-        raise RuntimeError("out-of-fold predictions do not cover every train+val patient exactly once")
+    fold_dirs = [args.cv_dir / name for name in params.fold_ids(k)]
+    oof = out_of_fold_table(fold_dirs, folds["fold_of"])
     write_csv(args.oof, oof)
 
-    device = runtime.resolve_device(params.train.runtime.device)
-    # Every member of every fold model: the ensemble is the mean of all their softmax outputs.
-    loaded = [load_checkpoint(d / "model" / "segmenter.pt", device) for d in fold_dirs]
-    models = [m for members, _ in loaded for m in members]
-    size = loaded[0][1]["model_config"]["input_size"]
+    models, size = load_ensemble([d / "model" / "segmenter.pt" for d in fold_dirs], runtime.resolve_device(settings.train.runtime.device))
     test = read_json(args.split)["test"]
     dice_rows = []
     for patient in tqdm(test, desc="cv ensemble", mininterval=5):
-        dice_rows += S.predict_patient(models, patient, size, params.infer, args.ensemble / f"{patient}.npz", args.ingested)
+        dice_rows += segmentation.predict_patient(models, patient, size, settings.infer, patient_path(patient, args.ensemble), args.ingested)
     cohort = pd.read_csv(args.ingested / "cohort.csv")
-    write_csv(args.ensemble_ef, ef_table(test, args.ensemble, cohort, params.ef.method, args.ingested).assign(set="test"))
-    oof_dice = pd.concat([pd.read_csv(d / "predictions" / "dice.csv").assign(fold=f) for f, d in enumerate(fold_dirs)],
-                         ignore_index=True)
-    lv = oof_dice.groupby("fold")["dice_lv"].mean()
-    full = {"folds": k, "oof": S.dice_summary(oof_dice),
-            "fold_spread": {"dice_lv_mean": float(lv.mean()), "dice_lv_std": float(lv.std(ddof=0))},
-            "test_ensemble": S.dice_summary(pd.DataFrame(dice_rows))}
+    write_csv(args.ensemble_ef, ef_table(test, args.ensemble, cohort, settings.ef.method, args.ingested).assign(set="test"))
+    full = segmentation.cv_dice_report(fold_dirs, dice_rows)
     write_json(args.full, full)
     write_json(args.metrics, {"folds": k, **report.dice_headline(full)})
     print(f"cv: {k} folds, {len(oof)} out-of-fold patients, {len(test)} test patients by the {k}-model ensemble")

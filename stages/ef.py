@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import params as P
+from echoef import params
 from echoef.eftable import ef_table
 from echoef.io import read_json, write_csv
 from echoef.stage import run
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    for name in ("--predictions", "--ingested", "--sets", "--out"):
-        parser.add_argument(name, type=Path, required=True)
-    parser.add_argument("--subsets", nargs="+", required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, what in (("--predictions", "the predicted label maps"), ("--ingested", "ingest's frame files"),
+                       ("--sets", "JSON of patient lists"), ("--out", "the EF table (CSV)")):
+        parser.add_argument(name, type=Path, required=True, help=what)
+    parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to measure")
     args = parser.parse_args()
-    method = P.load().ef.method
+    method = params.load().ef.method
     cohort = pd.read_csv(args.ingested / "cohort.csv")
     sets = read_json(args.sets)
     table = pd.concat([ef_table(sets[subset], args.predictions, cohort, method, args.ingested).assign(set=subset)

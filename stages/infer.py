@@ -12,33 +12,36 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params as P, report, runtime, segmentation as S
+from echoef import params, report, runtime, segmentation
 from echoef.errors import StudyError
+from echoef.framefile import patient_path
 from echoef.io import read_json, write_csv, write_json
 from echoef.network import load_checkpoint
 from echoef.stage import run
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    for name in ("--model", "--ingested", "--sets", "--out", "--dice"):
-        parser.add_argument(name, type=Path, required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, what in (("--model", "the model file"), ("--ingested", "ingest's frame files"), ("--sets", "JSON of patient lists"),
+                       ("--out", "the predicted label maps, one frame file per patient (replaced)"),
+                       ("--dice", "Dice of every frame against the expert labels (CSV)")):
+        parser.add_argument(name, type=Path, required=True, help=what)
     parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to predict")
     parser.add_argument("--metrics", type=Path, help="headline: mean LV Dice per subset and phase")
     parser.add_argument("--full", type=Path, help="mean Dice per subset, label and phase")
     args = parser.parse_args()
-    params = P.load()
-    device = runtime.resolve_device(params.train.runtime.device)
+    settings = params.load()
+    device = runtime.resolve_device(settings.train.runtime.device)
     models, state = load_checkpoint(args.model, device)
-    print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(params.infer.precision, device)}")
+    print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(settings.infer.precision, device)}")
     sets = read_json(args.sets)
     shutil.rmtree(args.out, ignore_errors=True)
     rows, failed = [], []
     for subset in args.subsets:
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):
             try:
-                frame_rows = S.predict_patient(models, patient, state["model_config"]["input_size"], params.infer,
-                                               args.out / f"{patient}.npz", args.ingested)
+                frame_rows = segmentation.predict_patient(models, patient, state["model_config"]["input_size"], settings.infer,
+                                               patient_path(patient, args.out), args.ingested)
             except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
                 failed.append(f"{patient} ({error})")
                 continue
@@ -47,7 +50,7 @@ def main():
         print(f"infer: {len(failed)} patient(s) not segmented: " + "; ".join(failed))
     table = pd.DataFrame(rows)
     write_csv(args.dice, table)
-    summary = {subset: S.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
+    summary = {subset: segmentation.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
     if args.metrics:
         write_json(args.metrics, report.dice_headline(summary))
     if args.full:

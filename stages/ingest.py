@@ -1,22 +1,24 @@
-"""Read a CAMUS folder into per-patient frame files with cohort and exclusion tables:
-ingest.py ROOT OUT_DIR METRICS."""
+"""Read a CAMUS folder into per-patient frame files with cohort and exclusion tables."""
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
-from echoef import ingest, params as P
+from echoef import ingest, params
 from echoef.io import write_json
 from echoef.stage import run
 
 
 def main():
-    root, out, metrics = (Path(a) for a in sys.argv[1:4])
-    shutil.rmtree(out, ignore_errors=True)
-    cohort, exclusions = ingest.ingest(root, out, strict=P.load().ingest.strict)
-    write_json(metrics, {"n_included": len(cohort), "n_excluded": len(exclusions),
-                         **{f"excluded_{k}": int(v) for k, v in exclusions["reason"].value_counts().items()}})
-    print(f"ingest: {len(cohort)} patients included, {len(exclusions)} excluded ({out / 'exclusions.csv'})")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, required=True, help="a CAMUS folder of either layout (data.root)")
+    parser.add_argument("--out", type=Path, required=True, help="the frame files, cohort.csv and exclusions.csv (replaced)")
+    parser.add_argument("--metrics", type=Path, required=True, help="counts of included and excluded patients")
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    cohort, exclusions = ingest.ingest(args.root, args.out, strict=params.load().ingest.strict)
+    write_json(args.metrics, ingest.counts(cohort, exclusions))
+    print(f"ingest: {len(cohort)} patients included, {len(exclusions)} excluded ({args.out / 'exclusions.csv'})")
 
 
 if __name__ == "__main__":

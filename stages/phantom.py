@@ -1,19 +1,21 @@
-"""Write the synthetic CAMUS cohort (the default data.root) in the 2023 layout: phantom.py OUT."""
+"""Write the synthetic CAMUS cohort (the default data.root) in the 2023 layout."""
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
-from echoef import params as P, phantom
+from echoef import params, phantom
 from echoef.stage import run
 
 
 def main():
-    out = Path(sys.argv[1])
-    config = P.load().data.phantom
-    shutil.rmtree(out, ignore_errors=True)
-    names = phantom.write_cohort(out, n_patients=config.n_patients, seed=config.seed)
-    print(f"phantom: {len(names)} synthetic patients in {out}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the cohort's folder (replaced)")
+    args = parser.parse_args()
+    config = params.load().data.phantom
+    shutil.rmtree(args.out, ignore_errors=True)
+    names = phantom.write_cohort(args.out, n_patients=config.n_patients, seed=config.seed)
+    print(f"phantom: {len(names)} synthetic patients in {args.out}")
 
 
 if __name__ == "__main__":

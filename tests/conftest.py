@@ -81,11 +81,11 @@ def tiny_model(tmp_path_factory):
     from echoef import calibration, network, params
     from echoef.io import write_json
 
-    config = params.build(params.Network, {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
+    config = params.build(params.Network, {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
                                            "decoder_channels": [16, 8, 4], "input_size": 32, "phases_per_input": 1, "members": 1})
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_model")
-    network.save_checkpoint(out / "segmenter.pt", [network.build_unet(config, 1).state_dict()], config, {})
+    network.save_checkpoint(out / "segmenter.pt", [network.build_network(config, 1).state_dict()], config, {})
     calibrator = calibration.fit([30.0, 50, 70], [32.0, 51, 69], "linear", (5, 95), "val")
     write_json(out / "calibrator.json", {**calibrator, "ef_method": "simpson_biplane"})
     return out
@@ -138,7 +138,7 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
 
 TINY = train_config({
     "seed": 0,
-    "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
+    "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
                 "input_size": 64, "phases_per_input": 1, "members": 2},
     "optimisation": {"epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0, "ce_weight": 1.0,
                      "ema_decay": 0.9},

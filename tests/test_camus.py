@@ -180,8 +180,8 @@ def test_ingest_stage_exit_status_and_messages(phantom_root, tmp_path):
     def run_stage(strict):
         params["ingest"]["strict"] = strict
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py"), str(tmp_path / "root"), "data/ingested",
-                               "metrics/ingest.json"], cwd=tmp_path, capture_output=True, text=True)
+        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py"), "--root", str(tmp_path / "root"), "--out",
+                               "data/ingested", "--metrics", "metrics/ingest.json"], cwd=tmp_path, capture_output=True, text=True)
 
     lenient = run_stage(False)
     assert lenient.returncode == 0 and "1 patients included, 1 excluded" in lenient.stdout

@@ -290,3 +290,25 @@ def test_the_design_module_map_names_every_module():
     mapped = set(re.findall(r"^      (\w+)\.py ", text, re.M))
     modules = {path.stem for path in (ROOT / "echoef").glob("*.py") if path.stem != "__init__"}
     assert mapped == modules, f"docs/design.md misses {sorted(modules - mapped)}, names gone {sorted(mapped - modules)}"
+
+
+def test_the_run_files_are_the_ones_dvc_yaml_writes():
+    """Each file of echoef/runfiles.py that a stage writes is an out (or metric) of a dvc.yaml stage,
+    spelled the same in its cmd: the CLI, records and benchmarks read what the pipeline writes."""
+    from echoef import runfiles
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    written = {}
+    for name, stage in stages.items():
+        for key in ("outs", "metrics"):
+            for out in stage.get(key, []):
+                written[str(next(iter(out)) if isinstance(out, dict) else out)] = (name, stage["cmd"])
+    named = {key: str(value) for key, value in vars(runfiles).items() if key.isupper() and isinstance(value, Path)}
+    not_outs = {"PARAMS", "LOCK", "COHORT", "CV_FOLDS"}  # the inputs and lock, a file inside an out, a folder of folds
+    for key, path in named.items():
+        if key in not_outs:
+            continue
+        assert path in written, f"runfiles.{key} = {path} is no output of dvc.yaml"
+        assert path in written[path][1], f"stage {written[path][0]} writes {path} but its cmd does not name it"
+    assert str(runfiles.COHORT).startswith(str(runfiles.INGESTED) + "/")
+    assert all(isinstance(path, Path) and str(path) in named.values() for path in runfiles.RECORDED)

@@ -167,6 +167,12 @@ def test_a_study_folder_that_is_a_link_is_not_written_through(phantom_root, tiny
     assert pd.read_csv(out / "summary.csv")["status"][0] == "unsafe_output", result.stderr
 
 
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/x", "..", ".hidden", "a/b"])
+def test_a_record_name_is_a_plain_name(name, tmp_path):
+    result = echoef_in_process("record", name, "--workspace", tmp_path, "--results", tmp_path / "results")
+    assert result.returncode == 2 and "give a plain name" in result.stderr and not (tmp_path / "results").exists()
+
+
 # ---- 2. a user's folder is never written over or deleted ---------------------------------------------
 
 def test_export_refuses_a_users_folder_and_keeps_its_files(tmp_path):

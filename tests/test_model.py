@@ -11,7 +11,7 @@ from echoef import augment, network, runtime, training
 from conftest import train_config
 
 CONFIG = {"seed": 3,
-          "network": {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
+          "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
                       "input_size": 32, "phases_per_input": 1, "members": 1},
           "optimisation": {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "ce_weight": 1.0,
                            "ema_decay": 0.0},
@@ -34,7 +34,7 @@ def data(n=8, size=32):
 
 def trained(train, phases=1):
     runtime.seed_everything(train.seed)
-    net = network.build_unet(train.network, phases)
+    net = network.build_network(train.network, phases)
     state, best_epoch, history = training.Trainer(net, data(), data(4), train, "cpu").run()
     return net, state, best_epoch, history
 
@@ -45,7 +45,7 @@ def test_ema_weights_are_the_ones_validated_and_kept():
     net, state, best_epoch, _ = trained(config())
     assert best_epoch == 0 and all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     net_ema, state_ema, _, _ = trained(config(optimisation={"ema_decay": 0.5}))
-    key = "encoder.conv1.weight"
+    key = "network.encoder.conv1.weight"
     assert torch.equal(net_ema.state_dict()[key], net.state_dict()[key])  # same seed, same training
     assert not torch.allclose(state_ema[key], net_ema.state_dict()[key])
 
@@ -61,7 +61,7 @@ def test_bf16_training_on_cpu_repeats_bit_for_bit_and_is_not_float32():
     _, second, _, again = trained(config(runtime={"precision": "bf16"}))
     assert history == again and all(torch.equal(first[k], second[k]) for k in first)
     _, full, _, _ = trained(config())
-    key = "encoder.conv1.weight"
+    key = "network.encoder.conv1.weight"
     assert not torch.equal(first[key], full[key])
     assert torch.allclose(first[key], full[key], atol=0.05)  # AdamW moves a weight about lr (0.01) per step; two steps
 
@@ -94,7 +94,7 @@ def test_cpu_bf16_is_native_with_avx512_bf16_or_amx_and_not_when_torch_cannot_te
 
 def test_bf16_scores_are_float32_and_close_to_float32_ones():
     runtime.seed_everything(0)
-    net = network.build_unet(config().network, 1).eval()
+    net = network.build_network(config().network, 1).eval()
     images = data(3)[0]
     full, mixed = network.predict_scores(net, images, 2, precision="fp32"), network.predict_scores(net, images, 2, precision="bf16")
     assert full.dtype == mixed.dtype == torch.float32
@@ -105,7 +105,7 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
     two = config(network={"members": 2})
     members = training.train_members(data(), data(4), two, "cpu")
     assert [m["seed"] for m in members] == [3, 4]
-    key = "encoder.conv1.weight"
+    key = "network.encoder.conv1.weight"
     assert not torch.equal(members[0]["state_dict"][key], members[1]["state_dict"][key])
     network.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], two.network, {})
     models, state = network.load_checkpoint(tmp_path / "m.pt")
@@ -137,7 +137,7 @@ def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
 
 def test_tta_is_the_mean_over_three_gammas():
     runtime.seed_everything(0)
-    net = network.build_unet(config().network, 1).eval()
+    net = network.build_network(config().network, 1).eval()
     images = data(3)[0]
     with torch.no_grad():
         expected = sum(net(network.apply_gamma(images, g)).softmax(1) for g in network.TTA_GAMMAS) / 3
@@ -147,7 +147,7 @@ def test_tta_is_the_mean_over_three_gammas():
 
 def test_a_paired_model_reads_each_view_as_one_input():
     runtime.seed_everything(0)
-    net = network.build_unet(config().network, 2).eval()
+    net = network.build_network(config().network, 2).eval()
     frames = data(4)[0]  # two inputs: frames 0-1 and 2-3
     with torch.no_grad():
         logits = net(frames)
@@ -210,7 +210,7 @@ def test_paired_training_keeps_views_together(monkeypatch):
     monkeypatch.setattr(training, "augment", checked)
     runtime.seed_everything(0)
     paired = config(network={"phases_per_input": 2}, optimisation={"batch_size": 6, "epochs": 2})
-    net = network.build_unet(paired.network, 2)
+    net = network.build_network(paired.network, 2)
     state, _, history = training.Trainer(net, (images, labels), (images[:4], labels[:4]), paired, "cpu").run()
     assert seen == [6, 2, 6, 2] and len(history) == 2 and state is not None
 
@@ -225,4 +225,40 @@ def test_a_mixed_ensemble_trains_and_loads_each_member_with_its_own_input(tmp_pa
     network.save_checkpoint(tmp_path / "m.pt", [m["state_dict"] for m in members], mixed.network, {})
     models, _ = network.load_checkpoint(tmp_path / "m.pt")
     assert [m.phases_per_input for m in models] == [1, 2]
-    assert models[1].encoder.conv1.weight.shape[1] == 2 and models[1].segmentation_head[0].out_channels == 8
+    assert models[1].network.encoder.conv1.weight.shape[1] == 2 and models[1].network.segmentation_head[0].out_channels == 8
+
+
+@pytest.mark.parametrize("architecture", ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus"])
+@pytest.mark.parametrize("phases", [1, 2])
+def test_each_architecture_trains_a_step_and_loads_back(architecture, phases, phantom_root, tmp_path):
+    """train.network.architecture picks the network by name: it trains one step on phantom frames, its
+    logits have the labels' size, and its model file rebuilds the same network."""
+    from echoef import camus, dataset
+
+    train = config(network={"architecture": architecture, "encoder_depth": 4, "decoder_channels": [32, 16, 8, 8],
+                            "phases_per_input": phases, "input_size": 64}, optimisation={"batch_size": 4})
+    frames = [f for p in camus.find_patients(phantom_root)[:2] for f in camus.read_study(p).frames.values()]
+    images, labels, _ = dataset.grid_tensors(frames, 64)
+    runtime.seed_everything(0)
+    net = network.build_network(train.network, phases)
+    assert net.network.__class__.__name__ == architecture
+    assert net(images[:4]).shape == (4, network.N_CLASSES, 64, 64)
+    state, _, history = training.Trainer(net, (images[:4], labels[:4]), (images[4:8], labels[4:8]), train, "cpu").run()
+    assert len(history) == 1 and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    network.save_checkpoint(tmp_path / "m.pt", [state], train.network, {})
+    (loaded,), saved = network.load_checkpoint(tmp_path / "m.pt")
+    assert saved["model_config"]["architecture"] == architecture
+    net.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(loaded(images[:4].contiguous(memory_format=torch.channels_last)), net.eval()(images[:4]))
+
+
+def test_a_model_file_from_before_the_architecture_choice_loads_as_a_unet(tmp_path):
+    """Older model files name no architecture and keep the smp model's keys without the wrapper's
+    ``network.`` prefix: they load, as U-Nets, to the same weights."""
+    net = network.build_network(config().network, 1)
+    legacy = {"model_config": {k: v for k, v in dataclasses.asdict(config().network).items() if k not in ("architecture", "members")},
+              "state_dicts": [{key.removeprefix("network."): value for key, value in net.state_dict().items()}]}
+    torch.save(legacy, tmp_path / "old.pt")
+    (loaded,), _ = network.load_checkpoint(tmp_path / "old.pt")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())

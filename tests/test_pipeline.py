@@ -309,7 +309,7 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("mine")
     refused = echoef_in_process("record", "notes", "--workspace", repo, "--results", tmp_path)
-    assert refused.returncode == 2 and "exists and is not a run record" in refused.stderr
+    assert refused.returncode == 2 and "holds files EchoEF did not write there (mine.txt)" in refused.stderr
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
@@ -322,7 +322,7 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
              "--params": "params.yaml", "--metrics": "metrics/ef.json", "--full": "reports/ef_full.json"}
     args = [a for option, path in paths.items() for a in (option, repo / path)]
     assert echoef_in_process("export", "--out", bundle, *args).returncode == 0
-    assert sorted(p.name for p in bundle.iterdir()) == ["MODEL_CARD.md", "calibrator.json", "model.json", "weights.safetensors"]
+    assert sorted(p.name for p in bundle.iterdir()) == [".echoef", "MODEL_CARD.md", "calibrator.json", "model.json", "weights.safetensors"]
     card, ef = (bundle / "MODEL_CARD.md").read_text(), read(repo, "metrics/ef.json")
     assert "Trained on the synthetic cohort only" in card and "CC BY-NC-SA 4.0" in card and "Leclerc" in card
     assert f"EF MAE after calibration {fmt(ef['mae'])} points [95% CI {fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}]" in card
@@ -331,7 +331,7 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     refused = echoef_in_process("export", "--out", tmp_path / "mine", *args)
-    assert refused.returncode == 2 and "holds files that are not a bundle" in refused.stderr
+    assert refused.returncode == 2 and "holds files EchoEF did not write there (notes.txt)" in refused.stderr
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # Elsewhere, with nothing of the run but the bundle: the same masks as the model file gives.
     patient = repo / "data/phantom/database_nifti" / read(repo, "data/split.json")["test"][0]

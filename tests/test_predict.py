@@ -129,7 +129,7 @@ def test_incompatible_model_fails_clearly(trained, phantom_root, tmp_path):
 
 def test_a_paired_model_needs_both_phases_of_a_view(trained, phantom_root, tmp_path):
     paired = dataclasses.replace(TINY.network, phases_per_input=2, members=1)
-    network.save_checkpoint(tmp_path / "paired.pt", [network.build_unet(paired, 2).state_dict()], paired, {})
+    network.save_checkpoint(tmp_path / "paired.pt", [network.build_network(paired, 2).state_dict()], paired, {})
     folder = camus.find_patients(phantom_root)[0]
     frames = camus.read_study(folder).frames
     assert dataset.input_order(frames, 2) == list(camus.FRAME_KEYS)
@@ -150,7 +150,7 @@ def test_a_mixed_ensemble_averages_its_members_softmax_frame_by_frame(phantom_ro
     models = []
     for seed, phases in ((0, 1), (1, 2)):
         torch.manual_seed(seed)
-        models.append(network.build_unet(TINY.network, phases).eval())
+        models.append(network.build_network(TINY.network, phases).eval())
     frames = camus.read_study(camus.find_patients(phantom_root)[0]).frames
     keys = dataset.input_order(frames, 2)
     images, _, boxes = dataset.grid_tensors([frames[k] for k in keys], SIZE, with_labels=False)

@@ -258,7 +258,7 @@ def test_the_calibrate_stage_never_reads_a_test_row(tmp_path):
     for scrambled in (table, table.assign(**{c: np.where(table["set"] == "test", -table[c], table[c])
                                              for c in ["ef", "ef_ref", *calibration.RIDGE_FEATURES]})):
         scrambled.to_csv(tmp_path / "ef.csv", index=False)
-        subprocess.run([sys.executable, ROOT / "stages/calibrate.py", "ef.csv", "oof.csv", "calibrator.json"], cwd=tmp_path,
+        subprocess.run([sys.executable, ROOT / "stages/calibrate.py", "--ef", "ef.csv", "--oof", "oof.csv", "--out", "calibrator.json"], cwd=tmp_path,
                        check=True, capture_output=True)
         fitted.append(json.loads((tmp_path / "calibrator.json").read_text()))
     assert fitted[0] == fitted[1] and fitted[0]["method"] == "ridge" and fitted[0]["n"] == 120
