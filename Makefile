@@ -28,10 +28,10 @@ test-fast: setup  ## everything but the end-to-end runs (marked slow)
 lint: setup  ## style, the layer contract of the package (pyproject.toml), and dvc.yaml's code deps
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
-	$(PY) -m echoef.codedeps dvc.yaml --check
+	$(PY) -m echoef.app.codedeps dvc.yaml --check
 
 deps: setup  ## write each stage's code deps into dvc.yaml from the import graph
-	$(PY) -m echoef.codedeps dvc.yaml
+	$(PY) -m echoef.app.codedeps dvc.yaml
 
 bench: setup  ## EF-method benchmark on ../shared/data/camus (see docs/benchmarks.md)
 	$(PY) benchmarks/ef_reference.py --root ../shared/data/camus

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoef import cli, machine, params, phantom, runfiles
-from echoef.io import read_json
+from echoef import machine, params, runfiles
+from echoef.app import cli
+from echoef.io import phantom
+from echoef.io.atomic import read_json
 
 
 def main():

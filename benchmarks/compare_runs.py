@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoef import agreement, calibration, runfiles
-from echoef.ef import is_measured
-from echoef.io import read_json
+from echoef import runfiles
+from echoef.io.atomic import read_json
+from echoef.measure.ef import is_measured
+from echoef.stats import agreement, calibration
 
 
 def ef_errors(run: Path, subset: str) -> pd.DataFrame:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import camus, ef, eftable, runfiles
-from echoef.framefile import load as load_frames, patient_path
-from echoef.io import read_json
+from echoef import runfiles
+from echoef.io import camus
+from echoef.io.atomic import read_json
+from echoef.io.framefile import load as load_frames, patient_path
+from echoef.measure import ef, eftable
 
 SUBSTITUTIONS = {"none": [], **{f"{v} {p}": [(v, p)] for v, p in camus.FRAME_KEYS},
                  **{f"both {p}": [(v, p) for v in camus.VIEWS] for p in camus.PHASES},

@@ -16,8 +16,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pandas as pd
 
-from echoef import agreement, camus, ef, machine, simpson
-from echoef.io import write_csv, write_json
+from echoef import machine
+from echoef.io import camus
+from echoef.io.atomic import write_csv, write_json
+from echoef.measure import ef, simpson
+from echoef.stats import agreement
 
 
 def main():

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from echoef import camus, machine
+from echoef import machine
+from echoef.io import camus
 
 
 def main():

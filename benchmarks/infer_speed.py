@@ -1,7 +1,7 @@
 """Inference speed of a profile's network on real CAMUS frames, in frames per second.
 
 End to end is what `stages/infer.py` and `python -m echoef predict` do per patient once the frames
-are in memory (`echoef.segmentation.predict_frames`: letterbox onto the grid, network, map the
+are in memory (`echoef.model.segmentation.predict_frames`: letterbox onto the grid, network, map the
 scores back to each native grid, post-process); network alone is the grid tensors through the
 network in batches of `infer.batch_size`. Reading the files is not timed.
 
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from echoef import camus, network, params, segmentation
-from echoef.dataset import grid_tensors, input_order
+from echoef import params
+from echoef.io import camus
+from echoef.model import network, segmentation
+from echoef.model.dataset import grid_tensors, input_order
 
 
 def listed_patients(root: Path, count: int) -> list[Path]:

@@ -1,6 +1,6 @@
 """Training speed of a profile's networks on this machine's CPU, float32 against bf16 mixed precision.
 
-Runs `echoef.training.Trainer` itself for two epochs of `--steps` batches of `train.batch_size` random
+Runs `echoef.model.training.Trainer` itself for two epochs of `--steps` batches of `train.batch_size` random
 frames at the profile's grid (speed does not depend on the content) and times the second epoch, so
 one-off kernel set-up is left out; the time includes the epoch's validation of one batch.
 
@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from echoef import network, params, runtime, training
+from echoef import params
+from echoef.model import network, runtime, training
 
 
 def seconds_of_second_epoch(config: params.Train, phases: int, train_set, val_set) -> float:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .imagefile import Header
+    from .io.imagefile import Header
 
 
 class View(StrEnum):

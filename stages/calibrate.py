@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import calibration, params
-from echoef.io import write_json
+from echoef import params
+from echoef.io.atomic import write_json
 from echoef.stage import run
+from echoef.stats import calibration
 
 
 def main():

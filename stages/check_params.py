@@ -11,7 +11,7 @@ from pathlib import Path
 
 from echoef import params
 from echoef.errors import ParamsError
-from echoef.io import write_json
+from echoef.io.atomic import write_json
 from echoef.stage import run
 
 

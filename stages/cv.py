@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params, report, runtime, segmentation
-from echoef.ef import COLUMNS
-from echoef.eftable import ef_table, out_of_fold_table
-from echoef.framefile import patient_path
-from echoef.io import read_json, write_csv, write_json
-from echoef.network import load_ensemble
+from echoef import params
+from echoef.io.atomic import read_json, write_csv, write_json
+from echoef.io.framefile import patient_path
+from echoef.measure.ef import COLUMNS
+from echoef.measure.eftable import ef_table, out_of_fold_table
+from echoef.model import runtime, segmentation
+from echoef.model.network import load_ensemble
+from echoef.reporting import report
 from echoef.stage import run
 
 

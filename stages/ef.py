@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from echoef import params
-from echoef.eftable import ef_table
-from echoef.io import read_json, write_csv
+from echoef.io.atomic import read_json, write_csv
+from echoef.measure.eftable import ef_table
 from echoef.stage import run
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import agreement, calibration, figures, machine, params, report, runfiles
-from echoef.ef import is_measured
+from echoef import machine, params, runfiles
 from echoef.errors import UsageError
-from echoef.io import read_json, write_json, write_text
+from echoef.io.atomic import read_json, write_json, write_text
+from echoef.measure.ef import is_measured
+from echoef.reporting import figures, report
 from echoef.stage import run
+from echoef.stats import agreement, calibration
 
 
 def main():

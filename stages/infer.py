@@ -12,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoef import params, report, runtime, segmentation
+from echoef import params
 from echoef.errors import StudyError
-from echoef.framefile import patient_path
-from echoef.io import read_json, write_csv, write_json
-from echoef.network import load_checkpoint
+from echoef.io.atomic import read_json, write_csv, write_json
+from echoef.io.framefile import patient_path
+from echoef.model import runtime, segmentation
+from echoef.model.network import load_checkpoint
+from echoef.reporting import report
 from echoef.stage import run
 
 

@@ -4,8 +4,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from echoef import ingest, params
-from echoef.io import write_json
+from echoef import params
+from echoef.io import ingest
+from echoef.io.atomic import write_json
 from echoef.stage import run
 
 

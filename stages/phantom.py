@@ -4,7 +4,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from echoef import params, phantom
+from echoef import params
+from echoef.io import phantom
 from echoef.stage import run
 
 

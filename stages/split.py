@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import camus, params, split
+from echoef import params
+from echoef.io import camus
 from echoef.stage import run
+from echoef.stats import split
 
 
 def main():

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from dvclive import Live
 
-from echoef import dataset, machine, params, runtime, training
-from echoef.io import read_json, write_json
-from echoef.network import save_checkpoint
+from echoef import machine, params
+from echoef.io.atomic import read_json, write_json
+from echoef.model import dataset, runtime, training
+from echoef.model.network import save_checkpoint
 from echoef.stage import run
 
 

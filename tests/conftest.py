@@ -26,7 +26,7 @@ needs_shared = pytest.mark.skipif(not CAMUS.is_dir(), reason="../shared/data/cam
 def echoef_in_process(*args) -> subprocess.CompletedProcess:
     """The `echoef` command line run in this process (its imports already paid for): exit status,
     stdout and stderr, as ``subprocess.run`` would give them."""
-    from echoef import cli
+    from echoef.app import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -47,7 +47,7 @@ def train_config(base: dict, **groups):
 def stored_with_direction(source: Path, target: Path, direction: tuple, origin: tuple) -> None:
     """A copy of a patient folder whose every image file stores the same physical image with another
     direction and origin (the stored array flipped or transposed to match)."""
-    from echoef import imagefile
+    from echoef.io import imagefile
 
     target.mkdir(parents=True)
     for file in source.iterdir():
@@ -65,7 +65,7 @@ def stored_with_direction(source: Path, target: Path, direction: tuple, origin: 
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):
-    from echoef import phantom
+    from echoef.io import phantom
 
     root = tmp_path_factory.mktemp("phantom")
     phantom.write_cohort(root, 12, seed=3)
@@ -78,8 +78,10 @@ def tiny_model(tmp_path_factory):
     ``predict`` loads (its masks are noise, which is what robustness tests want)."""
     import torch
 
-    from echoef import calibration, network, params
-    from echoef.io import write_json
+    from echoef import params
+    from echoef.io.atomic import write_json
+    from echoef.model import network
+    from echoef.stats import calibration
 
     config = params.build(params.Network, {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
                                            "decoder_channels": [16, 8, 4], "input_size": 32, "phases_per_input": 1, "members": 1})
@@ -154,7 +156,9 @@ def trained(phantom_root, tmp_path_factory):
 
     import numpy as np
 
-    from echoef import calibration, camus, dataset, network, training
+    from echoef.io import camus
+    from echoef.model import dataset, network, training
+    from echoef.stats import calibration
 
     folders = camus.find_patients(phantom_root)
     frames = [f for p in folders[:10] for f in camus.read_study(p).frames.values()]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from echoef import camus, ingest
 from echoef.errors import IngestError
+from echoef.io import camus, ingest
 
 from conftest import CAMUS, CAMUS_2019, needs_shared
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from echoef import camus
+from echoef.io import camus
 
 from conftest import CAMUS_2019, ROOT, echoef_in_process, needs_shared
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from echoef import camus, cine, imagefile, phantom
+from echoef.app import cine
+from echoef.io import camus, imagefile, phantom
 
 from conftest import CAMUS, echoef_in_process, needs_shared, write_dicom
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echoef import cli, codedeps, params, records
+from echoef import params
+from echoef.app import cli, codedeps
+from echoef.reporting import records
 
 from conftest import CAMUS_2019, ROOT, echoef_in_process
 
@@ -212,7 +214,7 @@ def test_each_stage_depends_on_all_the_code_it_reaches():
 
 def test_the_code_deps_follow_imports_through_other_modules():
     infer = codedeps.code_deps(ROOT, "stages/infer.py")
-    assert "echoef/overlap.py" in infer and "echoef/framefile.py" in infer and "echoef/domain.py" in infer
+    assert "echoef/model/overlap.py" in infer and "echoef/io/framefile.py" in infer and "echoef/domain.py" in infer
     assert "stages/infer.py" in infer and not codedeps.NOT_A_RESULT & set(infer)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for main, fold in (("train", "train_fold"), ("infer", "infer_fold"), ("ef", "ef_fold")):  # one list per script
@@ -224,19 +226,19 @@ def test_the_deps_check_names_what_a_hand_written_list_misses(tmp_path):
     for folder in ("echoef", "stages"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     document = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    document["stages"]["infer"]["deps"].remove("echoef/overlap.py")
-    document["stages"]["infer"]["deps"].append("echoef/phantom.py")
+    document["stages"]["infer"]["deps"].remove("echoef/model/overlap.py")
+    document["stages"]["infer"]["deps"].append("echoef/io/phantom.py")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(document))
-    result = subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml", "--check"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "echoef.app.codedeps", "dvc.yaml", "--check"], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "infer: missing ['echoef/overlap.py']; superfluous ['echoef/phantom.py']" in result.stdout
-    subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml"], cwd=tmp_path, check=True, capture_output=True)
-    assert subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml", "--check"], cwd=tmp_path).returncode == 0
+    assert "infer: missing ['echoef/model/overlap.py']; superfluous ['echoef/io/phantom.py']" in result.stdout
+    subprocess.run([sys.executable, "-m", "echoef.app.codedeps", "dvc.yaml"], cwd=tmp_path, check=True, capture_output=True)
+    assert subprocess.run([sys.executable, "-m", "echoef.app.codedeps", "dvc.yaml", "--check"], cwd=tmp_path).returncode == 0
 
 
 def test_dvc_reruns_a_stage_when_a_module_it_reaches_only_through_others_changes(tmp_path):
-    """In a copy: the infer stage committed as up to date, then one line of echoef/overlap.py (imported
+    """In a copy: the infer stage committed as up to date, then one line of echoef/model/overlap.py (imported
     by segmentation, never by stages/infer.py) changed: `dvc status` names infer, and not ingest."""
     for folder in ("echoef", "stages", "conf"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -266,10 +268,10 @@ def test_dvc_reruns_a_stage_when_a_module_it_reaches_only_through_others_changes
         return json.loads(out)
 
     assert status("infer") == {} and status("ingest") == {}
-    overlap = tmp_path / "echoef" / "overlap.py"
+    overlap = tmp_path / "echoef" / "model" / "overlap.py"
     overlap.write_text(overlap.read_text() + "\n# an edit\n")
     changed = status("infer")
-    assert "infer" in changed and {"changed deps": {"echoef/overlap.py": "modified"}} in changed["infer"]
+    assert "infer" in changed and {"changed deps": {"echoef/model/overlap.py": "modified"}} in changed["infer"]
     assert status("ingest") == {}
 
 
@@ -279,16 +281,16 @@ def test_the_layer_contract_refuses_a_wrong_way_import(tmp_path):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     lint = [str(VENV_BIN / "lint-imports"), "--no-cache"]
     assert subprocess.run(lint, cwd=tmp_path, capture_output=True, env={"PYTHONPATH": str(tmp_path)}).returncode == 0
-    io_module = tmp_path / "echoef" / "io.py"
-    io_module.write_text(io_module.read_text() + "\n\ndef _wrong_way():\n    from . import cli  # noqa: F401\n")
+    io_module = tmp_path / "echoef" / "io" / "atomic.py"
+    io_module.write_text(io_module.read_text() + "\n\ndef _wrong_way():\n    from ..app import cli  # noqa: F401\n")
     result = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)})
-    assert result.returncode == 1 and "echoef.io -> echoef.cli" in result.stdout
+    assert result.returncode == 1 and "echoef.io.atomic -> echoef.app.cli" in result.stdout
 
 
 def test_the_design_module_map_names_every_module():
     text = (ROOT / "docs/design.md").read_text()
     mapped = set(re.findall(r"^      (\w+)\.py ", text, re.M))
-    modules = {path.stem for path in (ROOT / "echoef").glob("*.py") if path.stem != "__init__"}
+    modules = {path.stem for path in (ROOT / "echoef").rglob("*.py") if path.stem != "__init__"}
     assert mapped == modules, f"docs/design.md misses {sorted(modules - mapped)}, names gone {sorted(mapped - modules)}"
 
 

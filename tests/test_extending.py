@@ -12,8 +12,10 @@ import pytest
 import yaml
 from test_model import config, data
 
-from echoef import domain, imagefile, network, params, runtime, training
+from echoef import domain, params
 from echoef.errors import StudyError
+from echoef.io import imagefile
+from echoef.model import network, runtime, training
 
 from conftest import ROOT, echoef_in_process
 
@@ -119,9 +121,9 @@ def test_recipe_3_add_a_stage(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "params.ok").write_text("{}")
     pd.DataFrame({"ef": [50.0, 60.0], "edv_ml": [100.0, 120.0], "esv_ml": [50.0, 48.0]}).to_csv(tmp_path / "data" / "ef.csv", index=False)
-    subprocess.run([sys.executable, "-m", "echoef.codedeps", "dvc.yaml"], cwd=tmp_path, check=True, capture_output=True)  # make deps
+    subprocess.run([sys.executable, "-m", "echoef.app.codedeps", "dvc.yaml"], cwd=tmp_path, check=True, capture_output=True)  # make deps
     stage = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]["volumes"]
-    assert {"stages/volumes.py", "echoef/agreement.py", "echoef/calibration.py", "echoef/io.py"} <= set(stage["deps"])
+    assert {"stages/volumes.py", "echoef/stats/agreement.py", "echoef/stats/calibration.py", "echoef/io/atomic.py"} <= set(stage["deps"])
     assert stage["deps"][0] == "data/params.ok" and "data/ef.csv" in stage["deps"]
     dvc = str(VENV_BIN / "dvc")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

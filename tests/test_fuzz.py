@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from echoef import camus, imagefile, ingest
+from echoef.io import camus, imagefile, ingest
 
 from conftest import ROOT, echoef_in_process
 

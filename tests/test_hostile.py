@@ -25,8 +25,11 @@ import SimpleITK as sitk
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from echoef import calibration, imagefile, io, names, network
+from echoef import names
 from echoef.errors import CheckpointError, ForeignFolderError, StudyError
+from echoef.io import atomic, imagefile
+from echoef.model import network
+from echoef.stats import calibration
 
 from conftest import ROOT, echoef_in_process, write_dicom
 
@@ -133,7 +136,7 @@ def test_dicom_studies_whose_uids_end_alike_get_two_folders(tmp_path, tiny_model
 
 
 def test_a_second_single_frame_of_a_view_and_phase_is_named(tmp_path, tiny_model):
-    from echoef.studies import from_dicom_folder
+    from echoef.app.studies import from_dicom_folder
 
     rng = np.random.default_rng(2)
     for name in ("a4c_ED.dcm", "a4c_ED_again.dcm", "a4c_ES.dcm"):
@@ -188,14 +191,14 @@ def test_export_refuses_a_users_folder_and_keeps_its_files(tmp_path):
 
 def test_a_folder_echoef_wrote_is_replaced_but_not_with_a_users_file_added(tmp_path):
     target = tmp_path / "bundle"
-    with io.atomic_folder(target) as folder:
+    with atomic.atomic_folder(target) as folder:
         (folder / "a.txt").write_text("1")
-    with io.atomic_folder(target) as folder:  # its own folder: replaced
+    with atomic.atomic_folder(target) as folder:  # its own folder: replaced
         (folder / "a.txt").write_text("2")
     assert (target / "a.txt").read_text() == "2"
     (target / "mine.txt").write_text("the user's")
     with pytest.raises(ForeignFolderError, match="mine.txt"):
-        with io.atomic_folder(target) as folder:
+        with atomic.atomic_folder(target) as folder:
             (folder / "a.txt").write_text("3")
     assert (target / "mine.txt").read_text() == "the user's" and (target / "a.txt").read_text() == "2"
 
@@ -494,7 +497,7 @@ def test_odd_digits_in_flags_are_usage_errors(flag, phantom_root, tiny_model, tm
 
 
 def test_ctrl_c_ends_with_one_line_and_status_130(phantom_root, tiny_model, tmp_path, monkeypatch):
-    from echoef import predict
+    from echoef.app import predict
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -506,7 +509,7 @@ def test_ctrl_c_ends_with_one_line_and_status_130(phantom_root, tiny_model, tmp_
 
 
 def test_the_model_card_names_the_dataset_not_a_local_folder():
-    from echoef.bundle import dataset_name
+    from echoef.app.bundle import dataset_name
 
     assert dataset_name("camus-cpu").startswith("CAMUS (Leclerc et al., IEEE TMI 2019)")
     assert "synthetic" in dataset_name("synthetic")
@@ -515,14 +518,14 @@ def test_the_model_card_names_the_dataset_not_a_local_folder():
                                     "phases_per_input": 1}}}
     ef = dict.fromkeys(["mae", "mae_low", "mae_high", "mae_uncalibrated", "bias", "loa_low", "loa_high", "r", "r_low",
                         "r_high"], 1.0) | {"n": 50, "n_failed": 0}
-    from echoef.bundle import model_card
+    from echoef.app.bundle import model_card
 
     card = model_card(params, {}, ef, {"method": "linear", "ef_range": [5, 95]}, None)
     assert "/home/someone" not in card and "CAMUS (Leclerc et al., IEEE TMI 2019)" in card
 
 
 def test_cli_messages_name_no_issue_numbers():
-    text = "".join(path.read_text() for path in (ROOT / "echoef").glob("*.py"))
+    text = "".join(path.read_text() for path in (ROOT / "echoef").rglob("*.py"))
     assert "since issue" not in text and "issue #" not in text.lower()
 
 
@@ -536,7 +539,7 @@ def test_12_bit_jpeg_extended_is_refused_as_the_readme_says(tmp_path):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGExtended12Bit
 
-    from echoef import dicom
+    from echoef.io import dicom
 
     path = write_dicom(tmp_path / "a4c.dcm", np.zeros((32, 32)), region_spacing_mm=(0.3, 0.3))
     dataset = pydicom.dcmread(path)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from echoef import camus, ef, framefile, imagefile, io
 from echoef.errors import StudyError
+from echoef.io import atomic, camus, framefile, imagefile
+from echoef.measure import ef
 
 from conftest import ROOT, stored_with_direction
 
@@ -136,11 +137,11 @@ def test_metaimage_label_maps_are_written_whole_or_not_at_all(tmp_path):
 def test_outputs_follow_the_umask(tmp_path, umask, mode):
     code = "\n".join([
         f"import os, numpy, pandas; os.umask({umask}); from echoef import io, imagefile",
-        f"io.write_json('{tmp_path}/a.json', {{}}); io.write_csv('{tmp_path}/b.csv', pandas.DataFrame({{'x': [1]}}))",
-        f"io.write_npz('{tmp_path}/c.npz', x=numpy.zeros(2))",
+        f"atomic.write_json('{tmp_path}/a.json', {{}}); atomic.write_csv('{tmp_path}/b.csv', pandas.DataFrame({{'x': [1]}}))",
+        f"atomic.write_npz('{tmp_path}/c.npz', x=numpy.zeros(2))",
         f"imagefile.write_label(numpy.zeros((4, 4)), imagefile.Header.plain((1.0, 1.0)), '{tmp_path}/d.mhd')",
-        f"with io.atomic_folder('{tmp_path}/e') as folder:",
-        "    io.write_text(folder / 't.txt', 'x')"])
+        f"with atomic.atomic_folder('{tmp_path}/e') as folder:",
+        "    atomic.write_text(folder / 't.txt', 'x')"])
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     for name in ("a.json", "b.csv", "c.npz", "d.mhd", "d.raw", "e/t.txt"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name
@@ -148,29 +149,29 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
-    io.write_json(tmp_path / "m.json", {"a": 1})
+    atomic.write_json(tmp_path / "m.json", {"a": 1})
     with pytest.raises(RuntimeError, match="crash"):
-        with io.atomic_path(tmp_path / "m.json") as tmp:
+        with atomic.atomic_path(tmp_path / "m.json") as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
     with pytest.raises(RuntimeError, match="crash"):
-        with io.atomic_files(tmp_path / "x.mhd") as tmp:
+        with atomic.atomic_files(tmp_path / "x.mhd") as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
-    assert io.read_json(tmp_path / "m.json") == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    assert atomic.read_json(tmp_path / "m.json") == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
 
 
 def test_a_folder_is_replaced_whole_or_left_as_it_was(tmp_path):
-    with io.atomic_folder(tmp_path / "record") as folder:
-        io.write_text(folder / "a.txt", "first")
-        io.write_text(folder / "b.txt", "first")
+    with atomic.atomic_folder(tmp_path / "record") as folder:
+        atomic.write_text(folder / "a.txt", "first")
+        atomic.write_text(folder / "b.txt", "first")
     with pytest.raises(RuntimeError, match="crash"):
-        with io.atomic_folder(tmp_path / "record") as folder:
-            io.write_text(folder / "a.txt", "second")
+        with atomic.atomic_folder(tmp_path / "record") as folder:
+            atomic.write_text(folder / "a.txt", "second")
             raise RuntimeError("crash mid-folder")
-    assert {p.name: p.read_text() for p in (tmp_path / "record").iterdir() if p.name != io.OWNER_MARK} == \
+    assert {p.name: p.read_text() for p in (tmp_path / "record").iterdir() if p.name != atomic.OWNER_MARK} == \
         {"a.txt": "first", "b.txt": "first"}
-    with io.atomic_folder(tmp_path / "record") as folder:
-        io.write_text(folder / "a.txt", "second")
-    assert {p.name: p.read_text() for p in (tmp_path / "record").iterdir() if p.name != io.OWNER_MARK} == {"a.txt": "second"}
+    with atomic.atomic_folder(tmp_path / "record") as folder:
+        atomic.write_text(folder / "a.txt", "second")
+    assert {p.name: p.read_text() for p in (tmp_path / "record").iterdir() if p.name != atomic.OWNER_MARK} == {"a.txt": "second"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record"]  # no temporary or old folder left

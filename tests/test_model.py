@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from echoef import augment, network, runtime, training
+from echoef.model import augment, network, runtime, training
 
 from conftest import train_config
 
@@ -233,7 +233,8 @@ def test_a_mixed_ensemble_trains_and_loads_each_member_with_its_own_input(tmp_pa
 def test_each_architecture_trains_a_step_and_loads_back(architecture, phases, phantom_root, tmp_path):
     """train.network.architecture picks the network by name: it trains one step on phantom frames, its
     logits have the labels' size, and its model file rebuilds the same network."""
-    from echoef import camus, dataset
+    from echoef.io import camus
+    from echoef.model import dataset
 
     train = config(network={"architecture": architecture, "encoder_depth": 4, "decoder_channels": [32, 16, 8, 8],
                             "phases_per_input": phases, "input_size": 64}, optimisation={"batch_size": 4})

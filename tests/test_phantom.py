@@ -1,6 +1,7 @@
 import numpy as np
 
-from echoef import camus, phantom, simpson
+from echoef.io import camus, phantom
+from echoef.measure import simpson
 
 
 def test_phantom_is_deterministic_and_in_camus_layout(tmp_path):

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from echoef import params
-from echoef.io import write_json
-from echoef.report import fmt
+from echoef.io.atomic import write_json
+from echoef.reporting.report import fmt
 
 from conftest import ROOT, echoef_in_process
 
@@ -276,7 +276,7 @@ def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
 def test_a_run_record_and_the_report(repo, tmp_path):
     from test_docs import remote_resources
 
-    from echoef import records
+    from echoef.reporting import records
 
     assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "dvc repro").returncode == 0
     record = read(tmp_path / "tiny", "record.json")

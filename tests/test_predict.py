@@ -12,8 +12,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from echoef import calibration, camus, dataset, ef, geometry, network, segmentation
 from echoef.errors import CheckpointError, StudyError
+from echoef.io import camus
+from echoef.measure import ef
+from echoef.model import dataset, geometry, network, segmentation
+from echoef.stats import calibration
 
 from conftest import CAMUS, CAMUS_2019, SIZE, TINY, echoef_in_process, needs_shared, stored_with_direction
 

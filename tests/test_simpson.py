@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from skimage.measure import find_contours
 
-from echoef import camus, ef, eftable, simpson
+from echoef.io import camus
+from echoef.measure import ef, eftable, simpson
 
 from conftest import CAMUS, echoef_in_process, needs_shared
 

@@ -10,8 +10,11 @@ import pytest
 import yaml
 from scipy import stats
 
-from echoef import agreement, calibration, ef, geometry, params, split
-from echoef.io import read_json, write_json
+from echoef import params
+from echoef.io.atomic import read_json, write_json
+from echoef.measure import ef
+from echoef.model import geometry
+from echoef.stats import agreement, calibration, split
 
 from conftest import ROOT
 
@@ -127,7 +130,7 @@ def test_proportional_bias_against_scipy():
 
 
 def test_a_failed_write_leaves_the_previous_file(tmp_path):
-    from echoef.io import read_json, write_json
+    from echoef.io.atomic import read_json, write_json
 
     path = tmp_path / "metrics.json"
     write_json(path, {"mae": 4.0, "ci": [float("nan"), 1.0]})

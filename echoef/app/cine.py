@@ -1,0 +1,60 @@
+"""Cine loops: the LV area of every frame, and end-diastole (largest area) and end-systole (smallest
+area) within one heart cycle, for loops in which nobody marked them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..io.camus import Frame, Label
+from ..measure.simpson import clean_lv_mask
+from ..model import dataset
+from ..model.network import predict_scores
+
+MIN_FRAMES = 3  # fewer frames are no loop to choose phases from
+
+
+def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: tuple[float, float], size: int,
+                 batch_size: int, precision: str = "auto") -> np.ndarray:
+    """LV-cavity area (mm²) of each frame of a loop (T, H, W) by the one-frame members of an ensemble
+    (mean softmax on the network grid, the largest LV component with holes filled). A paired member
+    reads a view's ED and ES together, which are what is being looked for, so it takes no part."""
+    members = [m for m in models if m.phases_per_input == 1]
+    if not members:
+        raise ValueError("no one-frame member")
+    images, _, boxes = dataset.grid_tensors([Frame(f, None, spacing_mm) for f in frames], size, with_labels=False)
+    scores = torch.stack([predict_scores(m, images, batch_size, False, precision) for m in members]).mean(0)
+    box = boxes[0]
+    pixel_mm2 = (max(np.array(box.native_shape) * np.asarray(spacing_mm)) / size) ** 2  # square grid pixels
+    areas = [clean_lv_mask(label.numpy() == Label.LV)[0].sum() for label in scores.argmax(1)]
+    return np.asarray(areas, dtype=float) * pixel_mm2
+
+
+def dominant_period(areas: np.ndarray) -> int:
+    """Frames per heart cycle: the first autocorrelation peak of the area curve, or the loop's
+    length when it holds less than two cycles' evidence."""
+    centred = areas - areas.mean()
+    n = len(centred)
+    if n < 2 * MIN_FRAMES or not centred.any():
+        return n
+    correlation = np.correlate(centred, centred, "full")[n - 1:] / (centred @ centred)
+    for lag in range(2, n - 1):
+        if correlation[lag] > 0.3 and correlation[lag] >= correlation[lag - 1] and correlation[lag] >= correlation[lag + 1]:
+            return lag
+    return n
+
+
+def end_diastole_systole(areas: np.ndarray) -> tuple[int, int]:
+    """(ED, ES) frame indices: ED the largest LV area of the loop (lightly smoothed), ES the smallest
+    within one period of it, after ED or before it. A minimum at the loop's first or last frame may
+    be a systole the loop cut short, so a true minimum inside the loop on the other side wins."""
+    areas = np.asarray(areas, dtype=float)
+    if len(areas) < MIN_FRAMES:
+        raise ValueError(f"{len(areas)} frames")
+    smooth = np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    ed = int(np.argmax(smooth))
+    period = dominant_period(smooth)
+    windows = [w for w in (np.arange(ed + 1, min(len(areas), ed + period)), np.arange(max(0, ed - period + 1), ed)) if len(w)]
+    lowest = [int(w[np.argmin(smooth[w])]) for w in windows]
+    inside = [i for i in lowest if 0 < i < len(areas) - 1]
+    return ed, inside[0] if inside else min(lowest, key=lambda i: smooth[i])

@@ -1,0 +1,341 @@
+"""Command line: ``python -m echoef ef ROOT --out FILE.csv`` and ``python -m echoef predict ...``.
+
+Exit status: 0 when at least one study was measured, 1 when none was, 2 for a usage error (reported
+as one line before any work is done). One bad study never stops a batch: it gets a status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+
+from .. import runfiles
+from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
+from ..io import camus
+from ..io.atomic import check_ownable, claim_folder, read_json, write_csv, write_json, write_text
+from ..measure import simpson
+from ..measure.ef import VIEW_COLUMNS, label_maps, patient_ef
+from ..params import PRECISIONS, Infer, build
+from . import batch
+
+DEFAULT_CALIBRATOR = runfiles.CALIBRATOR
+EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
+PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
+                   "frames", "cine", *VIEW_COLUMNS, "detail", "made_by"]
+
+
+def reference_ef(study: camus.Study) -> tuple[float, str]:
+    """The study's reference EF and '', or NaN and why its cfg gives none that can be used (the EF
+    from the masks does not need it, so a bad cfg is noted, not fatal)."""
+    try:
+        ef = study.ef_ref
+    except StudyError as error:
+        return math.nan, str(error)
+    if not math.isnan(ef) and not 0 <= ef <= 100:
+        return math.nan, f"bad_reference_ef: {ef} is outside 0-100"
+    return ef, ""
+
+
+def measure_folder(folder: Path, labels: Path | None, method: str, repeated: dict[Path, str]) -> dict:
+    """The `ef` row of one patient folder (module level: worker processes run it)."""
+    if folder in repeated:
+        raise StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
+    study = camus.read_study(folder, labels_dir=labels)
+    ef_ref, note = reference_ef(study)
+    return {"patient": study.patient, **patient_ef(label_maps(study.frames), method), "ef_ref": ef_ref, "detail": note}
+
+
+def ef_command(args) -> int:
+    """EF of every patient folder under ROOT from its masks (expert, or ``--labels`` elsewhere)."""
+    if not args.root.is_dir():
+        raise UsageError(f"{args.root} is not a folder (give the CAMUS root holding database_nifti/ or patient folders)")
+    if args.labels is not None and not args.labels.is_dir():
+        raise UsageError(f"--labels {args.labels} is not a folder")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    out = batch.writable_file(args.out)
+    folders = camus.find_patients(args.root)
+    if not folders:
+        raise UsageError(f"no patientXXXX folder under {args.root}")
+    measure = functools.partial(measure_folder, labels=args.labels, method=args.method, repeated=camus.duplicates(folders))
+    rows = batch.each_study(folders, _folder_name, measure, "ef", workers=args.jobs)
+    table = pd.DataFrame(rows, columns=EF_COLUMNS)
+    table["method"] = args.method
+    write_csv(out, table)
+    print(f"ef: {batch.summary_line(table, 'patients')}; written to {out}")
+    return batch.exit_status(table)
+
+
+def _folder_name(folder: Path) -> str:
+    return folder.name
+
+
+def _studies(args) -> list:
+    """The studies asked for: patient folders, files named per view and phase or per view (a loop),
+    and the DICOM files of --dicom grouped by patient and study. Two studies of one name are refused
+    (both would write DIR/<name>/), the later one as a status."""
+    from .studies import StudyFiles, from_dicom_folder, from_folder, read_views
+
+    studies = [from_folder(folder) for folder in args.inputs]
+    phases = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
+                                          (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
+    loops = {view: path for view, path in (("2CH", args.a2c), ("4CH", args.a4c)) if path}
+    if phases or loops:
+        studies.append(StudyFiles(args.patient, phases=phases, loops=loops))
+    if args.dicom:
+        if not args.dicom.is_dir():
+            raise UsageError(f"--dicom {args.dicom} is not a folder")
+        studies += from_dicom_folder(args.dicom, read_views(args.views))
+    seen = set()
+    for study in studies:
+        if study.name.casefold() in seen:  # casefold: one folder on a case-insensitive file system
+            study.problem = StudyError("duplicate_study", f"another study given is also named {study.name}")
+        seen.add(study.name.casefold())
+    return studies
+
+
+def _phase_frames(values: list[str]) -> dict[str, tuple[int, int]]:
+    """--phase-frames 2CH:ED:ES values -> {view: (ED, ES)}."""
+    given = {}
+    for value in values or []:
+        view, _, rest = value.upper().partition(":")
+        ed, _, es = rest.partition(":")
+        if view not in camus.VIEWS or not batch.is_index(ed) or not batch.is_index(es):
+            raise UsageError(f"--phase-frames {value}: give VIEW:ED:ES, e.g. 2CH:0:14 (frame indices from 0)")
+        given[view] = (int(ed), int(es))
+    return given
+
+
+def _calibrator(path: Path) -> dict:
+    from ..stats import calibration
+
+    try:
+        return calibration.validate(read_json(path))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise UsageError(f"--calibrator {path}: refused: {str(error).splitlines()[0][:200]}") from error
+
+
+def predict_command(args) -> int:
+    """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
+    # torch and the network are imported here, where they are needed: `echoef ef` and `--help` stay light.
+    from ..model.network import load_checkpoint, model_fingerprint
+    from ..model.runtime import precision_name, resolve_device
+    from ..stats import calibration
+    from .predict import predict_study
+
+    studies = _studies(args)
+    if not studies:
+        raise UsageError("give patient folders, image files (--2ch-ed/--2ch-es/--4ch-ed/--4ch-es), loops (--2ch/--4ch) "
+                         "or a folder of DICOM files (--dicom)")
+    if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
+        raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
+    out = claim_folder(batch.writable_folder(args.out))
+    device = resolve_device(args.device)
+    models, state = load_checkpoint(args.model, device)
+    bundled = args.model / "calibrator.json"
+    calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
+    config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
+    size = state["model_config"]["input_size"]
+
+    phase_frames = _phase_frames(args.phase_frames)
+    if state.get("trained_on", {}).get("synthetic"):
+        print(f"warning: {args.model} was trained on the synthetic cohort only: its EF on real studies means nothing",
+              file=sys.stderr)
+
+    studies = batch.shard(studies, args.shard, lambda s: s.name)
+
+    settings = {"model": model_fingerprint(args.model), "calibrator": calibration.fingerprint(calibrator),
+                "tta": config.tta, "precision": precision_name(config.precision, device), "device": device,
+                "spacing_mm": args.spacing_mm, "code": version("echoef")}
+
+    def predict(study) -> dict:
+        done = batch.study_row_path(out, study.name)
+        made_by = made_by_key(settings, {view: phase_frames.get(view) for view in sorted(study.loops)})
+        if done.is_file() and not args.force and read_row(done).get("made_by") == made_by:
+            return read_row(done)  # written by an earlier run with the same model and settings: resumed
+        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames), "made_by": made_by}
+        write_json(done, row)
+        return row
+
+    table = pd.DataFrame(batch.each_study(studies, lambda s: s.name, predict, "predict"), columns=PREDICT_COLUMNS)
+    write_summary(table, out, "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}")
+    print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
+          f" (shard {args.shard}; echoef merge {out} joins the shards)"))
+    return batch.exit_status(table)
+
+
+def made_by_key(settings: dict, study_settings: dict) -> str:
+    """What made a study's row, as 16 hex digits: the model's and calibrator's fingerprints, the code's
+    version, and every setting that changes its numbers. A resumed run reuses a row only if it matches."""
+    content = json.dumps({**settings, "study": study_settings}, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def write_summary(table: pd.DataFrame, folder: Path, name: str) -> None:
+    """A predict summary as ``folder/<name>.csv`` and the same rows as ``<name>.json``."""
+    write_csv(folder / f"{name}.csv", table)
+    write_json(folder / f"{name}.json", table.to_dict(orient="records"))
+
+
+def read_row(path: Path) -> dict:
+    """A study's row file as ``predict`` wrote it (``DIR/<study>/<study>_row.json``), or a row whose
+    status says why it cannot be used (a truncated or hand-edited file, a row of another study)."""
+    study = path.parent.name
+    try:
+        row = read_json(path)
+        if not isinstance(row, dict) or not isinstance(row.get("status"), str):
+            raise ValueError("not a row of predict")
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return {"patient": study, "status": "unreadable_row", "detail": f"{path.name}: {str(error)[:150]}"}
+    if row.get("patient") != study:
+        return {"patient": study, "status": "unreadable_row",
+                "detail": f"{path.name} is the row of {str(row.get('patient'))[:80]!r}, not of the folder it is in"}
+    return {column: row.get(column) for column in PREDICT_COLUMNS}
+
+
+def merge_command(args) -> int:
+    """One summary of every study written under DIR (by the shards of a cohort, or by resumed runs):
+    one row per study folder, whatever its row file holds."""
+    if not args.folder.is_dir():
+        raise UsageError(f"{args.folder} is not a folder (give the --out of predict)")
+    claim_folder(args.folder, "merge")
+    paths = sorted(args.folder.glob("*/*_row.json"))
+    paths = [path for path in paths if path.name == f"{path.parent.name}_row.json"]
+    if not paths:
+        raise UsageError(f"no study under {args.folder} (predict writes DIR/<study>/<study>_row.json)")
+    table = pd.DataFrame([read_row(path) for path in paths], columns=PREDICT_COLUMNS)
+    made_by = set(table["made_by"].dropna())
+    if len(made_by) > 1:
+        print(f"warning: the rows were made by {len(made_by)} different models, calibrators or settings "
+              "(column made_by); predict --force into one folder makes them alike", file=sys.stderr)
+    write_summary(table, args.folder, "summary")
+    print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}")
+    return batch.exit_status(table)
+
+
+def export_command(args) -> int:
+    """A portable bundle of the workspace's trained run."""
+    from .bundle import export
+
+    check_ownable(args.out, "--out", replace=True)  # before any work: a user's folder is never replaced
+    out = batch.writable_folder(args.out)
+    export(out, args.model, args.calibrator or DEFAULT_CALIBRATOR, args.train_log, args.params, args.metrics, args.full)
+    print(f"export: bundle in {out} (weights.safetensors, model.json, calibrator.json, MODEL_CARD.md); "
+          f"use it with: echoef predict ... --model {out}")
+    return batch.EXIT_OK
+
+
+def record_command(args) -> int:
+    """A run record of the workspace's finished run under RESULTS/NAME."""
+    from ..reporting import records
+
+    out = records.make(args.name, args.workspace, args.results, args.run_command)
+    print(f"record: {out}")
+    return batch.EXIT_OK
+
+
+def results_command(args) -> int:
+    """The run records as a Markdown table; with --readme / --page, README's results block and the
+    current-results page rewritten from them."""
+    from ..reporting import records
+
+    if not args.results.is_dir():
+        raise UsageError(f"{args.results} is not a folder of run records")
+    if args.readme:
+        try:
+            readme = records.with_readme_block(args.readme.read_text(), args.results)
+        except OSError as error:
+            raise UsageError(f"--readme {args.readme}: {error.strerror or error}") from error
+        except ValueError as error:  # str.index: a marker is missing
+            raise UsageError(f"--readme {args.readme} has no generated results block ({records.BEGIN} ... "
+                             f"{records.END}); add the two lines where the table belongs") from error
+        write_text(args.readme, readme)
+    if args.page:
+        write_text(batch.writable_file(args.page), records.results_page(args.results))
+    if not (args.readme or args.page):
+        print(records.results_table(args.results))
+    return batch.EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="echoef", description="EchoEF: LV ejection fraction from apical echo",
+                                          epilog="exit status: 0 some study measured, 1 none measured, 2 usage error")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    ef = commands.add_parser("ef", help="EF from the masks of a CAMUS-layout folder (2019 or 2023 release)")
+    ef.add_argument("root", type=Path, help="CAMUS root (holding database_nifti/ or patient folders)")
+    ef.add_argument("--out", type=Path, required=True, help="CSV to write")
+    ef.add_argument("--labels", type=Path, default=None,
+                    help="folder of predicted masks named like the expert ones (patientXXXX/patientXXXX_2CH_ED_gt.nii.gz)")
+    ef.add_argument("--method", default="simpson_biplane", choices=simpson.METHODS)
+    ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default: one per core)")
+    predict = commands.add_parser("predict", help="segment new studies and estimate EF with the trained pipeline")
+    predict.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders (2019 or 2023)")
+    for view in camus.VIEWS:
+        predict.add_argument(f"--{view.lower()}", dest=f"a{view[0]}c", type=Path,
+                             help=f"a {view} cine loop (multi-frame DICOM, or a NIfTI/MetaImage sequence): ED and ES found by LV area")
+    predict.add_argument("--phase-frames", action="append", metavar="VIEW:ED:ES",
+                         help="a loop's ED and ES frame indices instead of finding them, e.g. 2CH:0:14")
+    predict.add_argument("--dicom", type=Path, help="a folder of DICOM files: one study per patient and study UID")
+    predict.add_argument("--views", type=Path, help="CSV (file, view) naming the view of DICOM files whose names do not")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    for view, phase in camus.FRAME_KEYS:
+        predict.add_argument(f"--{view.lower()}-{phase.lower()}", dest=f"a{view[0]}c_{phase.lower()}", type=Path,
+                             help=f"a {view} {phase} image file (NIfTI, MetaImage; PNG/JPEG/TIFF/BMP with --spacing-mm)")
+    predict.add_argument("--patient", default="study", help="name for the study given as files")
+    predict.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"),
+                         help="pixel size of image files that carry none (PNG, JPEG, TIFF, BMP); headers keep their own")
+    predict.add_argument("--model", type=Path, default=runfiles.MODEL, help="a model file, or a bundle folder of echoef export")
+    predict.add_argument("--calibrator", type=Path, help=f"default: the bundle's with --model DIR, else {DEFAULT_CALIBRATOR}")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
+    predict.add_argument("--force", action="store_true", help="predict studies already written in DIR again (default: resume)")
+    predict.add_argument("--shard", metavar="I/N", help="only this share of the studies (0 <= I < N), for N copies in parallel")
+    predict.add_argument("--precision", default="auto", choices=PRECISIONS,
+                         help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
+    merge = commands.add_parser("merge", help="join the studies written by several predict runs (shards) into one summary")
+    merge.add_argument("folder", type=Path)
+    export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--model", type=Path, default=runfiles.MODEL)
+    export.add_argument("--calibrator", type=Path)
+    export.add_argument("--train-log", type=Path, default=runfiles.TRAIN_LOG)
+    export.add_argument("--params", type=Path, default=runfiles.PARAMS)
+    export.add_argument("--metrics", type=Path, default=runfiles.EF_METRICS)
+    export.add_argument("--full", type=Path, default=runfiles.EF_FULL)
+    record = commands.add_parser("record", help="keep a finished run's numbers as a record under results/NAME")
+    record.add_argument("name")
+    record.add_argument("--workspace", type=Path, default=Path("."), help="the repository that ran (default: here)")
+    record.add_argument("--results", type=Path, default=Path("results"))
+    record.add_argument("--command", dest="run_command", default="dvc repro",
+                        help="the command that made the run, as the record will state it")
+    results = commands.add_parser("results", help="the Markdown table of the run records (or README and the results page from them)")
+    results.add_argument("--results", type=Path, default=Path("results"))
+    results.add_argument("--readme", type=Path, help="rewrite this README's generated results block")
+    results.add_argument("--page", type=Path, help="rewrite this current-results page (docs/benchmarks.md)")
+    return main_parser
+
+
+COMMANDS = {"ef": ef_command, "predict": predict_command, "merge": merge_command, "export": export_command,
+            "record": record_command, "results": results_command}
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ParamsError, CheckpointError, DeviceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return batch.EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"echoef {args.command}: interrupted; rows already written are kept (predict resumes from them)", file=sys.stderr)
+        return batch.EXIT_INTERRUPTED

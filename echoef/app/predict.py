@@ -1,0 +1,138 @@
+"""Apply the trained pipeline (segmenter + calibrator) to new studies."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ForeignFolderError, StudyError
+from ..io import camus, imagefile
+from ..io.atomic import claim_folder
+from ..measure import ef, review
+from ..measure.ef import is_measured
+from ..model import segmentation
+from ..names import study_folder
+from ..params import Infer
+from ..reporting import figures, report
+from ..stats import calibration
+from . import cine
+from .studies import StudyFiles
+
+
+def ef_method(views: set[str]) -> str | None:
+    """Simpson biplane with both views, single-plane discs with one, None without a complete view."""
+    if views == set(camus.VIEWS):
+        return "simpson_biplane"
+    if len(views) == 1:
+        return f"simpson_single_plane_{next(iter(views)).lower()}"
+    return None
+
+
+def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int, config: Infer,
+                spacing_mm: tuple[float, float] | None, given: tuple[int, int] | None) -> tuple[dict, dict]:
+    """A view's ED and ES frames from its cine loop: the frame indices ``given``, else chosen by LV
+    area (``cine``). Returns ({(view, phase): Frame}, {areas, ed, es, frames})."""
+    loop = imagefile.read_loop(path, spacing_mm)
+    count = len(loop.frames)
+    if count < cine.MIN_FRAMES:
+        raise StudyError("short_loop", f"{view}: {path.name} holds {count} frame(s); give its ED and ES frames as files")
+    try:
+        areas = cine.lv_areas_mm2(models, loop.frames, loop.spacing_mm, size, config.batch_size, config.precision)
+    except ValueError as error:  # an ensemble of paired members only: the frames must be given
+        if given is None:
+            raise StudyError("needs_phase_frames", f"{view}: this model has no one-frame member to find ED and ES "
+                                                   "with; give them with --phase-frames") from error
+        areas = np.full(count, np.nan)
+    ed, es = given if given is not None else cine.end_diastole_systole(areas)
+    if not (0 <= ed < count and 0 <= es < count and ed != es):
+        raise StudyError("bad_phase_frames", f"{view}: ED {ed} and ES {es} must be two frames of 0-{count - 1}")
+    frames = {(view, phase): camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header)
+              for phase, index in (("ED", ed), ("ES", es))}
+    return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms}
+
+
+def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, config: Infer,
+                spacing_mm: tuple[float, float] | None, phase_frames: dict[str, tuple[int, int]]
+                ) -> tuple[dict[tuple[str, str], camus.Frame], dict[tuple[str, str], Path], dict[str, dict], list[str]]:
+    """The readable frames of a study (its single frames, and ED and ES of its loops), the file each
+    came from, each loop's area curve, and a note for each file that could not be used; StudyError
+    (the first one's) when nothing can be read."""
+    frames, sources, curves, notes, errors = {}, {}, {}, list(study.notes), []
+    for (view, phase), path in study.phases.items():
+        try:
+            image, spacing, header = imagefile.read_image(path, spacing_mm)
+            frames[(view, phase)], sources[(view, phase)] = camus.Frame(image.astype(np.float32), None, spacing, header), path
+        except StudyError as error:
+            errors.append(error)
+            notes.append(f"{view}_{phase} {error}")
+    for view, path in study.loops.items():
+        try:
+            chosen, curves[view] = loop_phases(view, path, models, size, config, spacing_mm, phase_frames.get(view))
+            frames.update(chosen)
+            sources.update(dict.fromkeys(chosen, path))
+        except StudyError as error:
+            errors.append(error)
+            notes.append(f"{view} loop {error}")
+    if not frames:
+        raise errors[0] if errors else StudyError("missing_frame", "; ".join(notes) or "no frame given")
+    return frames, sources, curves, notes
+
+
+def calibrated_ef(row: dict, calibrator: dict) -> float:
+    """The calibrated EF of a measured row by the method the calibrator was fitted for, else NaN."""
+    if not is_measured(row["status"]) or row["method"] != calibrator.get("ef_method", "simpson_biplane"):
+        return math.nan
+    return float(calibration.apply(calibrator, np.array([row["ef"]]), {key: [value] for key, value in row.items()})[0])
+
+
+def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, calibrator: dict, infer_config: Infer,
+                  out_dir: Path, spacing_mm: tuple[float, float] | None = None,
+                  phase_frames: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Segment the ED and ES frames of one study (from a view's loop: the frames chosen by LV area,
+    or ``phase_frames[view]``), write its label maps beside an overlay PNG (and the area curves of
+    its loops), return its EF row.
+
+    Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>`` with the
+    geometry of their input image (NIfTI for inputs without a header), so ``echoef ef ... --labels
+    out_dir`` reads them back. A file that cannot be used is left out and named in ``detail``; EF
+    then comes from the complete views that remain.
+    """
+    if study.problem:
+        raise study.problem
+    patient = study.name
+    folder = study_folder(out_dir, patient)
+    frames, sources, curves, notes = read_frames(study, models, size, infer_config, spacing_mm, phase_frames or {})
+    labels, members, raw = segmentation.predict_frames_with_members(models, frames, size, infer_config.batch_size,
+                                                                    infer_config.tta, infer_config.precision)
+    try:
+        claim_folder(folder, "the study's folder")
+    except ForeignFolderError as error:
+        raise StudyError("foreign_output", str(error)) from error
+    for (view, phase), frame in frames.items():
+        path = imagefile.label_path_for(sources[(view, phase)], folder, f"{patient}_{view}_{phase}_gt")
+        imagefile.write_label(labels[(view, phase)], frame.header, path)
+    if curves:
+        figures.area_curves(curves, folder / f"{patient}_lv_area.png")
+    maps = {k: (labels[k], f.spacing_mm) for k, f in frames.items()}
+    found, problem = ef.geometries(maps, [k for k in camus.FRAME_KEYS if k in frames])
+    method = ef_method({v for v in camus.VIEWS if all((v, p) in frames for p in camus.PHASES)})
+    if method is None:
+        row = {"method": "", "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": "no_complete_view"}
+    else:
+        row = ef.patient_ef(maps, method) if problem else ef.ef_of({k: found[k] for k in ef.needed_frames(method)}, method)
+        if method != "simpson_biplane" and is_measured(row["status"]):
+            row["status"] = row["status"].replace("ok", "ok_single_plane", 1)
+    row["ef_calibrated"] = calibrated_ef(row, calibrator)
+    row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
+    row["review"] = "; ".join(review.reasons(row, frames, raw, members, calibrator))
+    row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
+    row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
+    row["detail"] = "; ".join(notes)
+    row = {"patient": patient, **row}
+    figures.simpson_construction({k: (f.image, f.spacing_mm, found.get(k)) for k, f in frames.items()}, report.study_title(row),
+                                 folder / f"{patient}_overlay.png")
+    report.write_study_page(row, folder)
+    return row

@@ -1,0 +1,131 @@
+"""DICOM ultrasound in: single- and multi-frame files, their physical pixel size, and which study and
+view each belongs to.
+
+The pixel size comes from the Sequence of Ultrasound Regions (PhysicalDeltaX/Y, in cm) of the 2D
+tissue region that holds the image, or from PixelSpacing; a file with neither is refused
+(``no_spacing``) unless the user gives one: a guessed pixel size would make every volume wrong.
+Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
+extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
+decoder plugin (pylibjpeg) and are refused with ``unsupported_transfer_syntax`` until one is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..errors import StudyError
+from .imagefile import MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+
+REGION_2D, UNITS_CM = 1, 3  # RegionSpatialFormat 2D; PhysicalUnits centimetre
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels to grey
+VIEW_IN_NAME = {"2CH": re.compile(r"(^|[^a-z0-9])(2ch|a2c|apical[ _-]?2)([^a-z0-9]|$)", re.I),
+                "4CH": re.compile(r"(^|[^a-z0-9])(4ch|a4c|apical[ _-]?4)([^a-z0-9]|$)", re.I)}
+
+
+def region_spacing_mm(dataset) -> tuple[float, float] | None:
+    """(row, col) mm of the largest 2D region calibrated in cm, or None."""
+    best, best_area = None, -1
+    for region in dataset.get("SequenceOfUltrasoundRegions", []):
+        if (region.get("RegionSpatialFormat") != REGION_2D or region.get("PhysicalUnitsXDirection") != UNITS_CM
+                or region.get("PhysicalUnitsYDirection") != UNITS_CM):
+            continue
+        dx, dy = _positive(abs(float(region.get("PhysicalDeltaX", 0)))), _positive(abs(float(region.get("PhysicalDeltaY", 0))))
+        if dx is None or dy is None:
+            continue
+        area = (region.get("RegionLocationMaxX1", 0) - region.get("RegionLocationMinX0", 0)) * \
+               (region.get("RegionLocationMaxY1", 0) - region.get("RegionLocationMinY0", 0))
+        if area > best_area:
+            best, best_area = (10 * dy, 10 * dx), area
+    return best
+
+
+def _positive(value) -> float | None:
+    """A tag's value as a positive finite number, else None (a crafted or broken tag: text, NaN, 0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def pixel_spacing_mm(dataset) -> tuple[float, float] | None:
+    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else None. Only what the
+    file states as a positive number counts; nothing is assumed."""
+    try:
+        region = region_spacing_mm(dataset)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        region = None
+    if region:
+        return region
+    spacing = dataset.get("PixelSpacing")
+    try:
+        values = [_positive(v) for v in spacing] if spacing is not None and len(spacing) == 2 else [None]
+    except TypeError:
+        values = [None]
+    return (values[0], values[1]) if all(v is not None for v in values) else None
+
+
+def frame_interval_ms(dataset) -> float | None:
+    """Time between frames in ms (FrameTime, else CineRate), or None."""
+    frame_ms, rate = _positive(dataset.get("FrameTime")), _positive(dataset.get("CineRate"))
+    return frame_ms if frame_ms is not None else (1000.0 / rate if rate is not None else None)
+
+
+def _grey(pixels: np.ndarray, dataset) -> np.ndarray:
+    """Grey levels (T, H, W): colour (RGB, or YBR which pydicom gives as RGB) by luminance, so
+    burnt-in coloured annotations only add grey outside the sector; MONOCHROME1 inverted."""
+    if dataset.get("SamplesPerPixel", 1) > 1:
+        pixels = pixels @ LUMINANCE
+    elif dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    return pixels
+
+
+def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """One DICOM file as a Loop (T frames; T = 1 for a single frame), checked before decoding."""
+    path = Path(path)
+    try:
+        dataset = pydicom.dcmread(path)
+        rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
+    except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, EOFError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: not a readable DICOM image ({str(error)[:150]})") from error
+    if min(rows, cols) < 2 or rows * cols > MAX_PIXELS or rows * cols * count > MAX_LOOP_PIXELS:
+        raise StudyError("bad_geometry", f"{path.name}: {count} frame(s) of {rows} x {cols} pixels is not an echo loop")
+    spacing = pixel_spacing_mm(dataset) or (tuple(map(float, spacing_mm)) if spacing_mm else None)
+    if spacing is None:
+        raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "
+                                       "give --spacing-mm ROW COL")
+    syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
+    try:
+        pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
+    except (NotImplementedError, RuntimeError) as error:
+        raise StudyError("unsupported_transfer_syntax", f"{path.name}: pixels in {getattr(syntax, 'name', syntax)} cannot be "
+                                                        f"decoded here ({str(error).splitlines()[0][:150]})") from error
+    except (ValueError, AttributeError, KeyError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: pixel data ({str(error).splitlines()[0][:150]})") from error
+    if count == 1:
+        pixels = pixels[None]
+    frames = _grey(pixels, dataset)
+    if frames.shape != (count, rows, cols):
+        raise StudyError("bad_geometry", f"{path.name}: pixel data of shape {pixels.shape} for {count} x {rows} x {cols}")
+    check_pixels(frames, spacing, path.name)
+    return Loop(frames, spacing, Header.plain(spacing), frame_interval_ms(dataset))
+
+
+def view_from_name(path: Path) -> str | None:
+    """'2CH' or '4CH' when the file's name says which (2CH, A2C, apical2 ...), else None."""
+    found = [view for view, pattern in VIEW_IN_NAME.items() if pattern.search(Path(path).stem)]
+    return found[0] if len(found) == 1 else None
+
+
+def header_facts(path: Path) -> tuple[str, str, int]:
+    """(patient id, study instance UID, number of frames) of a DICOM file, from its header only."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    return (str(dataset.get("PatientID", "") or "unknown"), str(dataset.get("StudyInstanceUID", "") or path.parent.name),
+            int(dataset.get("NumberOfFrames", 1) or 1))

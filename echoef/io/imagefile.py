@@ -1,0 +1,396 @@
+"""Read and write 2D frame files: NIfTI and MetaImage, or PNG/JPEG/TIFF/BMP with a given pixel size.
+
+Arrays come out (H, W) in canonical orientation: rows along the physical +y axis and columns along
++x, as a viewer that honours the header shows the image (the apex at the top for apical views). A
+header whose direction flips or swaps the axes is undone on read and redone on write; an oblique
+one is refused. Every array comes with its (row, col) spacing in mm and the ``Header`` it was stored
+with, so a label map written back overlays its image exactly in any viewer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import StudyError
+from .atomic import atomic_files
+
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are reported as a status
+
+HEADER_FORMATS = (".nii.gz", ".nii", ".mhd", ".mha")  # headers that carry the physical pixel size
+PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels only: the size must be given
+MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
+MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
+# Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
+# wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
+SPACING_RANGE_MM = (0.005, 10.0)
+AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a stored (H, W) array maps onto the canonical one: a transpose, then flips."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        out = array.T if self.transpose else array
+        out = out[::-1] if self.flip_rows else out
+        return np.ascontiguousarray(out[:, ::-1] if self.flip_cols else out)
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        out = array[:, ::-1] if self.flip_cols else array
+        out = out[::-1] if self.flip_rows else out
+        return np.ascontiguousarray(out.T if self.transpose else out)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A frame file's geometry as stored, in ITK's order: spacing (x, y[, z]) and origin in mm, and
+    the direction cosines row by row (column k is the physical direction of index axis k)."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def plain(cls, spacing_mm: tuple[float, float]) -> Header:
+        """The header of a canonical array with (row, col) ``spacing_mm``, at the origin."""
+        return cls((float(spacing_mm[1]), float(spacing_mm[0])), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+    def with_spacing_mm(self, spacing_mm: tuple[float, float]) -> Header:
+        """The same header with the canonical (row, col) pixel size ``spacing_mm`` (for files that
+        state none, the size the user gives)."""
+        row, col = (float(v) for v in spacing_mm)
+        in_plane = (row, col) if self.orientation().transpose else (col, row)
+        return Header(in_plane + self.spacing[2:], self.origin, self.direction)
+
+    @property
+    def dimension(self) -> int:
+        return len(self.spacing)
+
+    def orientation(self) -> Orientation:
+        """The flips and transpose that make the stored array canonical; StudyError('bad_geometry')
+        for an oblique image plane or in-plane rotation, which no array flip can undo."""
+        n = self.dimension
+        matrix = np.asarray(self.direction, dtype=float).reshape(n, n)
+        if n == 3 and not (np.allclose(matrix[2, :2], 0, atol=AXIS_TOLERANCE)
+                           and np.allclose(matrix[:2, 2], 0, atol=AXIS_TOLERANCE)):
+            raise StudyError("bad_geometry", f"direction {self.direction}: the image plane is oblique")
+        plane = matrix[:2, :2]
+        if np.allclose(np.abs(plane), np.eye(2), atol=AXIS_TOLERANCE):
+            return Orientation(False, bool(plane[1, 1] < 0), bool(plane[0, 0] < 0))
+        if np.allclose(np.abs(plane), np.eye(2)[::-1], atol=AXIS_TOLERANCE):
+            # Index axis x (array columns) runs along physical y: transposed, rows come from it.
+            return Orientation(True, bool(plane[1, 0] < 0), bool(plane[0, 1] < 0))
+        raise StudyError("bad_geometry", f"direction {self.direction} is rotated in plane; only flipped or "
+                                          "transposed axes can be read")
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """(row, col) spacing of the canonical array."""
+        x, y = float(self.spacing[0]), float(self.spacing[1])
+        return (x, y) if self.orientation().transpose else (y, x)
+
+    def corner_mm(self, shape: tuple[int, int]) -> np.ndarray:
+        """Physical (x, y) of the canonical array's first pixel, for an array of canonical ``shape``:
+        two files cover the same grid when their shapes, spacings and corners agree."""
+        o = self.orientation()
+        row, col = (shape[0] - 1 if o.flip_rows else 0), (shape[1] - 1 if o.flip_cols else 0)
+        if o.transpose:
+            row, col = col, row  # the stored (row, col) of that pixel
+        n = self.dimension
+        matrix = np.asarray(self.direction, dtype=float).reshape(n, n)
+        index_mm = np.array([col, row, 0][:n], dtype=float) * np.asarray(self.spacing, dtype=float)
+        return (np.asarray(self.origin, dtype=float) + matrix @ index_mm)[:2]
+
+
+def file_format(path: Path) -> str:
+    """The lower-case extension that names the format ('.nii.gz' counts as one)."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _check_gzip_complete(path: Path, needed_bytes: int) -> None:
+    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices. Only the bytes
+    the header declares (``needed_bytes``: its pixel offset and pixels) are inflated, so a small file
+    that inflates to gigabytes (a gzip bomb) costs no more than the image it claims to be."""
+    read = 0
+    try:
+        with gzip.open(path) as stream:
+            while read < needed_bytes:
+                chunk = stream.read(min(1 << 22, needed_bytes - read))
+                if not chunk:
+                    raise EOFError(f"{read} of the {needed_bytes} bytes the header declares")
+                read += len(chunk)
+    except (OSError, EOFError, zlib.error) as error:
+        raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
+
+
+def _nifti_header(path: Path):
+    """A NIfTI file's header exactly as stored (nibabel, unchecked: its checks would "fix" a zero
+    pixel size to 1 mm, as ITK does)."""
+    import nibabel
+
+    try:
+        with nibabel.openers.ImageOpener(str(path)) as handle:
+            start = handle.read(4)
+        nifti2 = 540 in (int.from_bytes(start, "little"), int.from_bytes(start, "big"))
+        with nibabel.openers.ImageOpener(str(path)) as handle:
+            return (nibabel.Nifti2Header if nifti2 else nibabel.Nifti1Header).from_fileobj(handle, check=False)
+    except Exception as error:  # noqa: BLE001 - nibabel's many header errors: the file is unreadable, whichever
+        raise StudyError("unreadable_file", f"{path.name}: NIfTI header ({str(error)[:150]})") from error
+
+
+def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
+    """Whether the file itself states the pixel size that ``reader_spacing`` (ITK's) gives.
+
+    ITK reports 1 mm where a header states none (a NIfTI pixdim of 0 or NaN, a MetaImage without
+    ElementSpacing) as if the file had said so; so NIfTI's pixdim is read as stored (nibabel) and
+    must be positive, finite and what ITK reports, and a MetaImage must name its spacing.
+    """
+    fmt = file_format(path)
+    if fmt in (".nii", ".nii.gz"):
+        pixdim = np.asarray(_nifti_header(path)["pixdim"][1:3], dtype=float)
+        if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+            return False
+        if not np.allclose(pixdim, np.asarray(reader_spacing[:2], dtype=float), rtol=1e-4, atol=0):
+            raise StudyError("bad_spacing", f"{path.name}: pixdim states {tuple(pixdim)} mm but the header's "
+                                            f"transform gives {tuple(reader_spacing[:2])} mm")
+        return True
+    keys = {line.partition("=")[0].strip() for line in _metaimage_head(path).splitlines()}
+    return bool(keys & {"ElementSpacing", "ElementSize"})
+
+
+def _nifti_pixels_finite(path: Path) -> bool:
+    """Whether every pixel of a NIfTI file is a finite number once scaled (ITK silently reads NaN and
+    infinite pixels as 0); only floating-point data or a scaling can hold such values."""
+    import nibabel
+
+    header = _nifti_header(path)
+    slope, intercept = float(header["scl_slope"]), float(header["scl_inter"])
+    scaled = slope not in (0.0, 1.0) and not np.isnan(slope)
+    if header.get_data_dtype().kind != "f" and not scaled and np.isfinite(intercept):
+        return True
+    try:
+        with np.errstate(all="ignore"):
+            return bool(np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all())
+    except Exception as error:  # noqa: BLE001 - as in _nifti_header
+        raise StudyError("unreadable_file", f"{path.name}: NIfTI pixels ({str(error)[:150]})") from error
+
+
+def _metaimage_head(path: Path) -> str:
+    """A MetaImage header's text: its lines up to ElementDataFile (a .mha's pixels follow it)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16).decode("latin-1")
+    lines = []
+    for line in head.splitlines():
+        lines.append(line)
+        if line.partition("=")[0].strip() == "ElementDataFile":
+            break
+    return "\n".join(lines)
+
+
+def metaimage_data_file(path: Path) -> Path | None:
+    """The file a MetaImage header names for its pixels, None when they follow the header (LOCAL);
+    StudyError('unreadable_file') unless it is a regular file in the header's own folder, named
+    relative to it: a crafted header must not read any other file of the machine (drawn into a
+    shareable overlay), nor block the batch on a FIFO or a device."""
+    fields = dict(line.partition("=")[::2] for line in _metaimage_head(path).splitlines() if "=" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    name = fields.get("ElementDataFile")
+    if name is None:
+        raise StudyError("unreadable_file", f"{path.name}: a MetaImage header that names no ElementDataFile")
+    if name == "LOCAL":
+        return None
+    relative = Path(name)
+    if (not name or relative.is_absolute() or ".." in relative.parts or name.split()[0] == "LIST" or "%" in name
+            or "\\" in name or ":" in name):
+        raise StudyError("unreadable_file", f"{path.name}: its ElementDataFile {name[:80]!r} is not a file beside it "
+                                            "(only a name relative to the header's folder is read)")
+    data = path.parent / relative
+    try:
+        is_regular = stat.S_ISREG(os.stat(data).st_mode)
+    except OSError as error:
+        raise StudyError("unreadable_file", f"{path.name}: its data file {name[:80]} is missing ({error.strerror})") from error
+    if not is_regular:
+        raise StudyError("unreadable_file", f"{path.name}: its data file {name[:80]} is not a regular file")
+    return data
+
+
+def _grey(array: np.ndarray, path: Path) -> np.ndarray:
+    """One grey channel from (H, W, C) pixels: a grey image stored as RGB(A) is read as grey (alpha
+    ignored); colour (a Doppler overlay, a coloured map) is refused rather than mixed into grey."""
+    colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+    if not (colour == colour[..., :1]).all():
+        raise StudyError("several_channels", f"{path.name}: {array.shape[-1]} colour channels that differ; "
+                                             "give a grey-scale image")
+    return colour[..., 0]
+
+
+@dataclass
+class Loop:
+    """A view as stored in one file: its frames (T, H, W) in canonical orientation (T = 1 for a
+    single frame), their (row, col) spacing in mm, the stored header (to write label maps over
+    them) and the time between frames in ms where the file states it."""
+
+    frames: np.ndarray
+    spacing_mm: tuple[float, float]
+    header: Header
+    frame_ms: float | None = None
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: named .dcm, or any file with the DICM preamble (exports often have no extension)."""
+    if file_format(path) == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def check_pixels(array: np.ndarray, spacing: tuple[float, float], name: str) -> None:
+    """StudyError unless the pixels are finite grey levels and the spacing a plausible pixel size."""
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise StudyError("bad_pixels", f"{name}: pixel type {array.dtype} is not a grey level")
+    if not np.isfinite(array).all() or (array.dtype.kind == "f" and np.abs(array).max() > np.finfo(np.float32).max):
+        raise StudyError("bad_pixels", f"{name}: pixels that are not finite single-precision numbers")
+    if not all(np.isfinite(spacing)) or not SPACING_RANGE_MM[0] <= min(spacing) <= max(spacing) <= SPACING_RANGE_MM[1]:
+        raise StudyError("bad_spacing", f"{name}: spacing {spacing} mm is outside {SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm")
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One input format: the file extensions it reads (lower case, ``.nii.gz`` as one), its reading
+    function taking (path, spacing_mm or None) and returning a ``Loop``, and optionally a check of a
+    file's first bytes for files whose name does not tell (DICOM exports often have no extension)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, tuple[float, float] | None], Loop]
+    sniff: Callable[[Path], bool] | None = None
+
+
+def reader_for(path: Path) -> Reader | None:
+    """The registered reader of ``path``: the first whose first-bytes check accepts it, else the one
+    of its extension, else None."""
+    for reader in READERS:
+        if reader.sniff is not None and reader.sniff(path):
+            return reader
+    return next((reader for reader in READERS if file_format(path) in reader.suffixes), None)
+
+
+def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """Read one view's file with its format's reader (``READERS``): a 2D frame, or a cine loop (a 3D
+    NIfTI or MetaImage whose third axis is time, as the CAMUS ``_sequence`` files; a multi-frame DICOM).
+
+    Every reader checks the header before any pixel is read, so a corrupt size cannot exhaust memory.
+    ``spacing_mm`` (row, col) is the pixel size of files that carry none (PNG, JPEG, TIFF, BMP, or a
+    header that states none); without it they are refused (``no_spacing``), as is anything else
+    that would make a volume wrong without a warning. A header's own pixel size is always used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError("missing_frame", f"{path.name} not found")
+    reader = reader_for(path)
+    if reader is None:
+        known = ", ".join(suffix for reader in READERS for suffix in reader.suffixes)
+        raise StudyError("unsupported_format", f"{path.name}: read are {known} (and DICOM of any name)")
+    return reader.read(path, spacing_mm)
+
+
+def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """A NIfTI, MetaImage, PNG, JPEG, TIFF or BMP file through SimpleITK (``read_loop`` describes what
+    is checked)."""
+    fmt = file_format(path)
+    if fmt in PLAIN_FORMATS and spacing_mm is None:
+        raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
+    if fmt in (".mhd", ".mha"):
+        metaimage_data_file(path)  # before ITK opens whatever the header names
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) not in (2, 3) or min(size) < 1 or min(size[:2]) < 2 or np.prod(size[:2]) > MAX_PIXELS \
+                or np.prod(size) > MAX_LOOP_PIXELS:
+            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}")
+        if fmt == ".nii.gz":
+            stored = _nifti_header(path)
+            _check_gzip_complete(path, int(stored["vox_offset"]) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
+        header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
+                        tuple(map(float, reader.GetDirection())))
+        orientation = header.orientation()
+        if fmt in PLAIN_FORMATS or not _stated_spacing(path, header.spacing):
+            if spacing_mm is None:
+                raise StudyError("no_spacing", f"{path.name}: the header states no pixel size; give --spacing-mm ROW COL")
+            header = header.with_spacing_mm(spacing_mm)
+        array = sitk.GetArrayFromImage(reader.Execute())
+        if fmt in (".nii", ".nii.gz") and not _nifti_pixels_finite(path):
+            raise StudyError("bad_pixels", f"{path.name}: pixels that are not finite numbers (NaN or infinite)")
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[-1][:200]
+        # ITK itself refuses a zero spacing in the header; name it as the spacing problem it is.
+        reason = "bad_spacing" if "spacing" in message.lower() else "unreadable_file"
+        raise StudyError(reason, f"{path.name}: {message}") from error
+    if len(size) == 2:
+        array = array[None]  # (T, H, W[, channels]) whatever the file
+    if array.ndim == 4:
+        array = np.stack([_grey(frame, path) for frame in array])
+    check_pixels(array, header.spacing_mm, path.name)
+    frames = np.stack([orientation.to_canonical(frame) for frame in array])
+    return Loop(frames, header.spacing_mm, header, None)
+
+
+def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
+    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header);
+    as ``read_loop``, and StudyError('bad_geometry') for a loop of several frames."""
+    loop = read_loop(path, spacing_mm)
+    if len(loop.frames) != 1:
+        raise StudyError("bad_geometry", f"{Path(path).name}: expected a 2D image, found a loop of {len(loop.frames)} frames")
+    return loop.frames[0], loop.spacing_mm, loop.header
+
+
+def label_path_for(image_path: Path, out_dir: Path, stem: str) -> Path:
+    """Where a label map for ``image_path`` goes: ``out_dir/stem`` in the image's format, or NIfTI
+    for formats that cannot carry the geometry."""
+    fmt = file_format(image_path)
+    return Path(out_dir) / f"{stem}{fmt if fmt in HEADER_FORMATS else '.nii.gz'}"
+
+
+def write_label(label: np.ndarray, header: Header, path: Path) -> None:
+    """Write a canonical label map (H, W) with ``header``'s geometry in the format of ``path``
+    (NIfTI or MetaImage), atomically: a crash leaves the previous file or none."""
+    array = header.orientation().from_canonical(np.asarray(label, dtype=np.uint8))
+    image = sitk.GetImageFromArray(array[None] if header.dimension == 3 else array)
+    image.SetSpacing(header.spacing)
+    image.SetOrigin(header.origin)
+    image.SetDirection(header.direction)
+    with atomic_files(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=file_format(path) == ".nii.gz")
+
+
+# The formats read, one entry each (nnU-Net's LIST_OF_IO_CLASSES is the model): predict, ef and ingest
+# all read through read_loop, so a format added here is read everywhere. docs/extending.md: how to add one.
+def _read_dicom(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
+    from .dicom import read_dicom  # pydicom is imported only where DICOM is read
+
+    return read_dicom(path, spacing_mm)
+
+
+READERS: list[Reader] = [
+    Reader("DICOM", (".dcm",), _read_dicom, sniff=is_dicom),
+    Reader("ITK", HEADER_FORMATS + PLAIN_FORMATS, read_itk),
+]

@@ -1,0 +1,50 @@
+"""Why a measured EF deserves a second look: the reasons for each study's ``review`` flag."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..io import camus
+from ..io.camus import Label
+from .ef import is_measured, patient_ef
+
+MEMBER_SPREAD_POINTS = 5.0  # ensemble members whose EFs differ by more read the study differently
+WIDE_INTERVAL_POINTS = 10.0  # a prediction interval wider than ± this says little about the class of EF
+
+
+def anatomy_problems(raw: np.ndarray) -> list[str]:
+    """What is wrong with one frame's raw label map (before clean-up): several LV pieces, holes in
+    the LV, an atrium not below the LV (the apex is at the top of an apical view)."""
+    problems = []
+    lv = raw == Label.LV
+    if ndimage.label(lv)[1] > 1:
+        problems.append("several_lv_pieces")
+    if (ndimage.binary_fill_holes(lv) & ~lv).any():
+        problems.append("lv_holes")
+    atrium = raw == Label.ATRIUM
+    if lv.any() and atrium.any() and ndimage.center_of_mass(atrium)[0] < ndimage.center_of_mass(lv)[0]:
+        problems.append("atrium_above_lv")
+    return problems
+
+
+def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator: dict) -> list[str]:
+    """The review reasons of one predicted study (empty: nothing to look at twice)."""
+    found = []
+    missing = [v for v in camus.VIEWS if not all((v, p) in frames for p in camus.PHASES)]
+    if missing:
+        found.append("view_missing:" + "+".join(missing))
+    if str(row["status"]).startswith("ok_touches_border"):
+        found.append("touches_border")
+    for key, label in raw.items():
+        found += [f"{problem}:{key[0]}_{key[1]}" for problem in anatomy_problems(label)]
+    if members and is_measured(row["status"]):
+        views = {k for k in frames if k[0] not in missing}
+        efs = [patient_ef({k: (m[k], frames[k].spacing_mm) for k in views}, row["method"])["ef"] for m in members]
+        spread = float(np.nanmax(efs) - np.nanmin(efs)) if not np.all(np.isnan(efs)) else float("nan")
+        if not spread <= MEMBER_SPREAD_POINTS:
+            found.append(f"members_disagree:{spread:.0f}_points")
+    half_width = calibrator.get("interval", {}).get("half_width")
+    if is_measured(row["status"]) and half_width is not None and half_width > WIDE_INTERVAL_POINTS:
+        found.append(f"wide_interval:{half_width:.0f}_points")
+    return found

@@ -1,0 +1,177 @@
+"""Run records: what a result needs to be regenerated, compared and defended, kept in git under
+``results/<name>/`` (numbers only, never image data): the pipeline's metric files and full
+statistics, the per-patient EF table, the exact parameters and dvc.lock, the commit, the machine and
+precision, and each stage's wall time. README's results table is generated from them."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import machine, runfiles
+from ..errors import UsageError
+from ..io.atomic import atomic_folder, read_json, write_csv, write_json
+from ..names import safe_name
+from ..stats import calibration
+from .report import fmt
+
+# Files of a run copied into its record as they are (those that exist: folds add the cv ones).
+COPIED = tuple(str(path) for path in runfiles.RECORDED)
+PATIENT_COLUMNS = ["patient", "set", "quality", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_ref", "status"]
+
+
+def patient_table(workspace: Path) -> pd.DataFrame:
+    """Per patient of the run's EF table: set, image quality, EF before and after calibration, the
+    reference, the status (out-of-fold rows too, with cross-validation)."""
+    table = pd.read_csv(workspace / runfiles.EF_TABLE)
+    oof = workspace / runfiles.EF_CV_TABLE
+    if oof.is_file() and oof.stat().st_size and not (cv := pd.read_csv(oof)).empty:
+        table = pd.concat([table, cv], ignore_index=True)
+    table["ef_calibrated"] = calibration.apply(read_json(workspace / runfiles.CALIBRATOR), table["ef"], table)
+    return table[PATIENT_COLUMNS]
+
+
+def stage_seconds(workspace: Path) -> dict[str, float]:
+    """Wall seconds of each stage as it last ran in this workspace (left by ``stage.run``)."""
+    folder = workspace / ".dvc/tmp/stage_seconds"
+    return {f["stage"]: f["seconds"] for f in map(read_json, sorted(folder.glob("*.json")))} if folder.is_dir() else {}
+
+
+def make(name: str, workspace: Path, results: Path, command: str) -> Path:
+    """Write ``results/<name>/`` from the run in ``workspace``; returns its folder."""
+    if safe_name(name) != name:
+        raise UsageError(f"record name {name!r}: give a plain name (letters, digits, '.', '_', '-'), e.g. {safe_name(name)}")
+    workspace = Path(workspace)
+    needed = (runfiles.PARAMS, runfiles.EF_METRICS, runfiles.EF_TABLE, runfiles.CALIBRATOR, runfiles.TRAIN_LOG)
+    missing = [f for f in needed if not (workspace / f).is_file()]
+    if missing:
+        raise UsageError(f"{workspace} holds no finished run ({', '.join(map(str, missing))} missing); run dvc repro first")
+    final = Path(results) / name
+    # A record is written whole or not at all, and replaces only an earlier record of EchoEF's.
+    with atomic_folder(final, "the record") as out:
+        _write_record(out, name, workspace, command)
+    return final
+
+
+def _write_record(out: Path, name: str, workspace: Path, command: str) -> None:
+    for relative in COPIED:
+        if (workspace / relative).is_file():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(workspace / relative, out / relative)
+    write_csv(out / "patients.csv", patient_table(workspace))
+    train_log = read_json(workspace / runfiles.TRAIN_LOG)
+    params = (workspace / runfiles.PARAMS).read_text()
+    full = workspace / runfiles.EF_FULL
+    interval = read_json(full).get("test", {}).get("interval") if full.is_file() else None
+    write_json(out / "record.json", {
+        "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+        "commit": machine.commit(workspace), "profile": next((line.split(":", 1)[1].strip() for line in params.splitlines()
+                                                               if line.startswith("profile:")), ""),
+        "train_precision": train_log.get("precision"), "train_device": train_log.get("device"),
+        "environment": train_log.get("environment"), "train_seconds": train_log.get("train_seconds"),
+        "stage_seconds": stage_seconds(workspace), "test_prediction_interval": interval})
+
+
+def results_table(results: Path) -> str:
+    """The Markdown table of every record under ``results``: one row each, numbers from its files."""
+    rows = ["| record | profile | test patients (failed) | LV Dice ED / ES | EF MAE after calibration [95% CI] | r [95% CI] "
+            "| bias | MAE before | EF interval: coverage (width) | training | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(p for p in Path(results).iterdir() if (p / "record.json").is_file()):
+        record, ef = read_json(folder / "record.json"), read_json(folder / runfiles.EF_METRICS)
+        dice = read_json(folder / runfiles.SEGMENTATION_METRICS).get("test", {})
+        environment = record.get("environment") or {}
+        where = environment.get("gpu") or (environment.get("cpu") or {}).get("model", "?")
+        training = f"{fmt((record.get('train_seconds') or math.nan) / 60, 0)} min, {record.get('train_precision')}, {where}"
+        interval = record.get("test_prediction_interval") or {}
+        coverage = (f"{fmt(interval['coverage'])} of {interval['n_test']} at {interval['level']:.0%} "
+                    f"(± {fmt(interval['half_width'], 1)})" if interval.get("coverage") is not None else "-")
+        rows.append(f"| {record['name']} | {record['profile']} | {ef['n'] + ef['n_failed']} ({ef['n_failed']}) "
+                    f"| {fmt(dice.get('dice_lv_ed'), 3)} / {fmt(dice.get('dice_lv_es'), 3)} "
+                    f"| {fmt(ef['mae'])} [{fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}] "
+                    f"| {fmt(ef['r'], 3)} [{fmt(ef['r_low'], 3)}, {fmt(ef['r_high'], 3)}] | {fmt(ef['bias'], 2, '+')} "
+                    f"| {fmt(ef['mae_uncalibrated'])} | {coverage} | {training} | {record['commit'][:7]} |")
+    return "\n".join(rows) if len(rows) > 2 else "No run of the pipeline has been recorded yet."
+
+
+def expert_masks_lines(results: Path) -> list[str]:
+    """One sentence per EF-method record (the EF method on expert masks against the reference EF)."""
+    lines = []
+    for folder in sorted(p for p in Path(results).iterdir() if (p / "method_record.json").is_file()):
+        record = read_json(folder / "method_record.json")
+        s = record["methods"]["simpson_biplane"]
+        lines.append(f"Simpson's biplane method (this project's port of the CAMUS reference algorithm, masks measured on "
+                     f"0.308 mm pixels) on the expert masks of {s['n']} patients of `{record['data']}`: EF MAE "
+                     f"{fmt(s['mae'])} points against the stored reference EF, {fmt(100 * s['exact'], 1)}% exact, "
+                     f"{fmt(100 * s['within_1'], 1)}% within 1 point (record `{folder.name}`, commit {record['commit'][:7]}).")
+    return lines
+
+
+def ridge_adopted(comparison: dict) -> bool:
+    """The adoption rule of docs/experiment-log.md (written before the out-of-fold run): the feature
+    ridge replaces the linear calibrator only if the paired 95% interval of ridge minus linear
+    out-of-fold EF MAE lies wholly below zero."""
+    high = comparison.get("ridge_minus_linear", {}).get("ci", [None, None])[1]
+    return high is not None and high < 0  # no interval (null, as JSON stores NaN): nothing is adopted
+
+
+def calibrator_lines(results: Path) -> list[str]:
+    """One sentence per record whose out-of-fold calibrators were compared (``cv.calibrators`` of its
+    reports/ef_full.json): each method's cross-fitted MAE, ridge minus linear with its paired
+    interval, and what ``ridge_adopted`` decides."""
+    lines = []
+    for folder in sorted(p for p in Path(results).iterdir() if (p / runfiles.EF_FULL).is_file()):
+        comparison = (read_json(folder / runfiles.EF_FULL).get("cv") or {}).get("calibrators") or {}
+        if "ridge_minus_linear" not in comparison:
+            continue
+        diff = comparison["ridge_minus_linear"]
+        maes = ", ".join(f"{method} {fmt(mae)}" for method, mae in comparison["mae"].items())
+        lines.append(f"Calibrators cross-fitted on the out-of-fold predictions of record `{folder.name}` "
+                     f"({comparison['n']} patients, ridge fitted in {comparison.get('ridge_folds', '?')} folds): EF MAE "
+                     f"{maes}; ridge minus linear {fmt(diff['mean'], 2, '+')} [{fmt(diff['ci'][0], 2, '+')}, "
+                     f"{fmt(diff['ci'][1], 2, '+')}] points per patient, so by the rule written before the run (ridge "
+                     f"only if that interval lies wholly below zero) "
+                     f"{'ridge is adopted' if ridge_adopted(comparison) else 'the linear calibrator stays'}.")
+    return lines
+
+
+BEGIN, END = "<!-- results: generated by `echoef results --readme README.md`; do not edit -->", "<!-- results: end -->"
+
+
+def readme_block(results: Path) -> str:
+    """README's results section body: the EF-method sentences, the pipeline runs' table and the
+    out-of-fold calibrator decisions."""
+    decisions = calibrator_lines(results)
+    return "\n".join([BEGIN, "", *expert_masks_lines(results), "", results_table(results), "",
+                      *([*decisions, ""] if decisions else []), END])
+
+
+def with_readme_block(readme: str, results: Path) -> str:
+    """``readme`` with its generated results block replaced by the one the records give now."""
+    start, end = readme.index(BEGIN), readme.index(END) + len(END)
+    return readme[:start] + readme_block(results) + readme[end:]
+
+
+def results_page(results: Path) -> str:
+    """docs/benchmarks.md: every record with its table row, how it was made and on what."""
+    page = ["# Current results", "", "Generated from the run records under `results/` by `echoef results --page "
+            "docs/benchmarks.md`; do not edit. The history of experiments (what was tried, on what, and why it "
+            "was kept or not) is in `docs/experiment-log.md`.", "", "Development figures: the 50-patient test list "
+            "has been looked at across many variants. Failed patients are counted and excluded from the agreement "
+            "statistics; intervals are 95% patient-level bootstrap intervals.", "", *expert_masks_lines(results), "",
+            results_table(results), "", *[line + "\n" for line in calibrator_lines(results)]]
+    for folder in sorted(p for p in Path(results).iterdir() if (p / "record.json").is_file()):
+        record = read_json(folder / "record.json")
+        environment = record.get("environment") or {}
+        cpu = environment.get("cpu") or {}
+        stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in record.get("stage_seconds", {}).items())
+        page += [f"## {record['name']}", "", f"- command: `{record['command']}`",
+                 f"- commit: {record['commit']}; profile: {record['profile']}",
+                 f"- machine: {environment.get('gpu') or cpu.get('model', '?')} ({cpu.get('cores', '?')} cores, "
+                 f"flags {' '.join(cpu.get('flags', []))}); Python {environment.get('python')}, torch {environment.get('torch')}",
+                 f"- training precision: {record.get('train_precision')}, on {record.get('train_device')}",
+                 f"- stage wall times: {stages or 'not recorded'}", ""]
+    return "\n".join(page)

@@ -1,0 +1,187 @@
+"""Agreement between predicted and reference EF: error, Bland-Altman, correlation, classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.model_selection import KFold
+
+from ..measure.ef import ef_class, is_measured
+from . import calibration
+
+
+def summary(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """n, MAE, RMSE, bias (pred - ref), SD, 95% limits of agreement, Pearson r, R2, within 5/10."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    diff = pred - ref
+    n = len(diff)
+    bias = float(diff.mean()) if n else float("nan")
+    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
+    r = float(stats.pearsonr(pred, ref)[0]) if n > 2 and pred.std() > 0 and ref.std() > 0 else float("nan")
+    ss_res = float(((ref - pred) ** 2).sum())
+    ss_tot = float(((ref - ref.mean()) ** 2).sum()) if n else float("nan")
+    return {
+        "n": int(n),
+        "mae": float(np.abs(diff).mean()) if n else float("nan"),
+        "rmse": float(np.sqrt((diff ** 2).mean())) if n else float("nan"),
+        "bias": bias,
+        "sd": sd,
+        "loa_low": bias - 1.96 * sd,
+        "loa_high": bias + 1.96 * sd,
+        "r": r,
+        "r2": 1 - ss_res / ss_tot if n and ss_tot > 0 else float("nan"),
+        "within_5": float((np.abs(diff) <= 5).mean()) if n else float("nan"),
+        "within_10": float((np.abs(diff) <= 10).mean()) if n else float("nan"),
+    }
+
+
+CI_KEYS = ("mae", "bias", "r", "loa_low", "loa_high")
+
+
+def _patient_resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Indices (n_resamples, n) of patient-level resamples with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    """The 95% percentile interval of resampled values (NaN resamples ignored)."""
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
+def bootstrap_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """95% percentile intervals over patient-level resamples for MAE, bias, r and the LoA."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    if n_resamples == 0 or len(pred) < 3:
+        return {f"{k}_ci": [float("nan"), float("nan")] for k in CI_KEYS}  # same keys, no interval
+    idx = _patient_resamples(len(pred), n_resamples, seed)
+    diff = pred[idx] - ref[idx]
+    bias = diff.mean(1)
+    sd = diff.std(1, ddof=1)
+    pc, rc = pred[idx] - pred[idx].mean(1, keepdims=True), ref[idx] - ref[idx].mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (pc * rc).sum(1) / np.sqrt((pc ** 2).sum(1) * (rc ** 2).sum(1))
+    values = {"mae": np.abs(diff).mean(1), "bias": bias, "r": r, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
+    return {f"{k}_ci": _interval(v) for k, v in values.items()}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """Mean of ``b - a`` over paired patients with a 95% percentile interval from patient-level
+    resamples: two runs' per-patient errors (or Dice) compared on the same patients."""
+    diff = np.asarray(b, float) - np.asarray(a, float)
+    out = {"n": int(len(diff)), "mean": float(diff.mean()) if len(diff) else float("nan")}
+    if n_resamples == 0 or len(diff) < 2:
+        return {**out, "ci": [float("nan"), float("nan")]}  # same keys, no interval
+    return {**out, "ci": _interval(diff[_patient_resamples(len(diff), n_resamples, seed)].mean(1))}
+
+
+def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Slope of the difference on the mean (Bland-Altman) with its 95% CI."""
+    pred, ref = np.asarray(pred, float), np.asarray(ref, float)
+    if len(pred) < 3:
+        return {}
+    fit = stats.linregress((pred + ref) / 2, pred - ref)
+    half = stats.t.ppf(0.975, len(pred) - 2) * fit.stderr
+    return {"prop_bias_slope": float(fit.slope), "prop_bias_slope_ci": [float(fit.slope - half), float(fit.slope + half)]}
+
+
+def classification(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """EF classes (reduced <40, mildly reduced 40-49, preserved >=50): confusion counts
+    (rows reference, columns predicted) and sensitivity/specificity for EF < 40%."""
+    cp, cr = ef_class(np.asarray(pred, float)), ef_class(np.asarray(ref, float))
+    confusion = np.zeros((3, 3), dtype=int)
+    np.add.at(confusion, (cr, cp), 1)
+    reduced_p, reduced_r = cp == 0, cr == 0
+    sens = float((reduced_p & reduced_r).sum() / reduced_r.sum()) if reduced_r.any() else float("nan")
+    spec = float((~reduced_p & ~reduced_r).sum() / (~reduced_r).sum()) if (~reduced_r).any() else float("nan")
+    return {"confusion": confusion.tolist(), "sensitivity_ef_lt_40": sens, "specificity_ef_lt_40": spec}
+
+
+def full_report(pred, ref, n_resamples: int, seed: int) -> dict:
+    """summary + bootstrap CIs + proportional bias + the EF-class view."""
+    return {**summary(pred, ref), **bootstrap_ci(pred, ref, n_resamples, seed),
+            **proportional_bias(pred, ref), **classification(pred, ref)}
+
+
+SEED_CV_FOLDS = 5
+
+
+def seed_scoring_report(rows: pd.DataFrame, seed: int) -> dict:
+    """The seed notebook's scoring of the same masks, a comparison only: its EF (``ef_seed_scoring``)
+    before, and after a linear calibration cross-validated inside this very set (5-fold, seeded)."""
+    measured = rows[rows["ef_seed_scoring"].notna()]
+    out = {"n_failed": int(len(rows) - len(measured)), "pre": summary(measured["ef_seed_scoring"], measured["ef_ref"])}
+    if len(measured) >= 2:
+        splits = KFold(min(SEED_CV_FOLDS, len(measured)), shuffle=True, random_state=seed).split(measured)
+        folds = np.zeros(len(measured), dtype=int)
+        for fold, (_, held_out) in enumerate(splits):
+            folds[held_out] = fold
+        calibrated, _ = calibration.cross_fit(measured["ef_seed_scoring"], measured["ef_ref"], folds, "linear", (0, 100))
+        out["post"] = summary(calibrated, measured["ef_ref"])
+    return out
+
+
+def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """Pre/post calibration statistics of one set of EF rows (``ef``, ``ef_ref``, ``status``,
+    optionally ``ef_expert``/``status_expert``, ``ef_seed_scoring`` and ``quality``), failures
+    counted, never dropped."""
+    ok = rows["status"].map(is_measured).to_numpy()
+    pre, post, ref = rows["ef"].to_numpy()[ok], np.asarray(calibrated, float)[ok], rows["ef_ref"].to_numpy()[ok]
+    out = {"n_patients": len(rows), "n_failed": int((~ok).sum()),
+           "pre": full_report(pre, ref, n_resamples, seed), "post": full_report(post, ref, n_resamples, seed)}
+    if "status_expert" in rows:
+        expert = rows[rows["status_expert"].map(is_measured)]
+        out["expert_masks"] = summary(expert["ef_expert"], expert["ef_ref"])
+    if "ef_seed_scoring" in rows:
+        out["seed_scoring"] = seed_scoring_report(rows, seed)
+    if "quality" in rows:
+        quality = rows["quality"].to_numpy()[ok]
+        out["by_quality"] = {str(q): {"pre": summary(pre[quality == q], ref[quality == q]),
+                                      "post": summary(post[quality == q], ref[quality == q])}
+                             for q in pd.unique(quality)}
+    return out
+
+
+def cross_validation_report(oof: pd.DataFrame, ensemble: pd.DataFrame, calibrator: dict, n_resamples: int, seed: int) -> dict:
+    """Out-of-fold statistics with cross-fitted calibration (each fold calibrated by the other
+    folds, with the pipeline calibrator's method), the fold spread, and the fold-model ensemble on
+    the test list calibrated on all out-of-fold predictions; {"folds": 0} without cross-validation."""
+    if oof.empty:
+        return {"folds": 0}
+    calibrated, _ = calibration.cross_fit(oof["ef"], oof["ef_ref"], oof["fold"], calibrator["method"], calibrator["ef_range"], oof)
+    measured = oof.assign(ef_calibrated=calibrated)[oof["status"].map(is_measured)]
+    per_fold = [{"fold": int(f), "n": int(len(g)), "mae_pre": float((g["ef"] - g["ef_ref"]).abs().mean()),
+                 "mae_post": float((g["ef_calibrated"] - g["ef_ref"]).abs().mean())} for f, g in measured.groupby("fold")]
+    spread = {f"{key}_{stat}": float(getattr(np, stat)([row[key] for row in per_fold]))
+              for key in ("mae_pre", "mae_post") for stat in ("mean", "std")}
+    # The fold models' ensemble is calibrated on all their out-of-fold predictions, not on another model's.
+    pooled = calibration.fit(measured["ef"], measured["ef_ref"], calibrator["method"], calibrator["ef_range"], "out-of-fold, all folds",
+                             measured)
+    return {"folds": int(oof["fold"].nunique()),
+            "oof": set_report(oof, calibrated, n_resamples, seed),
+            "calibrators": calibrator_comparison(measured, calibrator["ef_range"], n_resamples, seed),
+            "fold_spread": {**spread, "per_fold": per_fold},
+            "test_ensemble": set_report(ensemble, calibration.apply(pooled, ensemble["ef"], ensemble), n_resamples, seed),
+            "test_ensemble_calibrator": pooled}
+
+
+def calibrator_comparison(measured: pd.DataFrame, ef_range, n_resamples: int, seed: int) -> dict:
+    """Each calibration method cross-fitted on the same folds of the measured out-of-fold rows: its
+    EF MAE, and ridge minus linear absolute error per patient with a paired bootstrap interval (the
+    evidence the adoption rule of docs/experiment-log.md reads). Ridge is left out where a row lacks
+    one of its measures (older tables, a single-plane EF method); ``ridge_folds`` counts the folds
+    where it was fitted, not fallen back to linear."""
+    ref = measured["ef_ref"].to_numpy()
+    names = list(calibration.RIDGE_FEATURES)
+    has_measures = set(names) <= set(measured) and np.isfinite(measured[names].to_numpy(float)).all()
+    methods = [m for m in calibration.METHODS if m != "ridge" or has_measures]
+    errors, out = {}, {"n": len(measured)}
+    for method in methods:
+        calibrated, fitted = calibration.cross_fit(measured["ef"], ref, measured["fold"], method, ef_range, measured)
+        errors[method] = np.abs(calibrated - ref)
+        if method == "ridge":
+            out["ridge_folds"] = sum(c["method"] == "ridge" for c in fitted)
+    out["mae"] = {method: float(e.mean()) for method, e in errors.items()}
+    if "ridge" in errors:
+        out["ridge_minus_linear"] = paired_difference(errors["linear"], errors["ridge"], n_resamples, seed)
+    return out
