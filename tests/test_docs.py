@@ -289,8 +289,16 @@ def test_the_layer_contract_refuses_a_wrong_way_import(tmp_path):
 
 def test_the_design_module_map_names_every_module():
     text = (ROOT / "docs/design.md").read_text()
-    mapped = set(re.findall(r"^      (\w+)\.py ", text, re.M))
-    modules = {path.stem for path in (ROOT / "echoef").rglob("*.py") if path.stem != "__init__"}
+    mapped, folder = set(), ""
+    for line in text.split("    echoef/\n", 1)[1].split("    stages/", 1)[0].splitlines():
+        if match := re.match(r"^      (\w+)/ ", line):
+            folder = match.group(1) + "/"
+        elif match := re.match(r"^      \(root\)", line):
+            folder = ""
+        elif match := re.match(r"^ +(\w+)\.py ", line):
+            mapped.add(folder + match.group(1))
+    modules = {str(path.relative_to(ROOT / "echoef").with_suffix("")) for path in (ROOT / "echoef").rglob("*.py")
+               if path.stem != "__init__"}
     assert mapped == modules, f"docs/design.md misses {sorted(modules - mapped)}, names gone {sorted(mapped - modules)}"
 
 

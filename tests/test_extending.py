@@ -85,8 +85,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import agreement
-from echoef.io import write_json
+from echoef.stats import agreement
+from echoef.io.atomic import write_json
 from echoef.stage import run
 
 

@@ -136,7 +136,7 @@ def test_metaimage_label_maps_are_written_whole_or_not_at_all(tmp_path):
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_outputs_follow_the_umask(tmp_path, umask, mode):
     code = "\n".join([
-        f"import os, numpy, pandas; os.umask({umask}); from echoef import io, imagefile",
+        f"import os, numpy, pandas; os.umask({umask}); from echoef.io import atomic, imagefile",
         f"atomic.write_json('{tmp_path}/a.json', {{}}); atomic.write_csv('{tmp_path}/b.csv', pandas.DataFrame({{'x': [1]}}))",
         f"atomic.write_npz('{tmp_path}/c.npz', x=numpy.zeros(2))",
         f"imagefile.write_label(numpy.zeros((4, 4)), imagefile.Header.plain((1.0, 1.0)), '{tmp_path}/d.mhd')",

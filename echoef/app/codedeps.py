@@ -28,15 +28,16 @@ def _module_file(root: Path, module: str) -> str:
 
 
 def script_imports(script: Path) -> set[str]:
-    """The ``echoef`` modules a stage script imports itself (``from echoef import a``, ``from
-    echoef.a import b``, ``import echoef.a``), wherever in the script."""
+    """What a stage script imports of ``echoef`` itself (``from echoef.a import b`` gives
+    ``echoef.a.b``, a module or a name in ``echoef.a``; ``import echoef.a`` gives ``echoef.a``),
+    wherever in the script."""
     modules = set()
     for node in ast.walk(ast.parse(script.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == PACKAGE:
-                modules |= {f"{PACKAGE}.{alias.name}" for alias in node.names}
-            elif node.module.startswith(PACKAGE + "."):
-                modules.add(node.module)
+            if node.module == PACKAGE or node.module.startswith(PACKAGE + "."):
+                # `from echoef.io import camus` imports a module; `from echoef.io.camus import Frame` a name
+                # in one (code_deps keeps whichever is a module)
+                modules |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
             modules |= {alias.name for alias in node.names if alias.name.startswith(PACKAGE + ".")}
     return modules
