@@ -228,7 +228,8 @@ def test_seed_scoring_of_expert_masks():
     found = {}
     for patient in ("patient0004", "patient0009"):
         maps = ef.label_maps(camus.read_study(CAMUS / "database_nifti" / patient).frames)
-        found[patient] = (eftable.seed_scoring_ef(maps), ef.patient_ef(maps, "area_length")["ef"], ef.patient_ef(maps, "simpson_biplane")["ef"])
+        found[patient] = (eftable.notebook_area_length_ef(maps), ef.patient_ef(maps, "area_length")["ef"],
+                          ef.patient_ef(maps, "simpson_biplane")["ef"])
     assert found == {"patient0004": (62.0, 62.0, 57.0), "patient0009": (32.0, 29.0, 25.0)}
 
 

@@ -166,10 +166,10 @@ def test_cross_validation_report_numbers():
     assert agreement.cross_validation_report(oof.iloc[:0], oof.iloc[:0], calibrator, 0, 0) == {"folds": 0}
 
 
-def test_seed_scoring_report_cross_validates_inside_the_set():
+def test_notebook_area_length_report_cross_validates_inside_the_set():
     rows = pd.DataFrame({"ef_seed_scoring": PRED + 4, "ef_ref": REF})
     rows.loc[3, "ef_seed_scoring"] = np.nan
-    report = agreement.seed_scoring_report(rows, 0)
+    report = agreement.notebook_area_length_report(rows, 0)
     keep = np.arange(8) != 3
     x, y = PRED[keep] + 4, REF[keep]
     assert report["n_failed"] == 1 and report["pre"]["mae"] == pytest.approx(np.abs(x - y).mean())

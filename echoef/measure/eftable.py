@@ -1,5 +1,5 @@
 """The pipeline's EF tables: each patient's EF from its predicted masks and from its expert masks
-(the ceiling), and the seed notebook's scoring of the same masks for comparison."""
+(the ceiling), and the reference notebook's scoring of the same masks for comparison."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from ..io.framefile import patient_path
 from . import simpson
 from .ef import label_maps, patient_ef
 
-SEED_GRID = 256  # the seed notebook's square input
+NOTEBOOK_GRID = 256  # the reference notebook's square input
 
 
-def seed_scoring_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]) -> float:
-    """EF the seed notebook's way, for comparison only: biplane area-length in pixels on LV masks
+def notebook_area_length_ef(frames: dict[tuple[str, str], tuple[np.ndarray, tuple[float, float]]]) -> float:
+    """EF the reference notebook's way, for comparison only: biplane area-length in pixels on LV masks
     squashed to 256 x 256 by nearest neighbour (aspect and spacing ignored); NaN if a mask cannot be
     measured."""
     geometries = {}
     for key, (label, _) in frames.items():
-        mask = simpson.nearest_resample(label, (SEED_GRID, SEED_GRID)) == Label.LV
+        mask = simpson.nearest_resample(label, (NOTEBOOK_GRID, NOTEBOOK_GRID)) == Label.LV
         try:
             geometries[key] = simpson.lv_geometry(mask, (1.0, 1.0), pixel_mm=1.0)  # its own pixels
         except simpson.LVGeometryError:
@@ -40,7 +40,7 @@ def load_predictions(path) -> dict[tuple[str, str], tuple[np.ndarray, tuple[floa
 def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, method: str,
              ingested: Path) -> pd.DataFrame:
     """One row per patient: EF from its predicted masks (``predictions/<patient>.npz``), the same
-    masks scored the seed's way (``ef_seed_scoring``), EF from its expert masks (``ef_expert``, the
+    masks scored the reference notebook's way (``ef_seed_scoring``), EF from its expert masks (``ef_expert``, the
     ceiling), and the reference ``ef_ref`` and image quality. A patient the inference stage could not
     segment (no file) has status 'no_prediction'."""
     cohort = cohort.set_index("patient")
@@ -51,7 +51,7 @@ def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, metho
         pred = patient_ef(predicted, method) if predicted else {
             "method": method, "edv_ml": math.nan, "esv_ml": math.nan, "ef": math.nan, "status": "no_prediction"}
         ceiling = patient_ef(label_maps(framefile.load(patient_path(patient, ingested))), method)
-        rows.append({"patient": patient, **pred, "ef_seed_scoring": seed_scoring_ef(predicted) if predicted else math.nan,
+        rows.append({"patient": patient, **pred, "ef_seed_scoring": notebook_area_length_ef(predicted) if predicted else math.nan,
                      "edv_expert_ml": ceiling["edv_ml"], "esv_expert_ml": ceiling["esv_ml"],
                      "ef_expert": ceiling["ef"], "status_expert": ceiling["status"],
                      "ef_ref": cohort.loc[patient, "ef_ref"], "quality": cohort.loc[patient, "quality_2ch"]})

@@ -7,7 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from .network import apply_gamma
 
@@ -23,8 +23,8 @@ def gaussian_blur(images: torch.Tensor, sigma_px: torch.Tensor, radius: int) -> 
     kernel = torch.exp(-(offsets**2) / (2 * sigma_px.clamp(min=1e-3)[:, None] ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)
     flat = images.reshape(1, n * c, height, width)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=n * c)
+    flat = functional.conv2d(functional.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * c)
+    flat = functional.conv2d(functional.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=n * c)
     return flat.reshape(n, c, height, width)
 
 
@@ -48,9 +48,9 @@ def augment(images: torch.Tensor, labels: torch.Tensor, config: Augment, generat
     # Rotate and scale about the top centre of the grid (the probe, (x, y) = (0, -1) in
     # affine_grid's coordinates): input = A (output - p) + p.
     theta = torch.stack([torch.stack([cos, -sin, -sin], 1), torch.stack([sin, cos, cos - 1], 1)], 1)
-    grid = F.affine_grid(theta, images.shape, align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    grid = functional.affine_grid(theta, images.shape, align_corners=False)
+    images = functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = functional.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
     gamma = torch.exp(uniform(-1, 1) * config.gamma).view(n, 1, 1, 1)
     gain = (1 + 0.2 * uniform(-1, 1)).view(n, 1, 1, 1)
     images = apply_gamma(images, gamma) * gain

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def letterbox(shape: tuple[int, int], spacing_mm: tuple[float, float], size: int
 def to_grid(image: np.ndarray, box: Letterbox) -> torch.Tensor:
     """Resample a native image (H, W) onto the grid (bilinear, antialiased), zero-padded: (size, size)."""
     tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
-    resized = F.interpolate(tensor, size=(box.height, box.width), mode="bilinear", align_corners=False, antialias=True)
+    resized = functional.interpolate(tensor, size=(box.height, box.width), mode="bilinear", align_corners=False, antialias=True)
     grid = torch.zeros((1, 1, box.size, box.size), dtype=torch.float32)
     grid[..., box.top : box.top + box.height, box.left : box.left + box.width] = resized
     return grid[0, 0]
@@ -51,7 +51,7 @@ def to_grid(image: np.ndarray, box: Letterbox) -> torch.Tensor:
 def labels_to_grid(label: np.ndarray, box: Letterbox) -> torch.Tensor:
     """Resample a native label map onto the grid by nearest neighbour: (size, size) int64."""
     tensor = torch.as_tensor(np.asarray(label, dtype=np.float32))[None, None]
-    resized = F.interpolate(tensor, size=(box.height, box.width), mode="nearest-exact")
+    resized = functional.interpolate(tensor, size=(box.height, box.width), mode="nearest-exact")
     grid = torch.zeros((1, 1, box.size, box.size), dtype=torch.float32)
     grid[..., box.top : box.top + box.height, box.left : box.left + box.width] = resized
     return grid[0, 0].long()
@@ -60,4 +60,4 @@ def labels_to_grid(label: np.ndarray, box: Letterbox) -> torch.Tensor:
 def to_native(scores: torch.Tensor, box: Letterbox) -> torch.Tensor:
     """Map per-class grid scores (C, size, size) back to the native grid (C, H, W), bilinear."""
     crop = scores[:, box.top : box.top + box.height, box.left : box.left + box.width]
-    return F.interpolate(crop[None].float(), size=box.native_shape, mode="bilinear", align_corners=False)[0]
+    return functional.interpolate(crop[None].float(), size=box.native_shape, mode="bilinear", align_corners=False)[0]

@@ -22,7 +22,7 @@ from .runtime import autocast
 N_CLASSES = len(Label)
 # Test-time augmentation by intensity: gammas inside the training augmentation's range. Mirroring is
 # not used: apical views have a fixed orientation, and mirrored test images cost a mirror-naive
-# model 0.013-0.018 LV Dice on CAMUS validation (docs/benchmarks.md).
+# model 0.014-0.018 LV Dice on CAMUS validation (docs/experiment-log.md, test-time augmentation).
 TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
 # What a model file records of its networks: the fields of params.Network but the member count, which
 # is the number of weight sets it holds.

@@ -13,7 +13,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -35,7 +35,7 @@ class DiceCELoss(torch.nn.Module):
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.dice_weight * self.dice(logits, target) + self.ce_weight * F.cross_entropy(logits, target)
+        return self.dice_weight * self.dice(logits, target) + self.ce_weight * functional.cross_entropy(logits, target)
 
 
 def validation_dice(model: PhaseStack, val_set, batch_size: int, precision: str) -> np.ndarray:

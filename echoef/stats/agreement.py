@@ -106,8 +106,8 @@ def full_report(pred, ref, n_resamples: int, seed: int) -> dict:
 SEED_CV_FOLDS = 5
 
 
-def seed_scoring_report(rows: pd.DataFrame, seed: int) -> dict:
-    """The seed notebook's scoring of the same masks, a comparison only: its EF (``ef_seed_scoring``)
+def notebook_area_length_report(rows: pd.DataFrame, seed: int) -> dict:
+    """The reference notebook's scoring of the same masks, a comparison only: its EF (``ef_seed_scoring``)
     before, and after a linear calibration cross-validated inside this very set (5-fold, seeded)."""
     measured = rows[rows["ef_seed_scoring"].notna()]
     out = {"n_failed": int(len(rows) - len(measured)), "pre": summary(measured["ef_seed_scoring"], measured["ef_ref"])}
@@ -133,7 +133,7 @@ def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, see
         expert = rows[rows["status_expert"].map(is_measured)]
         out["expert_masks"] = summary(expert["ef_expert"], expert["ef_ref"])
     if "ef_seed_scoring" in rows:
-        out["seed_scoring"] = seed_scoring_report(rows, seed)
+        out["seed_scoring"] = notebook_area_length_report(rows, seed)
     if "quality" in rows:
         quality = rows["quality"].to_numpy()[ok]
         out["by_quality"] = {str(q): {"pre": summary(pre[quality == q], ref[quality == q]),
