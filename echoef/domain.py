@@ -61,3 +61,4 @@ class Frame:
     label: np.ndarray | None
     spacing_mm: tuple[float, float]
     header: Header | None = None
+    spacing_stated: bool = True  # False: a nominal pixel size (a video's), good for the EF ratio only

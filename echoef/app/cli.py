@@ -281,7 +281,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders (2019 or 2023)")
     for view in camus.VIEWS:
         predict.add_argument(f"--{view.lower()}", dest=f"a{view[0]}c", type=Path,
-                             help=f"a {view} cine loop (multi-frame DICOM, or a NIfTI/MetaImage sequence): ED and ES found by LV area")
+                             help=f"a {view} cine loop (multi-frame DICOM, a NIfTI/MetaImage sequence, or a video: AVI, MP4, MOV, MKV, "
+                                  "WebM): ED and ES found by LV area")
     predict.add_argument("--phase-frames", action="append", metavar="VIEW:ED:ES",
                          help="a loop's ED and ES frame indices instead of finding them, e.g. 2CH:0:14")
     predict.add_argument("--dicom", type=Path, help="a folder of DICOM files: one study per patient and study UID")

@@ -49,8 +49,8 @@ def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int,
     ed, es = given if given is not None else cine.end_diastole_systole(areas)
     if not (0 <= ed < count and 0 <= es < count and ed != es):
         raise StudyError("bad_phase_frames", f"{view}: ED {ed} and ES {es} must be two frames of 0-{count - 1}")
-    frames = {(view, phase): camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header)
-              for phase, index in (("ED", ed), ("ES", es))}
+    frames = {(view, phase): camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header,
+                                         loop.spacing_stated) for phase, index in (("ED", ed), ("ES", es))}
     return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms}
 
 
@@ -63,8 +63,10 @@ def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, con
     frames, sources, curves, notes, errors = {}, {}, {}, list(study.notes), []
     for (view, phase), path in study.phases.items():
         try:
-            image, spacing, header = imagefile.read_image(path, spacing_mm)
-            frames[(view, phase)], sources[(view, phase)] = camus.Frame(image.astype(np.float32), None, spacing, header), path
+            frame = imagefile.read_single(path, spacing_mm)
+            frames[(view, phase)] = camus.Frame(frame.frames[0].astype(np.float32), None, frame.spacing_mm, frame.header,
+                                                frame.spacing_stated)
+            sources[(view, phase)] = path
         except StudyError as error:
             errors.append(error)
             notes.append(f"{view}_{phase} {error}")
@@ -79,6 +81,19 @@ def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, con
     if not frames:
         raise errors[0] if errors else StudyError("missing_frame", "; ".join(notes) or "no frame given")
     return frames, sources, curves, notes
+
+
+def as_ef_only(row: dict) -> dict:
+    """A row measured on a nominal pixel size: its EF kept (the discs' volume ratio does not depend on
+    the scale of square pixels), its volumes emptied, a measured status ``ok_ef_only`` (the method
+    column says single plane or biplane). Plausibility checks of volumes do not apply: only EF."""
+    status = row["status"]
+    if status.startswith("implausible:volume"):
+        status = "ok" if row["ef"] > 0 else status
+    if is_measured(status):
+        rest = status.removeprefix("ok_single_plane").removeprefix("ok")
+        status = "ok_ef_only" + rest
+    return {**row, "edv_ml": math.nan, "esv_ml": math.nan, "status": status}
 
 
 def calibrated_ef(row: dict, calibrator: dict) -> float:
@@ -112,8 +127,11 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     except ForeignFolderError as error:
         raise StudyError("foreign_output", str(error)) from error
     for (view, phase), frame in frames.items():
-        path = imagefile.label_path_for(sources[(view, phase)], folder, f"{patient}_{view}_{phase}_gt")
-        imagefile.write_label(labels[(view, phase)], frame.header, path)
+        stem = f"{patient}_{view}_{phase}_gt"
+        if frame.spacing_stated:
+            imagefile.write_label(labels[(view, phase)], frame.header, imagefile.label_path_for(sources[(view, phase)], folder, stem))
+        else:  # a picture without a pixel size: its label map as a picture too, never with an invented one
+            imagefile.write_label_picture(labels[(view, phase)], folder / f"{stem}.png")
     if curves:
         figures.area_curves(curves, folder / f"{patient}_lv_area.png")
     maps = {k: (labels[k], f.spacing_mm) for k, f in frames.items()}
@@ -125,9 +143,12 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
         row = ef.patient_ef(maps, method) if problem else ef.ef_of({k: found[k] for k in ef.needed_frames(method)}, method)
         if method != "simpson_biplane" and is_measured(row["status"]):
             row["status"] = row["status"].replace("ok", "ok_single_plane", 1)
+    ef_only = not all(frames[key].spacing_stated for key in ef.needed_frames(method)) if method else False
+    if ef_only:  # the volume ratio holds on a nominal pixel size; the volumes do not
+        row = as_ef_only(row)
     row["ef_calibrated"] = calibrated_ef(row, calibrator)
     row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
-    row["review"] = "; ".join(review.reasons(row, frames, raw, members, calibrator))
+    row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + review.reasons(row, frames, raw, members, calibrator))
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
     row["detail"] = "; ".join(notes)

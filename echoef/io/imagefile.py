@@ -27,6 +27,7 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are report
 
 HEADER_FORMATS = (".nii.gz", ".nii", ".mhd", ".mha")  # headers that carry the physical pixel size
 PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels only: the size must be given
+VIDEO_FORMATS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm")  # loops without a size: EF only (video.py)
 MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
 MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
@@ -242,12 +243,14 @@ def _grey(array: np.ndarray, path: Path) -> np.ndarray:
 class Loop:
     """A view as stored in one file: its frames (T, H, W) in canonical orientation (T = 1 for a
     single frame), their (row, col) spacing in mm, the stored header (to write label maps over
-    them) and the time between frames in ms where the file states it."""
+    them), the time between frames in ms where the file states it, and whether the spacing is one
+    the file (or the user) states: False for a video's nominal one, good for the EF ratio only."""
 
     frames: np.ndarray
     spacing_mm: tuple[float, float]
     header: Header
     frame_ms: float | None = None
+    spacing_stated: bool = True
 
 
 def is_dicom(path: Path) -> bool:
@@ -354,12 +357,19 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     return Loop(frames, header.spacing_mm, header, None)
 
 
-def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
-    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header);
-    as ``read_loop``, and StudyError('bad_geometry') for a loop of several frames."""
+def read_single(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """A file of one 2D frame as a Loop of one; as ``read_loop``, and StudyError('bad_geometry') for a
+    loop of several frames."""
     loop = read_loop(path, spacing_mm)
     if len(loop.frames) != 1:
         raise StudyError("bad_geometry", f"{Path(path).name}: expected a 2D image, found a loop of {len(loop.frames)} frames")
+    return loop
+
+
+def read_image(path: Path, spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float], Header]:
+    """Read a 2D frame: (canonical array (H, W), its (row, col) spacing in mm, the stored header);
+    as ``read_single``."""
+    loop = read_single(path, spacing_mm)
     return loop.frames[0], loop.spacing_mm, loop.header
 
 
@@ -382,6 +392,13 @@ def write_label(label: np.ndarray, header: Header, path: Path) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=file_format(path) == ".nii.gz")
 
 
+def write_label_picture(label: np.ndarray, path: Path) -> None:
+    """Write a canonical label map (H, W) as a PNG of its label values (0-3), with no geometry: for
+    pictures whose pixel size nobody stated (a video's), atomically."""
+    with atomic_files(path) as tmp:
+        sitk.WriteImage(sitk.GetImageFromArray(np.asarray(label, dtype=np.uint8)), str(tmp))
+
+
 # The formats read, one entry each (nnU-Net's LIST_OF_IO_CLASSES is the model): predict, ef and ingest
 # all read through read_loop, so a format added here is read everywhere. docs/extending.md: how to add one.
 def _read_dicom(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
@@ -390,7 +407,14 @@ def _read_dicom(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
     return read_dicom(path, spacing_mm)
 
 
+def _read_video(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
+    from .video import read_video  # FFmpeg is loaded only where a video is read
+
+    return read_video(path, spacing_mm)
+
+
 READERS: list[Reader] = [
     Reader("DICOM", (".dcm",), _read_dicom, sniff=is_dicom),
     Reader("ITK", HEADER_FORMATS + PLAIN_FORMATS, read_itk),
+    Reader("video", VIDEO_FORMATS, _read_video),
 ]

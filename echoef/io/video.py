@@ -1,0 +1,64 @@
+"""Cine loops in video containers (AVI, MP4, MOV, MKV, WebM) through PyAV, FFmpeg's Python binding.
+
+A video holds pictures, not measurements: no pixel size, no geometry. Its frames are read as grey by
+luminance (ITU-R BT.601, as colour DICOM), its frame rate kept. Without ``--spacing-mm`` the loop is
+measured as EF only: Simpson's volume ratio does not depend on the scale of square pixels, so the
+frames are measured on a nominal pixel size that makes the picture ``NOMINAL_DEPTH_MM`` tall or wide
+(Simpson's constants are in millimetres: a realistic scale keeps them meaningful) and flagged
+``spacing_stated = False``, so that no volume, and no label map with that size, is ever reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StudyError
+from .imagefile import MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as dicom.LUMINANCE
+# The depth of an adult apical view's sector (about 15 cm): the nominal extent of a picture whose pixel
+# size is not known, for measuring the EF ratio only.
+NOMINAL_DEPTH_MM = 150.0
+
+
+def nominal_spacing_mm(shape: tuple[int, int]) -> tuple[float, float]:
+    """Square pixels that make a picture of ``shape`` (H, W) NOMINAL_DEPTH_MM on its longer side."""
+    size = NOMINAL_DEPTH_MM / max(shape)
+    return (size, size)
+
+
+def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
+    """A video's frames (T, H, W) as grey levels, the time between them, and the pixel size
+    ``spacing_mm`` if given, else a nominal one with ``spacing_stated`` False (EF only). The picture
+    size is checked before any frame is decoded, and the frame count while decoding."""
+    import av  # FFmpeg is loaded only where a video is read
+
+    path = Path(path)
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "video"), None)
+            if stream is None:
+                raise StudyError("unreadable_file", f"{path.name}: no video stream")
+            height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+            if min(height, width) < 2 or height * width > MAX_PIXELS:
+                raise StudyError("bad_geometry", f"{path.name}: pictures of {height} x {width} pixels are not an echo loop")
+            rate = stream.average_rate or stream.guessed_rate
+            for frame in container.decode(stream):
+                if (len(frames) + 1) * height * width > MAX_LOOP_PIXELS:
+                    raise StudyError("bad_geometry", f"{path.name}: more than {MAX_LOOP_PIXELS // (height * width)} frames")
+                frames.append(frame.to_ndarray(format="rgb24").astype(np.float32) @ LUMINANCE)
+    except StudyError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: not a readable video ({str(error).splitlines()[0][:150]})") from error
+    if not frames:
+        raise StudyError("unreadable_file", f"{path.name}: a video without a frame")
+    loop = np.stack(frames)
+    stated = spacing_mm is not None
+    spacing = tuple(float(v) for v in spacing_mm) if stated else nominal_spacing_mm(loop.shape[1:])
+    check_pixels(loop, spacing, path.name)
+    frame_ms = 1000.0 / float(rate) if rate else None
+    return Loop(loop, spacing, Header.plain(spacing), frame_ms, spacing_stated=stated)

@@ -1,0 +1,105 @@
+"""Cine loops as videos (AVI, MP4): read as grey by luminance with their frame rate, measured as EF only
+without a pixel size (volumes empty, label maps as pictures), with volumes when --spacing-mm gives one."""
+
+import math
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+
+from echoef.errors import StudyError
+from echoef.io import camus, imagefile, phantom, video
+
+from conftest import echoef_in_process
+
+
+def write_video(path, frames, fps=25, codec="mpeg4"):
+    """A video of grey frames (T, H, W) as the scanner's export would be: RGB pictures, lossy codec."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # 4:2:0 chroma needs even sizes
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "mpeg4":
+            stream.options = {"qscale": "2"}
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.repeat(frame[..., None], 3, axis=-1), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loops(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video_loops")
+    phantom.write_cohort(root, 12, seed=3)
+    return root, phantom.write_loops(root, 12, seed=3)
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mp4", "mpeg4"), (".avi", "mjpeg")])
+def test_a_video_is_read_as_grey_frames_with_its_frame_rate(loops, tmp_path, suffix, codec):
+    folder = camus.find_patients(loops[0])[11]
+    source = imagefile.read_loop(folder / f"{folder.name}_4CH_sequence.nii.gz")
+    path = write_video(tmp_path / f"a4c{suffix}", source.frames, fps=50, codec=codec)
+    loop = imagefile.read_loop(path)
+    height, width = (s // 2 * 2 for s in source.frames.shape[1:])
+    assert loop.frames.shape == (len(source.frames), height, width)
+    original = source.frames[:, :height, :width].astype(np.float32)
+    assert np.abs(loop.frames - original).mean() < 8  # a lossy codec: speckle blurred, grey levels kept
+    assert abs(loop.frames.mean() - original.mean()) < 1.5 and np.corrcoef(loop.frames.ravel(), original.ravel())[0, 1] > 0.9
+    assert loop.frame_ms == pytest.approx(20.0)
+    assert not loop.spacing_stated and loop.spacing_mm == (video.NOMINAL_DEPTH_MM / width,) * 2
+    given = imagefile.read_loop(path, (0.58, 0.58))
+    assert given.spacing_stated and given.spacing_mm == (0.58, 0.58)
+
+
+def test_a_video_without_a_pixel_size_gives_ef_only(trained, loops, tmp_path):
+    """The same beating 4CH loop as NIfTI (its pixel size stated) and as MP4 (none): the video's row
+    has the EF, no volumes, status ok_ef_only, a review flag, and its label maps as pictures; with
+    --spacing-mm it has volumes again."""
+    folder = camus.find_patients(loops[0])[11]
+    nifti = folder / f"{folder.name}_4CH_sequence.nii.gz"
+    source = imagefile.read_loop(nifti)
+    mp4 = write_video(tmp_path / "a4c.mp4", source.frames)
+    model = ["--model", trained / "segmenter.pt", "--calibrator", trained / "calibrator.json"]
+    echoef_in_process("predict", "--4ch", nifti, "--patient", "nifti", "--out", tmp_path / "out", *model)
+    from_nifti = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    result = echoef_in_process("predict", "--4ch", mp4, "--patient", "video", "--out", tmp_path / "out", *model)
+    assert "Traceback" not in result.stderr
+    from_video = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    assert from_nifti["status"] == "ok_single_plane" and from_nifti["edv_ml"] > 0
+    assert from_video["status"] == "ok_ef_only" and from_video["method"] == "simpson_single_plane_4ch"
+    assert math.isnan(from_video["edv_ml"]) and math.isnan(from_video["esv_ml"])
+    assert "no_pixel_size" in from_video["review"]
+    assert abs(from_video["ef"] - from_nifti["ef"]) <= 5  # same loop: codec loss, another scale for the discs
+    assert sorted(p.suffix for p in (tmp_path / "out" / "video").glob("video_4CH_*_gt.*")) == [".png", ".png"]
+    echoef_in_process("predict", "--4ch", mp4, "--patient", "given", "--spacing-mm", "0.58", "0.58", "--out", tmp_path / "out", *model)
+    given = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    assert given["status"] == "ok_single_plane" and given["edv_ml"] > 0
+    assert given["cine"].startswith("4CH ED")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, b"RIFF\x10\x00\x00\x00AVI LIST" + bytes(200), "truncated"])
+def test_a_broken_video_is_unreadable_not_a_crash(loops, tmp_path, content):
+    path = tmp_path / "a4c.mp4"
+    if content == "truncated":
+        folder = camus.find_patients(loops[0])[0]
+        write_video(path, imagefile.read_loop(folder / f"{folder.name}_4CH_sequence.nii.gz").frames)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(StudyError, match="unreadable_file"):
+        imagefile.read_loop(path)
+
+
+def test_an_ef_only_row_keeps_its_flags():
+    from echoef.app.predict import as_ef_only
+
+    row = {"ef": 55.0, "edv_ml": 3.0, "esv_ml": 1.35, "status": "implausible:volume_under_5_ml"}
+    assert as_ef_only(row)["status"] == "ok_ef_only" and math.isnan(as_ef_only(row)["edv_ml"])
+    assert as_ef_only({**row, "status": "ok_single_plane_touches_border:4CH_ED"})["status"] == "ok_ef_only_touches_border:4CH_ED"
+    assert as_ef_only({**row, "ef": -3.0, "status": "implausible:esv_not_below_edv"})["status"] == "implausible:esv_not_below_edv"
