@@ -147,3 +147,41 @@ def test_a_multiframe_dicom_is_the_same_loop(trained, loops, tmp_path):
     assert a["cine"] == b["cine"] and a["ef"] == b["ef"]
     assert sitk.ReadImage(str(next((tmp_path / "dicom_out").glob("*/*_2CH_ED_gt.nii.gz")))).GetSpacing()[:2] == \
         pytest.approx(imagefile.read_loop(tmp_path / "dicom" / f"{folder.name}_2CH.dcm").header.spacing[:2])
+
+
+@pytest.mark.parametrize("period,frames,start", [(16, 50, 3), (12, 40, 0), (20, 45, 9), (9, 40, 5)])
+def test_every_complete_beat_of_an_area_curve_is_found(period, frames, start):
+    """Several beats of known timing, with noise: every ED peak and ES trough inside the loop within one
+    frame, and no beat cut off by the loop's ends."""
+    t = np.arange(frames)
+    areas = 1000 + 300 * np.cos(2 * np.pi * (t - start) / period) + np.random.default_rng(period).normal(0, 8, frames)
+    truth = [(ed, ed + period // 2) for ed in range(start % period, frames, period) if ed + period // 2 < frames - 1 and ed > 0]
+    found = cine.beats(areas)
+    assert len(found) == len(truth), (found, truth)
+    assert all(abs(f_ed - ed) <= 1 and abs(f_es - es) <= 1 for (f_ed, f_es), (ed, es) in zip(found, truth)), (found, truth)
+
+
+def test_a_loop_of_one_beat_or_less_has_no_beat_list():
+    t = np.arange(20)
+    assert cine.beats(1000 + 300 * np.cos(2 * np.pi * t / 20)) == []
+    assert cine.beats(np.full(30, 500.0)) == []
+
+
+def test_every_beat_of_a_multi_beat_phantom_loop(trained, tmp_path):
+    """The phantom beating three times in 48 frames: predict finds each complete beat's ED and ES within
+    one frame, gives each beat's EF and their mean and spread."""
+    root = tmp_path / "beats"
+    phantom.write_cohort(root, 12, seed=3)
+    truths = phantom.write_loops(root, 12, seed=3, n_frames=48, period=16)
+    folder = camus.find_patients(root)[11]
+    truth = truths[folder.name]["4CH"]["beats"]
+    result = predict(trained, "--4ch", folder / f"{folder.name}_4CH_sequence.nii.gz", "--patient", "beats", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    row = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    found = [(int(ed), int(es)) for ed, es in re.findall(r"ED (\d+) ES (\d+) EF", row["beats"])]
+    complete = [(ed, es) for ed, es in truth if ed > 0]  # a beat whose ED is the first frame shows no peak
+    assert len(found) == len(complete) >= 2, (found, truth)
+    assert all(abs(f_ed - ed) <= 1 and abs(f_es - es) <= 1 for (f_ed, f_es), (ed, es) in zip(found, complete)), (found, truth)
+    efs = [float(v) for v in re.findall(r"EF (-?[\d.]+)", row["beats"])]
+    assert row["n_beats"] == len(efs) and row["ef_beat_mean"] == pytest.approx(np.mean(efs), abs=0.06)
+    assert row["ef_beat_sd"] == pytest.approx(np.std(efs, ddof=1), abs=0.06)

@@ -58,3 +58,31 @@ def end_diastole_systole(areas: np.ndarray) -> tuple[int, int]:
     lowest = [int(w[np.argmin(smooth[w])]) for w in windows]
     inside = [i for i in lowest if 0 < i < len(areas) - 1]
     return ed, inside[0] if inside else min(lowest, key=lambda i: smooth[i])
+
+
+def beats(areas: np.ndarray) -> list[tuple[int, int]]:
+    """(ED, ES) of every complete beat of a loop's LV area curve: ED a peak of the lightly smoothed
+    curve (at least 0.6 of a period after the previous one and standing out by a fifth of the curve's
+    range), ES the lowest frame before the next ED, or before the loop's end if the curve rises again
+    after it. A beat cut off by either end of the loop is left out; a loop of less than one beat gives
+    none (``end_diastole_systole`` still picks its frames)."""
+    from scipy.signal import find_peaks
+
+    areas = np.asarray(areas, dtype=float)
+    if len(areas) < 2 * MIN_FRAMES or not np.isfinite(areas).all():
+        return []
+    smooth = np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    span = smooth.max() - smooth.min()
+    period = dominant_period(smooth)
+    if span <= 0 or period >= len(areas):
+        return []
+    peaks, _ = find_peaks(smooth, distance=max(2, int(0.6 * period)), prominence=0.2 * span)
+    found = []
+    for index, ed in enumerate(peaks):
+        stop = peaks[index + 1] if index + 1 < len(peaks) else len(areas)
+        es = ed + 1 + int(np.argmin(smooth[ed + 1 : stop])) if stop > ed + 1 else None
+        if es is None or es >= len(areas) - 1 or smooth[ed] - smooth[es] < 0.3 * span:
+            continue  # no trough yet: the loop ends in systole
+        found.append((int(ed), es))
+    return found
+

@@ -30,7 +30,7 @@ from . import batch
 DEFAULT_CALIBRATOR = runfiles.CALIBRATOR
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
-                   "frames", "cine", *VIEW_COLUMNS, "detail", "made_by"]
+                   "frames", "cine", "beats", "ef_beat_mean", "ef_beat_sd", "n_beats", *VIEW_COLUMNS, "detail", "made_by"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:

@@ -49,9 +49,40 @@ def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int,
     ed, es = given if given is not None else cine.end_diastole_systole(areas)
     if not (0 <= ed < count and 0 <= es < count and ed != es):
         raise StudyError("bad_phase_frames", f"{view}: ED {ed} and ES {es} must be two frames of 0-{count - 1}")
-    frames = {(view, phase): camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header,
-                                         loop.spacing_stated) for phase, index in (("ED", ed), ("ES", es))}
-    return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms}
+    def frame(index):
+        return camus.Frame(loop.frames[index].astype(np.float32), None, loop.spacing_mm, loop.header, loop.spacing_stated)
+
+    frames = {(view, "ED"): frame(ed), (view, "ES"): frame(es)}
+    # Every complete beat, for the EF of each and their mean (when the frames are not given by hand).
+    found = [] if given is not None else cine.beats(areas)
+    return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms,
+                    "beats": found, "beat_frames": [(frame(b_ed), frame(b_es)) for b_ed, b_es in found]}
+
+
+def beat_efs(view: str, curve: dict, models: list[torch.nn.Module], size: int, config: Infer) -> list[float]:
+    """Single-plane EF of each complete beat of a view's loop (``curve`` of ``loop_phases``), each
+    beat's ED and ES segmented by the whole ensemble as the study's own frames are; NaN for a beat
+    whose masks give no EF."""
+    efs = []
+    for ed_frame, es_frame in curve["beat_frames"]:
+        pair = {(view, "ED"): ed_frame, (view, "ES"): es_frame}
+        labels = segmentation.predict_frames(models, pair, size, config.batch_size, config.tta, config.precision)
+        row = ef.patient_ef({key: (labels[key], frame.spacing_mm) for key, frame in pair.items()},
+                            f"simpson_single_plane_{view.lower()}")
+        efs.append(float(row["ef"]) if is_measured(row["status"]) else math.nan)
+    return efs
+
+
+def beat_summary(per_view: dict[str, tuple[list[tuple[int, int]], list[float]]]) -> tuple[str, float, float, int]:
+    """The ``beats`` column ('4CH 3 beats: ED 2 ES 10 EF 55.1; ...') and, for one loop view, the
+    mean and SD of its beats' EFs and their number (NaN, NaN, 0 otherwise or without a beat)."""
+    text = "; ".join(f"{view} {len(found)} beat(s): " + ", ".join(f"ED {ed} ES {es} EF {value:.1f}" for (ed, es), value in zip(found, efs))
+                     for view, (found, efs) in per_view.items() if found)
+    if len(per_view) != 1:
+        return text, math.nan, math.nan, 0
+    values = np.array([v for v in next(iter(per_view.values()))[1] if np.isfinite(v)])
+    return (text, float(values.mean()) if len(values) else math.nan, float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+            int(len(values)))
 
 
 def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, config: Infer,
@@ -151,6 +182,8 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + review.reasons(row, frames, raw, members, calibrator))
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
+    per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}
+    row["beats"], row["ef_beat_mean"], row["ef_beat_sd"], row["n_beats"] = beat_summary(per_view)
     row["detail"] = "; ".join(notes)
     row = {"patient": patient, **row}
     figures.simpson_construction({k: (f.image, f.spacing_mm, found.get(k)) for k, f in frames.items()}, report.study_title(row),

@@ -139,12 +139,15 @@ def anatomy_at(anatomy: dict, weight: float) -> dict:
             "radius_mm": {(view, "ED"): between(radius[(view, "ED")], radius[(view, "ES")]) for view in ("2CH", "4CH")}}
 
 
-def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20) -> dict[str, dict]:
+def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20, period: int | None = None) -> dict[str, dict]:
     """Beside each patient of ``write_cohort(root, n_patients, seed)``, one beating cine loop per view
     (``patientXXXX_<view>_sequence.nii.gz``, frames on the third axis): the LV of that patient
-    contracting sinusoidally from ED to ES and back over ``n_frames``, from an ED frame drawn per
-    view, so ES is ``n_frames / 2`` later (modulo the loop). Returns per patient and view the true ED
-    and ES frame indices, and the patient's reference EF (that of its ED and ES anatomy)."""
+    contracting sinusoidally from ED to ES and back every ``period`` frames (default ``n_frames``:
+    one beat), from an ED frame drawn per view, so ES is ``period / 2`` later (modulo the loop).
+    Returns per patient and view the true ED and ES frame indices, the (ED, ES) of every complete beat
+    inside the loop (``beats``: ED then ES, both in it), and the patient's reference EF (that of its ED
+    and ES anatomy)."""
+    period = period or n_frames
     truth = {}
     for index in range(n_patients):
         anatomy = draw_patient(np.random.default_rng([seed, index]))  # the cohort's patient, drawn again
@@ -153,12 +156,13 @@ def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20
         folder = Path(root) / "database_nifti" / name
         truth[name] = {"ef": reference_ef(anatomy)}
         for view in ("2CH", "4CH"):
-            ed = int(rng.integers(0, n_frames))
+            ed = int(rng.integers(0, n_frames if period == n_frames else period))
             frames = []
             for t in range(n_frames):
-                weight = (1 + np.cos(2 * np.pi * (t - ed) / n_frames)) / 2
+                weight = (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2
                 image, _, spacing = render_frame(anatomy_at(anatomy, weight), view, "ED", rng)
                 frames.append(image)
             _write_image(np.stack(frames), spacing, folder / f"{name}_{view}_sequence.nii.gz")
-            truth[name][view] = {"ed": ed, "es": (ed + n_frames // 2) % n_frames}
+            beats = [(start, start + period // 2) for start in range(ed % period, n_frames, period) if start + period // 2 < n_frames]
+            truth[name][view] = {"ed": ed, "es": (ed + period // 2) % n_frames, "beats": beats}
     return truth
