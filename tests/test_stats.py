@@ -291,3 +291,38 @@ def test_the_calibrator_comparison_pairs_ridge_with_linear_on_the_same_folds():
     assert paired["mean"] == pytest.approx(difference.mean()) and paired["ci"][0] < paired["mean"] < paired["ci"][1] < 0
     single_plane = agreement.calibrator_comparison(rows.assign(ef_4ch=np.nan), (0, 100), 500, 0)
     assert "ridge" not in single_plane["mae"] and "ridge_minus_linear" not in single_plane  # no measure, no ridge
+
+
+def test_a_site_calibrator_learns_the_sites_offset_and_its_interval(tmp_path, tiny_model, phantom_root):
+    """40 studies of a site that reads EF 12 points low (as an under-traced ES would): the calibrator
+    recovers the offset, its cross-fitted MAE falls with a paired interval below zero, its interval
+    is made of the site's own residuals, and predict takes it."""
+    from conftest import echoef_in_process
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(25, 70, 40)
+    predicted = ref - 12 + rng.normal(0, 3, 40)
+    table = pd.DataFrame({"patient": [f"s{i}" for i in range(40)], "method": "simpson_single_plane_4ch", "status": "ok_single_plane",
+                          "ef": predicted, "ef_ref": ref})
+    table.loc[3, "status"] = "empty_mask:4CH_ES"  # not measured: left out
+    table.to_csv(tmp_path / "site.csv", index=False)
+    result = echoef_in_process("site-calibrate", tmp_path / "site.csv", "--out", tmp_path / "site.json")
+    assert result.returncode == 0, result.stderr
+    calibrator = json.loads((tmp_path / "site.json").read_text())
+    assert calibrator["ef_method"] == "simpson_single_plane_4ch" and calibrator["fit_set"] == "site" and calibrator["n"] == 39
+    assert calibrator["slope"] == pytest.approx(1.0, abs=0.1) and calibrator["intercept"] == pytest.approx(12, abs=4)
+    report = calibrator["site"]
+    assert report["mae_before"] == pytest.approx(np.abs(np.delete(predicted - ref, 3)).mean())
+    assert report["mae_after"] < 4 < report["mae_before"] and report["after_minus_before"]["ci"][1] < 0
+    assert 2 < calibrator["interval"]["half_width"] < 8 and calibrator["fingerprint"] == calibration.fingerprint(calibrator)
+    calibration.validate(calibrator)
+    assert "cross-fitted EF MAE" in result.stdout
+    few = table.head(15)
+    few.to_csv(tmp_path / "few.csv", index=False)
+    refused = echoef_in_process("site-calibrate", tmp_path / "few.csv", "--out", tmp_path / "few.json")
+    assert refused.returncode == 2 and "needs 20 or more" in refused.stderr and not (tmp_path / "few.json").exists()
+    table.assign(method=["simpson_biplane", "simpson_single_plane_4ch"] * 20).to_csv(tmp_path / "mixed.csv", index=False)
+    assert echoef_in_process("site-calibrate", tmp_path / "mixed.csv", "--out", tmp_path / "m.json").returncode == 2
+    out = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "pred",
+                            "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "site.json")
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr

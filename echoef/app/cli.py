@@ -23,7 +23,7 @@ from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, Usag
 from ..io import camus
 from ..io.atomic import check_ownable, claim_folder, read_json, write_csv, write_json, write_text
 from ..measure import simpson
-from ..measure.ef import VIEW_COLUMNS, label_maps, patient_ef
+from ..measure.ef import VIEW_COLUMNS, is_measured, label_maps, patient_ef
 from ..params import PRECISIONS, Infer, build
 from . import batch
 
@@ -222,6 +222,47 @@ def merge_command(args) -> int:
     return batch.exit_status(table)
 
 
+def site_command(args) -> int:
+    """A site's own calibrator from a table of its studies' predicted and reference EF."""
+    from .. import domain
+    from ..stats import agreement, calibration
+
+    try:
+        table = pd.read_csv(args.table)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UsageError(f"{args.table}: not a readable CSV table ({str(error).splitlines()[0][:150]})") from error
+    missing = [column for column in ("ef", "ef_ref") if column not in table]
+    if missing:
+        raise UsageError(f"{args.table}: needs the columns ef (predicted, as predict writes it) and ef_ref (the site's "
+                         f"reference); {', '.join(missing)} missing")
+    for column in ("ef", "ef_ref"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    usable = table["ef"].between(0, 100) & table["ef_ref"].between(0, 100)
+    if "status" in table:
+        usable &= table["status"].astype(str).map(is_measured)
+    table = table[usable]
+    methods = set(table["method"].astype(str)) if "method" in table else set()
+    if len(methods) > 1 or not methods <= set(domain.EF_METHODS):
+        raise UsageError(f"{args.table}: rows of {len(methods)} EF methods ({', '.join(sorted(methods))[:120]}); "
+                         "a calibrator is for one method: keep the rows of one")
+    if not 0.5 <= args.level <= 0.999:
+        raise UsageError(f"--level {args.level}: give the interval's coverage, from 0.5 to 0.999")
+    try:
+        calibrator, report = agreement.site_calibrator(table, args.method, args.level)
+        calibration.validate(calibrator)
+    except ValueError as error:
+        raise UsageError(f"{args.table}: {str(error).splitlines()[0][:200]}") from error
+    out = batch.writable_file(args.out)
+    write_json(out, {**calibrator, "fingerprint": calibration.fingerprint(calibrator)})
+    diff = report["after_minus_before"]
+    half = calibrator["interval"].get("half_width")
+    print(f"site-calibrate: {args.method} on {report['n']} studies ({calibrator['ef_method']}); cross-fitted EF MAE "
+          f"{report['mae_before']:.2f} -> {report['mae_after']:.2f} (after - before {diff['mean']:+.2f} "
+          f"[{diff['ci'][0]:+.2f}, {diff['ci'][1]:+.2f}] per study); {100 * args.level:.0f}% interval "
+          + (f"± {half:.1f}" if half is not None else "none (too few studies)") + f"; written to {out}")
+    return batch.EXIT_OK
+
+
 def export_command(args) -> int:
     """A portable bundle of the workspace's trained run."""
     from .bundle import export
@@ -303,6 +344,12 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--shard", metavar="I/N", help="only this share of the studies (0 <= I < N), for N copies in parallel")
     predict.add_argument("--precision", default="auto", choices=PRECISIONS,
                          help="bf16: mixed precision (auto: bf16 where the GPU or CPU has native bfloat16, else float32)")
+    site = commands.add_parser("site-calibrate", help="a site's own calibrator from its studies' predicted and reference EF")
+    site.add_argument("table", type=Path, help="CSV with ef (predicted) and ef_ref (the site's reference), e.g. predict's "
+                                               "summary.csv with a column added; status and method are used when present")
+    site.add_argument("--out", type=Path, required=True, help="the calibrator (JSON) for predict --calibrator and export")
+    site.add_argument("--method", default="linear", choices=("linear", "isotonic"), help="default: linear")
+    site.add_argument("--level", type=float, default=0.9, help="coverage of the prediction interval (default 0.9)")
     merge = commands.add_parser("merge", help="join the studies written by several predict runs (shards) into one summary")
     merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
@@ -326,7 +373,8 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-COMMANDS = {"ef": ef_command, "predict": predict_command, "merge": merge_command, "export": export_command,
+COMMANDS = {"ef": ef_command, "predict": predict_command, "merge": merge_command, "site-calibrate": site_command,
+            "export": export_command,
             "record": record_command, "results": results_command}
 
 
