@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import echoef
 from echoef import params
 from echoef.app import cli, codedeps
 from echoef.reporting import records
@@ -322,3 +323,15 @@ def test_the_run_files_are_the_ones_dvc_yaml_writes():
         assert path in written[path][1], f"stage {written[path][0]} writes {path} but its cmd does not name it"
     assert str(runfiles.COHORT).startswith(str(runfiles.INGESTED) + "/")
     assert all(isinstance(path, Path) and str(path) in named.values() for path in runfiles.RECORDED)
+
+
+def test_scripts_of_the_flat_layout_still_import():
+    """`echoef.camus` and `from echoef import network` find the moved modules themselves (no copies)."""
+    code = ("import echoef.camus, echoef.io.camus\nfrom echoef import network\nfrom echoef.ef import patient_ef\n"
+            "import echoef.model.network, echoef.measure.ef\n"
+            "assert echoef.camus is echoef.io.camus and network is echoef.model.network\n"
+            "assert patient_ef is echoef.measure.ef.patient_ef and echoef.io.camus.__spec__.name == 'echoef.io.camus'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    moved = {path.stem for folder in ("app", "reporting", "stats", "model", "measure", "io") for path in (ROOT / "echoef" / folder).glob("*.py")}
+    assert set(echoef.MOVED) == moved - {"__init__", "atomic"}  # io.py became the io package: it cannot keep its name
