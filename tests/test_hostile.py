@@ -371,6 +371,7 @@ def test_predict_refuses_an_impossible_calibrator_in_one_line(content, phantom_r
     result = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "out",
                                "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "bad.json")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "bad.json" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def _bundle(folder: Path, tiny_model: Path, edit=None) -> Path:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
@@ -138,24 +138,24 @@ def predict_command(args) -> int:
                          "or a folder of DICOM files (--dicom)")
     if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
-    out = claim_folder(batch.writable_folder(args.out))
+    check_ownable(args.out, "--out")  # a folder of someone else's is refused before anything else
+    phase_frames = _phase_frames(args.phase_frames)
+    studies = batch.shard(studies, args.shard, lambda s: s.name)
     device = resolve_device(args.device)
     models, state = load_checkpoint(args.model, device)
     bundled = args.model / "calibrator.json"
     calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
     size = state["model_config"]["input_size"]
+    out = claim_folder(batch.writable_folder(args.out))  # only once every argument is known to be usable
 
-    phase_frames = _phase_frames(args.phase_frames)
     if state.get("trained_on", {}).get("synthetic"):
         print(f"warning: {args.model} was trained on the synthetic cohort only: its EF on real studies means nothing",
               file=sys.stderr)
 
-    studies = batch.shard(studies, args.shard, lambda s: s.name)
-
     settings = {"model": model_fingerprint(args.model), "calibrator": calibration.fingerprint(calibrator),
                 "tta": config.tta, "precision": precision_name(config.precision, device), "device": device,
-                "spacing_mm": args.spacing_mm, "code": version("echoef")}
+                "spacing_mm": args.spacing_mm, "code": _code_version()}
 
     def predict(study) -> dict:
         done = batch.study_row_path(out, study.name)
@@ -171,6 +171,14 @@ def predict_command(args) -> int:
     print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
           f" (shard {args.shard}; echoef merge {out} joins the shards)"))
     return batch.exit_status(table)
+
+
+def _code_version() -> str:
+    """The installed package's version (a source tree run without installing has none)."""
+    try:
+        return version("echoef")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def made_by_key(settings: dict, study_settings: dict) -> str:
