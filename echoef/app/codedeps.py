@@ -1,7 +1,8 @@
 """The code each DVC stage runs, from the import graph: the stage script and every ``echoef`` module
-it reaches, directly or through others (grimp builds the graph, lazy imports inside functions
-included, imports only for type checkers not). ``make deps`` writes these lists into dvc.yaml; a test fails when dvc.yaml's differ, so a
-code change re-runs exactly the stages it can affect.
+it reaches, directly or through others, with the packages on the way (grimp builds the graph: imports
+inside functions and imports for type checkers included, so the lists err on the side of re-running).
+``make deps`` writes these lists into dvc.yaml; a test fails when dvc.yaml's differ, so a code change
+re-runs every stage it can affect.
 
     python -m echoef.app.codedeps dvc.yaml           # rewrite the code deps of every stage
     python -m echoef.app.codedeps dvc.yaml --check   # exit 1 and list what is missing or superfluous
@@ -15,10 +16,6 @@ import sys
 from pathlib import Path
 
 PACKAGE = "echoef"
-# How a stage reports a user error, times itself and names its machine, not what it computes: a stage
-# that reaches only these is not re-run when they change (a re-run of training costs an hour on a CPU).
-# Everything a stage writes goes through echoef/io/atomic.py, whose format is part of the results: it counts.
-NOT_A_RESULT = {"echoef/errors.py", "echoef/stage.py", "echoef/machine.py"}  # and what only they reach
 
 
 def _module_file(root: Path, module: str) -> str:
@@ -44,27 +41,23 @@ def script_imports(script: Path) -> set[str]:
 
 
 def code_deps(root: Path, script: str, graph=None) -> list[str]:
-    """The files a stage running ``script`` depends on: the script, and every module of the package
-    it reaches through imports, sorted (a package's ``__init__.py`` where it holds code, since it runs
-    first). The ``NOT_A_RESULT`` modules, and what is reached only through them, are left out."""
+    """The files a stage running ``script`` depends on, sorted: the script, every module of the
+    package it reaches through imports, and the ``__init__.py`` of every package on the way (each runs
+    when a module inside it is imported)."""
     root = Path(root)
     graph = graph or build_graph(root)
-    excluded = {file.removesuffix(".py").replace("/", ".") for file in NOT_A_RESULT}
-    reached, todo = set(), []
+    todo = []
     for module in script_imports(root / script):
         while module not in graph.modules:  # `from echoef.a import f`: f is no module
             module = module.rpartition(".")[0]
         todo.append(module)
-    while todo:  # what the script reaches, not counting what only the modules that are no result reach
+    reached = set()
+    while todo:
         module = todo.pop()
-        if module in reached or module in excluded:
-            continue
-        reached.add(module)
-        todo += graph.find_modules_directly_imported_by(module)
-    reached |= {parent for module in set(reached) for parent in _parents(module)}
-    files = {_module_file(root, module) for module in reached}
-    files = {file for file in files if not file.endswith("__init__.py") or (root / file).stat().st_size}
-    return sorted({script} | files - NOT_A_RESULT)
+        if module not in reached:
+            reached.add(module)
+            todo += [*graph.find_modules_directly_imported_by(module), *_parents(module)]
+    return sorted({script} | {_module_file(root, module) for module in reached})
 
 
 def _parents(module: str) -> set[str]:
@@ -73,12 +66,12 @@ def _parents(module: str) -> set[str]:
 
 
 def build_graph(root: Path):
-    """grimp's import graph of the package under ``root`` (lazy imports included)."""
+    """grimp's import graph of the package under ``root`` (imports in functions and for type checkers included)."""
     import grimp
 
     sys.path.insert(0, str(root))
     try:
-        return grimp.build_graph(PACKAGE, cache_dir=None, exclude_type_checking_imports=True)
+        return grimp.build_graph(PACKAGE, cache_dir=None)
     finally:
         sys.path.remove(str(root))
 
