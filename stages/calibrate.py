@@ -8,7 +8,7 @@ import pandas as pd
 from echoef import params
 from echoef.io.atomic import write_json
 from echoef.stage import run
-from echoef.stats import calibration
+from echoef.stats import agreement, calibration
 
 
 def main():
@@ -19,7 +19,7 @@ def main():
     args = parser.parse_args()
     settings = params.load()
     config = settings.calibration
-    calibrator, fit_count = calibration.fit_pipeline(pd.read_csv(args.ef), args.oof, config, settings.evaluate.interval)
+    calibrator, fit_count = agreement.pipeline_calibrator(pd.read_csv(args.ef), args.oof, config, settings.evaluate.interval)
     write_json(args.out, {**calibrator, "fingerprint": calibration.fingerprint(calibrator)})
     note = " (WORSE than uncalibrated on validation)" if calibrator["worsens_val"] else ""
     print(f"calibrate: {config.method} fitted on {fit_count} {config.fit_set} patients, "

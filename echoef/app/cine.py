@@ -30,6 +30,11 @@ def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: 
     return np.asarray(areas, dtype=float) * pixel_mm2
 
 
+def _smoothed(areas: np.ndarray) -> np.ndarray:
+    """The area curve lightly smoothed (a 3-frame mean, ends held): one noisy frame makes no peak."""
+    return np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+
+
 def dominant_period(areas: np.ndarray) -> int:
     """Frames per heart cycle: the first autocorrelation peak of the area curve, or the loop's
     length when it holds less than two cycles' evidence."""
@@ -51,7 +56,7 @@ def end_diastole_systole(areas: np.ndarray) -> tuple[int, int]:
     areas = np.asarray(areas, dtype=float)
     if len(areas) < MIN_FRAMES:
         raise ValueError(f"{len(areas)} frames")
-    smooth = np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    smooth = _smoothed(areas)
     ed = int(np.argmax(smooth))
     period = dominant_period(smooth)
     windows = [w for w in (np.arange(ed + 1, min(len(areas), ed + period)), np.arange(max(0, ed - period + 1), ed)) if len(w)]
@@ -71,7 +76,7 @@ def beats(areas: np.ndarray) -> list[tuple[int, int]]:
     areas = np.asarray(areas, dtype=float)
     if len(areas) < 2 * MIN_FRAMES or not np.isfinite(areas).all():
         return []
-    smooth = np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    smooth = _smoothed(areas)
     span = smooth.max() - smooth.min()
     period = dominant_period(smooth)
     if span <= 0 or period >= len(areas):

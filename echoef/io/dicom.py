@@ -20,10 +20,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import StudyError
-from .imagefile import MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
 
 REGION_2D, UNITS_CM = 1, 3  # RegionSpatialFormat 2D; PhysicalUnits centimetre
-LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels to grey
 VIEW_IN_NAME = {"2CH": re.compile(r"(^|[^a-z0-9])(2ch|a2c|apical[ _-]?2)([^a-z0-9]|$)", re.I),
                 "4CH": re.compile(r"(^|[^a-z0-9])(4ch|a4c|apical[ _-]?4)([^a-z0-9]|$)", re.I)}
 

@@ -33,6 +33,7 @@ MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a c
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
 SPACING_RANGE_MM = (0.005, 10.0)
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels (DICOM, video) to grey
 AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StudyError
-from .imagefile import MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
 
-LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as dicom.LUMINANCE
 # The depth of an adult apical view's sector (about 15 cm): the nominal extent of a picture whose pixel
 # size is not known, for measuring the EF ratio only.
 NOMINAL_DEPTH_MM = 150.0
@@ -49,7 +48,7 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             for frame in container.decode(stream):
                 if (len(frames) + 1) * height * width > MAX_LOOP_PIXELS:
                     raise StudyError("bad_geometry", f"{path.name}: more than {MAX_LOOP_PIXELS // (height * width)} frames")
-                frames.append(frame.to_ndarray(format="rgb24").astype(np.float32) @ LUMINANCE)
+                frames.append((frame.to_ndarray(format="rgb24") @ LUMINANCE).astype(np.float32))
     except StudyError:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:

@@ -187,6 +187,23 @@ def calibrator_comparison(measured: pd.DataFrame, ef_range, n_resamples: int, se
     return out
 
 
+def pipeline_calibrator(table: pd.DataFrame, oof_path, config, interval_level: float) -> tuple[dict, int]:
+    """The pipeline's calibrator from its EF table (val and test rows): fitted on the measured
+    validation patients or, with ``config.fit_set`` 'oof' (a ``params.Calibration``), on every
+    train+val patient's out-of-fold EF; never on a test patient. It records its EF method, the
+    validation MAE before and after, and the split-conformal interval at ``interval_level`` on the
+    validation residuals. Returns (calibrator, number of patients fitted on)."""
+    val = table[(table["set"] == "val") & table["status"].map(is_measured)]
+    fit_rows = val if config.fit_set == "val" else pd.read_csv(oof_path).pipe(lambda t: t[t["status"].map(is_measured)])
+    calibrator = calibration.fit(fit_rows["ef"], fit_rows["ef_ref"], config.method, tuple(config.ef_range), config.fit_set,
+                                 features=fit_rows)
+    val_calibrated = calibration.apply(calibrator, val["ef"], val)
+    before, after = summary(val["ef"], val["ef_ref"])["mae"], summary(val_calibrated, val["ef_ref"])["mae"]
+    calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before),
+                      interval=calibration.conformal_half_width(val_calibrated, val["ef_ref"], interval_level))
+    return calibrator, len(fit_rows)
+
+
 MIN_SITE_STUDIES = 20  # fewer: the cross-fitted effect and the interval mean little
 SITE_FOLDS = 5
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -56,31 +55,6 @@ def fit(ef_pred: np.ndarray, ef_ref: np.ndarray, method: str, ef_range: tuple[fl
                              "ef.method simpson_biplane and measured rows only")
         calibrator.update(_fit_ridge(ef_pred, ef_ref, x))
     return calibrator
-
-
-def fit_pipeline(table, oof_path: Path, config, interval_level: float) -> tuple[dict, int]:
-    """The pipeline's calibrator from its EF table (val and test rows): fitted on the measured
-    validation patients or, with ``config.fit_set`` 'oof' (a ``params.Calibration``), on every
-    train+val patient's out-of-fold EF; never on a test patient. It records its EF method, the
-    validation MAE before and after, and the split-conformal interval at ``interval_level`` on the
-    validation residuals. Returns (calibrator, number of patients fitted on)."""
-    import pandas as pd
-
-    from ..measure.ef import is_measured
-
-    val = table[(table["set"] == "val") & table["status"].map(is_measured)]
-    fit_rows = val if config.fit_set == "val" else pd.read_csv(oof_path).pipe(lambda t: t[t["status"].map(is_measured)])
-    calibrator = fit(fit_rows["ef"], fit_rows["ef_ref"], config.method, tuple(config.ef_range), config.fit_set, features=fit_rows)
-    val_calibrated = apply(calibrator, val["ef"], val)
-    before, after = _mae(val["ef"], val["ef_ref"]), _mae(val_calibrated, val["ef_ref"])
-    calibrator.update(ef_method=str(table["method"].iloc[0]), val_mae_before=before, val_mae_after=after, worsens_val=bool(after > before),
-                      interval=conformal_half_width(val_calibrated, val["ef_ref"], interval_level))
-    return calibrator, len(fit_rows)
-
-
-def _mae(pred, ref) -> float:
-    diff = np.asarray(pred, float) - np.asarray(ref, float)
-    return float(np.abs(diff).mean()) if len(diff) else float("nan")
 
 
 def _features(features: Mapping | None, names, method: str) -> np.ndarray:
