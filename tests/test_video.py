@@ -3,7 +3,6 @@ without a pixel size (volumes empty, label maps as pictures), with volumes when 
 
 import math
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,24 +12,7 @@ from echoef.io import camus, imagefile, phantom, video
 
 from conftest import echoef_in_process
 
-
-def write_video(path, frames, fps=25, codec="mpeg4"):
-    """A video of grey frames (T, H, W) as the scanner's export would be: RGB pictures, lossy codec."""
-    frames = np.asarray(frames, dtype=np.uint8)
-    frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # 4:2:0 chroma needs even sizes
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec == "mpeg4":
-            stream.options = {"qscale": "2"}
-        for frame in frames:
-            picture = av.VideoFrame.from_ndarray(np.repeat(frame[..., None], 3, axis=-1), format="rgb24")
-            for packet in stream.encode(picture):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+write_video = video.write_video
 
 
 @pytest.fixture(scope="module")

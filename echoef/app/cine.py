@@ -50,13 +50,18 @@ def dominant_period(areas: np.ndarray) -> int:
 
 
 def end_diastole_systole(areas: np.ndarray) -> tuple[int, int]:
-    """(ED, ES) frame indices: ED the largest LV area of the loop (lightly smoothed), ES the smallest
-    within one period of it, after ED or before it. A minimum at the loop's first or last frame may
-    be a systole the loop cut short, so a true minimum inside the loop on the other side wins."""
+    """(ED, ES) frame indices of one beat. Where the loop holds a complete beat (``beats``), the beat
+    of the largest ED area (lightly smoothed): ED and its ES are then of one contraction, never a
+    systole of another beat. Otherwise ED is the largest area of the loop, ES the smallest within one
+    period of it, after ED or before it; a minimum at the loop's first or last frame may be a systole
+    the loop cut short, so a true minimum inside the loop on the other side wins."""
     areas = np.asarray(areas, dtype=float)
     if len(areas) < MIN_FRAMES:
         raise ValueError(f"{len(areas)} frames")
     smooth = _smoothed(areas)
+    complete = beats(areas)
+    if complete:
+        return max(complete, key=lambda beat: smooth[beat[0]])
     ed = int(np.argmax(smooth))
     period = dominant_period(smooth)
     windows = [w for w in (np.arange(ed + 1, min(len(areas), ed + period)), np.arange(max(0, ed - period + 1), ed)) if len(w)]

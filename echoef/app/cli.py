@@ -30,7 +30,8 @@ from . import batch
 DEFAULT_CALIBRATOR = runfiles.CALIBRATOR
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
-                   "frames", "cine", "beats", "ef_beat_mean", "ef_beat_sd", "n_beats", *VIEW_COLUMNS, "detail", "made_by"]
+                   "frames", "cine", "beats", "ef_beat_mean", "ef_beat_sd", "n_beats", "ef_ref", "ed_ref_frame", "es_ref_frame",
+                   "ed_error_frames", "es_error_frames", "beat_error_frames", *VIEW_COLUMNS, "detail", "made_by"]
 
 
 def reference_ef(study: camus.Study) -> tuple[float, str]:
@@ -83,9 +84,14 @@ def _studies(args) -> list:
     """The studies asked for: patient folders, files named per view and phase or per view (a loop),
     and the DICOM files of --dicom grouped by patient and study. Two studies of one name are refused
     (both would write DIR/<name>/), the later one as a status."""
-    from .studies import StudyFiles, from_dicom_folder, from_folder, read_views
+    from ..io import echonet
+    from .studies import StudyFiles, from_dicom_folder, from_echonet, from_folder, read_views
 
-    studies = [from_folder(folder) for folder in args.inputs]
+    studies = []
+    for folder in args.inputs:
+        studies += from_echonet(folder, args.split) if echonet.file_list(folder) else [from_folder(folder)]
+    if args.split and not any(echonet.file_list(folder) for folder in args.inputs):
+        raise UsageError("--split chooses the videos of an EchoNet-Dynamic folder (FileList.csv, Videos/); none was given")
     phases = {key: path for key, path in ((("2CH", "ED"), args.a2c_ed), (("2CH", "ES"), args.a2c_es),
                                           (("4CH", "ED"), args.a4c_ed), (("4CH", "ES"), args.a4c_es)) if path}
     loops = {view: path for view, path in (("2CH", args.a2c), ("4CH", args.a4c)) if path}
@@ -159,17 +165,19 @@ def predict_command(args) -> int:
 
     def predict(study) -> dict:
         done = batch.study_row_path(out, study.name)
-        made_by = made_by_key(settings, {view: phase_frames.get(view) for view in sorted(study.loops)})
+        given = {**(study.traced_frames if args.traced_frames else {}), **phase_frames}
+        made_by = made_by_key(settings, {view: given.get(view) for view in sorted(study.loops)})
         if done.is_file() and not args.force and read_row(done).get("made_by") == made_by:
             return read_row(done)  # written by an earlier run with the same model and settings: resumed
-        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, phase_frames), "made_by": made_by}
+        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, given), "made_by": made_by}
         write_json(done, row)
         return row
 
     table = pd.DataFrame(batch.each_study(studies, lambda s: s.name, predict, "predict"), columns=PREDICT_COLUMNS)
     write_summary(table, out, "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}")
+    agreement = write_cohort_report(table, out) if args.shard is None else None
     print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
-          f" (shard {args.shard}; echoef merge {out} joins the shards)"))
+          f" (shard {args.shard}; echoef merge {out} joins the shards)") + agreement_line(agreement))
     return batch.exit_status(table)
 
 
@@ -192,6 +200,20 @@ def write_summary(table: pd.DataFrame, folder: Path, name: str) -> None:
     """A predict summary as ``folder/<name>.csv`` and the same rows as ``<name>.json``."""
     write_csv(folder / f"{name}.csv", table)
     write_json(folder / f"{name}.json", table.to_dict(orient="records"))
+
+
+def write_cohort_report(table: pd.DataFrame, folder: Path) -> dict | None:
+    from ..reporting.cohort import write_cohort_report as write  # matplotlib only where a report is drawn
+
+    return write(table, folder)
+
+
+def agreement_line(report: dict | None) -> str:
+    """The headline of a cohort's agreement report for the command's last line ('' without one)."""
+    if not report or "ef" not in report:
+        return ""
+    s = report["ef"]
+    return f"; against the given reference EF: MAE {s['mae']:.1f}, bias {s['bias']:+.1f}, r {s['r']:.2f} (n {s['n']}; agreement.md)"
 
 
 def read_row(path: Path) -> dict:
@@ -226,7 +248,8 @@ def merge_command(args) -> int:
         print(f"warning: the rows were made by {len(made_by)} different models, calibrators or settings "
               "(column made_by); predict --force into one folder makes them alike", file=sys.stderr)
     write_summary(table, args.folder, "summary")
-    print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}")
+    agreement = write_cohort_report(table, args.folder)
+    print(f"merge: {batch.summary_line(table, 'studies')}; in {args.folder / 'summary.csv'}" + agreement_line(agreement))
     return batch.exit_status(table)
 
 
@@ -327,13 +350,19 @@ def parser() -> argparse.ArgumentParser:
     ef.add_argument("--method", default="simpson_biplane", choices=simpson.METHODS)
     ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default: one per core)")
     predict = commands.add_parser("predict", help="segment new studies and estimate EF with the trained pipeline")
-    predict.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders (2019 or 2023)")
+    predict.add_argument("inputs", type=Path, nargs="*",
+                         help="CAMUS-layout patient folders (2019 or 2023), or an EchoNet-Dynamic folder (FileList.csv, "
+                              "Videos/, VolumeTracings.csv): each video a 4CH loop, with an agreement report")
     for view in camus.VIEWS:
         predict.add_argument(f"--{view.lower()}", dest=f"a{view[0]}c", type=Path,
                              help=f"a {view} cine loop (multi-frame DICOM, a NIfTI/MetaImage sequence, or a video: AVI, MP4, MOV, MKV, "
                                   "WebM): ED and ES found by LV area")
     predict.add_argument("--phase-frames", action="append", metavar="VIEW:ED:ES",
                          help="a loop's ED and ES frame indices instead of finding them, e.g. 2CH:0:14")
+    predict.add_argument("--traced-frames", action="store_true",
+                         help="measure each loop on the ED and ES frames its site traced (EchoNet-Dynamic VolumeTracings.csv) "
+                              "instead of finding them")
+    predict.add_argument("--split", help="only the videos of this Split of an EchoNet-Dynamic folder (e.g. TEST)")
     predict.add_argument("--dicom", type=Path, help="a folder of DICOM files: one study per patient and study UID")
     predict.add_argument("--views", type=Path, help="CSV (file, view) naming the view of DICOM files whose names do not")
     predict.add_argument("--out", type=Path, required=True, help="output folder")

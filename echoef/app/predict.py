@@ -127,6 +127,25 @@ def as_ef_only(row: dict) -> dict:
     return {**row, "edv_ml": math.nan, "esv_ml": math.nan, "status": status}
 
 
+def frame_errors(curves: dict[str, dict], reference: dict) -> dict:
+    """How the loop's ED and ES picks compare with the frames traced by the site (``reference``'s
+    ``ed_ref_frame``, ``es_ref_frame``, of a one-loop study): the measured frames' errors (picked
+    minus traced), and ``beat_error_frames``, the larger of the distances from the traced ED to the
+    nearest ED found in the loop and from the traced ES to the nearest ES (of every complete beat and
+    the measured pair): the site may have traced another beat than the one measured, or an ES before
+    its ED. NaN without tracing or loop."""
+    ed_ref, es_ref = reference.get("ed_ref_frame", math.nan), reference.get("es_ref_frame", math.nan)
+    found = {"ed_ref_frame": ed_ref, "es_ref_frame": es_ref, "ed_error_frames": math.nan, "es_error_frames": math.nan,
+             "beat_error_frames": math.nan}
+    if len(curves) != 1 or not (math.isfinite(ed_ref) and math.isfinite(es_ref)):
+        return found
+    curve = next(iter(curves.values()))
+    found["ed_error_frames"], found["es_error_frames"] = curve["ed"] - ed_ref, curve["es"] - es_ref
+    pairs = [(curve["ed"], curve["es"]), *curve["beats"]]
+    found["beat_error_frames"] = max(min(abs(ed - ed_ref) for ed, _ in pairs), min(abs(es - es_ref) for _, es in pairs))
+    return found
+
+
 def calibrated_ef(row: dict, calibrator: dict) -> float:
     """The calibrated EF of a measured row by the method the calibrator was fitted for, else NaN."""
     if not is_measured(row["status"]) or row["method"] != calibrator.get("ef_method", "simpson_biplane"):
@@ -184,6 +203,8 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
     per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}
     row["beats"], row["ef_beat_mean"], row["ef_beat_sd"], row["n_beats"] = beat_summary(per_view)
+    row["ef_ref"] = study.reference.get("ef_ref", math.nan)
+    row.update(frame_errors(curves, study.reference))
     row["detail"] = "; ".join(notes)
     row = {"patient": patient, **row}
     figures.simpson_construction({k: (f.image, f.spacing_mm, found.get(k)) for k, f in frames.items()}, report.study_title(row),

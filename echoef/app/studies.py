@@ -5,6 +5,7 @@ DICOM files grouped by patient and study."""
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,17 @@ class StudyFiles:
     """One study's files: ``phases[(view, phase)]`` single frames, ``loops[view]`` cine loops, and
     notes on files that were found but could not be placed; ``problem`` when the whole study is unusable.
     ``name`` is made a safe file name (``names.safe_name``) whatever it was given as: it names the
-    study's output folder."""
+    study's output folder. ``reference`` holds what the input states of the study (``ef_ref``, and a
+    loop's traced ``ed_ref_frame`` and ``es_ref_frame``), for the agreement report, never for measuring;
+    ``traced_frames[view]`` the (ED, ES) frames traced in that view's loop."""
 
     name: str
     phases: dict[tuple[str, str], Path] = field(default_factory=dict)
     loops: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problem: StudyError | None = None
+    reference: dict = field(default_factory=dict)
+    traced_frames: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.name = safe_name(self.name)
@@ -44,9 +49,42 @@ def from_folder(folder: Path) -> StudyFiles:
         study.phases = camus.image_paths(folder)
         if not study.phases:
             raise StudyError("missing_frame", f"{folder}: no patientXXXX_<view>_<phase> image file")
+        study.reference = {"ef_ref": camus_reference_ef(folder)}
     except StudyError as error:
         study.problem = error
     return study
+
+
+def camus_reference_ef(folder: Path) -> float:
+    """The ``EF`` of a CAMUS 2023 patient's Info cfg files (0-100), else NaN: a missing or broken cfg
+    does not stop the study being measured, it only leaves it out of the agreement report."""
+    for view in camus.VIEWS:
+        path = folder / f"Info_{view}.cfg"
+        try:
+            value = float(camus.read_cfg(path).get("EF", "nan")) if path.is_file() else math.nan
+        except (StudyError, ValueError):
+            continue
+        if 0 <= value <= 100:
+            return value
+    return math.nan
+
+
+def from_echonet(root: Path, split: str | None) -> list[StudyFiles]:
+    """The videos of an EchoNet-Dynamic folder (``io.echonet``) as apical 4-chamber loop studies,
+    each with its reference EF and, where traced, the frames of its traced beat."""
+    from ..io import echonet
+
+    studies = []
+    for video in echonet.read_cohort(root, split):
+        study = StudyFiles(video.name, loops={"4CH": video.path} if video.path else {}, problem=video.problem)
+        phases = video.traced_phases()
+        study.reference = {"ef_ref": video.ef_ref,
+                           "ed_ref_frame": phases[0].frame if phases else math.nan,
+                           "es_ref_frame": phases[1].frame if phases else math.nan}
+        if phases:
+            study.traced_frames = {"4CH": (phases[0].frame, phases[1].frame)}
+        studies.append(study)
+    return studies
 
 
 def read_views(path: Path | None) -> dict[str, str]:

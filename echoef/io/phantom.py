@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
+from scipy import ndimage
 
 QUALITIES = ("Good", "Medium", "Poor")
 NOISE_BY_QUALITY = {"Good": 0.25, "Medium": 0.45, "Poor": 0.7}
@@ -165,4 +167,76 @@ def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20
             _write_image(np.stack(frames), spacing, folder / f"{name}_{view}_sequence.nii.gz")
             beats = [(start, start + period // 2) for start in range(ed % period, n_frames, period) if start + period // 2 < n_frames]
             truth[name][view] = {"ed": ed, "es": (ed + period // 2) % n_frames, "beats": beats}
+    return truth
+
+
+ECHONET_SIZE = 112  # EchoNet-Dynamic's videos are 112 x 112 pixels
+ECHONET_SPLITS = ("TRAIN", "TRAIN", "TRAIN", "VAL", "TEST")  # by patient number, as the release's thirds are not
+
+
+def lv_tracing_mm(anatomy: dict, view: str, n_chords: int = 20) -> np.ndarray:
+    """The LV of one view of ``anatomy`` (its ED entries) traced as EchoNet-Dynamic's sonographers
+    trace it: the long axis from apex to base centre, then ``n_chords`` chords across the cavity at
+    evenly spaced heights from base to apex, each as (depth, lateral) mm pairs (n_chords + 1, 2, 2).
+    Exact for the half-ellipse the renderer draws, so the tracing has an answer of its own."""
+    length, radius = anatomy["length_mm"]["ED"], anatomy["radius_mm"][(view, "ED")]
+    tilt = np.deg2rad(anatomy["tilt_deg"][view])
+    s = length * (n_chords - np.arange(n_chords) - 0.5) / n_chords  # heights from the apex, base first
+    half = radius * np.sqrt(1 - ((s - length) / length) ** 2)
+    along = np.concatenate([[0.0, length], np.repeat(s, 2)]).reshape(-1, 2)
+    across = np.concatenate([[0.0, 0.0], np.column_stack([-half, half]).ravel()]).reshape(-1, 2)
+    depth = anatomy["apex_depth_mm"] + along * np.cos(tilt) - across * np.sin(tilt)
+    lateral = along * np.sin(tilt) + across * np.cos(tilt)
+    return np.stack([depth, lateral], axis=-1)
+
+
+def write_echonet(root: str | Path, n_patients: int, seed: int, n_frames: int = 40, period: int = 20, fps: float = 50.0,
+                  codec: str = "mjpeg") -> dict[str, dict]:
+    """A synthetic cohort in the EchoNet-Dynamic layout under ``root``: per patient one apical
+    4-chamber video (``Videos/<FileName>.avi``, 112 x 112 pixels, no pixel size, the sector cut square
+    and resized as the release's are) of the LV beating every ``period`` frames from an ED frame drawn
+    per patient; ``FileList.csv`` with the reference EF (of the true 3D volumes), volumes, sizes, frame
+    rate, frame count and split; ``VolumeTracings.csv`` with the LV traced (long axis and 20 chords)
+    on the ED and ES frames of the first complete beat. Returns per FileName the reference EF, the
+    traced ED and ES frames, every complete beat, and the pixel size (mm) the video does not state."""
+    from .video import write_video  # PyAV only where a video is written
+
+    root = Path(root)
+    (root / "Videos").mkdir(parents=True, exist_ok=True)
+    (n_rows, n_cols), (row_mm, col_mm) = GRIDS["4CH"]
+    side = min(n_rows, n_cols)
+    first_col = (n_cols - side) // 2
+    scale = ECHONET_SIZE / side
+    listing, tracings, truth = [], [], {}
+    for index in range(n_patients):
+        anatomy = draw_patient(np.random.default_rng([seed, index]))
+        rng = np.random.default_rng([seed, index, 2])
+        name = f"0X{seed:04X}{index:012X}"
+        ed = int(rng.integers(0, period))
+        if ed + period // 2 >= n_frames:
+            ed = 0  # the loop holds the traced beat whole
+        frames = []
+        for t in range(n_frames):
+            weight = (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2
+            image, _, _ = render_frame(anatomy_at(anatomy, weight), "4CH", "ED", rng)
+            frames.append(ndimage.zoom(image[:side, first_col:first_col + side].astype(float), scale, order=1))
+        write_video(root / "Videos" / f"{name}.avi", np.clip(np.stack(frames), 0, 255).round(), fps=fps, codec=codec)
+        beats = [(start, start + period // 2) for start in range(ed, n_frames, period) if start + period // 2 < n_frames]
+        es = ed + period // 2
+        for frame, weight in ((ed, 1.0), (es, 0.0)):
+            lines = lv_tracing_mm(anatomy_at(anatomy, weight), "4CH")
+            rows = (lines[..., 0] / row_mm - 0.5 + 0.5) * scale - 0.5  # native pixel centres, then the resized grid's
+            cols = (lines[..., 1] / col_mm + n_cols / 2 - 0.5 - first_col + 0.5) * scale - 0.5
+            tracings += [{"FileName": f"{name}.avi", "X1": c[0], "Y1": r[0], "X2": c[1], "Y2": r[1], "Frame": frame}
+                         for r, c in zip(rows, cols)]
+        r = anatomy["radius_mm"]
+        edv = true_volume_ml(anatomy["length_mm"]["ED"], r[("2CH", "ED")], r[("4CH", "ED")])
+        esv = true_volume_ml(anatomy["length_mm"]["ES"], r[("2CH", "ES")], r[("4CH", "ES")])
+        listing.append({"FileName": name, "EF": reference_ef(anatomy), "ESV": round(esv, 2), "EDV": round(edv, 2),
+                        "FrameHeight": ECHONET_SIZE, "FrameWidth": ECHONET_SIZE, "FPS": fps, "NumberOfFrames": n_frames,
+                        "Split": ECHONET_SPLITS[index % len(ECHONET_SPLITS)]})
+        truth[name] = {"ef": reference_ef(anatomy), "ed": ed, "es": es, "beats": beats,
+                       "spacing_mm": (row_mm / scale, col_mm / scale)}
+    pd.DataFrame(listing).to_csv(root / "FileList.csv", index=False)
+    pd.DataFrame(tracings).to_csv(root / "VolumeTracings.csv", index=False, float_format="%.3f")
     return truth

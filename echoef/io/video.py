@@ -61,3 +61,28 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
     check_pixels(loop, spacing, path.name)
     frame_ms = 1000.0 / float(rate) if rate else None
     return Loop(loop, spacing, Header.plain(spacing), frame_ms, spacing_stated=stated)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "mpeg4") -> Path:
+    """A video of grey frames (T, H, W), as a scanner's export would be: RGB pictures, a lossy codec
+    (``mpeg4`` for MP4, ``mjpeg`` for AVI as EchoNet-Dynamic's). Sizes are cut to even numbers (4:2:0
+    chroma needs them). For the synthetic fixtures and the tests; no measurement is written."""
+    from fractions import Fraction
+
+    import av
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "mpeg4":
+            stream.options = {"qscale": "2"}
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.repeat(frame[..., None], 3, axis=-1), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)

@@ -35,17 +35,19 @@ def scatter(ref, pre, post, path) -> None:
     _save(fig, path)
 
 
-def bland_altman(ref, pre, post, stats_pre: dict, stats_post: dict, path) -> None:
-    """Bland-Altman before and after calibration, bias and 95% limits of agreement annotated."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    for ax, pred, st, title in ((axes[0], pre, stats_pre, "before calibration"), (axes[1], post, stats_post, "after calibration")):
+def bland_altman(panels: list[tuple[str, object, object, dict]], path) -> None:
+    """Bland-Altman plots side by side, one per (title, reference, predicted, agreement summary),
+    bias and 95% limits of agreement annotated."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (title, ref, pred, st) in zip(axes[0], panels):
         mean, diff = (np.asarray(pred) + np.asarray(ref)) / 2, np.asarray(pred) - np.asarray(ref)
         ax.scatter(mean, diff, s=14, alpha=0.7)
         for value, style, name in ((st["bias"], "-", "bias"), (st["loa_low"], "--", "-1.96 SD"), (st["loa_high"], "--", "+1.96 SD")):
-            ax.axhline(value, color="C3", ls=style, lw=1)
-            ax.annotate(f"{name} {value:+.1f}", (ax.get_xlim()[1], value), fontsize=8, ha="right", va="bottom")
+            if np.isfinite(value):
+                ax.axhline(value, color="C3", ls=style, lw=1)
+                ax.annotate(f"{name} {value:+.1f}", (ax.get_xlim()[1], value), fontsize=8, ha="right", va="bottom")
         ax.set(title=title, xlabel="mean of predicted and reference EF (%)")
-    axes[0].set_ylabel("predicted - reference EF (%)")
+    axes[0][0].set_ylabel("predicted - reference EF (%)")
     _save(fig, path)
 
 
@@ -169,7 +171,8 @@ def write_plots(test: pd.DataFrame, stats: dict, calibrator: dict, cases: list[d
         "patient": test["patient"], "reference": [CLASS_NAMES[c] for c in ef_class(test["ef_ref"].to_numpy())],
         "predicted": [CLASS_NAMES[c] for c in ef_class(test["ef_calibrated"].to_numpy())]}))
     scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], plots / "ef_scatter.png")
-    bland_altman(test["ef_ref"], test["ef"], test["ef_calibrated"], stats["pre"], stats["post"], plots / "bland_altman.png")
+    bland_altman([("before calibration", test["ef_ref"], test["ef"], stats["pre"]),
+                  ("after calibration", test["ef_ref"], test["ef_calibrated"], stats["post"])], plots / "bland_altman.png")
     calibration_curve(calibrator, test, plots / "calibration.png")
     confusion(stats["post"]["confusion"], plots / "ef_classes.png")
     overlays(cases, plots / "overlays.png")

@@ -228,3 +228,49 @@ def site_calibrator(table: pd.DataFrame, method: str, level: float, n_resamples:
     calibrator.update(ef_method=methods.pop(), site=report, interval=calibration.conformal_half_width(crossed, ref, level))
     return calibrator, report
 
+
+
+FRAME_TOLERANCES = (1, 3)  # frames: within one is a match, within three the issue's own yardstick
+
+
+def frame_agreement(errors) -> dict:
+    """How far picked frames are from traced ones (``errors`` picked minus traced, NaN where none):
+    n, median and mean absolute error, the share within each of FRAME_TOLERANCES."""
+    errors = np.asarray(pd.to_numeric(pd.Series(errors), errors="coerce"), float)
+    errors = np.abs(errors[np.isfinite(errors)])
+    if not len(errors):
+        return {"n": 0}
+    return {"n": int(len(errors)), "median_abs": float(np.median(errors)), "mean_abs": float(errors.mean()),
+            **{f"within_{t}": float((errors <= t).mean()) for t in FRAME_TOLERANCES}}
+
+
+def cohort_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """A predicted cohort against the references it came with (predict's summary with ``ef_ref``):
+    agreement of the raw EF, of the calibrated EF and of the beat-averaged EF where each exists (n,
+    MAE, bias, limits of agreement, r, each with a patient-level 95% interval), the ED and ES frame
+    errors against the traced frames and of the ED-to-ES interval, and how often studies are flagged
+    for review and as unlike the training data."""
+    ref = pd.to_numeric(table.get("ef_ref"), errors="coerce") if "ef_ref" in table else pd.Series(np.nan, index=table.index)
+    measured = table["status"].astype(str).map(is_measured) & ref.between(0, 100)
+    report = {"n_studies": int(len(table)), "n_with_reference": int(ref.between(0, 100).sum()), "n_measured": int(measured.sum())}
+    for column in ("ef", "ef_calibrated", "ef_beat_mean"):
+        if column not in table:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        keep = measured & values.between(0, 100)
+        if keep.sum():
+            pred, truth = values[keep].to_numpy(float), ref[keep].to_numpy(float)
+            report[column] = {**summary(pred, truth), **bootstrap_ci(pred, truth, n_resamples, seed)}
+    frames = {}
+    for column in ("ed_error_frames", "es_error_frames", "beat_error_frames"):
+        if column in table:
+            frames[column.removesuffix("_frames")] = frame_agreement(table[column])
+    if {"ed_error_frames", "es_error_frames"} <= set(table):
+        interval = pd.to_numeric(table["es_error_frames"], errors="coerce") - pd.to_numeric(table["ed_error_frames"], errors="coerce")
+        frames["ed_to_es_interval_error"] = frame_agreement(interval)
+    report["frames"] = frames
+    reviews = table["review"].fillna("").astype(str) if "review" in table else pd.Series("", index=table.index)
+    rated = table["status"].astype(str).map(is_measured)
+    report["flagged_for_review"] = float((reviews[rated] != "").mean()) if rated.any() else float("nan")
+    report["unlike_training"] = float(reviews[rated].str.contains("unlike_training").mean()) if rated.any() else float("nan")
+    return report
