@@ -19,6 +19,8 @@ CV_FOLDS = Path("data/cv")  # data/cv/<fold>/...
 MODEL = Path("models/segmenter.pt")
 TRAIN_LOG = Path("models/train_log.json")
 CALIBRATOR = Path("models/calibrator.json")
+NOVELTY = Path("models/novelty.json")  # the unlike-training reference and threshold (model.novelty)
+NOVELTY_FEATURES = Path("data/novelty_features.csv")
 EF_METRICS = Path("metrics/ef.json")
 EF_CV_METRICS = Path("metrics/ef_cv.json")
 SEGMENTATION_METRICS = Path("metrics/segmentation.json")
@@ -29,6 +31,6 @@ SEGMENTATION_FULL = Path("reports/segmentation_full.json")
 SEGMENTATION_CV_FULL = Path("reports/segmentation_cv_full.json")
 
 # What a run record keeps of a finished run (records.make): its parameters, lock, metrics, full
-# statistics, calibrator and training log; the per-patient table is made from EF_TABLE.
+# statistics, calibrator, unlike-training reference and training log; the per-patient table is made from EF_TABLE.
 RECORDED = (PARAMS, LOCK, EF_METRICS, EF_CV_METRICS, SEGMENTATION_METRICS, SEGMENTATION_CV_METRICS, INGEST_METRICS,
-            EF_FULL, SEGMENTATION_FULL, SEGMENTATION_CV_FULL, CALIBRATOR, TRAIN_LOG)
+            EF_FULL, SEGMENTATION_FULL, SEGMENTATION_CV_FULL, CALIBRATOR, NOVELTY, TRAIN_LOG)

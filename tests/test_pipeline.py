@@ -348,3 +348,63 @@ def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):
     from test_docs import remote_resources
 
     assert remote_resources(page) == [] and "Simpson" in page.read_text()
+
+
+def test_the_gpu_command_rehearsed_on_cpu_where_python_is_not_on_path(repo, tmp_path):
+    """benchmarks/gpu_record.py as on a bare machine (no `python` and no `dvc` on PATH): one experiment
+    through `dvc exp run`, its numbers and its record left in OUT; then under a deadline that stops the
+    training it started: stopped, its log and status left, no process of it alive, the lock gone.
+    Last in this module: it leaves the workspace as it found it, but the deadline kills a stage."""
+    bare = {key: value for key, value in ENV.items() if key != "PYTHONPATH"} | {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)}
+    script = [sys.executable, str(repo / "benchmarks/gpu_record.py"), "--allow-cpu", "--profile", "synthetic"]
+    done = subprocess.run([*script, "--out", str(tmp_path / "gpu"), "--name", "rehearsal", "--deadline-s", "300"], cwd=tmp_path,
+                          env=bare, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    steps = {step["step"]: step for step in json.loads((tmp_path / "gpu/status.json").read_text())["steps"]}
+    assert steps["python"]["ok"] and steps["dvc exp run"] == {**steps["dvc exp run"], "status": 0, "timed_out": False}
+    assert f"python on the stages' PATH runs in: {sys.prefix}" in done.stdout
+    record = json.loads((tmp_path / "gpu/results/rehearsal/record.json").read_text())
+    assert record["command"].startswith("python3 benchmarks/gpu_record.py") and (tmp_path / "gpu/run/metrics/ef.json").is_file()
+    assert not (tmp_path / "gpu/.lock").exists()
+    (tmp_path / "gpu/.lock").write_text("1")
+    assert subprocess.run([*script, "--out", str(tmp_path / "gpu")], env=bare, capture_output=True).returncode == 2
+
+    start = time.monotonic()
+    stopped = subprocess.run([*script, "--out", str(tmp_path / "late"), "--deadline-s", "40", "-S", "train.optimisation.epochs=200"],
+                             cwd=tmp_path, env=bare, capture_output=True, text=True)
+    assert stopped.returncode == 1 and time.monotonic() - start < 40 + 30
+    steps = {step["step"]: step for step in json.loads((tmp_path / "late/status.json").read_text())["steps"]}
+    assert steps["dvc exp run"]["timed_out"] and "deadline reached" in (tmp_path / "late/gpu_record.log").read_text()
+    assert "Running stage 'train'" in (tmp_path / "late/gpu_record.log").read_text()
+    assert not (tmp_path / "late/.lock").exists() and (tmp_path / "late/run/params.yaml").is_file()
+    assert processes_in(repo) == []  # no process of the stopped run left behind
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout", "-f"], repo)
+    assert "up to date" in run(["dvc", "status"], repo)
+
+
+def processes_in(folder: Path) -> list[str]:
+    """The ids of the processes working in ``folder``."""
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            if process.name.isdigit() and os.readlink(process / "cwd") == str(folder):
+                found.append(process.name)
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return found
+
+
+def test_the_gpu_command_never_trains_more_than_two_networks_at_once():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_record", ROOT / "benchmarks/gpu_record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Quiet:
+        def line(self, text):
+            pass
+
+    assert module.capped(12, Quiet()) == ["train.runtime.parallel_members=2"]
+    assert module.capped(2, Quiet()) == [] and module.capped(1, Quiet()) == []

@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import UsageError
 from ..io.atomic import atomic_folder, read_json
+from ..model import novelty
 from ..reporting.report import fmt
 from ..stats import calibration
 
@@ -30,7 +31,8 @@ def dataset_name(profile: str | None) -> str:
     return f"a CAMUS-layout dataset (profile {profile})"
 
 
-def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, coverage: float | None) -> str:
+def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, coverage: float | None,
+               novelty_reference: dict | None = None) -> str:
     """MODEL_CARD.md: what the networks are, what they saw, how they did (the run's own metrics
     with their intervals), what they are for, and the data's licence."""
     network = params["train"]["network"]
@@ -63,6 +65,8 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
         lines.append(f"- Prediction interval: calibrated EF ± {fmt(interval['half_width'])} points, "
                      f"{100 * interval['level']:.0f}% split-conformal on {interval['n']} validation patients"
                      + (f"; coverage on the test list {fmt(coverage)}" if coverage is not None else "") + ".")
+    if novelty_reference is not None:
+        lines.append(f"- Unlike the training data (review flag `unlike_training`): flags {novelty.rate_text(novelty_reference)}.")
     lines += ["", "## Intended use", "",
               "Research on echocardiographic EF measurement. Not a medical device: not for diagnosis or treatment "
               "decisions. Check every EF against its overlays (the masks and the Simpson construction) and flags.",
@@ -70,9 +74,10 @@ def model_card(params: dict, train_log: dict, ef: dict, calibrator: dict, covera
     return "\n".join(lines)
 
 
-def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Path, metrics: Path, full: Path) -> Path:
+def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Path, metrics: Path, full: Path,
+           novelty_path: Path | None = None) -> Path:
     """Write the bundle folder ``out`` from a finished run's files (``full``: its complete statistics,
-    for the interval's coverage)."""
+    for the interval's coverage; ``novelty_path``: its unlike-training reference, when it has one)."""
     from ..model.network import load_checkpoint, save_bundle
 
     missing = [str(p) for p in (model, calibrator, train_log, params, metrics) if not Path(p).is_file()]
@@ -88,9 +93,17 @@ def export(out: Path, model: Path, calibrator: Path, train_log: Path, params: Pa
         checked = calibration.validate(read_json(calibrator))
     except ValueError as error:
         raise UsageError(f"--calibrator {calibrator}: refused: {str(error).splitlines()[0][:200]}") from error
-    card = model_card(run_params, read_json(train_log), read_json(metrics), checked, coverage)
+    reference = None
+    if novelty_path is not None and Path(novelty_path).is_file():
+        try:
+            reference = novelty.validate(read_json(novelty_path))
+        except ValueError as error:
+            raise UsageError(f"--novelty {novelty_path}: refused: {str(error).splitlines()[0][:200]}") from error
+    card = model_card(run_params, read_json(train_log), read_json(metrics), checked, coverage, reference)
     with atomic_folder(final) as out:  # a bundle is written whole or not at all
         save_bundle(out, state)
         shutil.copy2(calibrator, out / "calibrator.json")
+        if reference is not None:
+            shutil.copy2(novelty_path, out / "novelty.json")
         (out / "MODEL_CARD.md").write_text(card)
     return final

@@ -29,7 +29,7 @@ from . import batch
 
 DEFAULT_CALIBRATOR = runfiles.CALIBRATOR
 EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status", *VIEW_COLUMNS, "detail"]
-PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review",
+PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review", "novelty_score",
                    "frames", "cine", "beats", "ef_beat_mean", "ef_beat_sd", "n_beats", "ef_ref", "ed_ref_frame", "es_ref_frame",
                    "ed_error_frames", "es_error_frames", "beat_error_frames", *VIEW_COLUMNS, "detail", "made_by"]
 
@@ -130,6 +130,24 @@ def _calibrator(path: Path) -> dict:
         raise UsageError(f"--calibrator {path}: refused: {str(error).splitlines()[0][:200]}") from error
 
 
+def _novelty(path: Path | None, model: Path) -> dict | None:
+    """The unlike-training reference: the file given (refused if unusable), else the bundle's (with
+    --model DIR) or the workspace run's (with its model file), else None: no study is then flagged as
+    unlike the training data, and predict says so."""
+    from ..model import novelty
+
+    if path is None:
+        path = model / "novelty.json" if model.is_dir() else runfiles.NOVELTY
+        if not path.is_file():
+            print("warning: no unlike-training reference (a bundle's novelty.json, or --novelty): "
+                  "studies are not checked against the training data", file=sys.stderr)
+            return None
+    try:
+        return novelty.validate(read_json(path))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise UsageError(f"--novelty {path}: refused: {str(error).splitlines()[0][:200]}") from error
+
+
 def predict_command(args) -> int:
     """Segment new studies with the trained model; label maps, EF (raw and calibrated), overlays."""
     # torch and the network are imported here, where they are needed: `echoef ef` and `--help` stay light.
@@ -151,6 +169,7 @@ def predict_command(args) -> int:
     models, state = load_checkpoint(args.model, device)
     bundled = args.model / "calibrator.json"
     calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
+    reference = _novelty(args.novelty, args.model)
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
     size = state["model_config"]["input_size"]
     out = claim_folder(batch.writable_folder(args.out))  # only once every argument is known to be usable
@@ -160,6 +179,7 @@ def predict_command(args) -> int:
               file=sys.stderr)
 
     settings = {"model": model_fingerprint(args.model), "calibrator": calibration.fingerprint(calibrator),
+                "novelty": calibration.fingerprint(reference or {}),
                 "tta": config.tta, "precision": precision_name(config.precision, device), "device": device,
                 "spacing_mm": args.spacing_mm, "code": _code_version()}
 
@@ -169,7 +189,7 @@ def predict_command(args) -> int:
         made_by = made_by_key(settings, {view: given.get(view) for view in sorted(study.loops)})
         if done.is_file() and not args.force and read_row(done).get("made_by") == made_by:
             return read_row(done)  # written by an earlier run with the same model and settings: resumed
-        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, given), "made_by": made_by}
+        row = {**predict_study(study, models, size, calibrator, config, out, args.spacing_mm, given, reference), "made_by": made_by}
         write_json(done, row)
         return row
 
@@ -177,7 +197,7 @@ def predict_command(args) -> int:
     write_summary(table, out, "summary" if args.shard is None else f"summary-{args.shard.replace('/', '-of-')}")
     agreement = write_cohort_report(table, out) if args.shard is None else None
     print(f"predict: {batch.summary_line(table, 'studies')}; in {out}" + ("" if args.shard is None else
-          f" (shard {args.shard}; echoef merge {out} joins the shards)") + agreement_line(agreement))
+          f" (shard {args.shard}; echoef merge {out} joins the shards)") + unlike_line(table) + agreement_line(agreement))
     return batch.exit_status(table)
 
 
@@ -206,6 +226,12 @@ def write_cohort_report(table: pd.DataFrame, folder: Path) -> dict | None:
     from ..reporting.cohort import write_cohort_report as write  # matplotlib only where a report is drawn
 
     return write(table, folder)
+
+
+def unlike_line(table: pd.DataFrame) -> str:
+    """How many studies were flagged as unlike the training data ('' when none was)."""
+    count = int(table["review"].fillna("").astype(str).str.contains("unlike_training").sum())
+    return f"; {count} unlike the training data (review)" if count else ""
 
 
 def agreement_line(report: dict | None) -> str:
@@ -294,13 +320,40 @@ def site_command(args) -> int:
     return batch.EXIT_OK
 
 
+def site_tune_command(args) -> int:
+    """A bundle fine-tuned on a site's traced studies, judged on studies kept aside."""
+    from ..model.finetune import FineTune
+    from ..model.runtime import resolve_device
+    from .site import site_tune
+
+    if not args.inputs:
+        raise UsageError("give the site's traced studies: CAMUS-layout patient folders (with _gt label maps) or an "
+                         "EchoNet-Dynamic folder (with VolumeTracings.csv)")
+    if not (1 <= args.epochs <= 200 and 0 < args.lr <= 0.1 and 0.1 <= args.aside <= 0.5):
+        raise UsageError("--epochs 1-200, --lr above 0 up to 0.1, --aside 0.1-0.5 (the share of studies kept aside to judge by)")
+    check_ownable(args.out, "--out", replace=True)
+    batch.writable_folder(args.out.absolute().parent)  # the bundle itself appears whole, or not at all
+    out = args.out
+    settings = FineTune(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    report = site_tune(args.inputs, args.model, out, settings, args.aside, resolve_device(args.device), args.precision)
+    d = report["lv_dice_after_minus_before"]
+    ef_text = (f"; EF MAE {report['ef_mae_before']:.1f} -> {report['ef_mae_after']:.1f} on {report['n_with_reference_ef']}"
+               if report["n_with_reference_ef"] else "")
+    print(f"site-tune: trained on {report['n_trained']} studies, judged on {report['n_aside']} kept aside: LV Dice "
+          f"{report['lv_dice_before']:.3f} -> {report['lv_dice_after']:.3f} ({d['mean']:+.3f} [{d['ci'][0]:+.3f}, "
+          f"{d['ci'][1]:+.3f}]){ef_text}; {'better' if report['better'] else 'NOT shown better: keep the base bundle'}; "
+          f"bundle in {out}")
+    return batch.EXIT_OK
+
+
 def export_command(args) -> int:
     """A portable bundle of the workspace's trained run."""
     from .bundle import export
 
     check_ownable(args.out, "--out", replace=True)  # before any work: a user's folder is never replaced
     out = batch.writable_folder(args.out)
-    export(out, args.model, args.calibrator or DEFAULT_CALIBRATOR, args.train_log, args.params, args.metrics, args.full)
+    export(out, args.model, args.calibrator or DEFAULT_CALIBRATOR, args.train_log, args.params, args.metrics, args.full,
+           args.novelty)
     print(f"export: bundle in {out} (weights.safetensors, model.json, calibrator.json, MODEL_CARD.md); "
           f"use it with: echoef predict ... --model {out}")
     return batch.EXIT_OK
@@ -374,6 +427,8 @@ def parser() -> argparse.ArgumentParser:
                          help="pixel size of image files that carry none (PNG, JPEG, TIFF, BMP); headers keep their own")
     predict.add_argument("--model", type=Path, default=runfiles.MODEL, help="a model file, or a bundle folder of echoef export")
     predict.add_argument("--calibrator", type=Path, help=f"default: the bundle's with --model DIR, else {DEFAULT_CALIBRATOR}")
+    predict.add_argument("--novelty", type=Path, help="the unlike-training reference (novelty.json): default the bundle's "
+                                                      f"with --model DIR, else {runfiles.NOVELTY}")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--tta", action="store_true", help="average over three image gammas (test-time augmentation)")
@@ -387,6 +442,17 @@ def parser() -> argparse.ArgumentParser:
     site.add_argument("--out", type=Path, required=True, help="the calibrator (JSON) for predict --calibrator and export")
     site.add_argument("--method", default="linear", choices=("linear", "isotonic"), help="default: linear")
     site.add_argument("--level", type=float, default=0.9, help="coverage of the prediction interval (default 0.9)")
+    tune = commands.add_parser("site-tune", help="fine-tune a bundle on a site's traced studies; judged on studies kept aside")
+    tune.add_argument("inputs", type=Path, nargs="*", help="CAMUS-layout patient folders with label maps, or an "
+                                                          "EchoNet-Dynamic folder with VolumeTracings.csv")
+    tune.add_argument("--model", type=Path, required=True, help="the bundle to start from (echoef export)")
+    tune.add_argument("--out", type=Path, required=True, help="the new bundle's folder")
+    tune.add_argument("--epochs", type=int, default=15)
+    tune.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4, a tenth of training's)")
+    tune.add_argument("--aside", type=float, default=0.3, help="share of the studies kept aside to judge by (default 0.3)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tune.add_argument("--precision", default="auto", choices=PRECISIONS)
     merge = commands.add_parser("merge", help="join the studies written by several predict runs (shards) into one summary")
     merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="pack the trained run (weights, calibrator, model card) into a folder")
@@ -394,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, default=runfiles.MODEL)
     export.add_argument("--calibrator", type=Path)
     export.add_argument("--train-log", type=Path, default=runfiles.TRAIN_LOG)
+    export.add_argument("--novelty", type=Path, default=runfiles.NOVELTY)
     export.add_argument("--params", type=Path, default=runfiles.PARAMS)
     export.add_argument("--metrics", type=Path, default=runfiles.EF_METRICS)
     export.add_argument("--full", type=Path, default=runfiles.EF_FULL)
@@ -411,6 +478,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"ef": ef_command, "predict": predict_command, "merge": merge_command, "site-calibrate": site_command,
+            "site-tune": site_tune_command,
             "export": export_command,
             "record": record_command, "results": results_command}
 

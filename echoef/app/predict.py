@@ -13,7 +13,7 @@ from ..io import camus, imagefile
 from ..io.atomic import claim_folder
 from ..measure import ef, review
 from ..measure.ef import is_measured
-from ..model import segmentation
+from ..model import novelty, segmentation
 from ..names import study_folder
 from ..params import Infer
 from ..reporting import figures, report
@@ -155,10 +155,11 @@ def calibrated_ef(row: dict, calibrator: dict) -> float:
 
 def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, calibrator: dict, infer_config: Infer,
                   out_dir: Path, spacing_mm: tuple[float, float] | None = None,
-                  phase_frames: dict[str, tuple[int, int]] | None = None) -> dict:
+                  phase_frames: dict[str, tuple[int, int]] | None = None, novelty_reference: dict | None = None) -> dict:
     """Segment the ED and ES frames of one study (from a view's loop: the frames chosen by LV area,
     or ``phase_frames[view]``), write its label maps beside an overlay PNG (and the area curves of
-    its loops), return its EF row.
+    its loops), return its EF row. With a ``novelty_reference`` (``model.novelty``) the row has its
+    novelty score, and ``unlike_training`` among its review reasons when the score passes the threshold.
 
     Label maps are written as ``out_dir/<patient>/<patient>_<view>_<phase>_gt<ext>`` with the
     geometry of their input image (NIfTI for inputs without a header), so ``echoef ef ... --labels
@@ -170,8 +171,10 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     patient = study.name
     folder = study_folder(out_dir, patient)
     frames, sources, curves, notes = read_frames(study, models, size, infer_config, spacing_mm, phase_frames or {})
-    labels, members, raw = segmentation.predict_frames_with_members(models, frames, size, infer_config.batch_size,
-                                                                    infer_config.tta, infer_config.precision)
+    labels, members, raw, uncertainty = segmentation.predict_frames_with_members(models, frames, size, infer_config.batch_size,
+                                                                                 infer_config.tta, infer_config.precision)
+    features = novelty.study_features(labels, {k: f.spacing_mm for k, f in frames.items()}, members, uncertainty)
+    novelty_score, unlike = novelty.flag(novelty_reference, features)
     try:
         claim_folder(folder, "the study's folder")
     except ForeignFolderError as error:
@@ -198,7 +201,9 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
         row = as_ef_only(row)
     row["ef_calibrated"] = calibrated_ef(row, calibrator)
     row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
-    row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + review.reasons(row, frames, raw, members, calibrator))
+    row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + ([unlike] if unlike else [])
+                              + review.reasons(row, frames, raw, members, calibrator))
+    row["novelty_score"] = novelty_score
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
     per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}

@@ -384,7 +384,17 @@ def label_path_for(image_path: Path, out_dir: Path, stem: str) -> Path:
 def write_label(label: np.ndarray, header: Header, path: Path) -> None:
     """Write a canonical label map (H, W) with ``header``'s geometry in the format of ``path``
     (NIfTI or MetaImage), atomically: a crash leaves the previous file or none."""
-    array = header.orientation().from_canonical(np.asarray(label, dtype=np.uint8))
+    _write_canonical(np.asarray(label, dtype=np.uint8), header, path)
+
+
+def write_image(image: np.ndarray, header: Header, path: Path) -> None:
+    """Write a canonical grey image (H, W) as 8-bit grey levels (rounded, clipped to 0-255) with
+    ``header``'s geometry, as ``write_label`` writes label maps."""
+    _write_canonical(np.clip(np.round(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8), header, path)
+
+
+def _write_canonical(array: np.ndarray, header: Header, path: Path) -> None:
+    array = header.orientation().from_canonical(array)
     image = sitk.GetImageFromArray(array[None] if header.dimension == 3 else array)
     image.SetSpacing(header.spacing)
     image.SetOrigin(header.origin)

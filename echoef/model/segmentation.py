@@ -13,7 +13,7 @@ from ..io.camus import Label
 from ..io.framefile import patient_path
 from ..measure.simpson import clean_lv_mask, largest_component
 from ..params import Infer
-from . import geometry
+from . import geometry, novelty
 from .dataset import grid_tensors, input_order
 from .network import predict_scores
 from .overlap import DICE_NAMES, dice  # noqa: F401 - what this module reports, with its names
@@ -41,8 +41,9 @@ def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], 
 
 def predict_frames_with_members(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
                                 batch_size: int, tta: bool = False, precision: str = "auto"):
-    """``predict_frames``, and beside it what each member alone reads and the ensemble's raw argmax
-    before post-processing (what review flags look at): (labels, [member labels], raw labels)."""
+    """``predict_frames``, and beside it what each member alone reads, the ensemble's raw argmax
+    before post-processing (what review flags look at) and its uncertainty around the LV of each frame
+    (``novelty.lv_uncertainty``): (labels, [member labels], raw labels, uncertainty)."""
     keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
     each = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models])
@@ -50,17 +51,22 @@ def predict_frames_with_members(models: list[torch.nn.Module], frames: dict[tupl
     def native(scores):
         return {k: geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8) for k, s, b in zip(keys, scores, boxes)}
 
-    raw = native(each.mean(0))
+    mean = each.mean(0)
+    raw = native(mean)
     members = [{k: postprocess(v) for k, v in native(member).items()} for member in each] if len(models) > 1 else []
-    return {k: postprocess(v) for k, v in raw.items()}, members, raw
+    uncertainty = {k: novelty.lv_uncertainty(scores) for k, scores in zip(keys, mean)}
+    return {k: postprocess(v) for k, v in raw.items()}, members, raw, uncertainty
 
 
 def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: Infer, out: Path,
-                    ingested: Path) -> list[dict]:
-    """Predict one ingested patient, save its label maps and geometry to ``out``; Dice rows per frame."""
+                    ingested: Path) -> tuple[list[dict], dict]:
+    """Predict one ingested patient, save its label maps and geometry to ``out``; its Dice rows per
+    frame, and its novelty features (``novelty.study_features``) as predict computes them."""
     frames = framefile.load(patient_path(patient, ingested))
-    labels = predict_frames(models, frames, size, config.batch_size, config.tta, config.precision)
-    return save_patient_labels(patient, frames, labels, out)
+    labels, members, _, uncertainty = predict_frames_with_members(models, frames, size, config.batch_size, config.tta,
+                                                                  config.precision)
+    features = novelty.study_features(labels, {k: f.spacing_mm for k, f in frames.items()}, members, uncertainty)
+    return save_patient_labels(patient, frames, labels, out), {"patient": patient, **features}
 
 
 def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame],

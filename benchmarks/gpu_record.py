@@ -1,0 +1,223 @@
+"""One command for a GPU lent for minutes: install what is missing, run a profile through `dvc exp run`
+under a deadline this script enforces itself, and always leave the logs, the run's numbers and (when
+it finished) its record in the output folder.
+
+    python3 benchmarks/gpu_record.py --out OUT [--wheels WHEELS] [--deadline-s 540] [--profile camus-gpu]
+                                     [--data ROOT] [-S key=value ...]
+
+Made so that the two ways an earlier attempt failed cannot happen:
+- The stages call `python`, which a bare machine may not have (only `python3`): this script puts
+  `OUT/bin/python`, which runs the interpreter running it, first on the stages' PATH, and checks it.
+- Twelve networks started at once: this script runs one `dvc exp run`, never a queue, holds a lock so
+  that a second copy refuses to start, and caps `train.runtime.parallel_members` at MAX_PARALLEL.
+
+Only the standard library is imported before the install, so it runs where torch is all there is.
+Nothing in it knows about any particular lending service: it runs on any CUDA machine (or, with
+--allow-cpu, on a CPU, which is how the test suite rehearses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_PARALLEL = 2  # networks trained at once on one GPU; more has run out of memory
+GRACE_S = 20  # after the deadline's SIGTERM, before SIGKILL
+KEEP = ("params.yaml", "dvc.lock", "metrics", "models/train_log.json", "models/calibrator.json", "models/novelty.json",
+        "reports")  # what a run leaves that is worth keeping whatever happened
+HEAVY = ("torch", "torchvision")  # installed with the machine's CUDA; never replaced from the wheels
+
+
+class Log:
+    """Every line to stdout and OUT/gpu_record.log; OUT/status.json rewritten at every step."""
+
+    def __init__(self, out: Path):
+        self.out, self.path, self.status = out, out / "gpu_record.log", {"steps": []}
+
+    def line(self, text: str) -> None:
+        stamped = f"[{time.strftime('%H:%M:%S')}] {text}"
+        print(stamped, flush=True)
+        with open(self.path, "a") as handle:
+            handle.write(stamped + "\n")
+
+    def step(self, name: str, **facts) -> None:
+        self.status["steps"].append({"step": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts})
+        tmp = self.out / ".status.json.tmp"
+        tmp.write_text(json.dumps(self.status, indent=2) + "\n")
+        os.replace(tmp, self.out / "status.json")
+
+
+def python_link(out: Path) -> Path:
+    """OUT/bin holding `python`, a two-line script that runs this very interpreter by its own path:
+    the stages' `python` whatever the machine has. Not a symbolic link: an interpreter started through
+    a link outside its virtual environment does not find that environment's packages."""
+    folder = out / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "python"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    shim.chmod(0o755)
+    return folder
+
+
+def run_logged(command: list[str], log: Log, env: dict, cwd: Path, deadline: float | None = None) -> tuple[int, bool]:
+    """Run ``command`` in its own process group, its output into the log line by line; at ``deadline``
+    (a time.monotonic value) the group gets SIGTERM, then SIGKILL after GRACE_S. (status, timed out)."""
+    log.line("$ " + " ".join(command))
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, bufsize=1)
+    timed_out = False
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = ""
+    while True:
+        chunk = process.stdout.read() or ""
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for text in lines:
+            log.line("  " + text.split("\r")[-1][:500])
+        if process.poll() is not None and not chunk:
+            break
+        if deadline is not None and time.monotonic() > deadline and not timed_out:
+            timed_out = True
+            log.line("deadline reached: stopping the run (SIGTERM, then SIGKILL)")
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        time.sleep(0.2)
+    if buffer:
+        log.line("  " + buffer[:500])
+    return process.wait(), timed_out
+
+
+def requirements_without_heavy(path: Path, out: Path) -> Path:
+    """requirements.txt less torch and torchvision (the machine's own CUDA build stays)."""
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#") and line.split("==")[0].strip().lower() not in HEAVY]
+    target = out / "requirements-gpu.txt"
+    target.write_text("\n".join(kept) + "\n")
+    return target
+
+
+# Prints the train.runtime.parallel_members that the profile and overrides ask for (argv: repo, overrides).
+PARALLEL_ASKED = """
+import sys, tempfile
+from pathlib import Path
+from echoef import params
+with tempfile.TemporaryDirectory() as tmp:
+    params.compose(Path(tmp) / "params.yaml", sys.argv[2:], Path(sys.argv[1]))
+    print(params.load(Path(tmp) / "params.yaml").train.runtime.parallel_members)
+"""
+
+
+def capped(asked: int, log: Log) -> list[str]:
+    """The override that keeps the networks trained at once at MAX_PARALLEL or fewer ([] when the
+    parameters ask no more)."""
+    if asked <= MAX_PARALLEL:
+        return []
+    log.line(f"train.runtime.parallel_members {asked} asked: {MAX_PARALLEL} at most at once on one GPU")
+    return [f"train.runtime.parallel_members={MAX_PARALLEL}"]
+
+
+def keep_outputs(workspace: Path, out: Path, log: Log) -> list[str]:
+    """Copy what the run left (KEEP) into OUT/run/; the names copied."""
+    copied = []
+    for name in KEEP:
+        source = workspace / name
+        target = out / "run" / name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        else:
+            continue
+        copied.append(name)
+    log.line(f"kept in {out / 'run'}: {', '.join(copied) or 'nothing (the run made none of it)'}")
+    return copied
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="logs, status.json, the run's numbers and its record")
+    parser.add_argument("--wheels", type=Path, help="a folder of wheels to install what is missing from (pip --no-index)")
+    parser.add_argument("--deadline-s", type=float, default=540, help="the whole command's time, install included")
+    parser.add_argument("--profile", default="camus-gpu")
+    parser.add_argument("--data", help="the CAMUS folder (data.root), if not the profile's")
+    parser.add_argument("--name", default=None, help="the experiment's and record's name (default: the profile's)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a rehearsal)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="a parameter, as dvc exp run -S takes it")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    deadline = start + args.deadline_s
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        print(f"gpu_record: {lock} exists: another run is using {out} (remove the file if none is)", file=sys.stderr)
+        return 2
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    log = Log(out)
+    name = args.name or args.profile
+    try:
+        env = {**os.environ, "PATH": f"{python_link(out)}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+        found = subprocess.run(["python", "-c", "import sys; print(sys.prefix)"], env=env, capture_output=True, text=True)
+        log.line(f"python on the stages' PATH runs in: {found.stdout.strip() or found.stderr.strip()[:200]}")
+        log.step("python", ok=found.returncode == 0 and found.stdout.strip() == sys.prefix)
+        if not log.status["steps"][-1]["ok"]:
+            return 1
+        if args.wheels:
+            requirements = requirements_without_heavy(ROOT / "requirements.txt", out)
+            status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(args.wheels),
+                                    "-r", str(requirements)], log, env, ROOT, deadline)
+            if status == 0:
+                status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                                        "-e", str(ROOT)], log, env, ROOT, deadline)
+            log.step("install", status=status)
+            if status:
+                return 1
+        check = ("import torch, echoef, dvc; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), "
+                 "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')")
+        status, _ = run_logged([sys.executable, "-c", check], log, env, ROOT)
+        cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"], env=env,
+                              capture_output=True, text=True).stdout.strip() == "True"
+        log.step("environment", status=status, cuda=cuda)
+        if status or not (cuda or args.allow_cpu):
+            log.line("no CUDA GPU (give --allow-cpu to rehearse on a CPU)" if not status else "the environment does not import")
+            return 1
+        overrides = [f"profile={args.profile}", *([f"data.root={args.data}"] if args.data else []), *args.overrides]
+        asked = subprocess.run([sys.executable, "-c", PARALLEL_ASKED, str(ROOT), *overrides], env=env, capture_output=True, text=True)
+        if asked.returncode:
+            log.line(f"the parameters do not compose: {asked.stderr.strip().splitlines()[-1][:300] if asked.stderr.strip() else '?'}")
+            log.step("parameters", status=asked.returncode)
+            return 1
+        overrides += capped(int(asked.stdout.strip()), log)
+        command = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, *[x for o in overrides for x in ("-S", o)]]
+        status, timed_out = run_logged(command, log, env, ROOT, deadline - 30)  # 30 s left to keep what it made
+        log.step("dvc exp run", status=status, timed_out=timed_out, seconds=round(time.monotonic() - start))
+        keep_outputs(ROOT, out, log)
+        if status == 0 and not timed_out:
+            status, _ = run_logged([sys.executable, "-m", "echoef", "record", name, "--results", str(out / "results"),
+                                    "--command", "python3 benchmarks/gpu_record.py " + " ".join(sys.argv[1:] if argv is None else argv)],
+                                   log, env, ROOT)
+            log.step("record", status=status)
+        return 0 if status == 0 and not timed_out else 1
+    finally:
+        log.line(f"done in {time.monotonic() - start:.0f} s; logs and status in {out}")
+        lock.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
