@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to predict")
     parser.add_argument("--metrics", type=Path, help="headline: mean LV Dice per subset and phase")
     parser.add_argument("--full", type=Path, help="mean Dice per subset, label and phase")
+    parser.add_argument("--novelty", type=Path, help="each patient's novelty features (CSV), for the unlike-training threshold")
     args = parser.parse_args()
     settings = params.load()
     device = runtime.resolve_device(settings.train.runtime.device)
@@ -38,21 +39,24 @@ def main():
     print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(settings.infer.precision, device)}")
     sets = read_json(args.sets)
     shutil.rmtree(args.out, ignore_errors=True)
-    rows, failed = [], []
+    rows, features, failed = [], [], []
     for subset in args.subsets:
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):
             try:
-                frame_rows = segmentation.predict_patient(models, patient, state["model_config"]["input_size"], settings.infer,
-                                               patient_path(patient, args.out), args.ingested)
+                frame_rows, found = segmentation.predict_patient(models, patient, state["model_config"]["input_size"],
+                                                                 settings.infer, patient_path(patient, args.out), args.ingested)
             except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
                 failed.append(f"{patient} ({error})")
                 continue
             rows += [{**row, "set": subset} for row in frame_rows]
+            features.append({**found, "set": subset})
     if failed:
         print(f"infer: {len(failed)} patient(s) not segmented: " + "; ".join(failed))
     table = pd.DataFrame(rows)
     write_csv(args.dice, table)
     summary = {subset: segmentation.dice_summary(group) for subset, group in table.groupby("set", sort=False)}
+    if args.novelty:
+        write_csv(args.novelty, pd.DataFrame(features))
     if args.metrics:
         write_json(args.metrics, report.dice_headline(summary))
     if args.full:

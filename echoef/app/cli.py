@@ -447,7 +447,7 @@ def parser() -> argparse.ArgumentParser:
                                                           "EchoNet-Dynamic folder with VolumeTracings.csv")
     tune.add_argument("--model", type=Path, required=True, help="the bundle to start from (echoef export)")
     tune.add_argument("--out", type=Path, required=True, help="the new bundle's folder")
-    tune.add_argument("--epochs", type=int, default=15)
+    tune.add_argument("--epochs", type=int, default=30)
     tune.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4, a tenth of training's)")
     tune.add_argument("--aside", type=float, default=0.3, help="share of the studies kept aside to judge by (default 0.3)")
     tune.add_argument("--seed", type=int, default=0)

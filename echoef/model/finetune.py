@@ -78,7 +78,7 @@ class FineTune:
     """How far to train: epochs over the site's frames, the peak learning rate (a tenth of training's:
     the networks are to move, not to forget), frames per step, and the random seed."""
 
-    epochs: int = 15
+    epochs: int = 30
     lr: float = 3e-4
     batch_size: int = 8
     seed: int = 0
