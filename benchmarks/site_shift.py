@@ -8,7 +8,7 @@ ES outline traced 2 mm inside the expert's, and their reference EF Simpson's bip
 Everything runs through the commands a user runs (predict, site-calibrate, site-tune).
 
 Usage: python benchmarks/site_shift.py --bundle DIR --camus ../shared/data/camus --split data/split.json
-       --out results/site-shift [--adapt 20] [--epochs 15] [--seed 0]
+       --out results/site-shift [--adapt 20] [--epochs 30] [--seed 0]
 Writes OUT/record.json (numbers, command, machine, commit) and OUT/report.md; the working folders go
 to a temporary folder.
 """
