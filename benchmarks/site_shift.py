@@ -108,13 +108,15 @@ def main():
     record = {
         "name": "site-shift", "command": "python benchmarks/site_shift.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": machine.describe(), "environment": machine.environment(), "commit": machine.commit(),
-        "bundle": str(args.bundle), "shift": asdict(shift), "n_site": len(test), "n_adapt": len(adapt), "n_held_out": len(held_out),
+        "bundle": str(args.bundle), "bundle_trained_on": read_json(args.bundle / "model.json").get("trained_on"), "shift": asdict(shift), "n_site": len(test), "n_adapt": len(adapt), "n_held_out": len(held_out),
         "site_ef_mean": float(site_ef.mean()), "held_out": rows, "site_tune": tune_report,
         "camus_untouched": {"n": int(len(camus_diff)), "mae": float(camus_diff.abs().mean()), "bias": float(camus_diff.mean())},
         "unlike_training": {"camus_validation": novelty.get("validation_flagged"), "camus_test": float(camus_flags.mean()),
                             "site_held_out": float(site_flags.mean()), "threshold": novelty.get("threshold")},
     }
     write_json(out / "record.json", record)
+    if (args.bundle / "MODEL_CARD.md").is_file():  # what the bundle was: its own card beside the numbers
+        write_text(out / "bundle_MODEL_CARD.md", (args.bundle / "MODEL_CARD.md").read_text())
     lines = ["# Simulated site on CAMUS", "", f"`{record['command']}`", "", f"Machine: {record['machine']}; commit {record['commit']}.", "",
              f"{len(test)} CAMUS test patients as the site ({json.dumps(asdict(shift))}); {len(adapt)} used to adapt, "
              f"EF judged on the other {len(held_out)} against the site's own reference.", "",
