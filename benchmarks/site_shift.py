@@ -9,7 +9,7 @@ Everything runs through the commands a user runs (predict, site-calibrate, site-
 
 Usage: python benchmarks/site_shift.py --bundle DIR --camus ../shared/data/camus --split data/split.json
        --out results/site-shift [--adapt 20] [--epochs 30] [--seed 0]
-Writes OUT/record.json (numbers, command, machine, commit) and OUT/report.md; the working folders go
+Writes OUT/site_shift_record.json (numbers, command, machine, commit) and OUT/report.md; the working folders go
 to a temporary folder.
 """
 
@@ -114,7 +114,7 @@ def main():
         "unlike_training": {"camus_validation": novelty.get("validation_flagged"), "camus_test": float(camus_flags.mean()),
                             "site_held_out": float(site_flags.mean()), "threshold": novelty.get("threshold")},
     }
-    write_json(out / "record.json", record)
+    write_json(out / "site_shift_record.json", record)  # not record.json: that names a pipeline run record
     if (args.bundle / "MODEL_CARD.md").is_file():  # what the bundle was: its own card beside the numbers
         write_text(out / "bundle_MODEL_CARD.md", (args.bundle / "MODEL_CARD.md").read_text())
     lines = ["# Simulated site on CAMUS", "", f"`{record['command']}`", "", f"Machine: {record['machine']}; commit {record['commit']}.", "",
