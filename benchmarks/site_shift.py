@@ -108,7 +108,8 @@ def main():
     record = {
         "name": "site-shift", "command": "python benchmarks/site_shift.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": machine.describe(), "environment": machine.environment(), "commit": machine.commit(),
-        "bundle": str(args.bundle), "bundle_trained_on": read_json(args.bundle / "model.json").get("trained_on"), "shift": asdict(shift), "n_site": len(test), "n_adapt": len(adapt), "n_held_out": len(held_out),
+        "bundle": str(args.bundle), "bundle_trained_on": read_json(args.bundle / "model.json").get("trained_on"),
+        "shift": asdict(shift), "n_site": len(test), "n_adapt": len(adapt), "n_held_out": len(held_out),
         "site_ef_mean": float(site_ef.mean()), "held_out": rows, "site_tune": tune_report,
         "camus_untouched": {"n": int(len(camus_diff)), "mae": float(camus_diff.abs().mean()), "bias": float(camus_diff.mean())},
         "unlike_training": {"camus_validation": novelty.get("validation_flagged"), "camus_test": float(camus_flags.mean()),
