@@ -71,13 +71,17 @@ def run_logged(command: list[str], log: Log, env: dict, cwd: Path, deadline: flo
     """Run ``command`` in its own process group, its output into the log line by line; at ``deadline``
     (a time.monotonic value) the group gets SIGTERM, then SIGKILL after GRACE_S. (status, timed out)."""
     log.line("$ " + " ".join(command))
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True, bufsize=1)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     timed_out = False
-    os.set_blocking(process.stdout.fileno(), False)
+    descriptor = process.stdout.fileno()
+    os.set_blocking(descriptor, False)  # raw bytes, read as they come: a text wrapper cannot read a non-blocking pipe
     buffer = ""
     while True:
-        chunk = process.stdout.read() or ""
+        try:
+            chunk = os.read(descriptor, 1 << 16).decode("utf-8", errors="replace")
+        except BlockingIOError:
+            chunk = ""
         buffer += chunk
         *lines, buffer = buffer.split("\n")
         for text in lines:
@@ -92,7 +96,8 @@ def run_logged(command: list[str], log: Log, env: dict, cwd: Path, deadline: flo
                 process.wait(GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        time.sleep(0.2)
+        if not chunk:
+            time.sleep(0.2)
     if buffer:
         log.line("  " + buffer[:500])
     return process.wait(), timed_out

@@ -257,14 +257,24 @@ def test_the_calibrate_stage_never_reads_a_test_row(tmp_path):
                                      set=["val"] * 30 + ["test"] * 30)
     oof = ridge_rows(120, 3).assign(patient=[f"q{i}" for i in range(120)], status="ok", fold=np.arange(120) % 2)
     oof.to_csv(tmp_path / "oof.csv", index=False)
-    fitted = []
+    from echoef.model import novelty
+
+    features = pd.DataFrame({name: np.random.default_rng(1).normal(1, 0.1, 60) for name in novelty.FEATURES}).assign(
+        patient=table["patient"], set=table["set"])
+    fitted, references = [], []
     for scrambled in (table, table.assign(**{c: np.where(table["set"] == "test", -table[c], table[c])
                                              for c in ["ef", "ef_ref", *calibration.RIDGE_FEATURES]})):
         scrambled.to_csv(tmp_path / "ef.csv", index=False)
-        subprocess.run([sys.executable, ROOT / "stages/calibrate.py", "--ef", "ef.csv", "--oof", "oof.csv", "--out", "calibrator.json"], cwd=tmp_path,
-                       check=True, capture_output=True)
+        features.assign(**{n: np.where(features["set"] == "test", -features[n], features[n]) for n in novelty.FEATURES}
+                        if len(fitted) else {}).to_csv(tmp_path / "novelty.csv", index=False)
+        subprocess.run([sys.executable, ROOT / "stages/calibrate.py", "--ef", "ef.csv", "--oof", "oof.csv", "--out", "calibrator.json",
+                        "--novelty-features", "novelty.csv", "--novelty-out", "novelty.json"], cwd=tmp_path, check=True, capture_output=True)
         fitted.append(json.loads((tmp_path / "calibrator.json").read_text()))
+        references.append(json.loads((tmp_path / "novelty.json").read_text()))
     assert fitted[0] == fitted[1] and fitted[0]["method"] == "ridge" and fitted[0]["n"] == 120
+    # The unlike-training reference too is fitted on the validation rows alone (the test rows' share is only reported).
+    assert {k: v for k, v in references[0].items() if k != "test_flagged"} == {k: v for k, v in references[1].items() if k != "test_flagged"}
+    assert references[0]["n_validation"] == 30 and references[0]["validation_flagged"] == pytest.approx(0.05, abs=0.04)
 
 
 def test_a_calibrators_fingerprint_follows_every_value_but_its_own(tmp_path):
