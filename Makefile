@@ -3,7 +3,7 @@ DVC := .venv/bin/dvc
 # The stages call `python` and `dvc`: the project's environment comes first on PATH.
 ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 
-.PHONY: setup params run test test-fast lint deps bench clean
+.PHONY: setup params run test test-fast lint deps bench clean gpu-record
 
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3.11 -m venv .venv
@@ -35,3 +35,6 @@ deps: setup  ## write each stage's code deps into dvc.yaml from the import graph
 
 bench: setup  ## EF-method benchmark on ../shared/data/camus (see docs/benchmarks.md)
 	$(PY) benchmarks/ef_reference.py --root ../shared/data/camus
+
+gpu-record:  ## on a CUDA machine: the GPU profile under a deadline, logs and record in OUT (README: The GPU run)
+	python3 benchmarks/gpu_record.py --out $(or $(OUT),gpu-run) $(if $(WHEELS),--wheels $(WHEELS)) --deadline-s $(or $(DEADLINE),540)
