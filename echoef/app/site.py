@@ -24,7 +24,7 @@ from ..io import camus, echonet
 from ..io.atomic import atomic_folder, write_json
 from ..measure import ef
 from ..model import dataset, finetune, segmentation
-from ..model.network import build_network, check_state, load_checkpoint, save_bundle
+from ..model.network import build_network, check_state, load_checkpoint, model_fingerprint, save_bundle
 from ..stats.agreement import paired_difference
 from .studies import camus_reference_ef
 
@@ -158,8 +158,6 @@ def site_tune(inputs: list[Path], model: Path, out: Path, settings: finetune.Fin
     if len(studies) < MIN_SITE_STUDIES:
         raise UsageError(f"{len(studies)} usable traced studies; site fine-tuning needs at least {MIN_SITE_STUDIES} "
                          "(some to train on, some kept aside to judge by)")
-    from ..model.network import model_fingerprint
-
     models, state = load_checkpoint(model, device)
     network = check_state(state)
     size = network.input_size
