@@ -37,7 +37,8 @@ def main():
         torch.set_num_threads(config.runtime.threads)
     device, writer, world = runtime.start_processes(runtime.resolve_device(config.runtime.device))
     sets = read_json(args.sets)
-    train_set, val_set = (dataset.training_tensors(sets[name], args.ingested, config.network) for name in ("train", "val"))
+    train_set, val_set = (dataset.training_tensors(sets[name], args.ingested, config.network, config.optimisation.ef_weight > 0)
+                          for name in ("train", "val"))
     members = config.network.members
     if writer:
         print(f"train: {len(train_set[0])} training and {len(val_set[0])} validation frames on {device} in "

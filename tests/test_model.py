@@ -14,7 +14,7 @@ CONFIG = {"seed": 3,
           "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
                       "input_size": 32, "phases_per_input": 1, "members": 1},
           "optimisation": {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "ce_weight": 1.0,
-                           "ema_decay": 0.0},
+                           "ema_decay": 0.0, "ef_weight": 0.0},
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
           "runtime": {"device": "cpu", "threads": 1, "processes": 1, "parallel_members": 1, "precision": "fp32"}}
 
@@ -263,3 +263,41 @@ def test_a_model_file_from_before_the_architecture_choice_loads_as_a_unet(tmp_pa
     torch.save(legacy, tmp_path / "old.pt")
     (loaded,), _ = network.load_checkpoint(tmp_path / "old.pt")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_ef_term_is_the_error_of_the_volume_ratio():
+    """Against an independent computation (numpy): soft LV areas of each (ED, ES) pair, (A_ES/A_ED)^1.5
+    against the expert masks'; zero for masks predicted exactly; a pair without an expert LV left out."""
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 4, 16, 16, generator=generator)
+    target = torch.zeros(6, 16, 16, dtype=torch.long)
+    target[0, 2:12, 3:11], target[1, 4:10, 4:10] = 1, 1
+    target[2, 1:15, 2:14], target[3, 3:9, 5:12] = 1, 1  # pair 3 (frames 4, 5) has no expert LV
+    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
+    areas = p[:, 1].sum((1, 2)).reshape(-1, 2)
+    truth = (target.numpy() == 1).sum((1, 2)).reshape(-1, 2)
+    expected = np.mean([abs((areas[k, 1] / max(areas[k, 0], 1)) ** 1.5 - (truth[k, 1] / truth[k, 0]) ** 1.5) for k in (0, 1)])
+    assert float(training.ef_ratio_loss(logits, target)) == pytest.approx(expected, rel=1e-5)
+    exact = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * 40
+    assert float(training.ef_ratio_loss(exact, target)) == pytest.approx(0, abs=1e-6)
+    logits.requires_grad_(True)
+    training.ef_ratio_loss(logits, target).backward()
+    assert logits.grad[4:].abs().sum() == 0 and logits.grad[:4].abs().sum() > 0
+
+
+def test_with_the_ef_term_a_one_frame_network_is_given_ed_and_es_together(monkeypatch):
+    seen = []
+    original = training.Trainer.train_step
+
+    def recording(self, idx):
+        seen.append(idx.tolist())
+        return original(self, idx)
+
+    monkeypatch.setattr(training.Trainer, "train_step", recording)
+    trained(config(optimisation={"ef_weight": 0.5, "epochs": 2}))
+    assert seen and all(len(batch) % 2 == 0 and all(b == a + 1 and a % 2 == 0 for a, b in zip(batch[::2], batch[1::2]))
+                        for batch in seen)
+    with pytest.raises(Exception, match="must be even"):
+        config(optimisation={"ef_weight": 0.5, "batch_size": 3})

@@ -41,15 +41,16 @@ def input_order(frames: dict[tuple[str, str], camus.Frame], phases_per_input: in
     return keys
 
 
-def training_tensors(patients: list[str], ingested: Path, network) -> tuple[torch.Tensor, torch.Tensor]:
+def training_tensors(patients: list[str], ingested: Path, network, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid tensors (images, labels) of the patients' ingested frames, in the input order every member
-    of ``network`` (a ``params.Network``) can read. A patient a paired member cannot read (a view
-    without both phases) is left out, and named."""
+    of ``network`` (a ``params.Network``) can read; ``paired``: in a view's ED and ES pairs whatever the
+    members read (the EF term of the loss needs both). A patient that cannot be read so (a view without
+    both phases) is left out, and named."""
     frames, skipped = [], []
     for patient in patients:
         study = framefile.load(framefile.patient_path(patient, ingested))
         try:
-            frames += [study[key] for key in input_order(study, max(network.member_phases()))]
+            frames += [study[key] for key in input_order(study, 2 if paired else max(network.member_phases()))]
         except StudyError as error:  # a paired member cannot read this patient; the others still train
             skipped.append(f"{patient} ({error})")
     if skipped:

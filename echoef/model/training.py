@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..io.camus import HEART_LABELS
+from ..io.camus import HEART_LABELS, Label
 from ..params import Train
 from .augment import augment
 from .network import PhaseStack, build_network, softmax_batches
@@ -36,6 +36,21 @@ class DiceCELoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * functional.cross_entropy(logits, target)
+
+
+def ef_ratio_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of the ES/ED volume ratio (1 - EF) of each view in a batch whose frames
+    come as (ED, ES) pairs: the area-length volume goes as area^1.5 over a length that changes little
+    between the phases, so the ratio is (A_ES / A_ED)^1.5 of the soft LV areas against the expert
+    masks'. Pairs whose expert ED has no LV are left out."""
+    p_lv = functional.softmax(logits.float(), 1)[:, Label.LV].sum((1, 2)).view(-1, 2)
+    truth = (target == Label.LV).sum((1, 2)).view(-1, 2).float()
+    keep = truth[:, 0] > 0
+    if not keep.any():
+        return logits.sum() * 0
+    predicted = (p_lv[keep, 1] / p_lv[keep, 0].clamp(min=1.0)) ** 1.5
+    expected = (truth[keep, 1] / truth[keep, 0]) ** 1.5
+    return (predicted - expected).abs().mean()
 
 
 def validation_dice(model: PhaseStack, val_set, batch_size: int, precision: str) -> np.ndarray:
@@ -84,10 +99,13 @@ class Trainer:
         self.loss_fn = DiceCELoss(optimisation.dice_weight, optimisation.ce_weight)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=optimisation.lr, weight_decay=optimisation.weight_decay,
                                            fused=cuda or None)
-        # Batches are drawn in whole inputs (a view's frames stay together).
+        # Batches are drawn in whole inputs (a view's frames stay together); with the EF term, in a view's
+        # ED and ES frames together whatever the network reads per input.
         self.phases = model.phases_per_input
-        self.n_inputs, self.inputs_per_batch = len(self.images) // self.phases, optimisation.batch_size // self.phases
-        self.within_input = torch.arange(self.phases, device=device)
+        self.ef_weight = optimisation.ef_weight
+        self.group = 2 if self.ef_weight > 0 else self.phases
+        self.n_inputs, self.inputs_per_batch = len(self.images) // self.group, optimisation.batch_size // self.group
+        self.within_input = torch.arange(self.group, device=device)
         self.batches = _global_batches(self.n_inputs, self.inputs_per_batch, self.world)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=optimisation.lr,
                                                              total_steps=optimisation.epochs * len(self.batches))
@@ -99,7 +117,10 @@ class Trainer:
         """One optimiser step on the frames ``idx``; returns the batch's summed loss (detached)."""
         x, y = augment(self.images[idx], self.labels[idx], self.config.augment, self.augment_generator, self.phases)
         with autocast(self.precision, self.device):
-            loss = self.loss_fn(self.net(x.contiguous(memory_format=torch.channels_last)).float(), y)
+            logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
+            loss = self.loss_fn(logits, y)
+            if self.ef_weight > 0:
+                loss = loss + self.ef_weight * ef_ratio_loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -116,10 +137,10 @@ class Trainer:
         for start in tqdm(self.batches, desc=f"epoch {epoch + 1}/{self.config.optimisation.epochs}", leave=False,
                           mininterval=5, disable=self.rank > 0):
             inputs = order[start : start + self.inputs_per_batch][self.rank :: self.world, None]
-            total += self.train_step((inputs * self.phases + self.within_input).flatten())
+            total += self.train_step((inputs * self.group + self.within_input).flatten())
         if self.world > 1:
             dist.all_reduce(total)
-        frames = sum(self.phases * min(self.inputs_per_batch, self.n_inputs - b) for b in self.batches)
+        frames = sum(self.group * min(self.inputs_per_batch, self.n_inputs - b) for b in self.batches)
         return float(total) / frames
 
     def validate(self) -> np.ndarray:
