@@ -44,8 +44,9 @@ def predicted(folder: Path) -> pd.DataFrame:
     return table[table["status"].map(is_measured)]
 
 
-def errors(table: pd.DataFrame, column: str, reference: pd.Series) -> pd.Series:
-    return (table[column] - reference.reindex(table.index)).dropna()
+def errors(predicted_ef: pd.Series, reference: pd.Series) -> pd.Series:
+    """Predicted minus reference EF, per patient where both exist."""
+    return (predicted_ef - reference.reindex(predicted_ef.index)).dropna()
 
 
 def main():
@@ -96,13 +97,13 @@ def main():
         site_flags = base.loc[base.index.intersection(held_out), "review"].fillna("").str.contains("unlike_training")
         camus_flags = camus_table["review"].fillna("").str.contains("unlike_training")
         novelty = read_json(args.bundle / "novelty.json") if (args.bundle / "novelty.json").is_file() else {}
-    before = errors(pd.DataFrame({"ef": held[next(iter(held))]}), "ef", site_ef)
+    before = errors(held[next(iter(held))], site_ef)
     rows = {}
     for name, values in held.items():
-        diff = errors(pd.DataFrame({"ef": values}), "ef", site_ef)
+        diff = errors(values, site_ef)
         common = before.index.intersection(diff.index)
-        rows[name] = {**{k: summary(diff.to_numpy() + site_ef[diff.index].to_numpy(), site_ef[diff.index].to_numpy())[k]
-                         for k in ("n", "mae", "bias", "r")},
+        stats = summary(values[diff.index].to_numpy(float), site_ef[diff.index].to_numpy(float))
+        rows[name] = {**{k: stats[k] for k in ("n", "mae", "bias", "r")},
                       "mae_change": paired_difference(before[common].abs().to_numpy(), diff[common].abs().to_numpy(), 2000, 0)}
     camus_diff = (camus_table["ef_calibrated"] - camus_table["ef_ref"]).dropna()
     record = {

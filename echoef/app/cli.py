@@ -34,24 +34,12 @@ PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated
                    "ed_error_frames", "es_error_frames", "beat_error_frames", *VIEW_COLUMNS, "detail", "made_by"]
 
 
-def reference_ef(study: camus.Study) -> tuple[float, str]:
-    """The study's reference EF and '', or NaN and why its cfg gives none that can be used (the EF
-    from the masks does not need it, so a bad cfg is noted, not fatal)."""
-    try:
-        ef = study.ef_ref
-    except StudyError as error:
-        return math.nan, str(error)
-    if not math.isnan(ef) and not 0 <= ef <= 100:
-        return math.nan, f"bad_reference_ef: {ef} is outside 0-100"
-    return ef, ""
-
-
 def measure_folder(folder: Path, labels: Path | None, method: str, repeated: dict[Path, str]) -> dict:
     """The `ef` row of one patient folder (module level: worker processes run it)."""
     if folder in repeated:
         raise StudyError("duplicate_patient", f"same patient number as {repeated[folder]}")
     study = camus.read_study(folder, labels_dir=labels)
-    ef_ref, note = reference_ef(study)
+    ef_ref, note = camus.reference_ef(study.info, study.cfg_error)
     return {"patient": study.patient, **patient_ef(label_maps(study.frames), method), "ef_ref": ef_ref, "detail": note}
 
 

@@ -23,10 +23,10 @@ from ..errors import StudyError, UsageError
 from ..io import camus, echonet
 from ..io.atomic import atomic_folder, write_json
 from ..measure import ef
-from ..model import dataset, finetune, segmentation
+from ..model import dataset, finetune, overlap, segmentation
 from ..model.network import build_network, check_state, load_checkpoint, model_fingerprint, save_bundle
 from ..stats.agreement import paired_difference
-from .studies import camus_reference_ef
+from .predict import ef_method
 
 MIN_SITE_STUDIES = 6  # fewer cannot be split into studies to train on and studies to judge by
 ASIDE_FRACTION = 0.3
@@ -35,7 +35,7 @@ ASIDE_FRACTION = 0.3
 def camus_site_frames(folder: Path) -> tuple[dict, float]:
     """A CAMUS-layout patient folder's traced frames (images with their label maps) and its cfg EF."""
     study = camus.read_study(folder)
-    return dict(study.frames), camus_reference_ef(folder)
+    return dict(study.frames), camus.reference_ef(study.info, study.cfg_error)[0]
 
 
 def echonet_site_frames(video: echonet.Video) -> tuple[dict, float]:
@@ -101,13 +101,9 @@ def judge(models: list, studies: dict, names: list[str], size: int, batch_size: 
     for name in names:
         frames, ef_ref = studies[name]
         labels = segmentation.predict_frames(models, frames, size, batch_size, False, precision)
-        scores = []
-        for key, frame in frames.items():
-            found, truth = labels[key] == Label.LV, frame.label == Label.LV
-            scores.append(2 * (found & truth).sum() / max(found.sum() + truth.sum(), 1))
-        dice.append(float(np.mean(scores)))
-        views = {v for v, _ in frames if all((v, p) in frames for p in ("ED", "ES"))}
-        method = "simpson_biplane" if len(views) == 2 else f"simpson_single_plane_{next(iter(views)).lower()}" if views else None
+        dice.append(float(np.nanmean([float(overlap.dice(labels[k][None], frame.label[None], labels=(Label.LV,))[0, 0])
+                                      for k, frame in frames.items()])))  # frames of other sizes: one at a time
+        method = ef_method({v for v, _ in frames if all((v, p) in frames for p in ("ED", "ES"))})
         row = ef.patient_ef({k: (labels[k], f.spacing_mm) for k, f in frames.items()}, method) if method else {"status": ""}
         errors.append(float(row["ef"]) - ef_ref if ef.is_measured(row["status"]) and math.isfinite(ef_ref) else math.nan)
     return {"lv_dice": np.array(dice), "ef_error": np.array(errors)}

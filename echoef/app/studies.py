@@ -49,24 +49,10 @@ def from_folder(folder: Path) -> StudyFiles:
         study.phases = camus.image_paths(folder)
         if not study.phases:
             raise StudyError("missing_frame", f"{folder}: no patientXXXX_<view>_<phase> image file")
-        study.reference = {"ef_ref": camus_reference_ef(folder)}
+        study.reference = {"ef_ref": camus.reference_ef(*camus.read_info(folder))[0]}
     except StudyError as error:
         study.problem = error
     return study
-
-
-def camus_reference_ef(folder: Path) -> float:
-    """The ``EF`` of a CAMUS 2023 patient's Info cfg files (0-100), else NaN: a missing or broken cfg
-    does not stop the study being measured, it only leaves it out of the agreement report."""
-    for view in camus.VIEWS:
-        path = folder / f"Info_{view}.cfg"
-        try:
-            value = float(camus.read_cfg(path).get("EF", "nan")) if path.is_file() else math.nan
-        except (StudyError, ValueError):
-            continue
-        if 0 <= value <= 100:
-            return value
-    return math.nan
 
 
 def from_echonet(root: Path, split: str | None) -> list[StudyFiles]:

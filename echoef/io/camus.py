@@ -7,6 +7,7 @@ with their (row, col) spacing in mm and the header of their file.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,7 @@ class Study:
         Raises the cfg's StudyError ('bad_cfg') when a cfg file could not be read or parsed."""
         if self.cfg_error:
             raise self.cfg_error
-        for view in VIEWS:
-            info = self.info.get(view, {})
-            for key in ("EF", "LVef"):
-                if key in info:
-                    return _float(info[key], f"{view} cfg {key}")
-        return float("nan")
+        return _cfg_ef(self.info)
 
     def cohort_row(self) -> dict:
         """Patient-level fields for the cohort table (NaN or '' where the cfg lacks them)."""
@@ -63,6 +59,30 @@ class Study:
             "sex": both.get("Sex", ""),
             "age": _float(both.get("Age", "nan"), "Age"),
         }
+
+
+def _cfg_ef(info: dict[str, dict[str, str]]) -> float:
+    """The EF of the cfg fields (``EF``, else ``LVef``), NaN if none; StudyError('bad_cfg') for text."""
+    for view in VIEWS:
+        fields = info.get(view, {})
+        for key in ("EF", "LVef"):
+            if key in fields:
+                return _float(fields[key], f"{view} cfg {key}")
+    return float("nan")
+
+
+def reference_ef(info: dict[str, dict[str, str]], cfg_error: StudyError | None) -> tuple[float, str]:
+    """A patient's usable reference EF from its cfg fields and '', or NaN and why they give none (the
+    EF from the masks does not need it, so a bad cfg is noted, not fatal)."""
+    if cfg_error:
+        return math.nan, str(cfg_error)
+    try:
+        ef = _cfg_ef(info)
+    except StudyError as error:
+        return math.nan, str(error)
+    if not math.isnan(ef) and not 0 <= ef <= 100:
+        return math.nan, f"bad_reference_ef: {ef} is outside 0-100"
+    return ef, ""
 
 
 def _float(text: str, what: str) -> float:
@@ -175,15 +195,21 @@ def read_study(patient_dir: Path, labels_dir: Path | None = None, with_label: bo
     patient_dir = Path(patient_dir)
     layout = detect_layout(patient_dir)
     frames = {(v, p): read_frame(patient_dir, v, p, layout, labels_dir, with_label) for v, p in FRAME_KEYS}
+    return Study(patient_dir.name, layout, frames, *read_info(patient_dir))
+
+
+def read_info(patient_dir: Path) -> tuple[dict[str, dict[str, str]], StudyError | None]:
+    """Both cfg files' fields by view, and the error of one that could not be read (the masks can
+    still be measured; the reference is what is lost). A missing cfg is no error."""
     info, cfg_error = {}, None
     for view in VIEWS:
-        cfg = patient_dir / f"Info_{view}.cfg"
+        cfg = Path(patient_dir) / f"Info_{view}.cfg"
         try:
-            if cfg.exists() or cfg.is_symlink():  # a missing cfg is no error; one that cannot be read is
+            if cfg.exists() or cfg.is_symlink():
                 info[view] = read_cfg(cfg)
-        except StudyError as error:  # the masks can still be measured; the reference is what is lost
+        except StudyError as error:
             cfg_error = error
-    return Study(patient=patient_dir.name, layout=layout, frames=frames, info=info, cfg_error=cfg_error)
+    return info, cfg_error
 
 
 def image_paths(patient_dir: Path) -> dict[tuple[str, str], Path]:

@@ -141,6 +141,17 @@ def anatomy_at(anatomy: dict, weight: float) -> dict:
             "radius_mm": {(view, "ED"): between(radius[(view, "ED")], radius[(view, "ES")]) for view in ("2CH", "4CH")}}
 
 
+def contraction(t: int, ed: int, period: int) -> float:
+    """How far frame ``t`` of a loop beating every ``period`` frames from ED at frame ``ed`` is from
+    end-systole (0) to end-diastole (1): a cosine, so ES is half a period after each ED."""
+    return (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2
+
+
+def complete_beats(ed: int, period: int, n_frames: int) -> list[tuple[int, int]]:
+    """(ED, ES) of every beat of such a loop whose ED and ES both lie in its ``n_frames`` frames."""
+    return [(start, start + period // 2) for start in range(ed % period, n_frames, period) if start + period // 2 < n_frames]
+
+
 def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20, period: int | None = None) -> dict[str, dict]:
     """Beside each patient of ``write_cohort(root, n_patients, seed)``, one beating cine loop per view
     (``patientXXXX_<view>_sequence.nii.gz``, frames on the third axis): the LV of that patient
@@ -161,11 +172,10 @@ def write_loops(root: str | Path, n_patients: int, seed: int, n_frames: int = 20
             ed = int(rng.integers(0, n_frames if period == n_frames else period))
             frames = []
             for t in range(n_frames):
-                weight = (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2
-                image, _, spacing = render_frame(anatomy_at(anatomy, weight), view, "ED", rng)
+                image, _, spacing = render_frame(anatomy_at(anatomy, contraction(t, ed, period)), view, "ED", rng)
                 frames.append(image)
             _write_image(np.stack(frames), spacing, folder / f"{name}_{view}_sequence.nii.gz")
-            beats = [(start, start + period // 2) for start in range(ed % period, n_frames, period) if start + period // 2 < n_frames]
+            beats = complete_beats(ed, period, n_frames)
             truth[name][view] = {"ed": ed, "es": (ed + period // 2) % n_frames, "beats": beats}
     return truth
 
@@ -217,11 +227,10 @@ def write_echonet(root: str | Path, n_patients: int, seed: int, n_frames: int = 
             ed = 0  # the loop holds the traced beat whole
         frames = []
         for t in range(n_frames):
-            weight = (1 + np.cos(2 * np.pi * (t - ed) / period)) / 2
-            image, _, _ = render_frame(anatomy_at(anatomy, weight), "4CH", "ED", rng)
+            image, _, _ = render_frame(anatomy_at(anatomy, contraction(t, ed, period)), "4CH", "ED", rng)
             frames.append(ndimage.zoom(image[:side, first_col:first_col + side].astype(float), scale, order=1))
         write_video(root / "Videos" / f"{name}.avi", np.clip(np.stack(frames), 0, 255).round(), fps=fps, codec=codec)
-        beats = [(start, start + period // 2) for start in range(ed, n_frames, period) if start + period // 2 < n_frames]
+        beats = complete_beats(ed, period, n_frames)
         es = ed + period // 2
         for frame, weight in ((ed, 1.0), (es, 0.0)):
             lines = lv_tracing_mm(anatomy_at(anatomy, weight), "4CH")

@@ -19,6 +19,7 @@ from torch.nn import functional
 from ..io.camus import Label
 from ..params import Augment, Optimisation, Train
 from .network import PhaseStack, softmax_batches
+from .overlap import dice
 from .runtime import seed_everything
 from .training import Trainer
 
@@ -48,10 +49,7 @@ def lv_dice(model: PhaseStack, images: torch.Tensor, labels: torch.Tensor, batch
     """Each frame's LV-cavity Dice with the site's tracing (frames without LV in both: NaN)."""
     model.eval()
     predicted = torch.cat([probs.argmax(1) for probs in softmax_batches(model, images, batch_size, False, precision)])
-    truth = labels.to(predicted.device) == Label.LV
-    found = predicted == Label.LV
-    total = (found.flatten(1).sum(1) + truth.flatten(1).sum(1)).double()
-    return torch.where(total > 0, 2 * (found & truth).flatten(1).sum(1).double() / total.clamp(min=1), torch.nan).cpu().numpy()
+    return dice(predicted, labels.to(predicted.device), labels=(Label.LV,))[:, 0].cpu().numpy()
 
 
 class SiteTrainer(Trainer):

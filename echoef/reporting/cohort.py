@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.atomic import write_json, write_text
-from ..measure.ef import is_measured
-from ..stats.agreement import cohort_agreement
+from ..stats.agreement import cohort_agreement, reference_pairs
 from . import figures
 from .report import fmt
 
@@ -54,13 +53,11 @@ def write_cohort_report(table: pd.DataFrame, folder: Path) -> dict | None:
         return None
     write_json(folder / "agreement.json", report)
     write_text(folder / "agreement.md", markdown(report))
-    ref = pd.to_numeric(table["ef_ref"], errors="coerce")
     panels = []
     for column, name in EF_NAMES.items():
         if column in report and report[column]["n"] >= 3:
-            values = pd.to_numeric(table[column], errors="coerce")
-            keep = table["status"].map(is_measured) & values.between(0, 100) & ref.between(0, 100)
-            panels.append((name, ref[keep], values[keep], report[column]))
+            predicted, reference = reference_pairs(table, column)
+            panels.append((name, reference, predicted, report[column]))
     if panels:
         figures.bland_altman(panels, folder / "bland_altman.png")
     return report

@@ -244,6 +244,15 @@ def frame_agreement(errors) -> dict:
             **{f"within_{t}": float((errors <= t).mean()) for t in FRAME_TOLERANCES}}
 
 
+def reference_pairs(table: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
+    """(predicted, reference) of the measured studies of predict's summary ``table`` that have both
+    ``column`` and ``ef_ref`` within 0-100."""
+    ref = pd.to_numeric(table["ef_ref"], errors="coerce")
+    values = pd.to_numeric(table[column], errors="coerce")
+    keep = table["status"].astype(str).map(is_measured) & values.between(0, 100) & ref.between(0, 100)
+    return values[keep], ref[keep]
+
+
 def cohort_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> dict:
     """A predicted cohort against the references it came with (predict's summary with ``ef_ref``):
     agreement of the raw EF, of the calibrated EF and of the beat-averaged EF where each exists (n,
@@ -256,10 +265,8 @@ def cohort_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0
     for column in ("ef", "ef_calibrated", "ef_beat_mean"):
         if column not in table:
             continue
-        values = pd.to_numeric(table[column], errors="coerce")
-        keep = measured & values.between(0, 100)
-        if keep.sum():
-            pred, truth = values[keep].to_numpy(float), ref[keep].to_numpy(float)
+        pred, truth = (series.to_numpy(float) for series in reference_pairs(table, column))
+        if len(pred):
             report[column] = {**summary(pred, truth), **bootstrap_ci(pred, truth, n_resamples, seed)}
     frames = {}
     for column in ("ed_error_frames", "es_error_frames", "beat_error_frames"):
