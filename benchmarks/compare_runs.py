@@ -1,41 +1,88 @@
-"""Two runs compared patient by patient: EF MAE before and after calibration and LV Dice at ED and
-ES, as B minus A with a paired-bootstrap 95% interval, on the patients both runs measured; and how
-alike their EF errors are (correlation before calibration).
+"""Two runs compared patient by patient: EF absolute error before and after calibration and LV Dice at
+ED and ES, as B minus A with a paired-bootstrap 95% interval, on the patients both runs measured; and
+how alike their EF errors are (correlation before calibration).
 
 Usage: python benchmarks/compare_runs.py RUN_A RUN_B [--sets val test] [--cv] [--bootstrap 2000]
-A RUN is a pipeline workspace after `dvc repro`. Per set, "after" applies each run's own
-models/calibrator.json; with --cv the out-of-fold patients (data/ef_cv.csv) are compared instead,
-"after" cross-fitted as in metrics/ef_cv.json.
+                                         [--decide --out DIR]
+A RUN is a pipeline workspace after `dvc repro`, or a run record (`results/NAME`, made by `echoef
+record`). Per set, "after" is each run's own calibrator (models/calibrator.json). With --cv the
+out-of-fold patients are compared instead; there "after" is a linear calibrator cross-fitted on the
+out-of-fold rows in the same five patient folds for both runs, so that the two are calibrated alike.
+Runs whose cross-validation folds differ (data/cv/folds.json's hash in their dvc.lock) are not
+compared out of fold. A record keeps no per-patient Dice; its LV Dice is the record's mean.
+
+--decide applies the rule of issue 37, written before the runs it judges: B replaces A only if B's
+per-patient absolute EF error minus A's has an interval wholly below zero both before and after
+calibration, on every set compared. With --out the comparison and the verdict are written there as
+comparison.json and report.md, with the command, machine and commit.
 """
 
+from __future__ import annotations
+
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from echoef import runfiles
-from echoef.io.atomic import read_json
+from echoef import machine, runfiles
+from echoef.io.atomic import claim_folder, read_json, write_json, write_text
 from echoef.measure.ef import is_measured
 from echoef.stats import agreement, calibration
 
+CROSS_FIT_FOLDS = 5
 
-def ef_errors(run: Path, subset: str) -> pd.DataFrame:
-    """Signed EF error (predicted minus reference) per measured patient, before ('pre') and after
-    ('post') calibration."""
-    calibrator = read_json(run / runfiles.CALIBRATOR)
-    if subset == "oof":
-        rows = pd.read_csv(run / runfiles.EF_CV_TABLE)
-        post, _ = calibration.cross_fit(rows["ef"], rows["ef_ref"], rows["fold"], calibrator["method"], calibrator["ef_range"], rows)
+
+def is_record(run: Path) -> bool:
+    """A run record (results/NAME) rather than a workspace."""
+    return (run / "record.json").is_file() and (run / "patients.csv").is_file()
+
+
+def ef_rows(run: Path, subset: str) -> pd.DataFrame:
+    """Per measured patient of ``subset`` ('val', 'test' or 'oof'): EF before ('ef') and, for val and
+    test, after ('ef_calibrated') the run's own calibrator, and the reference, indexed by patient."""
+    if is_record(run):
+        rows = pd.read_csv(run / "patients.csv").query("set == @subset")
     else:
-        rows = pd.read_csv(run / runfiles.EF_TABLE).query("set == @subset")
-        post = calibration.apply(calibrator, rows["ef"], rows)
-    rows = rows.assign(pre=rows["ef"] - rows["ef_ref"], post=np.asarray(post, float) - rows["ef_ref"])
-    return rows[rows["status"].map(is_measured)].set_index("patient")[["pre", "post"]]
+        rows = pd.read_csv(run / (runfiles.EF_CV_TABLE if subset == "oof" else runfiles.EF_TABLE))
+        rows = rows if subset == "oof" else rows.query("set == @subset")
+        rows = rows.assign(ef_calibrated=calibration.apply(read_json(run / runfiles.CALIBRATOR), rows["ef"], rows))
+    rows = rows[rows["status"].map(is_measured) & rows["ef_ref"].notna()]
+    return rows.set_index("patient")[["ef", "ef_calibrated", "ef_ref"]]
 
 
-def lv_dice(run: Path, subset: str) -> pd.DataFrame:
-    """LV Dice per patient (mean of the two views) at ED and ES."""
+def patient_folds(patients: pd.Index, k: int = CROSS_FIT_FOLDS, seed: int = 0) -> np.ndarray:
+    """A fold per patient for cross-fitting, from the patients' sorted names alone: the same for two
+    runs compared on the same patients, whatever order their tables keep."""
+    order = np.argsort(np.argsort(np.asarray(patients, dtype=str)))
+    folds = np.arange(len(patients)) % k
+    np.random.default_rng(seed).shuffle(folds)
+    return folds[order]
+
+
+def ef_errors(a: pd.DataFrame, b: pd.DataFrame, subset: str, ef_range: tuple[float, float]) -> pd.DataFrame:
+    """Absolute EF errors of both runs on the patients both measured: columns pre_a, pre_b (before
+    calibration), post_a, post_b (after; cross-fitted alike out of fold)."""
+    both = pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).sort_index()
+    if not np.allclose(both["ef_ref_a"], both["ef_ref_b"]):
+        sys.exit("the two runs' reference EF differ for the same patients: not the same data")
+    out = pd.DataFrame(index=both.index)
+    for run in "ab":
+        ef, ref = both[f"ef_{run}"].to_numpy(float), both[f"ef_ref_{run}"].to_numpy(float)
+        post = (calibration.cross_fit(ef, ref, patient_folds(both.index), "linear", ef_range)[0] if subset == "oof"
+                else both[f"ef_calibrated_{run}"].to_numpy(float))
+        out[f"pre_{run}"], out[f"post_{run}"] = np.abs(ef - ref), np.abs(post - ref)
+        out[f"signed_{run}"] = ef - ref
+    return out
+
+
+def lv_dice(run: Path, subset: str) -> pd.DataFrame | None:
+    """LV Dice per patient (mean of the two views) at ED and ES; None for a record (it keeps means only)."""
+    if is_record(run):
+        return None
     if subset == "oof":
         table = pd.concat([pd.read_csv(path) for path in sorted(run.glob("data/cv/fold_*/predictions/dice.csv"))])
     else:
@@ -43,17 +90,80 @@ def lv_dice(run: Path, subset: str) -> pd.DataFrame:
     return table.pivot_table(index="patient", columns="phase", values="dice_lv")
 
 
-def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """The two runs' columns side by side (suffixes _a, _b) on the patients both measured."""
-    return pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).dropna()
+def mean_dice(run: Path, subset: str) -> dict:
+    """A run's mean LV Dice at ED and ES on ``subset``, from its metric files."""
+    if subset == "oof":
+        summary = read_json(run / runfiles.SEGMENTATION_CV_METRICS).get("oof", {})
+    else:
+        summary = read_json(run / runfiles.SEGMENTATION_METRICS).get(subset, {})
+    return {phase: summary.get(f"dice_lv_{phase}") for phase in ("ed", "es")}
 
 
-def compare(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> dict:
+def folds_hash(run: Path) -> str | None:
+    """The md5 of data/cv/folds.json as the run's dvc.lock states it (None where it states none)."""
+    lock = run / runfiles.LOCK
+    if not lock.is_file():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == "data/cv/folds.json":
+                return out.get("md5")
+    return None
+
+
+def compare_columns(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> dict:
     """Per column: both runs' means and B minus A with its interval, on the patients in both."""
-    both = paired(a, b)
+    both = pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).dropna()
     return {column: {"a": float(both[f"{column}_a"].mean()), "b": float(both[f"{column}_b"].mean()),
                      **agreement.paired_difference(both[f"{column}_a"], both[f"{column}_b"], n_resamples, seed)}
             for column in a.columns}
+
+
+def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) -> dict:
+    """One set's comparison: EF absolute error before and after calibration, LV Dice, error correlation."""
+    ef_range = tuple(read_json(run_a / runfiles.CALIBRATOR)["ef_range"])
+    errors = ef_errors(ef_rows(run_a, subset), ef_rows(run_b, subset), subset, ef_range)
+    ef = {phase: {"a": float(errors[f"{phase}_a"].mean()), "b": float(errors[f"{phase}_b"].mean()),
+                  **agreement.paired_difference(errors[f"{phase}_a"], errors[f"{phase}_b"], n_resamples, seed)}
+          for phase in ("pre", "post")}
+    dice_a, dice_b = lv_dice(run_a, subset), lv_dice(run_b, subset)
+    dice = (compare_columns(dice_a, dice_b, n_resamples, seed) if dice_a is not None and dice_b is not None
+            else {phase: {"a": mean_dice(run_a, subset)[phase], "b": mean_dice(run_b, subset)[phase], "n": None}
+                  for phase in ("ed", "es")})
+    signed_a, signed_b = errors["signed_a"], errors["signed_b"]
+    return {"n": int(len(errors)), "ef_abs_error": ef, "lv_dice": dice,
+            "bias": {"a": float(signed_a.mean()), "b": float(signed_b.mean())},
+            "error_sd": {"a": float(signed_a.std()), "b": float(signed_b.std())},
+            "error_correlation": float(np.corrcoef(signed_a, signed_b)[0, 1])}
+
+
+def verdict(results: dict) -> bool:
+    """The rule: B's EF absolute error minus A's wholly below zero before and after calibration, on every set."""
+    return all(row["ci"][1] < 0 for result in results.values() for row in result["ef_abs_error"].values())
+
+
+def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str) -> list[str]:
+    lines = [f"# {run_b.name} against {run_a.name}", "", f"`{command}`", "",
+             f"Machine: {machine.describe()}; commit {machine.commit()}.", "",
+             f"A = `{run_a}`, B = `{run_b}`; B minus A per patient, 95% paired-bootstrap interval.", ""]
+    for subset, result in results.items():
+        lines += [f"## {'out of fold' if subset == 'oof' else subset} (n {result['n']})", "",
+                  "| measure | A | B | B - A [95% CI] |", "|---|---|---|---|"]
+        for phase, row in result["ef_abs_error"].items():
+            label = "EF MAE before calibration" if phase == "pre" else (
+                "EF MAE after calibration (linear, cross-fitted alike)" if subset == "oof" else "EF MAE after calibration (each run's own)")
+            lines.append(f"| {label} | {row['a']:.2f} | {row['b']:.2f} | {row['mean']:+.3f} [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] |")
+        for phase, row in result["lv_dice"].items():
+            diff = (f"{row['mean']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]" if row.get("n") else "(means only)")
+            a, b = (f"{value:.4f}" if value is not None else "?" for value in (row["a"], row["b"]))
+            lines.append(f"| LV Dice {phase.upper()} | {a} | {b} | {diff} |")
+        lines += [f"| EF bias before calibration | {result['bias']['a']:+.2f} | {result['bias']['b']:+.2f} | |",
+                  f"| EF error SD before calibration | {result['error_sd']['a']:.2f} | {result['error_sd']['b']:.2f} | |", "",
+                  f"Correlation of the two runs' EF errors: {result['error_correlation']:.2f}.", ""]
+    if decide:
+        lines.append(f"Verdict by the rule (B only if every EF interval above lies wholly below zero): "
+                     f"**{'B replaces A' if verdict(results) else 'A stays'}**.")
+    return lines
 
 
 def main():
@@ -64,19 +174,23 @@ def main():
     parser.add_argument("--cv", action="store_true", help="compare the out-of-fold patients instead")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decide", action="store_true", help="apply the rule and state the verdict")
+    parser.add_argument("--out", type=Path, help="write comparison.json and report.md here")
     args = parser.parse_args()
-    print(f"A = {args.run_a}, B = {args.run_b}; B - A with a 95% paired-bootstrap interval ({args.bootstrap} resamples)")
-    for subset in ["oof"] if args.cv else args.sets:
-        errors = ef_errors(args.run_a, subset), ef_errors(args.run_b, subset)
-        for name, a, b in (("EF absolute error", errors[0].abs(), errors[1].abs()),
-                           ("LV Dice", lv_dice(args.run_a, subset), lv_dice(args.run_b, subset))):
-            for column, row in compare(a, b, args.bootstrap, args.seed).items():
-                print(f"{subset:4s} {name} {column:4s} n {row['n']:3d}  A {row['a']:.4f}  B {row['b']:.4f}  "
-                      f"B - A {row['mean']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]")
-        both = paired(errors[0]["pre"].to_frame(), errors[1]["pre"].to_frame())
-        print(f"{subset:4s} EF error correlation before calibration {np.corrcoef(both['pre_a'], both['pre_b'])[0, 1]:.2f} "
-              f"(SD A {both['pre_a'].std():.2f}, B {both['pre_b'].std():.2f}; SD of their difference "
-              f"{(both['pre_a'] - both['pre_b']).std():.2f}; n = {len(both)})")
+    subsets = ["oof"] if args.cv else args.sets
+    if args.cv and folds_hash(args.run_a) != folds_hash(args.run_b):
+        sys.exit(f"the runs' cross-validation folds differ (data/cv/folds.json {folds_hash(args.run_a)} against "
+                 f"{folds_hash(args.run_b)}): run both with the same split parameters")
+    results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
+    command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = report_lines(results, args.run_a, args.run_b, args.decide, command)
+    if args.out:
+        out = claim_folder(args.out)
+        write_json(out / "comparison.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
+                                             "a": str(args.run_a), "b": str(args.run_b), "folds_md5": folds_hash(args.run_a),
+                                             "results": results, **({"b_replaces_a": verdict(results)} if args.decide else {})})
+        write_text(out / "report.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""benchmarks/compare_runs.py on small hand-made run records: the paired numbers, the rule's verdict
+both ways, the refusal of runs on different folds, and cross-fitting that does not depend on row order."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from echoef.io.atomic import read_json, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks/compare_runs.py"
+
+
+def compare_runs():
+    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_record(folder: Path, ef: np.ndarray, ef_ref: np.ndarray, folds_md5: str = "f" * 32) -> Path:
+    """A record of out-of-fold rows only, with what compare_runs reads: patients.csv, record.json,
+    the calibrator, the cross-validation Dice and a dvc.lock naming the folds file's hash."""
+    patients = [f"patient{i:04d}" for i in range(len(ef))]
+    (folder / "models").mkdir(parents=True)
+    (folder / "metrics").mkdir()
+    pd.DataFrame({"patient": patients, "set": "oof", "ef": ef, "ef_calibrated": ef, "ef_ref": ef_ref,
+                  "status": "ok"}).to_csv(folder / "patients.csv", index=False)
+    write_json(folder / "record.json", {"name": folder.name})
+    write_json(folder / "models/calibrator.json", {"method": "none", "fit_set": "val", "ef_range": [5, 95]})
+    write_json(folder / "metrics/segmentation_cv.json", {"oof": {"dice_lv_ed": 0.95, "dice_lv_es": 0.92}})
+    (folder / "dvc.lock").write_text(yaml.safe_dump({"stages": {"split": {"outs": [
+        {"path": "data/cv/folds.json", "md5": folds_md5}]}}}))
+    return folder
+
+
+@pytest.fixture
+def cohort():
+    rng = np.random.default_rng(3)
+    ef_ref = rng.uniform(25, 70, 120)
+    return ef_ref, rng.normal(0, 5, 120)
+
+
+def run_script(monkeypatch, *args) -> None:
+    """The script's main as its command line runs it."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
+    compare_runs().main()
+
+
+def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(tmp_path, cohort, monkeypatch):
+    ef_ref, noise = cohort
+    a = write_record(tmp_path / "a", ef_ref + noise, ef_ref)
+    b = write_record(tmp_path / "b", ef_ref + noise / 2, ef_ref)
+    run_script(monkeypatch, a, b, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "ab")
+    result = read_json(tmp_path / "ab/comparison.json")
+    oof = result["results"]["oof"]
+    before = oof["ef_abs_error"]["pre"]
+    assert oof["n"] == 120 and result["b_replaces_a"] is True
+    # Independent of the script: the mean paired difference of absolute errors.
+    assert before["mean"] == pytest.approx(np.mean(np.abs(noise / 2) - np.abs(noise)))
+    assert before["ci"][1] < 0 and oof["ef_abs_error"]["post"]["ci"][1] < 0
+    assert oof["error_correlation"] == pytest.approx(1.0)
+    assert "B replaces A" in (tmp_path / "ab/report.md").read_text()
+
+    run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "aa")
+    assert read_json(tmp_path / "aa/comparison.json")["b_replaces_a"] is False
+
+
+def test_a_better_bias_alone_does_not_pass_the_rule(tmp_path, cohort, monkeypatch):
+    """B only removes a constant bias, which a calibrator removes too: better before calibration,
+    not after, so by the rule A stays."""
+    ef_ref, noise = cohort
+    a = write_record(tmp_path / "a", ef_ref + noise + 6, ef_ref)
+    b = write_record(tmp_path / "b", ef_ref + noise, ef_ref)
+    run_script(monkeypatch, a, b, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "ab")
+    result = read_json(tmp_path / "ab/comparison.json")
+    errors = result["results"]["oof"]["ef_abs_error"]
+    assert errors["pre"]["ci"][1] < 0 and errors["post"]["ci"][1] >= 0
+    assert result["b_replaces_a"] is False
+
+
+def test_runs_on_different_folds_are_not_compared_out_of_fold(tmp_path, cohort, monkeypatch):
+    ef_ref, noise = cohort
+    a = write_record(tmp_path / "a", ef_ref + noise, ef_ref, folds_md5="a" * 32)
+    b = write_record(tmp_path / "b", ef_ref + noise / 2, ef_ref, folds_md5="b" * 32)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(a), str(b), "--cv", "--out", str(tmp_path / "ab")])
+    with pytest.raises(SystemExit, match="folds differ"):
+        compare_runs().main()
+    assert not (tmp_path / "ab").exists()
+
+
+def test_cross_fitting_folds_follow_the_patients_not_the_row_order():
+    module = compare_runs()
+    patients = pd.Index([f"patient{i:04d}" for i in range(37)])
+    folds = module.patient_folds(patients)
+    shuffled = patients[np.random.default_rng(1).permutation(len(patients))]
+    again = dict(zip(shuffled, module.patient_folds(shuffled)))
+    assert dict(zip(patients, folds)) == again
+    assert sorted(np.bincount(folds)) == [7, 7, 7, 8, 8]
