@@ -14,7 +14,8 @@ compared out of fold. A record keeps no per-patient Dice; its LV Dice is the rec
 --decide applies the rule of issue 37, written before the runs it judges: B replaces A only if B's
 per-patient absolute EF error minus A's has an interval wholly below zero both before and after
 calibration, on every set compared. With --out the comparison and the verdict are written there as
-comparison.json and report.md, with the command, machine and commit.
+comparison.json and report.md, with the command, machine and commit, and the per-patient absolute
+errors in patients.csv.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pandas as pd
 import yaml
 
 from echoef import machine, runfiles
-from echoef.io.atomic import claim_folder, read_json, write_json, write_text
+from echoef.io.atomic import claim_folder, read_json, write_csv, write_json, write_text
 from echoef.measure.ef import is_measured
 from echoef.stats import agreement, calibration
 
@@ -48,8 +49,11 @@ def ef_rows(run: Path, subset: str) -> pd.DataFrame:
         rows = pd.read_csv(run / "patients.csv").query("set == @subset")
     else:
         rows = pd.read_csv(run / (runfiles.EF_CV_TABLE if subset == "oof" else runfiles.EF_TABLE))
-        rows = rows if subset == "oof" else rows.query("set == @subset")
-        rows = rows.assign(ef_calibrated=calibration.apply(read_json(run / runfiles.CALIBRATOR), rows["ef"], rows))
+        if subset == "oof":  # calibrated alike later; a run of the folds alone has no calibrator
+            rows = rows.assign(ef_calibrated=np.nan)
+        else:
+            rows = rows.query("set == @subset")
+            rows = rows.assign(ef_calibrated=calibration.apply(read_json(run / runfiles.CALIBRATOR), rows["ef"], rows))
     rows = rows[rows["status"].map(is_measured) & rows["ef_ref"].notna()]
     return rows.set_index("patient")[["ef", "ef_calibrated", "ef_ref"]]
 
@@ -65,7 +69,8 @@ def patient_folds(patients: pd.Index, k: int = CROSS_FIT_FOLDS, seed: int = 0) -
 
 def ef_errors(a: pd.DataFrame, b: pd.DataFrame, subset: str, ef_range: tuple[float, float]) -> pd.DataFrame:
     """Absolute EF errors of both runs on the patients both measured: columns pre_a, pre_b (before
-    calibration), post_a, post_b (after; cross-fitted alike out of fold)."""
+    calibration), post_a, post_b (after; cross-fitted alike out of fold); with the signed errors
+    before calibration, each run's EF and the reference."""
     both = pd.merge(a, b, left_index=True, right_index=True, suffixes=("_a", "_b")).sort_index()
     if not np.allclose(both["ef_ref_a"], both["ef_ref_b"]):
         sys.exit("the two runs' reference EF differ for the same patients: not the same data")
@@ -75,18 +80,20 @@ def ef_errors(a: pd.DataFrame, b: pd.DataFrame, subset: str, ef_range: tuple[flo
         post = (calibration.cross_fit(ef, ref, patient_folds(both.index), "linear", ef_range)[0] if subset == "oof"
                 else both[f"ef_calibrated_{run}"].to_numpy(float))
         out[f"pre_{run}"], out[f"post_{run}"] = np.abs(ef - ref), np.abs(post - ref)
-        out[f"signed_{run}"] = ef - ref
+        out[f"signed_{run}"], out[f"ef_{run}"] = ef - ref, ef
+    out["ef_ref"] = both["ef_ref_a"]
     return out
 
 
 def lv_dice(run: Path, subset: str) -> pd.DataFrame | None:
-    """LV Dice per patient (mean of the two views) at ED and ES; None for a record (it keeps means only)."""
-    if is_record(run):
+    """LV Dice per patient (mean of the two views) at ED and ES; None where the run keeps no
+    per-patient Dice (a record keeps means only)."""
+    paths = (sorted(run.glob("data/cv/fold_*/predictions/dice.csv")) if subset == "oof"
+             else [run / runfiles.SEGMENTATION_DICE])
+    if is_record(run) or not paths or not all(path.is_file() for path in paths):
         return None
-    if subset == "oof":
-        table = pd.concat([pd.read_csv(path) for path in sorted(run.glob("data/cv/fold_*/predictions/dice.csv"))])
-    else:
-        table = pd.read_csv(run / runfiles.SEGMENTATION_DICE).query("set == @subset")
+    table = pd.concat([pd.read_csv(path) for path in paths])
+    table = table if subset == "oof" else table.query("set == @subset")
     return table.pivot_table(index="patient", columns="phase", values="dice_lv")
 
 
@@ -131,7 +138,7 @@ def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) 
             else {phase: {"a": mean_dice(run_a, subset)[phase], "b": mean_dice(run_b, subset)[phase], "n": None}
                   for phase in ("ed", "es")})
     signed_a, signed_b = errors["signed_a"], errors["signed_b"]
-    return {"n": int(len(errors)), "ef_abs_error": ef, "lv_dice": dice,
+    return {"patients": errors, "n": int(len(errors)), "ef_abs_error": ef, "lv_dice": dice,
             "bias": {"a": float(signed_a.mean()), "b": float(signed_b.mean())},
             "error_sd": {"a": float(signed_a.std()), "b": float(signed_b.std())},
             "error_correlation": float(np.corrcoef(signed_a, signed_b)[0, 1])}
@@ -186,9 +193,13 @@ def main():
     lines = report_lines(results, args.run_a, args.run_b, args.decide, command)
     if args.out:
         out = claim_folder(args.out)
+        # The per-patient errors too, so that the verdict can be recomputed from the committed files.
+        write_csv(out / "patients.csv", pd.concat({subset: result["patients"] for subset, result in results.items()},
+                                                  names=["set", "patient"]).reset_index())
+        summary = {subset: {key: value for key, value in result.items() if key != "patients"} for subset, result in results.items()}
         write_json(out / "comparison.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
                                              "a": str(args.run_a), "b": str(args.run_b), "folds_md5": folds_hash(args.run_a),
-                                             "results": results, **({"b_replaces_a": verdict(results)} if args.decide else {})})
+                                             "results": summary, **({"b_replaces_a": verdict(results)} if args.decide else {})})
         write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,4 +1,4 @@
-"""benchmarks/compare_runs.py on small hand-made run records: the paired numbers, the rule's verdict
+"""benchmarks/compare_runs.py on small hand-made run records and a folds-only workspace: the paired numbers, the rule's verdict
 both ways, the refusal of runs on different folds, and cross-fitting that does not depend on row order."""
 
 import importlib.util
@@ -21,6 +21,19 @@ def compare_runs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_folds_run(folder: Path, ef: np.ndarray, ef_ref: np.ndarray, folds_md5: str = "f" * 32) -> Path:
+    """A workspace that ran the folds alone (`dvc exp run ... cv`): its out-of-fold table, the
+    cross-validation Dice and dvc.lock, no calibrator."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "metrics").mkdir()
+    pd.DataFrame({"patient": [f"patient{i:04d}" for i in range(len(ef))], "ef": ef, "ef_ref": ef_ref, "status": "ok",
+                  "fold": np.arange(len(ef)) % 5}).to_csv(folder / "data/ef_cv.csv", index=False)
+    write_json(folder / "metrics/segmentation_cv.json", {"oof": {"dice_lv_ed": 0.96, "dice_lv_es": 0.93}})
+    (folder / "dvc.lock").write_text(yaml.safe_dump({"stages": {"split": {"outs": [
+        {"path": "data/cv/folds.json", "md5": folds_md5}]}}}))
+    return folder
 
 
 def write_record(folder: Path, ef: np.ndarray, ef_ref: np.ndarray, folds_md5: str = "f" * 32) -> Path:
@@ -55,7 +68,7 @@ def run_script(monkeypatch, *args) -> None:
 def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(tmp_path, cohort, monkeypatch):
     ef_ref, noise = cohort
     a = write_record(tmp_path / "a", ef_ref + noise, ef_ref)
-    b = write_record(tmp_path / "b", ef_ref + noise / 2, ef_ref)
+    b = write_folds_run(tmp_path / "b", ef_ref + noise / 2, ef_ref)
     run_script(monkeypatch, a, b, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "ab")
     result = read_json(tmp_path / "ab/comparison.json")
     oof = result["results"]["oof"]
@@ -66,6 +79,12 @@ def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(
     assert before["ci"][1] < 0 and oof["ef_abs_error"]["post"]["ci"][1] < 0
     assert oof["error_correlation"] == pytest.approx(1.0)
     assert "B replaces A" in (tmp_path / "ab/report.md").read_text()
+    assert oof["lv_dice"]["es"] == {"a": 0.92, "b": 0.93, "n": None}
+    # The verdict's numbers can be recomputed from the per-patient file it leaves.
+    patients = pd.read_csv(tmp_path / "ab/patients.csv")
+    assert len(patients) == 120 and set(patients["set"]) == {"oof"}
+    assert (patients["pre_b"] - patients["pre_a"]).mean() == pytest.approx(before["mean"])
+    assert np.allclose(patients["pre_b"], np.abs(patients["ef_b"] - patients["ef_ref"]))
 
     run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "aa")
     assert read_json(tmp_path / "aa/comparison.json")["b_replaces_a"] is False
