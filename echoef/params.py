@@ -146,6 +146,12 @@ class Optimisation:
     ce_weight: float = _key(_typed(*NUMBER, minimum=0))
     ema_decay: float = _key(_typed(*NUMBER, minimum=0, maximum=0.9999))
     ef_weight: float = _key(_typed(*NUMBER, minimum=0))
+    es_weight: float = _key(_typed(*NUMBER, minimum=0))
+
+    @property
+    def pairs_phases(self) -> bool:
+        """Whether batches must hold each view's ED and ES frames together (the EF and ES terms need both)."""
+        return self.ef_weight > 0 or self.es_weight > 0
 
 
 @dataclass(frozen=True)
@@ -181,9 +187,9 @@ class Train:
         if batch % max(self.network.member_phases()):
             raise ParamsError(f"params.yaml: train.optimisation.batch_size = {batch} counts frames and must be a multiple "
                               f"of train.network.phases_per_input = {phases}")
-        if self.optimisation.ef_weight > 0 and batch % 2:
+        if self.optimisation.pairs_phases and batch % 2:
             raise ParamsError(f"params.yaml: train.optimisation.batch_size = {batch} must be even with train.optimisation.ef_weight "
-                              "> 0 (a view's ED and ES frames are drawn together)")
+                              "or es_weight > 0 (a view's ED and ES frames are drawn together)")
         if self.runtime.parallel_members > 1 and self.runtime.processes > 1:
             raise ParamsError("params.yaml: train.runtime.parallel_members > 1 (members in parallel processes) cannot be "
                               "combined with train.runtime.processes > 1 (one member at a time across processes); "

@@ -37,7 +37,7 @@ def main():
         torch.set_num_threads(config.runtime.threads)
     device, writer, world = runtime.start_processes(runtime.resolve_device(config.runtime.device))
     sets = read_json(args.sets)
-    train_set, val_set = (dataset.training_tensors(sets[name], args.ingested, config.network, config.optimisation.ef_weight > 0)
+    train_set, val_set = (dataset.training_tensors(sets[name], args.ingested, config.network, config.optimisation.pairs_phases)
                           for name in ("train", "val"))
     members = config.network.members
     if writer:

@@ -143,7 +143,7 @@ TINY = train_config({
     "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],
                 "input_size": 64, "phases_per_input": 1, "members": 2},
     "optimisation": {"epochs": 4, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0001, "dice_weight": 1.0, "ce_weight": 1.0,
-                     "ema_decay": 0.9, "ef_weight": 0.0},
+                     "ema_decay": 0.9, "ef_weight": 0.0, "es_weight": 0.0},
     "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
     "runtime": {"device": "cpu", "threads": 0, "processes": 1, "parallel_members": 1, "precision": "fp32"}})
 SIZE = TINY.network.input_size

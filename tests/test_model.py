@@ -14,7 +14,7 @@ CONFIG = {"seed": 3,
           "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [32, 16, 8],
                       "input_size": 32, "phases_per_input": 1, "members": 1},
           "optimisation": {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "ce_weight": 1.0,
-                           "ema_decay": 0.0, "ef_weight": 0.0},
+                           "ema_decay": 0.0, "ef_weight": 0.0, "es_weight": 0.0},
           "augment": {"rotation_deg": 5, "scale": 0.05, "gamma": 0.1, "blur_sigma_px": 1.0, "noise_std": 0.02},
           "runtime": {"device": "cpu", "threads": 1, "processes": 1, "parallel_members": 1, "precision": "fp32"}}
 
@@ -287,7 +287,33 @@ def test_the_ef_term_is_the_error_of_the_volume_ratio():
     assert logits.grad[4:].abs().sum() == 0 and logits.grad[:4].abs().sum() > 0
 
 
-def test_with_the_ef_term_a_one_frame_network_is_given_ed_and_es_together(monkeypatch):
+def test_the_es_term_is_the_loss_of_the_es_frames_alone():
+    """With es_weight, the batch loss gains that times Dice + cross-entropy of the odd (ES) frames of
+    the (ED, ES) pairs: the ED frames' logits do not change the added part, and a perfect ES reading
+    adds nothing."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 4, 16, 16, generator=generator)
+    target = torch.randint(0, 4, (4, 16, 16), generator=generator)
+    loss_fn = training.DiceCELoss(1.0, 1.0)
+    base = config().optimisation
+
+    def added(weight, values):
+        with_term = dataclasses.replace(base, es_weight=weight)
+        return float(training.batch_loss(loss_fn, values, target, with_term) - training.batch_loss(loss_fn, values, target, base))
+
+    es_alone = float(loss_fn(logits[1::2], target[1::2]))
+    assert added(0.7, logits) == pytest.approx(0.7 * es_alone, rel=1e-5)
+    other_ed = logits.clone()
+    other_ed[0::2] = torch.randn(2, 4, 16, 16, generator=generator)
+    assert added(0.7, other_ed) == pytest.approx(0.7 * es_alone, rel=1e-5)
+    exact_es = logits.clone()
+    exact_es[1::2] = torch.nn.functional.one_hot(target[1::2], 4).permute(0, 3, 1, 2).float() * 40
+    assert added(0.7, exact_es) == pytest.approx(0, abs=1e-4)
+    assert float(training.batch_loss(loss_fn, logits, target, base)) == pytest.approx(float(loss_fn(logits, target)))
+
+
+@pytest.mark.parametrize("term", ["ef_weight", "es_weight"])
+def test_with_the_ef_or_es_term_a_one_frame_network_is_given_ed_and_es_together(monkeypatch, term):
     seen = []
     original = training.Trainer.train_step
 
@@ -296,8 +322,8 @@ def test_with_the_ef_term_a_one_frame_network_is_given_ed_and_es_together(monkey
         return original(self, idx)
 
     monkeypatch.setattr(training.Trainer, "train_step", recording)
-    trained(config(optimisation={"ef_weight": 0.5, "epochs": 2}))
+    trained(config(optimisation={term: 0.5, "epochs": 2}))
     assert seen and all(len(batch) % 2 == 0 and all(b == a + 1 and a % 2 == 0 for a, b in zip(batch[::2], batch[1::2]))
                         for batch in seen)
     with pytest.raises(Exception, match="must be even"):
-        config(optimisation={"ef_weight": 0.5, "batch_size": 3})
+        config(optimisation={term: 0.5, "batch_size": 3})

@@ -89,7 +89,7 @@ def train_config(network, settings: FineTune, device: str, precision: str, threa
     return Train(seed=settings.seed, network=network,
                  optimisation=Optimisation(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                                            weight_decay=1e-4, dice_weight=1.0, ce_weight=1.0, ema_decay=0.0,
-                                           ef_weight=0.0),
+                                           ef_weight=0.0, es_weight=0.0),
                  augment=Augment(rotation_deg=10, scale=0.1, gamma=0.2, blur_sigma_px=0.0, noise_std=0.05),
                  runtime=Runtime(device=device, threads=threads, processes=1, parallel_members=1, precision=precision))
 

@@ -53,6 +53,19 @@ def ef_ratio_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (predicted - expected).abs().mean()
 
 
+def batch_loss(loss_fn: DiceCELoss, logits: torch.Tensor, target: torch.Tensor, optimisation) -> torch.Tensor:
+    """The training loss of one batch: Dice + cross-entropy over all its frames; with ``ef_weight`` > 0
+    plus that times ``ef_ratio_loss``; with ``es_weight`` > 0 plus that times Dice + cross-entropy
+    of the ES frames alone (the odd positions of a batch of (ED, ES) pairs), because the EF error
+    follows the end-systolic volume's and a batch Dice is dominated by the larger ED cavities."""
+    loss = loss_fn(logits, target)
+    if optimisation.ef_weight > 0:
+        loss = loss + optimisation.ef_weight * ef_ratio_loss(logits, target)
+    if optimisation.es_weight > 0:
+        loss = loss + optimisation.es_weight * loss_fn(logits[1::2], target[1::2])
+    return loss
+
+
 def validation_dice(model: PhaseStack, val_set, batch_size: int, precision: str) -> np.ndarray:
     """Mean Dice of LV cavity, myocardium and atrium over the validation frames (on their device)."""
     images, labels = val_set
@@ -99,11 +112,10 @@ class Trainer:
         self.loss_fn = DiceCELoss(optimisation.dice_weight, optimisation.ce_weight)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=optimisation.lr, weight_decay=optimisation.weight_decay,
                                            fused=cuda or None)
-        # Batches are drawn in whole inputs (a view's frames stay together); with the EF term, in a view's
-        # ED and ES frames together whatever the network reads per input.
+        # Batches are drawn in whole inputs (a view's frames stay together); with the EF or ES term, in a
+        # view's ED and ES frames together whatever the network reads per input.
         self.phases = model.phases_per_input
-        self.ef_weight = optimisation.ef_weight
-        self.group = 2 if self.ef_weight > 0 else self.phases
+        self.group = 2 if optimisation.pairs_phases else self.phases
         self.n_inputs, self.inputs_per_batch = len(self.images) // self.group, optimisation.batch_size // self.group
         self.within_input = torch.arange(self.group, device=device)
         self.batches = _global_batches(self.n_inputs, self.inputs_per_batch, self.world)
@@ -118,9 +130,7 @@ class Trainer:
         x, y = augment(self.images[idx], self.labels[idx], self.config.augment, self.augment_generator, self.phases)
         with autocast(self.precision, self.device):
             logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
-            loss = self.loss_fn(logits, y)
-            if self.ef_weight > 0:
-                loss = loss + self.ef_weight * ef_ratio_loss(logits, y)
+            loss = batch_loss(self.loss_fn, logits, y, self.config.optimisation)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
