@@ -1,5 +1,6 @@
-"""benchmarks/compare_runs.py on small hand-made run records and a folds-only workspace: the paired numbers, the rule's verdict
-both ways, the refusal of runs on different folds, and cross-fitting that does not depend on row order."""
+"""The benchmark scripts that decide: compare_runs.py on small hand-made run records and a folds-only
+workspace (the paired numbers, the rule's verdict both ways, the refusal of runs on different folds,
+cross-fitting that does not depend on row order); grid_limit.py's round trip on a phantom patient."""
 
 import importlib.util
 import sys
@@ -16,11 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks/compare_runs.py"
 
 
-def compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def compare_runs():
+    return script("compare_runs")
 
 
 def write_folds_run(folder: Path, ef: np.ndarray, ef_ref: np.ndarray, folds_md5: str = "f" * 32) -> Path:
@@ -121,3 +126,29 @@ def test_cross_fitting_folds_follow_the_patients_not_the_row_order():
     again = dict(zip(shuffled, module.patient_folds(shuffled)))
     assert dict(zip(patients, folds)) == again
     assert sorted(np.bincount(folds)) == [7, 7, 7, 8, 8]
+
+
+def test_the_grid_round_trip_gives_back_what_the_grid_can_hold():
+    """Expert masks through the network grid and back: at a grid as fine as the frame the LV cavity
+    and the EF come back; at a coarse grid the cavity moves more, and never more than the grid allows."""
+    from echoef.io import phantom
+    from echoef.measure import ef
+
+    module = script("grid_limit")
+    rng = np.random.default_rng(4)
+    anatomy = phantom.draw_patient(rng)
+    frames = {}
+    for view in ("2CH", "4CH"):
+        for phase in ("ED", "ES"):
+            _, label, spacing_mm = phantom.render_frame(anatomy, view, phase, rng)
+            frames[(view, phase)] = (label, spacing_mm)
+    native_ef = ef.patient_ef(frames, "simpson_biplane")["ef"]
+    for label, spacing_mm in frames.values():
+        fine = module.round_trip(label, spacing_mm, max(label.shape), soft=True)
+        coarse = module.round_trip(label, spacing_mm, 32, soft=True)
+        lv = (label == 1).sum()
+        assert fine.shape == label.shape and abs((fine == 1).sum() / lv - 1) < 0.01
+        assert (fine != label).mean() < (coarse != label).mean() < 0.05
+    moved = {key: (module.round_trip(label, spacing_mm, max(label.shape), soft=False), spacing_mm)
+             for key, (label, spacing_mm) in frames.items()}
+    assert abs(ef.patient_ef(moved, "simpson_biplane")["ef"] - native_ef) <= 1
