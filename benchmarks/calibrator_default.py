@@ -24,9 +24,10 @@ from echoef import machine
 from echoef.io.atomic import claim_folder, read_json, write_json, write_text
 from echoef.measure.ef import is_measured
 from echoef.stats import calibration
-from echoef.stats.agreement import paired_difference
+from echoef.stats.agreement import paired_difference, rule_choice
 
 FOLDS = 5
+CURRENT = "linear on the validation list (current)"
 
 
 def main():
@@ -45,24 +46,23 @@ def main():
     folds = np.arange(len(oof)) % FOLDS
     np.random.default_rng(0).shuffle(folds)
     candidates = {
-        "linear on the validation list (current)": calibration.apply(default, oof["ef"].to_numpy(float)),
+        CURRENT: calibration.apply(default, oof["ef"].to_numpy(float)),
         "none": calibration.apply(calibration.fit(oof["ef"], oof["ef_ref"], "none", ef_range, "none"), oof["ef"].to_numpy(float)),
         "linear on the out-of-fold rows (cross-fitted)": calibration.cross_fit(oof["ef"], oof["ef_ref"], folds, "linear", ef_range)[0],
     }
     errors = {name: np.abs(values - oof["ef_ref"].to_numpy(float)) for name, values in candidates.items()}
-    current = errors["linear on the validation list (current)"]
+    current = errors[CURRENT]
     rows = {name: {"mae": float(error.mean()), "minus_current": paired_difference(current, error, 2000, 0)}
             for name, error in errors.items()}
-    adopted = [name for name, row in rows.items() if row["minus_current"]["ci"][1] < 0]
-    best = min(adopted, key=lambda name: rows[name]["mae"]) if adopted else "linear on the validation list (current)"
+    best = rule_choice(CURRENT, rows)
     test = table[table["set"] == "test"]
     oof_fit = calibration.fit(oof["ef"], oof["ef_ref"], "linear", ef_range, "oof")
-    test_mae = {"linear on the validation list (current)": float(np.abs(calibration.apply(default, test["ef"]) - test["ef_ref"]).mean()),
+    test_mae = {CURRENT: float(np.abs(calibration.apply(default, test["ef"]) - test["ef_ref"]).mean()),
                 "none": float(np.abs(test["ef"].clip(*ef_range) - test["ef_ref"]).mean()),
                 "linear on the out-of-fold rows (cross-fitted)": float(np.abs(calibration.apply(oof_fit, test["ef"]) - test["ef_ref"]).mean())}
     record = {"command": "python benchmarks/calibrator_default.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "machine": machine.describe(), "commit": machine.commit(), "record": str(args.record),
-              "n_out_of_fold": int(len(oof)), "out_of_fold": rows, "decision": best, "test_mae_reported_only": test_mae,
+              "current": CURRENT, "n_out_of_fold": int(len(oof)), "out_of_fold": rows, "decision": best, "test_mae_reported_only": test_mae,
               "n_test": int(len(test))}
     out = claim_folder(args.out)
     write_json(out / "calibrator_decision.json", record)
@@ -73,7 +73,7 @@ def main():
     for name, row in rows.items():
         d = row["minus_current"]
         lines.append(f"| {name} | {row['mae']:.2f} | {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] |")
-    lines += ["", f"Decision by the rule: **{best}**" + ("" if adopted else " (no candidate's interval lies wholly below zero)") + ".",
+    lines += ["", f"Decision by the rule: **{best}**" + ("" if best != CURRENT else " (no candidate's interval lies wholly below zero)") + ".",
               "", f"Test list, reported only (n {len(test)}): " + ", ".join(f"{k} {v:.2f}" for k, v in test_mae.items()) + "."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

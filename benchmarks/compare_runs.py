@@ -32,7 +32,9 @@ import yaml
 from echoef import machine, runfiles
 from echoef.io.atomic import claim_folder, read_json, write_csv, write_json, write_text
 from echoef.measure.ef import is_measured
+from echoef.reporting import records
 from echoef.stats import agreement, calibration
+from echoef.stats.agreement import all_wholly_below_zero
 
 CROSS_FIT_FOLDS = 5
 
@@ -146,13 +148,33 @@ def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) 
 
 def verdict(results: dict) -> bool:
     """The rule: B's EF absolute error minus A's wholly below zero before and after calibration, on every set."""
-    return all(row["ci"][1] < 0 for result in results.values() for row in result["ef_abs_error"].values())
+    return all_wholly_below_zero(row for result in results.values() for row in result["ef_abs_error"].values())
 
 
-def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str) -> list[str]:
+def flat_parameters(tree: dict, prefix: str = "") -> dict:
+    """params.yaml as dotted keys (``train.optimisation.ef_weight``) to leaf values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_parameters(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_parameters(run_a: Path, run_b: Path) -> dict:
+    """What B's parameters change: dotted key -> [A's value, B's value], None where a run's
+    params.yaml lacks the key (a parameter added after that run, or a file missing)."""
+    a, b = ({} if not (run / runfiles.PARAMS).is_file() else flat_parameters(yaml.safe_load((run / runfiles.PARAMS).read_text()) or {})
+            for run in (run_a, run_b))
+    return {key: [a.get(key), b.get(key)] for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)}
+
+
+def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str, changed: dict) -> list[str]:
     lines = [f"# {run_b.name} against {run_a.name}", "", f"`{command}`", "",
              f"Machine: {machine.describe()}; commit {machine.commit()}.", "",
-             f"A = `{run_a}`, B = `{run_b}`; B minus A per patient, 95% paired-bootstrap interval.", ""]
+             f"A = `{run_a}`, B = `{run_b}`; B minus A per patient, 95% paired-bootstrap interval.", "",
+             f"Parameters B changes: {records.parameter_changes(changed)}.", ""]
     for subset, result in results.items():
         lines += [f"## {'out of fold' if subset == 'oof' else subset} (n {result['n']})", "",
                   "| measure | A | B | B - A [95% CI] |", "|---|---|---|---|"]
@@ -190,7 +212,8 @@ def main():
                  f"{folds_hash(args.run_b)}): run both with the same split parameters")
     results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
     command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    lines = report_lines(results, args.run_a, args.run_b, args.decide, command)
+    changed = changed_parameters(args.run_a, args.run_b)
+    lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed)
     if args.out:
         out = claim_folder(args.out)
         # The per-patient errors too, so that the verdict can be recomputed from the committed files.
@@ -198,7 +221,8 @@ def main():
                                                   names=["set", "patient"]).reset_index())
         summary = {subset: {key: value for key, value in result.items() if key != "patients"} for subset, result in results.items()}
         write_json(out / "comparison.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
-                                             "a": str(args.run_a), "b": str(args.run_b), "folds_md5": folds_hash(args.run_a),
+                                             "a": str(args.run_a), "b": str(args.run_b), "changed_parameters": changed,
+                                             "folds_md5": folds_hash(args.run_a),
                                              "results": summary, **({"b_replaces_a": verdict(results)} if args.decide else {})})
         write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from echoef.io.atomic import read_json, write_json
+from echoef.reporting import records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks/compare_runs.py"
@@ -74,8 +75,13 @@ def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(
     ef_ref, noise = cohort
     a = write_record(tmp_path / "a", ef_ref + noise, ef_ref)
     b = write_folds_run(tmp_path / "b", ef_ref + noise / 2, ef_ref)
+    (a / "params.yaml").write_text(yaml.safe_dump({"train": {"optimisation": {"es_weight": 0.0, "epochs": 36}}}))
+    (b / "params.yaml").write_text(yaml.safe_dump({"train": {"optimisation": {"es_weight": 1.0, "epochs": 36,
+                                                                              "ef_weight": 0.0}}}))
     run_script(monkeypatch, a, b, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "ab")
     result = read_json(tmp_path / "ab/comparison.json")
+    assert result["changed_parameters"] == {"train.optimisation.ef_weight": [None, 0.0],
+                                            "train.optimisation.es_weight": [0.0, 1.0]}
     oof = result["results"]["oof"]
     before = oof["ef_abs_error"]["pre"]
     assert oof["n"] == 120 and result["b_replaces_a"] is True
@@ -93,6 +99,16 @@ def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(
 
     run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "aa")
     assert read_json(tmp_path / "aa/comparison.json")["b_replaces_a"] is False
+    assert read_json(tmp_path / "aa/comparison.json")["changed_parameters"] == {}
+
+    # README's sentences for both comparisons, the verdict recomputed from the intervals they store.
+    same, better = records.recipe_lines(tmp_path)  # folders in name order: aa, ab
+    assert better.startswith("Out of fold, record `ab`: a candidate recipe (parameters changed: "
+                            "`train.optimisation.ef_weight` absent -> 0.0; `train.optimisation.es_weight` 0.0 -> 1.0) "
+                            "against `a` on the same folds, 120 patients")
+    assert f"candidate minus current {before['mean']:+.2f} [{before['ci'][0]:+.2f}, {before['ci'][1]:+.2f}]" in better
+    assert better.endswith("the candidate is adopted.") and same.endswith("the current recipe stays.")
+    assert "(parameters changed: none)" in same
 
 
 def test_a_better_bias_alone_does_not_pass_the_rule(tmp_path, cohort, monkeypatch):

@@ -183,6 +183,23 @@ def test_the_calibrator_decision_follows_the_rule_from_a_records_numbers(tmp_pat
     assert lines([-0.31, -0.01])[0] in records.readme_block(tmp_path)
 
 
+def test_the_calibrator_default_sentence_is_the_rules_choice_from_the_records_numbers(tmp_path):
+    def decision(ci):
+        return {"record": "results/oof-run", "current": "linear on val", "n_out_of_fold": 349, "out_of_fold": {
+            "linear on val": {"mae": 4.52, "minus_current": {"n": 349, "mean": 0.0, "ci": [0.0, 0.0]}},
+            "none": {"mae": 4.31, "minus_current": {"n": 349, "mean": -0.21, "ci": ci}}}}
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default/calibrator_decision.json").write_text(json.dumps(decision([-0.4, 0.02])))
+    [line] = records.calibrator_default_lines(tmp_path)
+    assert line == ("Calibrator default, record `default`: on the out-of-fold predictions of the 349 training patients "
+                    "of `oof-run`, EF MAE linear on val 4.52; none 4.31 (-0.21 [-0.40, +0.02]) (candidate minus current "
+                    "per patient); so by the rule (a candidate only if its interval lies wholly below zero) the choice "
+                    "is linear on val.")
+    (tmp_path / "default/calibrator_decision.json").write_text(json.dumps(decision([-0.4, -0.02])))
+    assert records.calibrator_default_lines(tmp_path)[0].endswith("the choice is none.")
+    assert records.calibrator_default_lines(tmp_path)[0] in records.readme_block(tmp_path)
+
+
 def test_a_runs_own_outputs_leave_the_commit_clean_and_code_changes_do_not(tmp_path):
     from echoef import machine
 

@@ -121,6 +121,19 @@ def test_paired_difference_of_two_runs():
     assert np.isnan(agreement.paired_difference(err_a, err_b, 0, seed=0)["ci"]).all()
 
 
+def test_the_adoption_rule_needs_an_interval_wholly_below_zero():
+    below, touching, none = {"ci": [-0.4, -0.01]}, {"ci": [-0.4, 0.0]}, {"ci": [float("nan"), float("nan")]}
+    assert agreement.wholly_below_zero(below)
+    assert not any(agreement.wholly_below_zero(row) for row in (touching, none, {"ci": [None, None]}, {}))
+    assert agreement.all_wholly_below_zero([below, below]) and not agreement.all_wholly_below_zero([below, touching])
+    assert not agreement.all_wholly_below_zero([])  # nothing judged, nothing adopted
+    rows = {"current": {"mae": 4.5, "minus_current": {"ci": [0.0, 0.0]}},
+            "worse but lower": {"mae": 4.0, "minus_current": touching},
+            "better": {"mae": 4.3, "minus_current": below}, "best": {"mae": 4.2, "minus_current": {"ci": [-0.5, -0.1]}}}
+    assert agreement.rule_choice("current", rows) == "best"  # the lowest MAE among those the rule admits
+    assert agreement.rule_choice("current", {k: rows[k] for k in ("current", "worse but lower")}) == "current"
+
+
 def test_proportional_bias_against_scipy():
     out = agreement.proportional_bias(PRED, REF)
     fit = stats.linregress((PRED + REF) / 2, PRED - REF)

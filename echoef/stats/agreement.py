@@ -75,6 +75,28 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int)
     return {**out, "ci": _interval(diff[_patient_resamples(len(diff), n_resamples, seed)].mean(1))}
 
 
+def wholly_below_zero(difference: dict) -> bool:
+    """The project's adoption rule for a paired comparison (``paired_difference`` of a candidate's
+    per-patient error minus the current one's): the candidate wins only if the 95% interval lies wholly
+    below zero. No interval (None, or NaN, which JSON stores as null) adopts nothing."""
+    high = (difference.get("ci") or [None, None])[1]
+    return high is not None and bool(np.isfinite(high)) and high < 0
+
+
+def all_wholly_below_zero(differences) -> bool:
+    """The rule applied to a candidate judged by several paired differences (before and after
+    calibration, on every set): adopted only if every one lies wholly below zero, and at least one exists."""
+    differences = list(differences)
+    return bool(differences) and all(wholly_below_zero(difference) for difference in differences)
+
+
+def rule_choice(current: str, candidates: dict) -> str:
+    """Among ``candidates`` (name -> {"mae": ..., "minus_current": a paired difference against the
+    current choice}), the lowest-MAE one whose difference lies wholly below zero; else ``current``."""
+    adopted = [name for name, row in candidates.items() if name != current and wholly_below_zero(row["minus_current"])]
+    return min(adopted, key=lambda name: candidates[name]["mae"]) if adopted else current
+
+
 def proportional_bias(pred: np.ndarray, ref: np.ndarray) -> dict:
     """Slope of the difference on the mean (Bland-Altman) with its 95% CI."""
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
