@@ -34,7 +34,6 @@ from echoef.io.atomic import claim_folder, read_json, write_csv, write_json, wri
 from echoef.measure.ef import is_measured
 from echoef.reporting import records
 from echoef.stats import agreement, calibration
-from echoef.stats.agreement import all_wholly_below_zero
 
 CROSS_FIT_FOLDS = 5
 
@@ -148,7 +147,7 @@ def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) 
 
 def verdict(results: dict) -> bool:
     """The rule: B's EF absolute error minus A's wholly below zero before and after calibration, on every set."""
-    return all_wholly_below_zero(row for result in results.values() for row in result["ef_abs_error"].values())
+    return agreement.all_wholly_below_zero(row for result in results.values() for row in result["ef_abs_error"].values())
 
 
 def flat_parameters(tree: dict, prefix: str = "") -> dict:
