@@ -145,11 +145,6 @@ def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) 
             "error_correlation": float(np.corrcoef(signed_a, signed_b)[0, 1])}
 
 
-def verdict(results: dict) -> bool:
-    """The rule: B's EF absolute error minus A's wholly below zero before and after calibration, on every set."""
-    return agreement.all_wholly_below_zero(row for result in results.values() for row in result["ef_abs_error"].values())
-
-
 def flat_parameters(tree: dict, prefix: str = "") -> dict:
     """params.yaml as dotted keys (``train.optimisation.ef_weight``) to leaf values."""
     out = {}
@@ -190,7 +185,7 @@ def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command:
                   f"Correlation of the two runs' EF errors: {result['error_correlation']:.2f}.", ""]
     if decide:
         lines.append(f"Verdict by the rule (B only if every EF interval above lies wholly below zero): "
-                     f"**{'B replaces A' if verdict(results) else 'A stays'}**.")
+                     f"**{'B replaces A' if records.recipe_adopted(results) else 'A stays'}**.")
     return lines
 
 
@@ -222,7 +217,7 @@ def main():
         write_json(out / "comparison.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
                                              "a": str(args.run_a), "b": str(args.run_b), "changed_parameters": changed,
                                              "folds_md5": folds_hash(args.run_a),
-                                             "results": summary, **({"b_replaces_a": verdict(results)} if args.decide else {})})
+                                             "results": summary, **({"b_replaces_a": records.recipe_adopted(results)} if args.decide else {})})
         write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

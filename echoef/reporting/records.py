@@ -129,6 +129,13 @@ def parameter_changes(changed: dict) -> str:
     return "; ".join(f"`{key}` {shown(a)} -> {shown(b)}" for key, (a, b) in changed.items()) or "none"
 
 
+def recipe_adopted(results: dict) -> bool:
+    """The rule for a candidate recipe (``results`` of a compare_runs comparison, set -> its
+    ``ef_abs_error`` differences): adopted only if its EF absolute error minus the current recipe's
+    lies wholly below zero before and after calibration, on every set compared."""
+    return agreement.all_wholly_below_zero(row for result in results.values() for row in result["ef_abs_error"].values())
+
+
 def recipe_lines(results: Path) -> list[str]:
     """One sentence per out-of-fold comparison of a candidate recipe with the current one (a
     ``comparison.json`` of ``benchmarks/compare_runs.py --cv --decide``): what the candidate changed,
@@ -142,8 +149,7 @@ def recipe_lines(results: Path) -> list[str]:
             continue
         pre, post = oof["ef_abs_error"]["pre"], oof["ef_abs_error"]["post"]
         changed = parameter_changes(comparison["changed_parameters"]) if "changed_parameters" in comparison else "not recorded"
-        adopted = agreement.all_wholly_below_zero(result["ef_abs_error"][phase] for result in comparison["results"].values()
-                                                  for phase in ("pre", "post"))
+        adopted = recipe_adopted(comparison["results"])
         lines.append(f"Out of fold, record `{folder.name}`: a candidate recipe (parameters changed: {changed}) against "
                      f"`{Path(comparison['a']).name}` on the same folds, {oof['n']} patients: EF MAE before calibration "
                      f"{fmt(pre['a'])} against {fmt(pre['b'])}, candidate minus current {_difference(pre)} points per "
