@@ -19,11 +19,17 @@ params: setup  ## write params.yaml from conf/ (what `dvc exp run` does before r
 run: setup  ## set up and run the pipeline (synthetic cohort by default)
 	$(ENV) $(DVC) repro
 
+# One test worker per core, each test file whole on one worker (the end-to-end file builds its DVC run
+# once), one thread each: two workers of two threads on two cores spin against each other
+# (docs/experiment-log.md, "The test suite on two cores").
+XDIST := -n auto --dist loadfile
+TEST_ENV := $(ENV) OMP_NUM_THREADS=1
+
 test: setup  ## the whole suite, as CI runs it (needs ../shared/data for the real-data tests)
-	$(ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) tests
 
 test-fast: setup  ## everything but the end-to-end runs (marked slow)
-	$(ENV) $(PY) -m pytest -q -m "not slow" tests
+	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) -m "not slow" tests
 
 lint: setup  ## style, the layer contract of the package (pyproject.toml), and dvc.yaml's code deps
 	.venv/bin/ruff check .

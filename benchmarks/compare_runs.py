@@ -3,7 +3,7 @@ ED and ES, as B minus A with a paired-bootstrap 95% interval, on the patients bo
 how alike their EF errors are (correlation before calibration).
 
 Usage: python benchmarks/compare_runs.py RUN_A RUN_B [--sets val test] [--cv] [--bootstrap 2000]
-                                         [--decide --out DIR]
+                                         [--decide [--rule-group NAME] --out DIR]
 A RUN is a pipeline workspace after `dvc repro`, or a run record (`results/NAME`, made by `echoef
 record`). Per set, "after" is each run's own calibrator (models/calibrator.json). With --cv the
 out-of-fold patients are compared instead; there "after" is a linear calibrator cross-fitted on the
@@ -13,7 +13,10 @@ compared out of fold. A record keeps no per-patient Dice; its LV Dice is the rec
 
 --decide applies the rule of issue 37, written before the runs it judges: B replaces A only if B's
 per-patient absolute EF error minus A's has an interval wholly below zero both before and after
-calibration, on every set compared. With --out the comparison and the verdict are written there as
+calibration, on every set compared. Where the rule written before the runs spans several comparisons
+(one candidate judged on several sets of models), --rule-group NAME marks each of them: the candidate
+is adopted only if every comparison of the group passes (README states one verdict for the group).
+With --out the comparison and the verdict are written there as
 comparison.json and report.md, with the command, machine and commit, and the per-patient absolute
 errors in patients.csv.
 """
@@ -164,7 +167,8 @@ def changed_parameters(run_a: Path, run_b: Path) -> dict:
     return {key: [a.get(key), b.get(key)] for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)}
 
 
-def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str, changed: dict) -> list[str]:
+def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str, changed: dict,
+                 group: str | None = None) -> list[str]:
     lines = [f"# {run_b.name} against {run_a.name}", "", f"`{command}`", "",
              f"Machine: {machine.describe()}; commit {machine.commit()}.", "",
              f"A = `{run_a}`, B = `{run_b}`; B minus A per patient, 95% paired-bootstrap interval.", "",
@@ -185,7 +189,9 @@ def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command:
                   f"Correlation of the two runs' EF errors: {result['error_correlation']:.2f}.", ""]
     if decide:
         lines.append(f"Verdict by the rule (B only if every EF interval above lies wholly below zero): "
-                     f"**{'B replaces A' if records.recipe_adopted(results) else 'A stays'}**.")
+                     f"**{'B replaces A' if records.recipe_adopted(results) else 'A stays'}**"
+                     + (f", in this comparison; the rule of group `{group}` also needs every other comparison of the group to "
+                        "pass." if group else "."))
     return lines
 
 
@@ -198,8 +204,11 @@ def main():
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decide", action="store_true", help="apply the rule and state the verdict")
+    parser.add_argument("--rule-group", help="with --decide: the rule spans every comparison that names this group")
     parser.add_argument("--out", type=Path, help="write comparison.json and report.md here")
     args = parser.parse_args()
+    if args.rule_group and not args.decide:
+        parser.error("--rule-group needs --decide")
     subsets = ["oof"] if args.cv else args.sets
     if args.cv and folds_hash(args.run_a) != folds_hash(args.run_b):
         sys.exit(f"the runs' cross-validation folds differ (data/cv/folds.json {folds_hash(args.run_a)} against "
@@ -207,7 +216,7 @@ def main():
     results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
     command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     changed = changed_parameters(args.run_a, args.run_b)
-    lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed)
+    lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed, args.rule_group)
     if args.out:
         out = claim_folder(args.out)
         # The per-patient errors too, so that the verdict can be recomputed from the committed files.
@@ -217,6 +226,7 @@ def main():
         write_json(out / "comparison.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
                                              "a": str(args.run_a), "b": str(args.run_b), "changed_parameters": changed,
                                              "folds_md5": folds_hash(args.run_a),
+                                             **({"rule_group": args.rule_group} if args.rule_group else {}),
                                              "results": summary, **({"b_replaces_a": records.recipe_adopted(results)} if args.decide else {})})
         write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

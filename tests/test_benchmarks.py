@@ -168,3 +168,28 @@ def test_the_grid_round_trip_gives_back_what_the_grid_can_hold():
     moved = {key: (module.round_trip(label, spacing_mm, max(label.shape), soft=False), spacing_mm)
              for key, (label, spacing_mm) in frames.items()}
     assert abs(ef.patient_ef(moved, "simpson_biplane")["ef"] - native_ef) <= 1
+
+
+def test_a_rule_over_several_comparisons_adopts_only_when_every_one_passes(tmp_path, cohort, monkeypatch):
+    """One candidate judged on two sets of models (--rule-group): README's one sentence names both
+    records, and the candidate is adopted only if both comparisons pass."""
+    ef_ref, noise = cohort
+    a1 = write_record(tmp_path / "runs/a1", ef_ref + noise, ef_ref)
+    a2 = write_record(tmp_path / "runs/a2", ef_ref + noise, ef_ref)
+    better = write_folds_run(tmp_path / "runs/better", ef_ref + noise / 2, ef_ref)
+    results = tmp_path / "results"
+    run_script(monkeypatch, a1, better, "--cv", "--decide", "--rule-group", "tta", "--bootstrap", 300, "--out", results / "g1")
+    run_script(monkeypatch, a2, a2, "--cv", "--decide", "--rule-group", "tta", "--bootstrap", 300, "--out", results / "g2")
+    assert read_json(results / "g1/comparison.json")["b_replaces_a"] is True  # each comparison's own verdict is kept
+    assert "also needs every other comparison of the group to pass" in (results / "g1/report.md").read_text()
+    [sentence] = records.recipe_lines(results)
+    assert sentence.startswith("Out of fold, records `g1` and `g2`: a candidate recipe") and "against `a1` on the same folds" in sentence
+    assert "against `a2` on the same folds" in sentence and sentence.endswith("the current recipe stays.")
+    # The second comparison passing too: now the group adopts the candidate.
+    run_script(monkeypatch, a2, better, "--cv", "--decide", "--rule-group", "tta", "--bootstrap", 300, "--out", results / "g3")
+    (results / "g2/comparison.json").unlink()
+    [sentence] = records.recipe_lines(results)
+    assert "records `g1` and `g3`" in sentence and sentence.endswith("the candidate is adopted.")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(a1), str(better), "--cv", "--rule-group", "tta"])
+    with pytest.raises(SystemExit):
+        compare_runs().main()

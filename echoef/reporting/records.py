@@ -140,23 +140,38 @@ def recipe_lines(results: Path) -> list[str]:
     """One sentence per out-of-fold comparison of a candidate recipe with the current one (a
     ``comparison.json`` of ``benchmarks/compare_runs.py --cv --decide``): what the candidate changed,
     both MAEs and the paired difference before and after calibration, and the verdict, recomputed
-    here from those intervals by the same rule."""
-    lines = []
+    here from those intervals by the same rule. Comparisons of one ``rule_group`` (one candidate judged
+    on several sets of models) make one sentence, and the candidate is adopted only if every one of
+    them passes."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
     for folder in sorted(p for p in Path(results).iterdir() if (p / "comparison.json").is_file()):
         comparison = read_json(folder / "comparison.json")
-        oof = (comparison.get("results") or {}).get("oof")
-        if not oof or "b_replaces_a" not in comparison:
-            continue
-        pre, post = oof["ef_abs_error"]["pre"], oof["ef_abs_error"]["post"]
-        changed = parameter_changes(comparison["changed_parameters"]) if "changed_parameters" in comparison else "not recorded"
-        adopted = recipe_adopted(comparison["results"])
-        lines.append(f"Out of fold, record `{folder.name}`: a candidate recipe (parameters changed: {changed}) against "
-                     f"`{Path(comparison['a']).name}` on the same folds, {oof['n']} patients: EF MAE before calibration "
-                     f"{fmt(pre['a'])} against {fmt(pre['b'])}, candidate minus current {_difference(pre)} points per "
-                     f"patient; after a linear calibrator cross-fitted alike {fmt(post['a'])} against {fmt(post['b'])}, "
-                     f"{_difference(post)}; so by the rule written before the run (the candidate only if both intervals "
-                     f"lie wholly below zero) {'the candidate is adopted' if adopted else 'the current recipe stays'}.")
+        if (comparison.get("results") or {}).get("oof") and "b_replaces_a" in comparison:
+            groups.setdefault(comparison.get("rule_group") or f"record {folder.name}", []).append((folder.name, comparison))
+    lines = []
+    for members in groups.values():
+        adopted = all(recipe_adopted(comparison["results"]) for _, comparison in members)
+        names = " and ".join(f"`{name}`" for name, _ in members)
+        changes = sorted({parameter_changes(comparison["changed_parameters"]) if "changed_parameters" in comparison
+                          else "not recorded" for _, comparison in members})
+        rule = ("the candidate only if both intervals lie wholly below zero" if len(members) == 1 else
+                "the candidate only if every interval of every comparison lies wholly below zero")
+        lines.append(f"Out of fold, record{'s' if len(members) > 1 else ''} {names}: a candidate recipe (parameters changed: "
+                     f"{'; '.join(changes)}) against " + "; against ".join(_recipe_numbers(comparison) for _, comparison in members)
+                     + f"; so by the rule written before the run ({rule}) "
+                     f"{'the candidate is adopted' if adopted else 'the current recipe stays'}.")
     return lines
+
+
+def _recipe_numbers(comparison: dict) -> str:
+    """One comparison's part of README's sentence: the run it is measured against, both MAEs and the
+    paired differences before and after the cross-fitted calibrator."""
+    oof = comparison["results"]["oof"]
+    pre, post = oof["ef_abs_error"]["pre"], oof["ef_abs_error"]["post"]
+    return (f"`{Path(comparison['a']).name}` on the same folds, {oof['n']} patients: EF MAE before calibration "
+            f"{fmt(pre['a'])} against {fmt(pre['b'])}, candidate minus current {_difference(pre)} points per "
+            f"patient; after a linear calibrator cross-fitted alike {fmt(post['a'])} against {fmt(post['b'])}, "
+            f"{_difference(post)}")
 
 
 def calibrator_default_lines(results: Path) -> list[str]:
