@@ -190,8 +190,8 @@ def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command:
     if decide:
         lines.append(f"Verdict by the rule (B only if every EF interval above lies wholly below zero): "
                      f"**{'B replaces A' if records.recipe_adopted(results) else 'A stays'}**"
-                     + (f", in this comparison; the rule of group `{group}` also needs every other comparison of the group to "
-                        "pass." if group else "."))
+                     + (f" in this comparison; the rule of group `{group}` adopts B only if every comparison of the group "
+                        "passes." if group else "."))
     return lines
 
 

@@ -181,7 +181,7 @@ def test_a_rule_over_several_comparisons_adopts_only_when_every_one_passes(tmp_p
     run_script(monkeypatch, a1, better, "--cv", "--decide", "--rule-group", "tta", "--bootstrap", 300, "--out", results / "g1")
     run_script(monkeypatch, a2, a2, "--cv", "--decide", "--rule-group", "tta", "--bootstrap", 300, "--out", results / "g2")
     assert read_json(results / "g1/comparison.json")["b_replaces_a"] is True  # each comparison's own verdict is kept
-    assert "also needs every other comparison of the group to pass" in (results / "g1/report.md").read_text()
+    assert "adopts B only if every comparison of the group passes" in (results / "g1/report.md").read_text()
     [sentence] = records.recipe_lines(results)
     assert sentence.startswith("Out of fold, records `g1` and `g2`: a candidate recipe") and "against `a1` on the same folds" in sentence
     assert "against `a2` on the same folds" in sentence and sentence.endswith("the current recipe stays.")
