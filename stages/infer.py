@@ -1,8 +1,9 @@
 """Predict label maps on the native grids, with Dice against the expert labels.
 
-infer.py --model FILE --ingested DIR --sets FILE --subsets NAME [NAME ...] --out DIR --dice CSV
+infer.py --model FILE [FILE ...] --ingested DIR --sets FILE --subsets NAME [NAME ...] --out DIR --dice CSV
 [--metrics JSON --full JSON]: the main model on val and test (data/split.json) and each fold's model on its
-out-of-fold patients are this one script with other paths.
+out-of-fold patients are this one script with other paths. Several model files are one ensemble (the
+mean of all their networks' softmax, as cv's fold ensemble).
 """
 
 import argparse
@@ -17,14 +18,15 @@ from echoef.errors import StudyError
 from echoef.io.atomic import read_json, write_csv, write_json
 from echoef.io.framefile import patient_path
 from echoef.model import runtime, segmentation
-from echoef.model.network import load_checkpoint
+from echoef.model.network import load_ensemble
 from echoef.reporting import report
 from echoef.stage import run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name, what in (("--model", "the model file"), ("--ingested", "ingest's frame files"), ("--sets", "JSON of patient lists"),
+    parser.add_argument("--model", type=Path, nargs="+", required=True, help="the model file(s): several are one ensemble")
+    for name, what in (("--ingested", "ingest's frame files"), ("--sets", "JSON of patient lists"),
                        ("--out", "the predicted label maps, one frame file per patient (replaced)"),
                        ("--dice", "Dice of every frame against the expert labels (CSV)")):
         parser.add_argument(name, type=Path, required=True, help=what)
@@ -35,7 +37,7 @@ def main():
     args = parser.parse_args()
     settings = params.load()
     device = runtime.resolve_device(settings.train.runtime.device)
-    models, state = load_checkpoint(args.model, device)
+    models, size = load_ensemble(args.model, device)
     print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(settings.infer.precision, device)}")
     sets = read_json(args.sets)
     shutil.rmtree(args.out, ignore_errors=True)
@@ -43,8 +45,8 @@ def main():
     for subset in args.subsets:
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):
             try:
-                frame_rows, found = segmentation.predict_patient(models, patient, state["model_config"]["input_size"],
-                                                                 settings.infer, patient_path(patient, args.out), args.ingested)
+                frame_rows, found = segmentation.predict_patient(models, patient, size, settings.infer,
+                                                                 patient_path(patient, args.out), args.ingested)
             except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
                 failed.append(f"{patient} ({error})")
                 continue

@@ -256,6 +256,35 @@ def test_a_second_run_at_the_same_time_is_refused_by_dvcs_lock(repo):
     assert result.returncode != 0 and "Unable to acquire lock" in result.stderr + result.stdout
 
 
+def label_maps(folder: Path) -> dict:
+    import numpy as np
+
+    return {(file.stem, key): array for file in sorted(folder.glob("*.npz")) for key, array in np.load(file).items()}
+
+
+def test_the_infer_stage_given_several_model_files_is_cvs_fold_ensemble(repo, tmp_path):
+    """infer.py --model A B: the mean softmax of both files' networks, which cv.py computes by itself
+    for the test list from the same two fold models; the same file twice is that file alone."""
+    import numpy as np
+
+    folds = [str(repo / f"data/cv/fold_{k}/model/segmenter.pt") for k in (0, 1)]
+
+    def infer(models, out):
+        return run([sys.executable, str(repo / "stages/infer.py"), "--model", *models, "--ingested", str(repo / "data/ingested"),
+                    "--sets", str(repo / "data/split.json"), "--subsets", "test", "--out", str(tmp_path / out),
+                    "--dice", str(tmp_path / f"{out}.csv")], repo)
+
+    assert "infer: 2 network(s)" in infer(folds, "both")
+    ensemble, both = label_maps(repo / "data/cv_ensemble"), label_maps(tmp_path / "both")
+    assert len(ensemble) >= 3 * 4 and set(ensemble) == set(both)
+    assert all(np.array_equal(both[key], ensemble[key]) for key in ensemble)
+    infer(folds[:1], "one")
+    infer(folds[:1] * 2, "twice")
+    one, twice = label_maps(tmp_path / "one"), label_maps(tmp_path / "twice")
+    assert all(np.array_equal(one[key], twice[key]) for key in one)
+    assert any(not np.array_equal(one[key], both[key]) for key in one)  # the second fold's networks count
+
+
 def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
     # The train stage itself, outside DVC, on the shared run's data: two members (one-frame and
     # paired) trained at once in two processes, their curves replayed into dvclive afterwards.
