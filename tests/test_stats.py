@@ -349,3 +349,25 @@ def test_a_site_calibrator_learns_the_sites_offset_and_its_interval(tmp_path, ti
     out = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "pred",
                             "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "site.json")
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr
+
+
+def test_review_flags_read_back_from_csv_count_without_filling_floats_with_text(tmp_path):
+    """A summary whose review column is empty on every row comes back from CSV as floats (NaN):
+    the flag rates are 0, with no warning of the fill a future pandas refuses; a mixed column counts
+    its flagged rows; no column at all counts none. The same for the split's quality column."""
+    import warnings
+
+    from echoef.io.atomic import text_column
+
+    rows = {"patient": ["a", "b", "c", "d"], "status": "ok", "ef": [50.0, 60, 40, 55], "ef_ref": [52.0, 58, 45, 55]}
+    for review, flagged, unlike in ((["", "", "", ""], 0.0, 0.0), (["", "unlike_training:3.1", "touches_border", ""], 0.5, 0.25)):
+        pd.DataFrame({**rows, "review": review}).to_csv(tmp_path / "summary.csv", index=False)
+        table = pd.read_csv(tmp_path / "summary.csv")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            report = agreement.cohort_agreement(table, n_resamples=50)
+        assert (report["flagged_for_review"], report["unlike_training"]) == (flagged, unlike)
+    assert report["n_measured"] == 4 and report["ef"]["mae"] == pytest.approx(np.mean([2, 2, 5, 0]))
+    assert agreement.cohort_agreement(pd.DataFrame(rows), n_resamples=50)["flagged_for_review"] == 0.0
+    assert text_column(pd.DataFrame({"quality_2ch": [np.nan, np.nan]}), "quality_2ch").tolist() == ["", ""]
+    assert text_column(pd.DataFrame({"x": [1.0]}), "quality_2ch").tolist() == [""]

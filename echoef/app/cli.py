@@ -21,7 +21,7 @@ import pandas as pd
 from .. import runfiles
 from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
 from ..io import camus
-from ..io.atomic import check_ownable, claim_folder, read_json, write_csv, write_json, write_text
+from ..io.atomic import check_ownable, claim_folder, read_json, text_column, write_csv, write_json, write_text
 from ..measure import simpson
 from ..measure.ef import VIEW_COLUMNS, is_measured, label_maps, patient_ef
 from ..params import PRECISIONS, Infer, build
@@ -218,7 +218,7 @@ def write_cohort_report(table: pd.DataFrame, folder: Path) -> dict | None:
 
 def unlike_line(table: pd.DataFrame) -> str:
     """How many studies were flagged as unlike the training data ('' when none was)."""
-    count = int(table["review"].fillna("").astype(str).str.contains("unlike_training").sum())
+    count = int(text_column(table, "review").str.contains("unlike_training").sum())
     return f"; {count} unlike the training data (review)" if count else ""
 
 

@@ -178,6 +178,16 @@ def write_csv(path: str | Path, table: pd.DataFrame) -> None:
         table.to_csv(tmp, index=False)
 
 
+def text_column(table: pd.DataFrame, name: str) -> pd.Series:
+    """A text column of a table as text, '' where a row has none (or where the table lacks the
+    column). Read back from a CSV such a column is NaN where empty, and float when every row is:
+    filling that with text is what a future pandas refuses, so it is made text first."""
+    if name not in table:
+        return pd.Series("", index=table.index, dtype=object)
+    column = table[name].astype(object)
+    return column.where(column.notna(), "").astype(str)
+
+
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write compressed arrays atomically."""
     with atomic_path(path) as tmp:

@@ -7,6 +7,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.model_selection import KFold
 
+from ..io.atomic import text_column
 from ..measure.ef import ef_class, is_measured
 from . import calibration
 
@@ -298,7 +299,7 @@ def cohort_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0
         interval = pd.to_numeric(table["es_error_frames"], errors="coerce") - pd.to_numeric(table["ed_error_frames"], errors="coerce")
         frames["ed_to_es_interval_error"] = frame_agreement(interval)
     report["frames"] = frames
-    reviews = table["review"].fillna("").astype(str) if "review" in table else pd.Series("", index=table.index)
+    reviews = text_column(table, "review")
     rated = table["status"].astype(str).map(is_measured)
     report["flagged_for_review"] = float((reviews[rated] != "").mean()) if rated.any() else float("nan")
     report["unlike_training"] = float(reviews[rated].str.contains("unlike_training").mean()) if rated.any() else float("nan")

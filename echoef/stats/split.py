@@ -9,7 +9,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import SplitError
-from ..io.atomic import write_json
+from ..io.atomic import text_column, write_json
 from ..measure.ef import ef_class
 from ..params import fold_ids
 
@@ -17,7 +17,7 @@ from ..params import fold_ids
 def strata(cohort: pd.DataFrame, min_count: int = 3) -> pd.Series:
     """Stratum of each patient: EF class and 2CH image quality, merged while a stratum is tiny."""
     labels = pd.Series(ef_class(cohort["ef_ref"].to_numpy()).astype(str), index=cohort.index)
-    with_quality = labels + "_" + cohort["quality_2ch"].fillna("").astype(str)
+    with_quality = labels + "_" + text_column(cohort, "quality_2ch")
     # Stratification needs a few patients per stratum; fall back to EF class, then to none.
     for candidate in (with_quality, labels):
         if candidate.value_counts().min() >= min_count:
