@@ -27,7 +27,7 @@ import pandas as pd
 from echoef import machine
 from echoef.app import cli
 from echoef.app.site import write_simulated_site
-from echoef.io.atomic import claim_folder, read_json, write_json, write_text
+from echoef.io.atomic import claim_folder, read_json, text_column, write_json, write_text
 from echoef.io.site_shift import SiteShift
 from echoef.measure.ef import is_measured
 from echoef.stats.agreement import paired_difference, summary
@@ -94,8 +94,8 @@ def main():
                 "site-tune, then site-calibrate on the same 20": recalibrated(tuned.loc[tuned.index.intersection(held_out)],
                                                                              tmp / "tuned_calibrator.json")}
         tune_report = read_json(tmp / "tuned" / "site_tuning.json")
-        site_flags = base.loc[base.index.intersection(held_out), "review"].fillna("").str.contains("unlike_training")
-        camus_flags = camus_table["review"].fillna("").str.contains("unlike_training")
+        site_flags = text_column(base.loc[base.index.intersection(held_out)], "review").str.contains("unlike_training")
+        camus_flags = text_column(camus_table, "review").str.contains("unlike_training")
         novelty = read_json(args.bundle / "novelty.json") if (args.bundle / "novelty.json").is_file() else {}
     before = errors(held[next(iter(held))], site_ef)
     rows = {}
