@@ -3,7 +3,7 @@ ED and ES, as B minus A with a paired-bootstrap 95% interval, on the patients bo
 how alike their EF errors are (correlation before calibration).
 
 Usage: python benchmarks/compare_runs.py RUN_A RUN_B [--sets val test] [--cv] [--bootstrap 2000]
-                                         [--decide [--rule-group NAME] --out DIR]
+                                         [--decide [--rule-group NAME] --out DIR] [--what TEXT]
 A RUN is a pipeline workspace after `dvc repro`, or a run record (`results/NAME`, made by `echoef
 record`). Per set, "after" is each run's own calibrator (models/calibrator.json). With --cv the
 out-of-fold patients are compared instead; there "after" is a linear calibrator cross-fitted on the
@@ -16,7 +16,8 @@ per-patient absolute EF error minus A's has an interval wholly below zero both b
 calibration, on every set compared. Where the rule written before the runs spans several comparisons
 (one candidate judged on several sets of models), --rule-group NAME marks each of them: the candidate
 is adopted only if every comparison of the group passes (README states one verdict for the group).
-With --out the comparison and the verdict are written there as
+--what TEXT says what B is where its parameters do not (an ensemble of other runs' models, a
+re-run): the report states it beside the parameters that differ. With --out the comparison and the verdict are written there as
 comparison.json and report.md, with the command, machine and commit, and the per-patient absolute
 errors in patients.csv.
 """
@@ -168,11 +169,12 @@ def changed_parameters(run_a: Path, run_b: Path) -> dict:
 
 
 def report_lines(results: dict, run_a: Path, run_b: Path, decide: bool, command: str, changed: dict,
-                 group: str | None = None) -> list[str]:
+                 group: str | None = None, what: str | None = None) -> list[str]:
     lines = [f"# {run_b.name} against {run_a.name}", "", f"`{command}`", "",
              f"Machine: {machine.describe()}; commit {machine.commit()}.", "",
              f"A = `{run_a}`, B = `{run_b}`; B minus A per patient, 95% paired-bootstrap interval.", "",
-             f"Parameters B changes: {records.parameter_changes(changed)}.", ""]
+             *([f"B: {what}.", ""] if what else []),
+             f"Parameters B changes (its params.yaml against A's): {records.parameter_changes(changed)}.", ""]
     for subset, result in results.items():
         lines += [f"## {'out of fold' if subset == 'oof' else subset} (n {result['n']})", "",
                   "| measure | A | B | B - A [95% CI] |", "|---|---|---|---|"]
@@ -206,6 +208,7 @@ def main():
     parser.add_argument("--decide", action="store_true", help="apply the rule and state the verdict")
     parser.add_argument("--rule-group", help="with --decide: the rule spans every comparison that names this group")
     parser.add_argument("--out", type=Path, help="write comparison.json and report.md here")
+    parser.add_argument("--what", help="what B is, where its parameters do not say it")
     args = parser.parse_args()
     if args.rule_group and not args.decide:
         parser.error("--rule-group needs --decide")
@@ -216,7 +219,7 @@ def main():
     results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
     command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     changed = changed_parameters(args.run_a, args.run_b)
-    lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed, args.rule_group)
+    lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed, args.rule_group, args.what)
     if args.out:
         out = claim_folder(args.out)
         # The per-patient errors too, so that the verdict can be recomputed from the committed files.
@@ -227,6 +230,7 @@ def main():
                                              "a": str(args.run_a), "b": str(args.run_b), "changed_parameters": changed,
                                              "folds_md5": folds_hash(args.run_a),
                                              **({"rule_group": args.rule_group} if args.rule_group else {}),
+                                             **({"what_b": args.what} if args.what else {}),
                                              "results": summary, **({"b_replaces_a": records.recipe_adopted(results)} if args.decide else {})})
         write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

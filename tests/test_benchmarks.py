@@ -97,8 +97,10 @@ def test_a_run_with_half_the_error_replaces_the_other_and_the_same_run_does_not(
     assert (patients["pre_b"] - patients["pre_a"]).mean() == pytest.approx(before["mean"])
     assert np.allclose(patients["pre_b"], np.abs(patients["ef_b"] - patients["ef_ref"]))
 
-    run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "aa")
+    run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", tmp_path / "aa", "--what", "the same run again")
     assert read_json(tmp_path / "aa/comparison.json")["b_replaces_a"] is False
+    assert read_json(tmp_path / "aa/comparison.json")["what_b"] == "the same run again"
+    assert "B: the same run again.\n" in (tmp_path / "aa/report.md").read_text()
     assert read_json(tmp_path / "aa/comparison.json")["changed_parameters"] == {}
 
     # README's sentences for both comparisons, the verdict recomputed from the intervals they store.
