@@ -85,3 +85,42 @@ def test_an_ef_only_row_keeps_its_flags():
     assert as_ef_only(row)["status"] == "ok_ef_only" and math.isnan(as_ef_only(row)["edv_ml"])
     assert as_ef_only({**row, "status": "ok_single_plane_touches_border:4CH_ED"})["status"] == "ok_ef_only_touches_border:4CH_ED"
     assert as_ef_only({**row, "ef": -3.0, "status": "implausible:esv_not_below_edv"})["status"] == "implausible:esv_not_below_edv"
+
+
+def _spliced_mjpeg(path, sizes, frames_each=3):
+    """An AVI whose stream header states the first picture size while later pictures carry others
+    (MJPEG pictures each state their own): what splicing two exports, or crafting one, gives."""
+    from fractions import Fraction
+
+    import av
+
+    rng = np.random.default_rng(0)
+    packets = []
+    for height, width in sizes:
+        encoder = av.CodecContext.create("mjpeg", "w")
+        encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = width, height, "yuvj420p", Fraction(1, 25)
+        for index in range(frames_each):
+            picture = av.VideoFrame.from_ndarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), format="rgb24")
+            picture = picture.reformat(format="yuvj420p")
+            picture.pts = index
+            packets += list(encoder.encode(picture))
+        packets += list(encoder.encode(None))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.height, stream.width = sizes[0]
+        stream.pix_fmt = "yuvj420p"
+        for index, packet in enumerate(packets):
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("later", [(48, 64), (96, 128)])
+def test_a_picture_size_that_changes_mid_loop_is_refused(tmp_path, later):
+    """Every decoded picture is held to the loop's size before it is converted: the header's size
+    check cannot be passed by a small header over larger pictures (a memory bomb), and a loop of
+    mixed sizes is a named bad geometry, not a crash in stacking the frames."""
+    path = _spliced_mjpeg(tmp_path / "a4c.avi", [(64, 80), later])
+    with pytest.raises(StudyError, match=rf"bad_geometry.*frame 3 is {later[0]} x {later[1]} pixels in a loop of 64 x 80"):
+        imagefile.read_loop(path)
+    assert imagefile.read_loop(_spliced_mjpeg(tmp_path / "same.avi", [(64, 80), (64, 80)])).frames.shape == (6, 64, 80)

@@ -28,10 +28,17 @@ def nominal_spacing_mm(shape: tuple[int, int]) -> tuple[float, float]:
     return (size, size)
 
 
+def _check_picture_size(path: Path, height: int, width: int) -> None:
+    """StudyError('bad_geometry') for a picture size no echo loop has (as ``imagefile.MAX_PIXELS``)."""
+    if min(height, width) < 2 or height * width > MAX_PIXELS:
+        raise StudyError("bad_geometry", f"{path.name}: pictures of {height} x {width} pixels are not an echo loop")
+
+
 def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     """A video's frames (T, H, W) as grey levels, the time between them, and the pixel size
     ``spacing_mm`` if given, else a nominal one with ``spacing_stated`` False (EF only). The picture
-    size is checked before any frame is decoded, and the frame count while decoding."""
+    size is checked before any frame is decoded, and each decoded picture's size (it must be the
+    stream's) and the frame count before the picture is converted."""
     import av  # FFmpeg is loaded only where a video is read
 
     path = Path(path)
@@ -42,10 +49,14 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             if stream is None:
                 raise StudyError("unreadable_file", f"{path.name}: no video stream")
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
-            if min(height, width) < 2 or height * width > MAX_PIXELS:
-                raise StudyError("bad_geometry", f"{path.name}: pictures of {height} x {width} pixels are not an echo loop")
+            _check_picture_size(path, height, width)
             rate = stream.average_rate or stream.guessed_rate
             for frame in container.decode(stream):
+                # Each picture carries its own size, which need not be the stream header's: a spliced or
+                # crafted stream can change it mid-loop. Checked before the picture is converted.
+                if (frame.height, frame.width) != (height, width):
+                    raise StudyError("bad_geometry", f"{path.name}: frame {len(frames)} is {frame.height} x {frame.width} "
+                                                     f"pixels in a loop of {height} x {width}")
                 if (len(frames) + 1) * height * width > MAX_LOOP_PIXELS:
                     raise StudyError("bad_geometry", f"{path.name}: more than {MAX_LOOP_PIXELS // (height * width)} frames")
                 frames.append((frame.to_ndarray(format="rgb24") @ LUMINANCE).astype(np.float32))
