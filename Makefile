@@ -3,7 +3,7 @@ DVC := .venv/bin/dvc
 # The stages call `python` and `dvc`: the project's environment comes first on PATH.
 ENV := PATH=$(CURDIR)/.venv/bin:$$PATH
 
-.PHONY: setup params run test test-fast lint deps bench clean gpu-record
+.PHONY: setup params run test test-fast lint deps bench clean gpu-record gpu-wheels
 
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3.11 -m venv .venv
@@ -45,4 +45,9 @@ bench: setup  ## EF-method benchmark on ../shared/data/camus (see docs/benchmark
 	$(PY) benchmarks/ef_reference.py --root ../shared/data/camus
 
 gpu-record:  ## on a CUDA machine: the GPU profile under a deadline, logs and record in OUT (README: The GPU run)
-	python3 benchmarks/gpu_record.py --out $(or $(OUT),gpu-run) $(if $(WHEELS),--wheels $(WHEELS)) --deadline-s $(or $(DEADLINE),540)
+	python3 benchmarks/gpu_record.py --out $(or $(OUT),gpu-run) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DATA),--data $(DATA)) \
+		$(foreach name,$(LEAVE),--leave $(name)) --deadline-s $(or $(DEADLINE),540)
+
+gpu-wheels: setup  ## the wheels a CUDA machine lacks, for its Python (README: The GPU run)
+	$(PY) benchmarks/gpu_wheels.py --out $(or $(WHEELS),wheels) --python-version $(or $(PYTHON_VERSION),3.12) \
+		$(if $(MACHINE),--installed $(MACHINE)) $(foreach name,$(LEAVE),--leave $(name))

@@ -2,8 +2,13 @@
 under a deadline this script enforces itself, and always leave the logs, the run's numbers and (when
 it finished) its record in the output folder.
 
-    python3 benchmarks/gpu_record.py --out OUT [--wheels WHEELS] [--deadline-s 540] [--profile camus-gpu]
-                                     [--data ROOT] [-S key=value ...]
+    python3 benchmarks/gpu_record.py --out OUT [--wheels WHEELS] [--leave av] [--deadline-s 540]
+                                     [--profile camus-gpu] [--data ROOT] [-S key=value ...]
+
+It installs only what the machine lacks: the pins of requirements.txt it has no version of at all
+(torch and torchvision never), each from WHEELS (benchmarks/gpu_wheels.py builds the folder for a
+given machine). What the machine has at another version is kept and logged, since its numpy or
+scipy may be what its torch was built with.
 
 Made so that the two ways an earlier attempt failed cannot happen:
 - The stages call `python`, which a bare machine may not have (only `python3`): this script puts
@@ -19,8 +24,10 @@ Nothing in it knows about any particular lending service: it runs on any CUDA ma
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,13 +110,73 @@ def run_logged(command: list[str], log: Log, env: dict, cwd: Path, deadline: flo
     return process.wait(), timed_out
 
 
-def requirements_without_heavy(path: Path, out: Path) -> Path:
-    """requirements.txt less torch and torchvision (the machine's own CUDA build stays)."""
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#") and line.split("==")[0].strip().lower() not in HEAVY]
-    target = out / "requirements-gpu.txt"
-    target.write_text("\n".join(kept) + "\n")
-    return target
+def distribution_name(text: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): case, '-', '_' and '.' alike."""
+    return re.sub(r"[-_.]+", "-", text).lower()
+
+
+def pinned_requirements(path: Path) -> list[tuple[str, str]]:
+    """(name, version) of each ``name==version`` line of a requirements file, torch and torchvision
+    left out: the machine's own CUDA build of those stays."""
+    pins = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and "==" in line and distribution_name(line.split("==")[0].strip()) not in HEAVY:
+            name, version = (part.strip() for part in line.split("==", 1))
+            pins.append((name, version))
+    return pins
+
+
+def lacking(pins: list[tuple[str, str]], installed: dict[str, str | None]) -> tuple[list[tuple[str, str]], list[tuple[str, str | None, str]]]:
+    """What to install: the pins whose distribution the machine lacks altogether; and what is kept,
+    (name, the machine's version or None if not known, the pinned one) for each installed at another
+    version. A GPU
+    machine's numpy, pandas or scipy were built with its torch and are not replaced: replacing them
+    would need their wheels too, and could break what imports them there."""
+    missing, kept = [], []
+    for name, version in pins:
+        if distribution_name(name) not in installed:
+            missing.append((name, version))
+        elif installed[distribution_name(name)] != version:
+            kept.append((name, installed[distribution_name(name)], version))
+    return missing, kept
+
+
+def installed_distributions() -> dict[str, str]:
+    """{normalised name: version} of what this interpreter has installed."""
+    from importlib import metadata
+
+    return {distribution_name(dist.metadata["Name"]): dist.version for dist in metadata.distributions()
+            if dist.metadata["Name"]}
+
+
+def install_lacking(wheels: Path | None, leave: set[str], installed: dict[str, str | None], log: Log, env: dict,
+                    deadline: float | None = None) -> int:
+    """Install from ``wheels`` the pins of requirements.txt the machine lacks (``lacking``), less the
+    names in ``leave``; then this project, if the stages could not import it. Logged and stepped
+    ('install'); pip's status (1 when something is missing and there is no wheels folder)."""
+    missing, kept = lacking(pinned_requirements(ROOT / "requirements.txt"), installed)
+    left = [f"{name}=={version}" for name, version in missing if distribution_name(name) in leave]
+    missing = [(name, version) for name, version in missing if distribution_name(name) not in leave]
+    for name, have, pinned in kept:
+        log.line(f"kept the machine's {name} {have or '(version not known)'} (requirements.txt pins {pinned})")
+    if left:
+        log.line(f"left out as asked (--leave): {', '.join(left)}")
+    status = 0
+    if missing and wheels is None:
+        log.line(f"missing, and no --wheels to install them from: {', '.join(f'{n}=={v}' for n, v in missing)}")
+        status = 1
+    elif missing:
+        # Only what is missing, at its pin; pip takes each one's own needs from the machine where it
+        # has them and from the wheels otherwise (benchmarks/gpu_wheels.py builds such a folder).
+        status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
+                                *[f"{name}=={version}" for name, version in missing]], log, env, ROOT, deadline)
+    if status == 0 and importlib.util.find_spec("echoef") is None:  # the stages import it, PYTHONPATH counted
+        status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                                "-e", str(ROOT)], log, env, ROOT, deadline)
+    log.step("install", status=status, installed=[f"{n}=={v}" for n, v in missing], left=left,
+             kept=[{"name": n, "machine": have, "pinned": pinned} for n, have, pinned in kept])
+    return status
 
 
 # Prints the train.runtime.parallel_members that the profile and overrides ask for (argv: repo, overrides).
@@ -154,6 +221,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="logs, status.json, the run's numbers and its record")
     parser.add_argument("--wheels", type=Path, help="a folder of wheels to install what is missing from (pip --no-index)")
+    parser.add_argument("--leave", action="append", default=[], metavar="NAME",
+                        help="a requirement not to install though missing (e.g. av: the stages read no video)")
     parser.add_argument("--deadline-s", type=float, default=540, help="the whole command's time, install included")
     parser.add_argument("--profile", default="camus-gpu")
     parser.add_argument("--data", help="the CAMUS folder (data.root), if not the profile's")
@@ -183,16 +252,8 @@ def main(argv=None) -> int:
         log.step("python", ok=found.returncode == 0 and found.stdout.strip() == sys.prefix)
         if not log.status["steps"][-1]["ok"]:
             return 1
-        if args.wheels:
-            requirements = requirements_without_heavy(ROOT / "requirements.txt", out)
-            status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(args.wheels),
-                                    "-r", str(requirements)], log, env, ROOT, deadline)
-            if status == 0:
-                status, _ = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
-                                        "-e", str(ROOT)], log, env, ROOT, deadline)
-            log.step("install", status=status)
-            if status:
-                return 1
+        if install_lacking(args.wheels, set(map(distribution_name, args.leave)), installed_distributions(), log, env, deadline):
+            return 1
         check = ("import torch, echoef, dvc; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), "
                  "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')")
         status, _ = run_logged([sys.executable, "-c", check], log, env, ROOT)

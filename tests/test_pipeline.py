@@ -430,3 +430,81 @@ def test_the_gpu_commands_deadline_stops_the_whole_process_tree(tmp_path):
     time.sleep(0.5)
     assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
     assert "deadline reached" in (tmp_path / "gpu_record.log").read_text()
+
+
+def test_the_gpu_command_installs_only_what_the_machine_lacks(tmp_path, monkeypatch):
+    """A pin the machine lacks is installed from the wheels, at its pin; one it has at another version is
+    kept and logged; one left out by --leave is not installed; with no wheels folder a missing pin is
+    a failure named in the log, not a half-installed machine."""
+    module = gpu_record()
+    pins = module.pinned_requirements(ROOT / "requirements.txt")
+    assert ("dvc", "3.67.1") in pins and not {"torch", "torchvision"} & {name for name, _ in pins}
+    machine = {module.distribution_name(name): version for name, version in pins}
+    machine |= {"numpy": "2.5.2", "pillow": None}
+    del machine["simpleitk"], machine["av"], machine["dvc"]
+    commands = []
+    monkeypatch.setattr(module, "run_logged", lambda command, *rest, **named: commands.append(command) or (0, False))
+    log = module.Log(tmp_path)
+    assert module.install_lacking(tmp_path / "wheels", {"av"}, machine, log, ENV) == 0
+    assert commands[0][-4:] == ["--find-links", str(tmp_path / "wheels"), "SimpleITK==2.5.7", "dvc==3.67.1"]
+    step = json.loads((tmp_path / "status.json").read_text())["steps"][-1]
+    assert sorted(step["installed"]) == ["SimpleITK==2.5.7", "dvc==3.67.1"] and step["left"] == ["av==18.1.0"]
+    assert {"name": "numpy", "machine": "2.5.2", "pinned": "2.4.6"} in step["kept"]
+    logged = (tmp_path / "gpu_record.log").read_text()
+    assert "kept the machine's numpy 2.5.2 (requirements.txt pins 2.4.6)" in logged
+    assert "kept the machine's pillow (version not known) (requirements.txt pins 13.0.0)" in logged
+    commands.clear()
+    assert module.install_lacking(None, set(), machine, log, ENV) == 1 and commands == []
+    assert "missing, and no --wheels to install them from: SimpleITK==2.5.7, av==18.1.0, dvc==3.67.1" in (tmp_path / "gpu_record.log").read_text()
+
+
+def gpu_wheels():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "benchmarks/gpu_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_wheels_are_the_closure_of_what_the_machine_lacks():
+    """On a hand-made graph: needs followed through extras and markers evaluated for the machine's
+    Python, a cycle ending, torch never carried, a need the machine has at an accepted version (or an
+    unlisted one) not carried, one at a version it does not accept carried; the versions are those
+    installed here, and a mismatch is an error."""
+    module = gpu_wheels()
+    graph = {"a": ("1.0", ["b>=2", "c; python_version < '3.12'", "d[x]", "torch>=2", "e"]), "b": ("2.1", []),
+             "c": ("1.0", []), "d": ("3.0", ["f; extra == 'x'", "g; extra == 'y'"]), "e": ("1.0", []), "f": ("1.0", ["a"]),
+             "g": ("1.0", [])}
+
+    def metadata_of(name):
+        return graph[module.distribution_name(name)]
+
+    def needed(python, machine, missing=(("a", "1.0"),)):
+        return module.needed(list(missing), machine, module.target_environment(python), metadata_of)
+
+    assert needed("3.12", {}) == {"a": "1.0", "b": "2.1", "d": "3.0", "e": "1.0", "f": "1.0"}
+    assert needed("3.11", {}) == {"a": "1.0", "b": "2.1", "c": "1.0", "d": "3.0", "e": "1.0", "f": "1.0"}
+    assert needed("3.12", {"b": "2.5", "e": None}) == {"a": "1.0", "d": "3.0", "f": "1.0"}
+    assert needed("3.12", {"b": "1.9"})["b"] == "2.1"
+    with pytest.raises(SystemExit, match="a 1.0 is installed here, 2.0 is wanted"):
+        needed("3.12", {}, missing=(("a", "2.0"),))
+    graph["e"] = ("0.9", [])
+    graph["a"] = ("1.0", ["e>=1"])
+    with pytest.raises(SystemExit, match="a needs e>=1, 0.9 is installed here"):
+        needed("3.12", {})
+
+
+def test_the_gpu_wheels_of_this_project_for_a_machine_with_torch_alone(tmp_path):
+    """The real requirements, read from what `make setup` installed: dvc and SimpleITK are carried with
+    what they need, torch never; a machine that lists numpy keeps its own."""
+    module = gpu_wheels()
+    missing, _ = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), module.read_installed(None))
+    carry = module.needed(missing, module.read_installed(None), module.target_environment("3.12"))
+    assert {"dvc", "simpleitk", "segmentation-models-pytorch", "dvc-data", "scmrepo", "numpy"} <= set(carry)
+    assert not {"torch", "torchvision"} & set(carry)
+    (tmp_path / "freeze.txt").write_text("torch==2.11.0\nnumpy==2.5.2\n# a comment\npandas\n")
+    machine = module.read_installed(tmp_path / "freeze.txt")
+    assert machine == {"torch": "2.11.0", "numpy": "2.5.2", "pandas": None}
+    missing, kept = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), machine)
+    assert ("numpy", "2.5.2", "2.4.6") in kept and "numpy" not in module.needed(missing, machine, module.target_environment("3.12"))
