@@ -573,3 +573,105 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     damaged.write_bytes(gzip.compress(path.read_bytes())[:-200])
     with pytest.raises(StudyError, match="unreadable_file"):
         imagefile.read_loop(damaged)
+
+
+# ---- 8. a file read whole is a regular file of its kind's size -----------------------------------------
+
+def _within(seconds, function, *args):
+    """``function(*args)``'s result or exception, or AssertionError if it has not returned in
+    ``seconds`` (it is left blocked in a daemon thread): a hang fails the test instead of the suite."""
+    import threading
+
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{function.__name__}{args} blocked"
+    return outcome
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "too_large", "largest", "missing"])
+def test_a_file_read_whole_is_only_a_regular_one_within_its_size(tmp_path, kind):
+    from echoef.io import untrusted
+
+    path = tmp_path / "calibrator.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer will come: opening it for reading as usual would wait for ever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # reads for ever
+    elif kind == "folder":
+        path.mkdir()
+    elif kind in ("too_large", "largest"):
+        path.write_bytes(b"7" * (1001 if kind == "too_large" else 1000))
+    read = _within(10, untrusted.read_bounded, path, 1000)
+    checked = _within(10, untrusted.regular_file, path)
+    if kind == "largest":
+        assert read["value"] == b"7" * 1000 and checked["value"] == path
+    elif kind == "missing":
+        assert isinstance(read["error"], FileNotFoundError) and isinstance(checked["error"], FileNotFoundError)
+    elif kind == "too_large":
+        assert "1001 bytes, more than such a file holds (1000)" in str(read["error"]) and checked["value"] == path
+    else:
+        for outcome in (read, checked):
+            assert isinstance(outcome["error"], ValueError) and "is not a regular file" in str(outcome["error"])
+
+
+def test_no_command_waits_on_a_fifo_or_reads_a_device_handed_in(tmp_path, tiny_model, phantom_root):
+    """Each file a command reads whole, handed in as a FIFO or a link to /dev/zero, in one process
+    with a deadline: options are refused in one line (status 2), a study's own file fails that
+    study or its reference, a broken row is named in merge's summary; nothing blocks."""
+    fifo, zero = tmp_path / "fifo.json", tmp_path / "zero.json"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    patient = phantom_root / "database_nifti" / "patient0001"
+    cfg_fifo = tmp_path / "cfg" / "patient0001"
+    shutil.copytree(patient, cfg_fifo)
+    (cfg_fifo / "Info_2CH.cfg").unlink()
+    os.mkfifo(cfg_fifo / "Info_2CH.cfg")
+    model = ["--model", tiny_model / "segmenter.pt", "--device", "cpu"]
+    calibrated = [*model, "--calibrator", tiny_model / "calibrator.json"]
+    echoef_in_process("predict", patient, *calibrated, "--out", tmp_path / "rows")
+    row = tmp_path / "rows" / "patient0001" / "patient0001_row.json"
+    assert row.is_file()
+    row.unlink()
+    os.mkfifo(row)
+    out_marked = tmp_path / "marked"
+    out_marked.mkdir()
+    os.mkfifo(out_marked / atomic.OWNER_MARK)
+    cases = {
+        "calibrator": ["predict", patient, *model, "--calibrator", fifo, "--out", tmp_path / "o1"],
+        "calibrator_zero": ["predict", patient, *model, "--calibrator", zero, "--out", tmp_path / "o2"],
+        "novelty": ["predict", patient, *calibrated, "--novelty", zero, "--out", tmp_path / "o3"],
+        "model": ["predict", patient, "--model", fifo, "--calibrator", tiny_model / "calibrator.json", "--out", tmp_path / "o4"],
+        "views": ["predict", "--dicom", patient, *calibrated, "--views", fifo, "--out", tmp_path / "o5"],
+        "site_table": ["site-calibrate", zero, "--out", tmp_path / "o6"],
+        "owner_mark": ["predict", patient, *calibrated, "--out", out_marked],
+        "merge_row": ["merge", tmp_path / "rows"],
+        "cfg": ["ef", tmp_path / "cfg", "--out", tmp_path / "ef.csv"],
+    }
+    script = ("import contextlib, io, json, sys\nfrom echoef.app import cli\n"
+              "for name, args in json.loads(sys.argv[1]).items():\n"
+              "    err = io.StringIO()\n"
+              "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+              "        status = cli.main(args)\n"
+              "    print(json.dumps([name, status, err.getvalue()]), flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps({k: list(map(str, v)) for k, v in cases.items()})],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    results = {name: (status, err) for name, status, err in map(json.loads, done.stdout.splitlines())}
+    assert list(results) == list(cases), done.stderr[-2000:]
+    for name in ("calibrator", "calibrator_zero", "novelty", "views", "site_table", "model"):
+        status, err = results[name]
+        assert status == 2 and "is not a regular file" in err and len(err.strip().splitlines()) == 1, (name, err)
+    assert results["owner_mark"][0] == 2 and "holds files EchoEF did not write there" in results["owner_mark"][1]
+    merged = pd.read_csv(tmp_path / "rows" / "summary.csv")
+    assert results["merge_row"][0] == 1 and merged["status"].tolist() == ["unreadable_row"]
+    assert "is not a regular file" in merged["detail"].iloc[0]
+    table = pd.read_csv(tmp_path / "ef.csv")
+    assert results["cfg"][0] == 0 and table["ef"].notna().all() and table["ef_ref"].isna().all()

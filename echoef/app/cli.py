@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from .. import runfiles
 from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
 from ..io import camus
 from ..io.atomic import check_ownable, claim_folder, read_json, text_column, write_csv, write_json, write_text
+from ..io.untrusted import read_bounded
 from ..measure import simpson
 from ..measure.ef import VIEW_COLUMNS, is_measured, label_maps, patient_ef
 from ..params import PRECISIONS, Infer, build
@@ -273,8 +275,8 @@ def site_command(args) -> int:
     from ..stats import agreement, calibration
 
     try:
-        table = pd.read_csv(args.table)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        table = pd.read_csv(io.BytesIO(read_bounded(args.table)))
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise UsageError(f"{args.table}: not a readable CSV table ({str(error).splitlines()[0][:150]})") from error
     missing = [column for column in ("ef", "ef_ref") if column not in table]
     if missing:

@@ -22,6 +22,7 @@ from ..domain import Frame, Label
 from ..errors import StudyError, UsageError
 from ..io import camus, echonet
 from ..io.atomic import atomic_folder, write_json
+from ..io.untrusted import read_bounded
 from ..measure import ef
 from ..model import dataset, finetune, overlap, segmentation
 from ..model.network import build_network, check_state, load_checkpoint, model_fingerprint, save_bundle
@@ -177,7 +178,8 @@ def site_tune(inputs: list[Path], model: Path, out: Path, settings: finetune.Fin
               "n_trained": len(trained), "trained": trained, "aside": aside, "settings": asdict(settings)}
     new_state = {**{k: v for k, v in state.items() if k != "state_dicts"}, "state_dicts": [r["state_dict"] for r in tuned],
                  "fine_tuned": {k: v for k, v in report.items() if k not in ("trained", "aside")}}
-    card = (model / "MODEL_CARD.md").read_text() if (model / "MODEL_CARD.md").is_file() else "# EchoEF model card\n"
+    card = read_bounded(model / "MODEL_CARD.md").decode("utf-8", errors="replace") if (model / "MODEL_CARD.md").is_file() \
+        else "# EchoEF model card\n"
     with atomic_folder(out) as folder:
         save_bundle(folder, new_state)
         for name in ("calibrator.json", "novelty.json"):

@@ -5,6 +5,7 @@ DICOM files grouped by patient and study."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from ..errors import StudyError, UsageError
 from ..io import camus
 from ..io.imagefile import is_dicom
+from ..io.untrusted import read_bounded
 from ..names import safe_name
 
 PHASE_IN_NAME = {"ED": re.compile(r"(^|[^a-z])(ed|end[ _-]?diastol\w*)([^a-z]|$)", re.I),
@@ -78,10 +80,9 @@ def read_views(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(read_bounded(path).decode("utf-8-sig"), newline="")))
         views = {Path(row["file"]).name: row["view"].strip().upper() for row in rows}
-    except (OSError, KeyError, csv.Error, AttributeError) as error:
+    except (OSError, ValueError, KeyError, csv.Error, AttributeError) as error:
         raise UsageError(f"--views {path}: need a CSV with columns file and view ({error})") from error
     unknown = sorted(v for v in views.values() if v not in camus.VIEWS)
     if unknown:

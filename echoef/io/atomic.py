@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ForeignFolderError
+from .untrusted import MAX_SMALL_FILE_BYTES, read_bounded
 
 OWNER_MARK = ".echoef"  # the file that says EchoEF made this folder (and may write over it)
 
@@ -78,7 +79,7 @@ def _marked_entries(path: Path) -> set[str] | str | None:
     folder written whole), ``_ACCUMULATES`` (a folder written into over several runs), or None when
     there is no readable mark."""
     try:
-        entries = json.loads((path / OWNER_MARK).read_text())["entries"]
+        entries = read_json(path / OWNER_MARK, 1 << 20)["entries"]
         return _ACCUMULATES if entries is None else {str(entry) for entry in entries} | {OWNER_MARK}
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -195,6 +196,7 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(handle, **arrays)
 
 
-def read_json(path: str | Path):
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, max_bytes: int = MAX_SMALL_FILE_BYTES):
+    """Read a JSON file (a regular file of at most ``max_bytes``: ``untrusted.read_bounded``);
+    ValueError for anything else or for text that is not JSON."""
+    return json.loads(read_bounded(path, max_bytes))

@@ -17,6 +17,7 @@ import numpy as np
 from ..domain import FRAME_KEYS, HEART_LABELS, PHASES, VIEWS, Frame, Label, Phase, View  # noqa: F401 - the reader's vocabulary
 from ..errors import StudyError
 from .imagefile import Header, read_image
+from .untrusted import read_bounded
 
 EXTENSIONS = {"2023": ".nii.gz", "2019": ".mhd"}
 SPLIT_FILES = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt", "test": "subgroup_testing.txt"}
@@ -99,12 +100,11 @@ def read_cfg(path: Path) -> dict[str, str]:
     undecodable bytes become U+FFFD. Raises StudyError('bad_cfg') for an unreadable or huge file.
     """
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CFG_BYTES + 1)
+        raw = read_bounded(path, MAX_CFG_BYTES)
     except OSError as error:
         raise StudyError("bad_cfg", f"{Path(path).name}: {error.strerror or error}") from error
-    if len(raw) > MAX_CFG_BYTES:
-        raise StudyError("bad_cfg", f"{Path(path).name} is over {MAX_CFG_BYTES} bytes: not an Info cfg file")
+    except ValueError as error:
+        raise StudyError("bad_cfg", f"{error}: not an Info cfg file") from error
     utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
     text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
     fields = {}
@@ -225,4 +225,4 @@ def read_split_lists(root: Path) -> dict[str, list[str]] | None:
     split_dir = Path(root) / "database_split"
     if not all((split_dir / name).is_file() for name in SPLIT_FILES.values()):
         return None
-    return {subset: (split_dir / name).read_text().split() for subset, name in SPLIT_FILES.items()}
+    return {subset: read_bounded(split_dir / name).decode("utf-8", errors="replace").split() for subset, name in SPLIT_FILES.items()}

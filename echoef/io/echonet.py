@@ -17,6 +17,7 @@ a row that breaks a rule makes that video's problem, not the cohort's.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StudyError, UsageError
+from .untrusted import read_bounded
 
 FILE_LISTS = ("FileList.csv", "File List.csv")  # the release's name, and an earlier one of its loader
 TRACINGS = "VolumeTracings.csv"
@@ -46,11 +48,11 @@ def file_list(root: Path) -> Path | None:
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """A CSV of the layout, its ``columns`` required; UsageError naming the file and the fix."""
+    if path.is_file() and path.stat().st_size > MAX_TABLE_BYTES:
+        raise UsageError(f"{path}: {path.stat().st_size >> 20} MB is more than a cohort's table ({MAX_TABLE_BYTES >> 20} MB)")
     try:
-        if path.stat().st_size > MAX_TABLE_BYTES:
-            raise UsageError(f"{path}: {path.stat().st_size >> 20} MB is more than a cohort's table ({MAX_TABLE_BYTES >> 20} MB)")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        table = pd.read_csv(io.BytesIO(read_bounded(path, MAX_TABLE_BYTES)), dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise UsageError(f"{path}: not a readable CSV table ({str(error).splitlines()[0][:150]})") from error
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in columns if c not in table]

@@ -16,6 +16,7 @@ from ..domain import NETWORK_ARCHITECTURES
 from ..errors import CheckpointError, ParamsError
 from ..io.atomic import atomic_path
 from ..io.camus import Label
+from ..io.untrusted import read_bounded, regular_file
 from ..params import Network, build
 from .runtime import autocast
 
@@ -124,14 +125,11 @@ def _bundle_state(folder: Path, device: str) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    model_json = folder / BUNDLE_MODEL
-    if model_json.stat().st_size > MAX_MODEL_JSON_BYTES:
-        raise ValueError(f"{BUNDLE_MODEL} is {model_json.stat().st_size} bytes; EchoEF writes a few kB")
-    state = json.loads(model_json.read_text())
+    state = json.loads(read_bounded(folder / BUNDLE_MODEL, MAX_MODEL_JSON_BYTES))  # EchoEF writes a few kB
     if not isinstance(state, dict):
         raise ValueError(f"{BUNDLE_MODEL} holds a {type(state).__name__}, not the fields of a model")
     try:
-        tensors = load_file(folder / BUNDLE_WEIGHTS, device=str(device))
+        tensors = load_file(regular_file(folder / BUNDLE_WEIGHTS), device=str(device))
     except SafetensorError as error:
         raise ValueError(f"{BUNDLE_WEIGHTS}: {error}") from error
     prefixes = {key.split(".", 1)[0] for key in tensors}
@@ -148,7 +146,7 @@ def _read_state(path: Path, device: str) -> dict:
     """The saved state of a model file, or of a bundle folder (``export``)."""
     if Path(path).is_dir():
         return _bundle_state(Path(path), device)
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch.load(regular_file(path), map_location=device, weights_only=True)
 
 
 def check_state(state) -> Network:
@@ -201,7 +199,7 @@ def model_fingerprint(path) -> str:
     path = Path(path)
     digest = hashlib.sha256()
     for file in ([path / BUNDLE_MODEL, path / BUNDLE_WEIGHTS] if path.is_dir() else [path]):
-        with open(file, "rb") as handle:
+        with open(regular_file(file), "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
