@@ -675,3 +675,29 @@ def test_no_command_waits_on_a_fifo_or_reads_a_device_handed_in(tmp_path, tiny_m
     assert "is not a regular file" in merged["detail"].iloc[0]
     table = pd.read_csv(tmp_path / "ef.csv")
     assert results["cfg"][0] == 0 and table["ef"].notna().all() and table["ef_ref"].isna().all()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".dcm", ".avi"])
+def test_a_loop_of_more_frames_than_any_echo_is_refused_from_its_header(tmp_path, monkeypatch, suffix):
+    """The frame count is bounded by itself, in every loop format: tiny pictures must not let a file
+    hold millions of frames within the pixel limit (each would be segmented). The bound is lowered
+    here to 5 so that the files stay small."""
+    from echoef.io import video
+
+    monkeypatch.setattr(imagefile, "MAX_LOOP_FRAMES", 5)
+    paths = {}
+    for count in (5, 6):
+        frames = np.random.default_rng(count).integers(0, 255, (count, 32, 40)).astype(np.uint8)
+        path = tmp_path / f"a4c_{count}{suffix}"
+        if suffix == ".dcm":
+            write_dicom(path, frames, region_spacing_mm=(0.3, 0.3))
+        elif suffix == ".avi":
+            video.write_video(path, frames, codec="mjpeg")
+        else:
+            image = sitk.GetImageFromArray(frames)
+            image.SetSpacing((0.3, 0.3, 1.0))
+            sitk.WriteImage(image, str(path))
+        paths[count] = path
+    assert len(imagefile.read_loop(paths[5]).frames) == 5
+    with pytest.raises(StudyError, match=r"bad_geometry: a4c_6.*6 frames of 32 x 40 pixels \(at most 5\)"):
+        imagefile.read_loop(paths[6])

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import StudyError
-from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
 
 REGION_2D, UNITS_CM = 1, 3  # RegionSpatialFormat 2D; PhysicalUnits centimetre
 VIEW_IN_NAME = {"2CH": re.compile(r"(^|[^a-z0-9])(2ch|a2c|apical[ _-]?2)([^a-z0-9]|$)", re.I),
@@ -94,8 +94,8 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
     except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, EOFError) as error:
         raise StudyError("unreadable_file", f"{path.name}: not a readable DICOM image ({str(error)[:150]})") from error
-    if min(rows, cols) < 2 or rows * cols > MAX_PIXELS or rows * cols * count > MAX_LOOP_PIXELS:
-        raise StudyError("bad_geometry", f"{path.name}: {count} frame(s) of {rows} x {cols} pixels is not an echo loop")
+    if problem := loop_size_problem(count, rows, cols):
+        raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
     spacing = pixel_spacing_mm(dataset) or (tuple(map(float, spacing_mm)) if spacing_mm else None)
     if spacing is None:
         raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "

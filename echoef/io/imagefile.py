@@ -30,6 +30,18 @@ PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels onl
 VIDEO_FORMATS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm")  # loops without a size: EF only (video.py)
 MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
 MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
+MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is segmented, so more would run for hours
+
+
+def loop_size_problem(frames: int, height: int, width: int) -> str | None:
+    """Why ``frames`` pictures of ``height`` x ``width`` pixels are no 2D echo frame or loop (None if
+    they can be one): checked from a header, before any pixel is read. The frame count is bounded on
+    its own too: tiny pictures would otherwise let a loop hold millions of frames within the pixel limit."""
+    if min(height, width) < 2 or height * width > MAX_PIXELS:
+        return f"pictures of {height} x {width} pixels"
+    if not 1 <= frames <= MAX_LOOP_FRAMES or frames * height * width > MAX_LOOP_PIXELS:
+        return f"{frames} frames of {height} x {width} pixels (at most {min(MAX_LOOP_FRAMES, MAX_LOOP_PIXELS // (height * width))})"
+    return None
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
 SPACING_RANGE_MM = (0.005, 10.0)
@@ -328,9 +340,10 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     try:
         reader.ReadImageInformation()
         size = reader.GetSize()
-        if len(size) not in (2, 3) or min(size) < 1 or min(size[:2]) < 2 or np.prod(size[:2]) > MAX_PIXELS \
-                or np.prod(size) > MAX_LOOP_PIXELS:
-            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}")
+        problem = "" if len(size) not in (2, 3) else loop_size_problem(int(np.prod(size[2:])), size[1], size[0])
+        if problem is not None:
+            raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}"
+                                             + (f": {problem}" if problem else ""))
         if fmt == ".nii.gz":
             stored = _nifti_header(path)
             _check_gzip_complete(path, int(stored["vox_offset"]) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)

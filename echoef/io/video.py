@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StudyError
-from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels
+from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
 
 # The depth of an adult apical view's sector (about 15 cm): the nominal extent of a picture whose pixel
 # size is not known, for measuring the EF ratio only.
@@ -26,12 +26,6 @@ def nominal_spacing_mm(shape: tuple[int, int]) -> tuple[float, float]:
     """Square pixels that make a picture of ``shape`` (H, W) NOMINAL_DEPTH_MM on its longer side."""
     size = NOMINAL_DEPTH_MM / max(shape)
     return (size, size)
-
-
-def _check_picture_size(path: Path, height: int, width: int) -> None:
-    """StudyError('bad_geometry') for a picture size no echo loop has (as ``imagefile.MAX_PIXELS``)."""
-    if min(height, width) < 2 or height * width > MAX_PIXELS:
-        raise StudyError("bad_geometry", f"{path.name}: pictures of {height} x {width} pixels are not an echo loop")
 
 
 def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
@@ -49,7 +43,8 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             if stream is None:
                 raise StudyError("unreadable_file", f"{path.name}: no video stream")
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
-            _check_picture_size(path, height, width)
+            if problem := loop_size_problem(1, height, width):
+                raise StudyError("bad_geometry", f"{path.name}: {problem} are not an echo loop")
             rate = stream.average_rate or stream.guessed_rate
             for frame in container.decode(stream):
                 # Each picture carries its own size, which need not be the stream header's: a spliced or
@@ -57,8 +52,8 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
                 if (frame.height, frame.width) != (height, width):
                     raise StudyError("bad_geometry", f"{path.name}: frame {len(frames)} is {frame.height} x {frame.width} "
                                                      f"pixels in a loop of {height} x {width}")
-                if (len(frames) + 1) * height * width > MAX_LOOP_PIXELS:
-                    raise StudyError("bad_geometry", f"{path.name}: more than {MAX_LOOP_PIXELS // (height * width)} frames")
+                if problem := loop_size_problem(len(frames) + 1, height, width):
+                    raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
                 frames.append((frame.to_ndarray(format="rgb24") @ LUMINANCE).astype(np.float32))
     except StudyError:
         raise
