@@ -31,6 +31,11 @@ VIDEO_FORMATS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm")  # loops witho
 MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
 MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
 MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is segmented, so more would run for hours
+# Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
+# wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
+SPACING_RANGE_MM = (0.005, 10.0)
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels (DICOM, video) to grey
+AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
 
 
 def loop_size_problem(frames: int, height: int, width: int) -> str | None:
@@ -42,11 +47,6 @@ def loop_size_problem(frames: int, height: int, width: int) -> str | None:
     if not 1 <= frames <= MAX_LOOP_FRAMES or frames * height * width > MAX_LOOP_PIXELS:
         return f"{frames} frames of {height} x {width} pixels (at most {min(MAX_LOOP_FRAMES, MAX_LOOP_PIXELS // (height * width))})"
     return None
-# Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
-# wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
-SPACING_RANGE_MM = (0.005, 10.0)
-LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels (DICOM, video) to grey
-AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
 
 
 @dataclass(frozen=True)
