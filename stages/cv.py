@@ -7,15 +7,14 @@ Fold K's outputs are read from CV_DIR/fold_K/. Without cross-validation (split.f
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from echoef import params
-from echoef.io.atomic import read_json, write_csv, write_json
-from echoef.io.framefile import patient_path
+from echoef.io.atomic import read_json, remove_stage_output, write_csv, write_json
+from echoef.io.framefile import FRAME_FILES, patient_path
 from echoef.measure.ef import COLUMNS
 from echoef.measure.eftable import ef_table, out_of_fold_table
 from echoef.model import runtime, segmentation
@@ -36,7 +35,7 @@ def main():
     settings = params.load()
     folds = read_json(args.folds)
     k = folds["k"]
-    shutil.rmtree(args.ensemble, ignore_errors=True)
+    remove_stage_output(args.ensemble, (FRAME_FILES,), "--ensemble")
     args.ensemble.mkdir(parents=True)
     if k == 0:
         empty = pd.DataFrame(columns=[*COLUMNS, "ef_ref", "fold"])

@@ -7,7 +7,6 @@ mean of all their networks' softmax, as cv's fold ensemble).
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +14,8 @@ from tqdm import tqdm
 
 from echoef import params
 from echoef.errors import StudyError
-from echoef.io.atomic import read_json, write_csv, write_json
-from echoef.io.framefile import patient_path
+from echoef.io.atomic import read_json, remove_stage_output, write_csv, write_json
+from echoef.io.framefile import FRAME_FILES, patient_path
 from echoef.model import runtime, segmentation
 from echoef.model.network import load_ensemble
 from echoef.reporting import report
@@ -40,7 +39,7 @@ def main():
     models, size = load_ensemble(args.model, device)
     print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(settings.infer.precision, device)}")
     sets = read_json(args.sets)
-    shutil.rmtree(args.out, ignore_errors=True)
+    remove_stage_output(args.out, (FRAME_FILES,))
     rows, features, failed = [], [], []
     for subset in args.subsets:
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):

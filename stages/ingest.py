@@ -1,12 +1,11 @@
 """Read a CAMUS folder into per-patient frame files with cohort and exclusion tables."""
 
 import argparse
-import shutil
 from pathlib import Path
 
 from echoef import params
 from echoef.io import ingest
-from echoef.io.atomic import write_json
+from echoef.io.atomic import remove_stage_output, write_json
 from echoef.stage import run
 
 
@@ -16,7 +15,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True, help="the frame files, cohort.csv and exclusions.csv (replaced)")
     parser.add_argument("--metrics", type=Path, required=True, help="counts of included and excluded patients")
     args = parser.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
+    remove_stage_output(args.out, ingest.WRITTEN)
     cohort, exclusions = ingest.ingest(args.root, args.out, strict=params.load().ingest.strict)
     write_json(args.metrics, ingest.counts(cohort, exclusions))
     print(f"ingest: {len(cohort)} patients included, {len(exclusions)} excluded ({args.out / 'exclusions.csv'})")

@@ -1,11 +1,11 @@
 """Write the synthetic CAMUS cohort (the default data.root) in the 2023 layout."""
 
 import argparse
-import shutil
 from pathlib import Path
 
 from echoef import params
 from echoef.io import phantom
+from echoef.io.atomic import remove_stage_output
 from echoef.stage import run
 
 
@@ -14,7 +14,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True, help="the cohort's folder (replaced)")
     args = parser.parse_args()
     config = params.load().data.phantom
-    shutil.rmtree(args.out, ignore_errors=True)
+    remove_stage_output(args.out, phantom.WRITTEN)
     names = phantom.write_cohort(args.out, n_patients=config.n_patients, seed=config.seed)
     print(f"phantom: {len(names)} synthetic patients in {args.out}")
 

@@ -227,6 +227,53 @@ def test_a_study_folder_of_someone_elses_inside_out_is_left_alone(phantom_root, 
     assert pd.read_csv(out / "summary.csv")["status"][0] == "foreign_output"
 
 
+def test_a_stage_empties_only_a_folder_of_its_own_files(tmp_path):
+    """remove_stage_output deletes a folder whose every file is of the stage's patterns (at any depth,
+    links included, never followed), and refuses, deleting nothing, a folder with anything else in
+    it, a link in the folder's place, or a file."""
+    ours = tmp_path / "ours"
+    (ours / "deep").mkdir(parents=True)
+    (ours / "patient0001.npz").write_bytes(b"x")
+    (ours / "deep" / "patient0002.npz").write_bytes(b"x")
+    (ours / "cohort.csv").write_text("patient\n")
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(b"users")
+    (ours / "linked.npz").symlink_to(keep)
+    atomic.remove_stage_output(tmp_path / "absent", ("*.npz",))
+    atomic.remove_stage_output(ours, ("*.npz", "cohort.csv"))
+    assert not ours.exists() and keep.read_bytes() == b"users"
+    users = tmp_path / "users"
+    (users / "sub").mkdir(parents=True)
+    (users / "a.npz").write_bytes(b"x")
+    (users / "sub" / "thesis.docx").write_bytes(b"years of work")
+    (tmp_path / "link").symlink_to(users)
+    before = tree(tmp_path)
+    for target in (users, tmp_path / "link", keep):
+        with pytest.raises(ForeignFolderError, match="holds files this stage does not write|is a link or a file"):
+            atomic.remove_stage_output(target, ("*.npz",))
+    assert tree(tmp_path) == before
+
+
+def test_a_stage_run_by_hand_on_a_users_folder_deletes_nothing(tmp_path, phantom_root):
+    """stages/ingest.py with --out naming a folder of someone else's: one line, exit 2, the folder as
+    it was; the same command on a new folder, then again on the folder it wrote, succeeds."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+
+    def ingest(out):
+        return subprocess.run([sys.executable, str(ROOT / "stages/ingest.py"), "--root", str(phantom_root), "--out", str(out),
+                               "--metrics", str(tmp_path / "ingest.json")], cwd=tmp_path, capture_output=True, text=True)
+
+    refused = ingest(users)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: --out {users} holds files this stage does not write (notes.txt); give its own folder, or empty this one yourself"]
+    assert [p.name for p in users.iterdir()] == ["notes.txt"] and not (tmp_path / "ingest.json").exists()
+    assert ingest(tmp_path / "ingested").returncode == 0 and ingest(tmp_path / "ingested").returncode == 0
+    assert (tmp_path / "ingested" / "cohort.csv").is_file()
+
+
 # ---- 3. a pixel size only where the file states one ------------------------------------------------
 
 def _nifti(path: Path, pixdim, qform_code=1, sform_code=0, pixels=None):

@@ -20,6 +20,9 @@ from .imagefile import Header
 HEADER_FIELDS = ("spacing", "origin", "direction")
 
 
+FRAME_FILES = "*.npz"  # what ``patient_path`` names: a folder of frame files holds these
+
+
 def patient_path(patient: str, folder: Path) -> Path:
     """The frame file of one patient in a folder of them (ingested images and labels, or predictions)."""
     return Path(folder) / f"{patient}.npz"

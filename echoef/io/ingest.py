@@ -14,6 +14,9 @@ from . import camus, framefile
 from .atomic import write_csv
 from .camus import Label
 
+COHORT, EXCLUSIONS = "cohort.csv", "exclusions.csv"  # beside the frame files
+WRITTEN = (framefile.FRAME_FILES, COHORT, EXCLUSIONS)  # all an ingest folder holds
+
 
 def _check_study(study: camus.Study) -> None:
     ef = study.ef_ref
@@ -57,8 +60,8 @@ def ingest(root: str | Path, out_dir: str | Path, strict: bool) -> tuple[pd.Data
         raise IngestError(f"no usable patient under {root} ({len(exclusions)} excluded; see the exclusions table)")
     cohort = pd.DataFrame(rows)
     exclusion_table = pd.DataFrame(exclusions, columns=["patient", "reason", "detail"])
-    write_csv(out_dir / "cohort.csv", cohort)
-    write_csv(out_dir / "exclusions.csv", exclusion_table)
+    write_csv(out_dir / COHORT, cohort)
+    write_csv(out_dir / EXCLUSIONS, exclusion_table)
     return cohort, exclusion_table
 
 

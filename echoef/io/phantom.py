@@ -20,6 +20,7 @@ NOISE_BY_QUALITY = {"Good": 0.25, "Medium": 0.45, "Poor": 0.7}
 # Grids as in the real data: 4CH isotropic, 2CH coarser and anisotropic; (rows, cols), mm.
 GRIDS = {"4CH": ((256, 288), (0.58, 0.58)), "2CH": ((176, 176), (0.85, 0.95))}
 SECTOR_HALF_ANGLE_DEG = 38
+WRITTEN = ("*.nii.gz", "Info_*.cfg")  # all a cohort folder of write_cohort holds
 
 
 def draw_patient(rng: np.random.Generator) -> dict:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import SplitError
-from ..io.atomic import text_column, write_json
+from ..io.atomic import remove_stage_output, text_column, write_json
 from ..measure.ef import ef_class
 from ..params import fold_ids
 
@@ -95,7 +94,7 @@ def write_splits(cohort: pd.DataFrame, lists: dict[str, list[str]] | None, confi
     folds = (assign_folds(cohort, sets["train"] + sets["val"], k, inner_fraction=config.inner_val_fraction, seed=config.seed)
              if k > 1 else {"k": 0})
     write_json(folds_path, folds)
-    shutil.rmtree(sets_dir, ignore_errors=True)
+    remove_stage_output(sets_dir, ("fold_*.json",), "--sets")
     Path(sets_dir).mkdir(parents=True)
     for fold, name in enumerate(fold_ids(folds["k"])):
         write_json(Path(sets_dir) / f"{name}.json", fold_sets(folds, fold))
