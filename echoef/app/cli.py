@@ -154,6 +154,8 @@ def predict_command(args) -> int:
         raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
     check_ownable(args.out, "--out")  # a folder of someone else's is refused before anything else
     phase_frames = _phase_frames(args.phase_frames)
+    if args.batch_size < 1:  # checked before any work, so that the message names the flag and not params.yaml
+        raise UsageError(f"--batch-size {args.batch_size}: give the number of frames per batch, 1 or more")
     studies = batch.shard(studies, args.shard, lambda s: s.name)
     device = resolve_device(args.device)
     models, state = load_checkpoint(args.model, device)
