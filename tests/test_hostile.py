@@ -749,3 +749,33 @@ def test_a_loop_of_more_frames_than_any_echo_is_refused_from_its_header(tmp_path
     assert len(imagefile.read_loop(paths[5]).frames) == 5
     with pytest.raises(StudyError, match=r"bad_geometry: a4c_6.*6 frames of 32 x 40 pixels \(at most 5\)"):
         imagefile.read_loop(paths[6])
+
+
+def test_a_batch_never_starts_more_processes_than_cores(monkeypatch):
+    """`echoef ef --jobs 100000` on a cohort: as many processes as cores at most (each imports the
+    whole stack; more only fill memory), one row per study in order whatever the count."""
+    from echoef.app import batch
+
+    started = []
+
+    class Pool:
+        def __init__(self, workers):
+            started.append(workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, function, items, chunksize=1):
+            return map(function, items)
+
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 3)
+    rows = batch.each_study(range(10), str, lambda item: {"status": "ok", "value": item}, "test", workers=100_000)
+    assert started == [3] and [row["value"] for row in rows] == list(range(10))
+    batch.each_study(range(2), str, lambda item: {"status": "ok"}, "test", workers=100_000)
+    assert started == [3, 2]
+    batch.each_study(range(5), str, lambda item: {"status": "ok"}, "test", workers=1)
+    assert started == [3, 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import sys
 import tempfile
@@ -41,13 +42,15 @@ def each_study(items: Iterable, name: Callable[[object], str], compute: Callable
     """``compute(item)`` for every item, one row each, in the items' order. A StudyError becomes the
     row's status (its reason) and detail; any other exception too (status 'error'), reported on
     stderr: one bad study never stops a batch. With ``workers`` > 1 the items are shared among that
-    many processes (``compute`` and ``name`` must then be picklable: module-level functions)."""
+    many processes, never more than the machine has cores (``compute`` and ``name`` must then be
+    picklable: module-level functions)."""
     items = list(items)
     one = functools.partial(_row, compute, name)
     progress = {"desc": desc, "total": len(items), "disable": len(items) < 2, "mininterval": 5}
-    if workers <= 1 or len(items) < 2:
+    workers = min(workers, len(items), os.cpu_count() or 1)  # more processes only add memory: each imports it all
+    if workers <= 1:
         return [one(item) for item in tqdm(items, **progress)]
-    with ProcessPoolExecutor(min(workers, len(items))) as pool:
+    with ProcessPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(one, items, chunksize=4), **progress))
 
 

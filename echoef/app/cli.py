@@ -393,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
     ef.add_argument("--labels", type=Path, default=None,
                     help="folder of predicted masks named like the expert ones (patientXXXX/patientXXXX_2CH_ED_gt.nii.gz)")
     ef.add_argument("--method", default="simpson_biplane", choices=simpson.METHODS)
-    ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default: one per core)")
+    ef.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to share the patients (default and most: one per core)")
     predict = commands.add_parser("predict", help="segment new studies and estimate EF with the trained pipeline")
     predict.add_argument("inputs", type=Path, nargs="*",
                          help="CAMUS-layout patient folders (2019 or 2023), or an EchoNet-Dynamic folder (FileList.csv, "
