@@ -127,19 +127,21 @@ def pinned_requirements(path: Path) -> list[tuple[str, str]]:
     return pins
 
 
-def lacking(pins: list[tuple[str, str]], installed: dict[str, str | None]) -> tuple[list[tuple[str, str]], list[tuple[str, str | None, str]]]:
-    """What to install: the pins whose distribution the machine lacks altogether; and what is kept,
-    (name, the machine's version or None if not known, the pinned one) for each installed at another
-    version. A GPU
-    machine's numpy, pandas or scipy were built with its torch and are not replaced: replacing them
-    would need their wheels too, and could break what imports them there."""
-    missing, kept = [], []
+def lacking(pins: list[tuple[str, str]], installed: dict[str, str | None], leave: tuple[str, ...] = ()
+            ) -> tuple[list[tuple[str, str]], list[tuple[str, str | None, str]], list[tuple[str, str]]]:
+    """What to install: the pins whose distribution the machine lacks altogether, less those named in
+    ``leave``; what is kept, (name, the machine's version or None if not known, the pinned one) for
+    each installed at another version; and what is left out as asked. A GPU machine's numpy, pandas
+    or scipy were built with its torch and are not replaced: replacing them would need their wheels
+    too, and could break what imports them there."""
+    leave = {distribution_name(name) for name in leave}
+    missing, kept, left = [], [], []
     for name, version in pins:
         if distribution_name(name) not in installed:
-            missing.append((name, version))
+            (left if distribution_name(name) in leave else missing).append((name, version))
         elif installed[distribution_name(name)] != version:
             kept.append((name, installed[distribution_name(name)], version))
-    return missing, kept
+    return missing, kept, left
 
 
 def installed_distributions() -> dict[str, str]:
@@ -150,14 +152,13 @@ def installed_distributions() -> dict[str, str]:
             if dist.metadata["Name"]}
 
 
-def install_lacking(wheels: Path | None, leave: set[str], installed: dict[str, str | None], log: Log, env: dict,
+def install_lacking(wheels: Path | None, leave: tuple[str, ...], installed: dict[str, str | None], log: Log, env: dict,
                     deadline: float | None = None) -> int:
     """Install from ``wheels`` the pins of requirements.txt the machine lacks (``lacking``), less the
     names in ``leave``; then this project, if the stages could not import it. Logged and stepped
     ('install'); pip's status (1 when something is missing and there is no wheels folder)."""
-    missing, kept = lacking(pinned_requirements(ROOT / "requirements.txt"), installed)
-    left = [f"{name}=={version}" for name, version in missing if distribution_name(name) in leave]
-    missing = [(name, version) for name, version in missing if distribution_name(name) not in leave]
+    missing, kept, left = lacking(pinned_requirements(ROOT / "requirements.txt"), installed, leave)
+    left = [f"{name}=={version}" for name, version in left]
     for name, have, pinned in kept:
         log.line(f"kept the machine's {name} {have or '(version not known)'} (requirements.txt pins {pinned})")
     if left:
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
         log.step("python", ok=found.returncode == 0 and found.stdout.strip() == sys.prefix)
         if not log.status["steps"][-1]["ok"]:
             return 1
-        if install_lacking(args.wheels, set(map(distribution_name, args.leave)), installed_distributions(), log, env, deadline):
+        if install_lacking(args.wheels, tuple(args.leave), installed_distributions(), log, env, deadline):
             return 1
         check = ("import torch, echoef, dvc; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), "
                  "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')")

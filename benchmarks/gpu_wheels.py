@@ -143,8 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would be carried, fetch nothing")
     args = parser.parse_args(argv)
     machine = read_installed(args.installed)
-    missing, kept = lacking(pinned_requirements(ROOT / "requirements.txt"), machine)
-    missing = [(name, version) for name, version in missing if distribution_name(name) not in set(map(distribution_name, args.leave))]
+    missing, kept, _ = lacking(pinned_requirements(ROOT / "requirements.txt"), machine, tuple(args.leave))
     carry = needed(missing, machine, target_environment(args.python_version))
     for name, have, pinned in kept:
         print(f"the machine's {name} {have or '(version not known)'} is used (requirements.txt pins {pinned})")

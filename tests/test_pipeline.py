@@ -445,7 +445,7 @@ def test_the_gpu_command_installs_only_what_the_machine_lacks(tmp_path, monkeypa
     commands = []
     monkeypatch.setattr(module, "run_logged", lambda command, *rest, **named: commands.append(command) or (0, False))
     log = module.Log(tmp_path)
-    assert module.install_lacking(tmp_path / "wheels", {"av"}, machine, log, ENV) == 0
+    assert module.install_lacking(tmp_path / "wheels", ("av",), machine, log, ENV) == 0
     assert commands[0][-4:] == ["--find-links", str(tmp_path / "wheels"), "SimpleITK==2.5.7", "dvc==3.67.1"]
     step = json.loads((tmp_path / "status.json").read_text())["steps"][-1]
     assert sorted(step["installed"]) == ["SimpleITK==2.5.7", "dvc==3.67.1"] and step["left"] == ["av==18.1.0"]
@@ -454,7 +454,7 @@ def test_the_gpu_command_installs_only_what_the_machine_lacks(tmp_path, monkeypa
     assert "kept the machine's numpy 2.5.2 (requirements.txt pins 2.4.6)" in logged
     assert "kept the machine's pillow (version not known) (requirements.txt pins 13.0.0)" in logged
     commands.clear()
-    assert module.install_lacking(None, set(), machine, log, ENV) == 1 and commands == []
+    assert module.install_lacking(None, (), machine, log, ENV) == 1 and commands == []
     assert "missing, and no --wheels to install them from: SimpleITK==2.5.7, av==18.1.0, dvc==3.67.1" in (tmp_path / "gpu_record.log").read_text()
 
 
@@ -499,12 +499,12 @@ def test_the_gpu_wheels_of_this_project_for_a_machine_with_torch_alone(tmp_path)
     """The real requirements, read from what `make setup` installed: dvc and SimpleITK are carried with
     what they need, torch never; a machine that lists numpy keeps its own."""
     module = gpu_wheels()
-    missing, _ = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), module.read_installed(None))
+    missing, _, _ = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), module.read_installed(None))
     carry = module.needed(missing, module.read_installed(None), module.target_environment("3.12"))
     assert {"dvc", "simpleitk", "segmentation-models-pytorch", "dvc-data", "scmrepo", "numpy"} <= set(carry)
     assert not {"torch", "torchvision"} & set(carry)
     (tmp_path / "freeze.txt").write_text("torch==2.11.0\nnumpy==2.5.2\n# a comment\npandas\n")
     machine = module.read_installed(tmp_path / "freeze.txt")
     assert machine == {"torch": "2.11.0", "numpy": "2.5.2", "pandas": None}
-    missing, kept = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), machine)
+    missing, kept, _ = module.lacking(module.pinned_requirements(ROOT / "requirements.txt"), machine)
     assert ("numpy", "2.5.2", "2.4.6") in kept and "numpy" not in module.needed(missing, machine, module.target_environment("3.12"))

@@ -48,8 +48,6 @@ def file_list(root: Path) -> Path | None:
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """A CSV of the layout, its ``columns`` required; UsageError naming the file and the fix."""
-    if path.is_file() and path.stat().st_size > MAX_TABLE_BYTES:
-        raise UsageError(f"{path}: {path.stat().st_size >> 20} MB is more than a cohort's table ({MAX_TABLE_BYTES >> 20} MB)")
     try:
         table = pd.read_csv(io.BytesIO(read_bounded(path, MAX_TABLE_BYTES)), dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
