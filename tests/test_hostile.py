@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -579,28 +580,67 @@ def test_cli_messages_name_no_issue_numbers():
 
 
 
-def test_12_bit_jpeg_extended_is_refused_as_the_readme_says(tmp_path):
-    """README: 8-bit JPEG extended decodes; 12-bit needs a decoder plugin and is refused with a status."""
-    import io as bytes_io
-
+def _encapsulated_dicom(path, frame: bytes, syntax, bits_stored=8):
+    """A 32 x 32 one-frame DICOM whose pixel data is ``frame`` encapsulated under ``syntax``."""
     import pydicom
-    from PIL import Image
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGExtended12Bit
+
+    path = write_dicom(path, np.zeros((32, 32)), region_spacing_mm=(0.3, 0.3))
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = encapsulate([frame])
+    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+    dataset.file_meta.TransferSyntaxUID = syntax
+    if bits_stored > 8:
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, bits_stored, bits_stored - 1
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _jpeg(rows, cols, claimed=None) -> bytes:
+    """A baseline JPEG of zeros; ``claimed`` (rows, cols) rewrites the size its frame header states."""
+    import io as bytes_io
+    import struct
+
+    from PIL import Image
+
+    stream = bytes_io.BytesIO()
+    Image.fromarray(np.zeros((rows, cols), np.uint8)).save(stream, "JPEG")
+    data = stream.getvalue()
+    if claimed:
+        at = data.index(b"\xff\xc0") + 5  # SOF0: marker, length, precision, then rows and columns
+        data = data[:at] + struct.pack(">HH", *claimed) + data[at + 4:]
+    return data
+
+
+def test_12_bit_jpeg_extended_and_jpeg_ls_are_refused_as_the_readme_says(tmp_path):
+    """README: 8-bit JPEG extended decodes; 12-bit and JPEG-LS need a decoder plugin and are refused with a
+    status that says so, naming the reason the decoder gave."""
+    from pydicom.uid import JPEGExtended12Bit, JPEGLSLossless
 
     from echoef.io import dicom
 
-    path = write_dicom(tmp_path / "a4c.dcm", np.zeros((32, 32)), region_spacing_mm=(0.3, 0.3))
-    dataset = pydicom.dcmread(path)
-    jpeg = bytes_io.BytesIO()
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(jpeg, "JPEG")
-    dataset.PixelData = encapsulate([jpeg.getvalue()])
-    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
-    dataset.file_meta.TransferSyntaxUID = JPEGExtended12Bit
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
-    dataset.save_as(path, enforce_file_format=True)
-    with pytest.raises(StudyError, match="unsupported_transfer_syntax"):
-        dicom.read_dicom(path)
+    assert dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGExtended12Bit)).frames.shape == (1, 32, 32)
+    with pytest.raises(StudyError, match="unsupported_transfer_syntax.*12-bit"):
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGExtended12Bit, bits_stored=12))
+    with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "c.dcm", _jpeg(32, 32), JPEGLSLossless))
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (_jpeg(32, 32, claimed=(30000, 30000)), "decompression bomb"),  # its own header: 900 M pixels
+    (b"\xff\xd8" + bytes(100), "cannot identify"),  # a JPEG start, then nothing of one
+    (_jpeg(32, 32)[:-300], "Truncated File Read"),  # cut short
+], ids=["bomb-header", "not-jpeg", "truncated"])
+def test_a_broken_frame_under_a_decodable_syntax_is_an_unreadable_file_not_a_missing_plugin(tmp_path, frame, reason):
+    """A decoder for the syntax is installed and the data itself fails: no plugin would help, so the
+    study is ``unreadable_file`` with the decoder's reason, not ``unsupported_transfer_syntax``."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from echoef.io import dicom
+
+    with pytest.raises(StudyError, match="unreadable_file") as caught:
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGBaseline8Bit))
+    assert re.search(reason, str(caught.value)), caught.value
 
 
 def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):

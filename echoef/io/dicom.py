@@ -104,8 +104,7 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
     try:
         pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
     except (NotImplementedError, RuntimeError) as error:
-        raise StudyError("unsupported_transfer_syntax", f"{path.name}: pixels in {getattr(syntax, 'name', syntax)} cannot be "
-                                                        f"decoded here ({str(error).splitlines()[0][:150]})") from error
+        raise decoding_failure(path.name, syntax, error) from error
     except (ValueError, AttributeError, KeyError) as error:
         raise StudyError("unreadable_file", f"{path.name}: pixel data ({str(error).splitlines()[0][:150]})") from error
     if count == 1:
@@ -115,6 +114,33 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         raise StudyError("bad_geometry", f"{path.name}: pixel data of shape {pixels.shape} for {count} x {rows} x {cols}")
     check_pixels(frames, spacing, path.name)
     return Loop(frames, spacing, Header.plain(spacing), frame_interval_ms(dataset))
+
+
+def decoding_failure(name: str, syntax, error: Exception) -> StudyError:
+    """The study's status when pydicom could not decode its pixels: ``unsupported_transfer_syntax``
+    when no decoder here can read the syntax (none installed for it, or each installed one refuses it
+    as beyond what it supports, e.g. Pillow and 12-bit JPEG), which a plugin would fix; otherwise
+    ``unreadable_file``: a decoder for the syntax tried and the data itself failed (truncated or
+    foreign bytes, a frame whose own header claims a decompression bomb's size), which no plugin fixes.
+    pydicom gathers each plugin's exception into one RuntimeError, one "plugin: reason" line each;
+    its plugins word a limit of their own as "... does not support ..."."""
+    lines = str(error).splitlines()
+    reasons = [line.strip() for line in lines[1:] if line.strip()] or lines[:1] or [type(error).__name__]
+    reason, label = "; ".join(reasons)[:200], getattr(syntax, "name", syntax)
+    if (isinstance(error, NotImplementedError) or not _decoder_installed(syntax)
+            or all("does not support" in line for line in reasons)):
+        return StudyError("unsupported_transfer_syntax", f"{name}: pixels in {label} cannot be decoded here ({reason})")
+    return StudyError("unreadable_file", f"{name}: pixel data in {label} could not be decoded ({reason})")
+
+
+def _decoder_installed(syntax) -> bool:
+    """Whether pydicom has a decoder for the transfer syntax with at least one plugin installed."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError, TypeError):
+        return False
 
 
 def view_from_name(path: Path) -> str | None:
