@@ -155,10 +155,29 @@ def test_every_complete_beat_of_an_area_curve_is_found(period, frames, start):
     frame, and no beat cut off by the loop's ends."""
     t = np.arange(frames)
     areas = 1000 + 300 * np.cos(2 * np.pi * (t - start) / period) + np.random.default_rng(period).normal(0, 8, frames)
-    truth = [(ed, ed + period // 2) for ed in range(start % period, frames, period) if ed + period // 2 < frames - 1 and ed > 0]
+    truth = [(ed, ed + period // 2) for ed in range(start % period, frames, period) if ed + period // 2 < frames - 1]
     found = cine.beats(areas)
     assert len(found) == len(truth), (found, truth)
     assert all(abs(f_ed - ed) <= 1 and abs(f_es - es) <= 1 for (f_ed, f_es), (ed, es) in zip(found, truth)), (found, truth)
+
+
+@pytest.mark.parametrize("period,frames", [(16, 50), (12, 40), (20, 45), (30, 70)])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_loop_that_starts_at_end_diastole_counts_its_first_beat_and_one_that_starts_in_systole_does_not(period, frames, seed):
+    """Frame 0 is an ED only when the loop starts at one (an R-wave-triggered recording): started a
+    quarter period into systole or in diastole, the first, cut beat is left out, as before."""
+    t = np.arange(frames)
+    noise = np.random.default_rng(seed).normal(0, 8, frames)
+
+    def curve(ed):
+        return 1000 + 300 * np.cos(2 * np.pi * (t - ed) / period) + noise
+
+    at_ed = cine.beats(curve(0))
+    assert at_ed[0][0] == 0 and abs(at_ed[0][1] - period // 2) <= 1, at_ed
+    assert len(at_ed) == len([ed for ed in range(0, frames, period) if ed + period // 2 < frames - 1])
+    for ed in (-(period // 4), period // 4):  # frame 0 a quarter period into systole, or before an ED in diastole
+        found = cine.beats(curve(ed))
+        assert found and found[0][0] > 0 and abs(found[0][0] - ed % period) <= 1, (ed, found)
 
 
 def test_a_loop_of_one_beat_or_less_has_no_beat_list():
@@ -179,7 +198,7 @@ def test_every_beat_of_a_multi_beat_phantom_loop(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     row = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
     found = [(int(ed), int(es)) for ed, es in re.findall(r"ED (\d+) ES (\d+) EF", row["beats"])]
-    complete = [(ed, es) for ed, es in truth if ed > 0]  # a beat whose ED is the first frame shows no peak
+    complete = truth
     assert len(found) == len(complete) >= 2, (found, truth)
     assert all(abs(f_ed - ed) <= 1 and abs(f_es - es) <= 1 for (f_ed, f_es), (ed, es) in zip(found, complete)), (found, truth)
     efs = [float(v) for v in re.findall(r"EF (-?[\d.]+)", row["beats"])]

@@ -74,8 +74,10 @@ def beats(areas: np.ndarray) -> list[tuple[int, int]]:
     """(ED, ES) of every complete beat of a loop's LV area curve: ED a peak of the lightly smoothed
     curve (at least 0.6 of a period after the previous one and standing out by a fifth of the curve's
     range), ES the lowest frame before the next ED, or before the loop's end if the curve rises again
-    after it. A beat cut off by either end of the loop is left out; a loop of less than one beat gives
-    none (``end_diastole_systole`` still picks its frames)."""
+    after it. The loop's first frame is an ED when the curve falls from it and it stands as high as
+    the loop's other peaks (``_first_frame_is_end_diastole``: loops recorded from the ECG's R wave
+    start there). A beat cut off by either end of the loop is left out; a loop of less than one beat
+    gives none (``end_diastole_systole`` still picks its frames)."""
     from scipy.signal import find_peaks
 
     areas = np.asarray(areas, dtype=float)
@@ -87,6 +89,8 @@ def beats(areas: np.ndarray) -> list[tuple[int, int]]:
     if span <= 0 or period >= len(areas):
         return []
     peaks, _ = find_peaks(smooth, distance=max(2, int(0.6 * period)), prominence=0.2 * span)
+    if _first_frame_is_end_diastole(smooth, peaks, period, span):
+        peaks = np.concatenate([[0], peaks])
     found = []
     for index, ed in enumerate(peaks):
         stop = peaks[index + 1] if index + 1 < len(peaks) else len(areas)
@@ -96,3 +100,18 @@ def beats(areas: np.ndarray) -> list[tuple[int, int]]:
         found.append((int(ed), es))
     return found
 
+
+
+def _first_frame_is_end_diastole(smooth: np.ndarray, peaks: np.ndarray, period: int, span: float) -> bool:
+    """Whether frame 0 of a smoothed area curve is an ED that ``find_peaks`` cannot see (it finds no
+    peak at an end): the curve falls from it, the next peak is at least 0.6 of a period later, and it
+    stands within a tenth of the curve's range of the lowest other peak (of the curve's top where
+    there is none). A loop that starts part way into systole starts lower than its peaks, so its
+    first frame is no ED; one or two frames past a true ED at a high frame rate pass, as any peak
+    found within a frame does."""
+    if len(smooth) < 2 or smooth[0] <= smooth[1]:
+        return False
+    if len(peaks) and peaks[0] < 0.6 * period:
+        return False
+    level = smooth[peaks].min() if len(peaks) else smooth.max()
+    return bool(smooth[0] >= level - 0.1 * span)
