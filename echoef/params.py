@@ -196,9 +196,18 @@ class Train:
                               "set one of them to 1")
 
 
+def _tta_scales(key, value):
+    low, high = 0.8, 1.0  # network.TTA_SCALE_RANGE, not imported: reading parameters loads no torch
+    if not (isinstance(value, list) and value and all(isinstance(v, NUMBER) and not isinstance(v, bool) and low <= v <= high
+                                                      for v in value) and len(set(value)) == len(value)):
+        raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of distinct scales from {low} to {high}, "
+                          "e.g. [1.0] (the picture as it is) or [1.0, 0.95, 0.9]")
+
+
 @dataclass(frozen=True)
 class Infer:
     tta: bool = _key(_typed(bool))
+    tta_scales: list = _key(_tta_scales)
     batch_size: int = _key(_typed(int, minimum=1))
     precision: str = _key(_choice(*PRECISIONS))
 

@@ -145,6 +145,76 @@ def test_tta_is_the_mean_over_three_gammas():
     assert not torch.allclose(network.predict_scores(net, images, 2, precision="fp32"), expected, atol=1e-4)
 
 
+def _blobs(size=64):
+    """Two smooth Gaussian blobs (1, 1, size, size): bilinear resampling moves them without loss."""
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    blob = lambda cy, cx, sd: torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sd**2))  # noqa: E731
+    return (blob(30, 38, 4) + 0.5 * blob(45, 20, 5))[None, None]
+
+
+@pytest.mark.parametrize("scale", [0.8, 0.9, 0.95])
+def test_shrinking_about_the_apex_moves_each_point_toward_the_probe(scale):
+    """A blob's centroid c moves to p + scale * (c - p), p the probe at the grid's top centre
+    (pixel-centre coordinates ((S - 1) / 2, -0.5): affine_grid's (0, -1) without aligned corners)."""
+    size = 64
+    images = _blobs(size)
+    shrunk = network.about_apex(images, 1 / scale)
+    probe = torch.tensor([-0.5, (size - 1) / 2])
+
+    def centroid(image):
+        y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+        weights = image[0, 0].double()
+        return torch.stack([(weights * y).sum(), (weights * x).sum()]) / weights.sum()
+
+    expected = probe + scale * (centroid(images) - probe)
+    assert torch.allclose(centroid(shrunk), expected.double(), atol=0.05), (centroid(shrunk), expected)
+    assert shrunk.sum() == pytest.approx(scale**2 * images.sum().item(), rel=0.01)  # area shrinks by scale squared
+    assert torch.allclose(network.about_apex(images, 1.0), images, atol=1e-6)
+
+
+class _PixelWise(torch.nn.Conv2d):
+    """A network that reads each pixel alone (a 1 x 1 convolution): it commutes with any resampling."""
+    phases_per_input = 1
+
+    def __init__(self):
+        super().__init__(1, 4, 1)
+        with torch.no_grad():
+            self.weight.copy_(torch.tensor([-3.0, 1.0, 2.0, 0.5]).view(4, 1, 1, 1))
+            self.bias.zero_()
+
+
+def test_scale_tta_maps_each_scales_probabilities_back_onto_the_grid():
+    """For a network that reads each pixel alone, shrinking the picture and mapping the probabilities
+    back gives the probabilities of the picture as it is (up to bilinear resampling twice), so scale
+    TTA changes a prediction only by what the network reads differently at another scale; each
+    pixel's probabilities still sum to one, and the scales [1.0] are the plain prediction exactly."""
+    net = _PixelWise().eval()
+    images = _blobs()
+    plain = network.predict_scores(net, images, 1, precision="fp32")
+    scaled = network.predict_scores(net, images, 1, precision="fp32", scales=(1.0, 0.9, 0.8))
+    assert torch.allclose(scaled.sum(1), torch.ones(1, 64, 64), atol=1e-5)
+    assert (scaled - plain).abs().max() < 0.03 and (scaled - plain).abs().mean() < 0.002
+    assert torch.equal(network.predict_scores(net, images, 1, precision="fp32", scales=(1.0,)), plain)
+    # A network that does not commute with scaling: the scales change what it reads.
+    runtime.seed_everything(0)
+    unet = network.build_network(config().network, 1).eval()
+    frames = data(2)[0]
+    assert not torch.allclose(network.predict_scores(unet, frames, 2, precision="fp32", scales=(1.0, 0.9)),
+                              network.predict_scores(unet, frames, 2, precision="fp32"), atol=1e-3)
+
+
+@pytest.mark.parametrize("scales", [[], [1.1], [0.9, 0.9], [0.5], "1.0", [True], [float("nan")]])
+def test_tta_scales_outside_the_shrinking_range_are_refused(scales):
+    from echoef.errors import ParamsError
+    from echoef.params import Infer, build
+
+    with pytest.raises(ParamsError, match="infer.tta_scales|tta_scales"):
+        build(Infer, {"tta": False, "tta_scales": scales, "batch_size": 4, "precision": "fp32"}, "infer.")
+    if isinstance(scales, list) and not any(isinstance(v, bool) for v in scales):
+        with pytest.raises(ValueError, match="test-time scales"):
+            network.check_tta_scales(scales)
+
+
 def test_a_paired_model_reads_each_view_as_one_input():
     runtime.seed_everything(0)
     net = network.build_network(config().network, 2).eval()

@@ -162,7 +162,7 @@ def predict_command(args) -> int:
     bundled = args.model / "calibrator.json"
     calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
     reference = _novelty(args.novelty, args.model)
-    config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "precision": args.precision})
+    config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "tta_scales": [1.0], "precision": args.precision})
     size = state["model_config"]["input_size"]
     out = claim_folder(batch.writable_folder(args.out))  # only once every argument is known to be usable
 

@@ -25,6 +25,9 @@ N_CLASSES = len(Label)
 # not used: apical views have a fixed orientation, and mirrored test images cost a mirror-naive
 # model 0.014-0.018 LV Dice on CAMUS validation (docs/experiment-log.md, test-time augmentation).
 TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
+# Test-time augmentation by scale: the picture shrunk about the probe, never enlarged, so the whole
+# sector (the atrium and the mitral plane at its far end) stays in the network's view.
+TTA_SCALE_RANGE = (0.8, 1.0)
 # What a model file records of its networks: the fields of params.Network but the member count, which
 # is the number of weight sets it holds.
 MODEL_KEYS = tuple(field.name for field in dataclasses.fields(Network) if field.name != "members")
@@ -260,24 +263,56 @@ def save_bundle(out: Path, state: dict) -> None:
         tmp.write_text(json.dumps({k: v for k, v in state.items() if k != "state_dicts"}, indent=2) + "\n")
 
 
-def softmax_batches(model: PhaseStack, images: torch.Tensor, batch_size: int, tta: bool, precision: str):
+def about_apex(images: torch.Tensor, factor: float, padding: str = "zeros") -> torch.Tensor:
+    """Each image (N, C, S, S) resampled (bilinear) so that the point at distance d from the probe,
+    the grid's top centre, is read from distance ``factor`` * d: ``factor`` > 1 shrinks the content
+    toward the probe (what lies beyond the grid comes in as ``padding``, grid_sample's mode), < 1
+    enlarges it. The same mapping as the training augmentation's scaling (``augment.augment``)."""
+    theta = images.new_tensor([[factor, 0.0, 0.0], [0.0, factor, factor - 1.0]]).expand(len(images), 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, images.shape, align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def check_tta_scales(scales) -> tuple[float, ...]:
+    """The test-time scales as a tuple, each within ``TTA_SCALE_RANGE`` (1.0: the picture as it is)."""
+    low, high = TTA_SCALE_RANGE
+    scales = tuple(float(scale) for scale in scales)
+    if not scales or not all(low <= scale <= high for scale in scales) or len(set(scales)) < len(scales):
+        raise ValueError(f"test-time scales {list(scales)} must be distinct numbers from {low} to {high}")
+    return scales
+
+
+def softmax_batches(model: PhaseStack, images: torch.Tensor, batch_size: int, tta: bool, precision: str,
+                    scales: tuple[float, ...] = (1.0,)):
     """Softmax probabilities (B, C, S, S) batch by batch, on the model's device, for normalised grid
-    images (N, 1, S, S); with ``tta`` the mean over the image at three gammas (``TTA_GAMMAS``)."""
+    images (N, 1, S, S); with ``tta`` the mean over the image at three gammas (``TTA_GAMMAS``), and
+    over each of ``scales``: the picture shrunk about the probe to that scale (``about_apex``), the
+    network's probabilities mapped back onto the grid. Shrinking only, so every grid pixel maps back
+    inside the shrunk picture and each scale gives a probability everywhere."""
     device = next(model.parameters()).device
     phases = model.phases_per_input
     batch_size = max(phases, batch_size - batch_size % phases)  # whole inputs only
+    gammas = TTA_GAMMAS if tta else (None,)
+    scales = check_tta_scales(scales)
     with torch.inference_mode(), autocast(precision, device):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
-            if tta:
-                probs = sum(model(apply_gamma(batch, g)).float().softmax(1) for g in TTA_GAMMAS) / len(TTA_GAMMAS)
-            else:
-                probs = model(batch).float().softmax(1)
-            yield probs
+            total = 0
+            for scale in scales:
+                shrunk = batch if scale == 1.0 else about_apex(batch, 1.0 / scale)
+                for gamma in gammas:
+                    probs = model(apply_gamma(shrunk, gamma) if tta else shrunk).float().softmax(1)
+                    if scale != 1.0:
+                        # Mapped back in float32; the top row reads within half a pixel of the grid's
+                        # edge, where zeros would leak in: the border row is held instead.
+                        with torch.autocast(device.type, enabled=False):
+                            probs = about_apex(probs, scale, padding="border")
+                    total = total + probs
+            yield total / (len(scales) * len(gammas))
 
 
 def predict_scores(model: PhaseStack, images: torch.Tensor, batch_size: int, tta: bool = False,
-                   precision: str = "auto") -> torch.Tensor:
+                   precision: str = "auto", scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
     """Softmax probabilities (N, C, S, S) on the CPU for normalised grid images (N, 1, S, S);
-    ``precision`` as in ``runtime.autocast_dtype``."""
-    return torch.cat([probs.cpu() for probs in softmax_batches(model, images, batch_size, tta, precision)])
+    ``precision`` as in ``runtime.autocast_dtype``, ``tta`` and ``scales`` as in ``softmax_batches``."""
+    return torch.cat([probs.cpu() for probs in softmax_batches(model, images, batch_size, tta, precision, scales)])

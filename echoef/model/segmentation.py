@@ -32,21 +32,23 @@ def postprocess(label: np.ndarray) -> np.ndarray:
 
 
 def predict_frames(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
-                   batch_size: int, tta: bool = False, precision: str = "auto") -> dict[tuple[str, str], np.ndarray]:
+                   batch_size: int, tta: bool = False, precision: str = "auto",
+                   scales: tuple[float, ...] = (1.0,)) -> dict[tuple[str, str], np.ndarray]:
     """Post-processed label maps on each frame's native grid, keyed like ``frames``; several models
-    are an ensemble (mean of their softmax), whatever frames per input each reads. ``tta`` and
-    ``precision`` as in ``network.predict_scores``."""
-    return predict_frames_with_members(models, frames, size, batch_size, tta, precision)[0]
+    are an ensemble (mean of their softmax), whatever frames per input each reads. ``tta``,
+    ``precision`` and ``scales`` as in ``network.predict_scores``."""
+    return predict_frames_with_members(models, frames, size, batch_size, tta, precision, scales)[0]
 
 
 def predict_frames_with_members(models: list[torch.nn.Module], frames: dict[tuple[str, str], camus.Frame], size: int,
-                                batch_size: int, tta: bool = False, precision: str = "auto"):
+                                batch_size: int, tta: bool = False, precision: str = "auto",
+                                scales: tuple[float, ...] = (1.0,)):
     """``predict_frames``, and beside it what each member alone reads, the ensemble's raw argmax
     before post-processing (what review flags look at) and its uncertainty around the LV of each frame
     (``novelty.lv_uncertainty``): (labels, [member labels], raw labels, uncertainty)."""
     keys = input_order(frames, max(m.phases_per_input for m in models))
     images, _, boxes = grid_tensors([frames[k] for k in keys], size, with_labels=False)
-    each = torch.stack([predict_scores(m, images, batch_size, tta, precision) for m in models])
+    each = torch.stack([predict_scores(m, images, batch_size, tta, precision, scales) for m in models])
 
     def native(scores):
         return {k: geometry.to_native(s, b).argmax(0).numpy().astype(np.uint8) for k, s, b in zip(keys, scores, boxes)}
@@ -64,7 +66,7 @@ def predict_patient(models: list[torch.nn.Module], patient: str, size: int, conf
     frame, and its novelty features (``novelty.study_features``) as predict computes them."""
     frames = framefile.load(patient_path(patient, ingested))
     labels, members, _, uncertainty = predict_frames_with_members(models, frames, size, config.batch_size, config.tta,
-                                                                  config.precision)
+                                                                  config.precision, tuple(config.tta_scales))
     features = novelty.study_features(labels, {k: f.spacing_mm for k, f in frames.items()}, members, uncertainty)
     return save_patient_labels(patient, frames, labels, out), {"patient": patient, **features}
 
