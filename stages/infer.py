@@ -39,7 +39,7 @@ def main():
     models, size = load_ensemble(args.model, device)
     print(f"infer: {len(models)} network(s) on {device} in {runtime.precision_name(settings.infer.precision, device)}")
     sets = read_json(args.sets)
-    remove_stage_output(args.out, (FRAME_FILES,))
+    remove_stage_output(args.out, (FRAME_FILES,), files=(args.dice, args.novelty, args.metrics, args.full))
     rows, features, failed = [], [], []
     for subset in args.subsets:
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):

@@ -253,6 +253,20 @@ def test_a_stage_empties_only_a_folder_of_its_own_files(tmp_path):
         with pytest.raises(ForeignFolderError, match="holds files this stage does not write|is a link or a file"):
             atomic.remove_stage_output(target, ("*.npz",))
     assert tree(tmp_path) == before
+    # The stage's other outputs count as its own where its own flags put them inside the folder (the
+    # fold's dice.csv), only there: a file of that name elsewhere in it is not the stage's.
+    fold = tmp_path / "predictions"
+    (fold / "sub").mkdir(parents=True)
+    (fold / "patient0001.npz").write_bytes(b"x")
+    (fold / "dice.csv").write_text("patient\n")
+    (fold / "sub" / "dice.csv").write_text("someone's\n")
+    with pytest.raises(ForeignFolderError, match=r"\(sub/dice.csv\)"):
+        atomic.remove_stage_output(fold, ("*.npz",), files=(fold / "dice.csv", None))
+    (fold / "sub" / "dice.csv").unlink()
+    with pytest.raises(ForeignFolderError, match=r"\(dice.csv\)"):
+        atomic.remove_stage_output(fold, ("*.npz",))
+    atomic.remove_stage_output(fold, ("*.npz",), files=(Path(os.path.relpath(fold / "dice.csv")), None))
+    assert not fold.exists()
 
 
 def test_a_stage_run_by_hand_on_a_users_folder_deletes_nothing(tmp_path, phantom_root):

@@ -122,19 +122,27 @@ def claim_folder(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
-def remove_stage_output(path: str | Path, written: tuple[str, ...], what: str = "--out") -> None:
+def remove_stage_output(path: str | Path, written: tuple[str, ...], what: str = "--out",
+                        files: tuple[Path | None, ...] = ()) -> None:
     """Delete the folder ``path`` that an earlier run of a pipeline stage left, before the stage writes
     it again. Only a folder every file of which matches one of ``written`` (the stage's own file
-    patterns, as ``Path.match`` takes them) is deleted; anything else, a link or a file in its place
-    is ForeignFolderError, with nothing deleted. DVC removes a stage's outputs itself before running
-    it; this guards a stage run by hand with ``--out`` naming a folder of someone else's."""
+    patterns, as ``Path.match`` takes them) or is one of ``files`` (the stage's other outputs, named by
+    their own flags, which may lie inside the folder: the fold's ``--dice`` inside its predictions) is
+    deleted; anything else, a link or a file in its place is ForeignFolderError, with nothing deleted.
+    DVC removes a stage's outputs itself before running it; this guards a stage run by hand with
+    ``--out`` naming a folder of someone else's."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
         raise ForeignFolderError(f"{what} {path} is a link or a file, not a folder this stage wrote; give another path")
+    own_files = {Path(os.path.abspath(file)) for file in files if file is not None}
+
+    def own(entry: Path) -> bool:
+        return any(entry.match(pattern) for pattern in written) or Path(os.path.abspath(entry)) in own_files
+
     foreign = sorted(str(entry.relative_to(path)) for entry in path.rglob("*")
-                     if (entry.is_symlink() or not entry.is_dir()) and not any(entry.match(pattern) for pattern in written))
+                     if (entry.is_symlink() or not entry.is_dir()) and not own(entry))
     if foreign:
         raise ForeignFolderError(f"{what} {path} holds files this stage does not write ({', '.join(foreign[:3])}"
                                  f"{', ...' if len(foreign) > 3 else ''}); give its own folder, or empty this one yourself")
