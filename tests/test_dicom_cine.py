@@ -6,11 +6,13 @@ import math
 import re
 
 import numpy as np
+import pydicom
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
 from echoef.app import cine
+from echoef.errors import StudyError
 from echoef.io import camus, imagefile, phantom
 
 from conftest import CAMUS, echoef_in_process, needs_shared, write_dicom
@@ -70,6 +72,49 @@ def test_pixel_size_only_from_the_file_or_the_user(trained, phantom_root, tmp_pa
     write_dicom(tmp_path / "both.dcm", frame, region_spacing_mm=(0.5, 0.6), pixel_spacing_mm=(0.85, 0.95))
     assert imagefile.read_loop(tmp_path / "ps.dcm").spacing_mm == pytest.approx((0.85, 0.95))
     assert imagefile.read_loop(tmp_path / "both.dcm").spacing_mm == pytest.approx((0.5, 0.6))  # the region wins
+
+
+def _with_functional_groups(path, shared=None, per_frame=()):
+    """The DICOM at ``path`` rewritten with its pixel size only in enhanced multi-frame functional
+    groups: Pixel Measures of the shared group (``shared``) and/or of each frame (``per_frame``)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def group(spacing):
+        measures, holder = Dataset(), Dataset()
+        if spacing is not None:
+            measures.PixelSpacing = list(spacing)
+        holder.PixelMeasuresSequence = Sequence([measures])
+        return holder
+
+    dataset = pydicom.dcmread(path)
+    if shared is not None:
+        dataset.SharedFunctionalGroupsSequence = Sequence([group(shared)])
+    if per_frame:
+        dataset.PerFrameFunctionalGroupsSequence = Sequence([group(spacing) for spacing in per_frame])
+    dataset.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("shared, per_frame, expected", [
+    ((0.42, 0.37), (), (0.42, 0.37)),  # the shared group states it
+    (None, [(0.3, 0.35)] * 3, (0.3, 0.35)),  # every frame states the same
+    ((0.42, 0.37), [(0.3, 0.35)] * 3, (0.42, 0.37)),  # the shared group wins, as the standard has it
+    (None, [(0.3, 0.35), (0.3, 0.35), (0.31, 0.35)], None),  # frames measured differently: no one pixel size
+    (None, [(0.3, 0.35), None, (0.3, 0.35)], None),  # one frame states none
+    ((9.87654, 0.3), (), None), ((-0.3, 0.3), (), None), ((0.3, float("nan")), (), None),  # crafted values count as none
+])
+def test_an_enhanced_multiframe_file_states_its_pixel_size_in_functional_groups(tmp_path, shared, per_frame, expected):
+    path = write_dicom(tmp_path / "a4c.dcm", np.zeros((3, 40, 30)), frame_ms=20)
+    _with_functional_groups(path, shared, per_frame)
+    data = path.read_bytes()
+    if b"9.87654" in data:  # a value no DS can hold, put in the file as a crafted one would be
+        path.write_bytes(data.replace(b"9.87654", b"abcdefg"))
+    if expected is None:
+        with pytest.raises(StudyError, match="no_spacing"):
+            imagefile.read_loop(path)
+    else:
+        assert imagefile.read_loop(path).spacing_mm == pytest.approx(expected)
 
 
 def test_views_from_names_or_a_table_and_studies_by_uid(trained, phantom_root, tmp_path):

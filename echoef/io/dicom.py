@@ -2,7 +2,8 @@
 view each belongs to.
 
 The pixel size comes from the Sequence of Ultrasound Regions (PhysicalDeltaX/Y, in cm) of the 2D
-tissue region that holds the image, or from PixelSpacing; a file with neither is refused
+tissue region that holds the image, or from PixelSpacing (of the file, or of an enhanced multi-frame
+file's Pixel Measures functional group); a file with none is refused
 (``no_spacing``) unless the user gives one: a guessed pixel size would make every volume wrong.
 Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
 extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
@@ -54,7 +55,8 @@ def _positive(value) -> float | None:
 
 
 def pixel_spacing_mm(dataset) -> tuple[float, float] | None:
-    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else None. Only what the
+    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else that of the
+    enhanced multi-frame functional groups (``functional_group_spacing_mm``), else None. Only what the
     file states as a positive number counts; nothing is assumed."""
     try:
         region = region_spacing_mm(dataset)
@@ -62,12 +64,38 @@ def pixel_spacing_mm(dataset) -> tuple[float, float] | None:
         region = None
     if region:
         return region
-    spacing = dataset.get("PixelSpacing")
+    return _spacing_pair(dataset.get("PixelSpacing")) or functional_group_spacing_mm(dataset)
+
+
+def _spacing_pair(spacing) -> tuple[float, float] | None:
+    """A PixelSpacing value (row, col mm) as two positive finite numbers, else None."""
     try:
         values = [_positive(v) for v in spacing] if spacing is not None and len(spacing) == 2 else [None]
     except TypeError:
         values = [None]
     return (values[0], values[1]) if all(v is not None for v in values) else None
+
+
+def functional_group_spacing_mm(dataset) -> tuple[float, float] | None:
+    """PixelSpacing of an enhanced multi-frame file's Pixel Measures: the shared functional group's,
+    else the per-frame groups' when every frame states the same one (frames of a loop measured at
+    different pixel sizes are no loop to measure), else None."""
+    def measured(group) -> tuple[float, float] | None:
+        try:
+            measures = group.get("PixelMeasuresSequence") or []
+            return _spacing_pair(measures[0].get("PixelSpacing")) if len(measures) else None
+        except (AttributeError, TypeError, IndexError, ValueError):
+            return None
+
+    try:
+        shared = dataset.get("SharedFunctionalGroupsSequence") or []
+        per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+        if len(shared) and (spacing := measured(shared[0])):
+            return spacing
+        spacings = {measured(group) for group in per_frame}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return spacings.pop() if len(spacings) == 1 else None
 
 
 def frame_interval_ms(dataset) -> float | None:
