@@ -169,8 +169,8 @@ def _recipe_numbers(comparison: dict) -> str:
     oof = comparison["results"]["oof"]
     pre, post = oof["ef_abs_error"]["pre"], oof["ef_abs_error"]["post"]
     return (f"`{Path(comparison['a']).name}` on the same folds, {oof['n']} patients: EF MAE before calibration "
-            f"{fmt(pre['a'])} against {fmt(pre['b'])}, candidate minus current {_difference(pre)} points per "
-            f"patient; after a linear calibrator cross-fitted alike {fmt(post['a'])} against {fmt(post['b'])}, "
+            f"current {fmt(pre['a'])}, candidate {fmt(pre['b'])}, candidate minus current {_difference(pre)} points per "
+            f"patient; after a linear calibrator cross-fitted alike current {fmt(post['a'])}, candidate {fmt(post['b'])}, "
             f"{_difference(post)}")
 
 
