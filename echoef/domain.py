@@ -44,6 +44,9 @@ HEART_LABELS = (Label.LV, Label.MYOCARDIUM, Label.ATRIUM)
 # Simpson's biplane method of discs (the CAMUS reference), single-plane discs of one view, area-length.
 EF_METHODS = ("simpson_biplane", "simpson_single_plane_2ch", "simpson_single_plane_4ch", "area_length")
 CALIBRATION_METHODS = ("none", "linear", "isotonic", "ridge")
+# Test-time augmentation by scale (infer.tta_scales): the picture shrunk about the probe, never
+# enlarged, so the whole sector (the atrium and the mitral plane at its far end) stays in view.
+TTA_SCALE_RANGE = (0.8, 1.0)
 # Segmentation networks of segmentation-models-pytorch that train.network.architecture may name.
 NETWORK_ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
 # Each view's single-plane EF and each frame's long axis, measured with the EF: what a calibrator may

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .domain import CALIBRATION_METHODS, EF_METHODS, NETWORK_ARCHITECTURES
+from .domain import CALIBRATION_METHODS, EF_METHODS, NETWORK_ARCHITECTURES, TTA_SCALE_RANGE
 from .errors import ParamsError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 mixed precision where the hardware has it (runtime.has_native_bf16)
@@ -197,7 +197,7 @@ class Train:
 
 
 def _tta_scales(key, value):
-    low, high = 0.8, 1.0  # network.TTA_SCALE_RANGE, not imported: reading parameters loads no torch
+    low, high = TTA_SCALE_RANGE
     if not (isinstance(value, list) and value and all(isinstance(v, NUMBER) and not isinstance(v, bool) and low <= v <= high
                                                       for v in value) and len(set(value)) == len(value)):
         raise ParamsError(f"params.yaml: {key} = {value!r} must be a list of distinct scales from {low} to {high}, "

@@ -6,8 +6,8 @@ import math
 import re
 
 import numpy as np
-import pydicom
 import pandas as pd
+import pydicom
 import pytest
 import SimpleITK as sitk
 

@@ -101,7 +101,6 @@ def beats(areas: np.ndarray) -> list[tuple[int, int]]:
     return found
 
 
-
 def _first_frame_is_end_diastole(smooth: np.ndarray, peaks: np.ndarray, period: int, span: float) -> bool:
     """Whether frame 0 of a smoothed area curve is an ED that ``find_peaks`` cannot see (it finds no
     peak at an end): the curve falls from it, the next peak is at least 0.6 of a period later, and it

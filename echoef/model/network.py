@@ -12,7 +12,7 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 
-from ..domain import NETWORK_ARCHITECTURES
+from ..domain import NETWORK_ARCHITECTURES, TTA_SCALE_RANGE
 from ..errors import CheckpointError, ParamsError
 from ..io.atomic import atomic_path
 from ..io.camus import Label
@@ -25,9 +25,6 @@ N_CLASSES = len(Label)
 # not used: apical views have a fixed orientation, and mirrored test images cost a mirror-naive
 # model 0.014-0.018 LV Dice on CAMUS validation (docs/experiment-log.md, test-time augmentation).
 TTA_GAMMAS = (math.exp(-0.2), 1.0, math.exp(0.2))
-# Test-time augmentation by scale: the picture shrunk about the probe, never enlarged, so the whole
-# sector (the atrium and the mitral plane at its far end) stays in the network's view.
-TTA_SCALE_RANGE = (0.8, 1.0)
 # What a model file records of its networks: the fields of params.Network but the member count, which
 # is the number of weight sets it holds.
 MODEL_KEYS = tuple(field.name for field in dataclasses.fields(Network) if field.name != "members")
@@ -267,7 +264,7 @@ def about_apex(images: torch.Tensor, factor: float, padding: str = "zeros") -> t
     """Each image (N, C, S, S) resampled (bilinear) so that the point at distance d from the probe,
     the grid's top centre, is read from distance ``factor`` * d: ``factor`` > 1 shrinks the content
     toward the probe (what lies beyond the grid comes in as ``padding``, grid_sample's mode), < 1
-    enlarges it. The same mapping as the training augmentation's scaling (``augment.augment``)."""
+    enlarges it. The probe as the training augmentation's scaling takes it (``augment.augment``)."""
     theta = images.new_tensor([[factor, 0.0, 0.0], [0.0, factor, factor - 1.0]]).expand(len(images), 2, 3)
     grid = torch.nn.functional.affine_grid(theta, images.shape, align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
