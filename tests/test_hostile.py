@@ -744,6 +744,8 @@ def test_no_command_waits_on_a_fifo_or_reads_a_device_handed_in(tmp_path, tiny_m
     assert row.is_file()
     row.unlink()
     os.mkfifo(row)
+    image_fifo = tmp_path / "a4c.nii.gz"
+    os.mkfifo(image_fifo)
     out_marked = tmp_path / "marked"
     out_marked.mkdir()
     os.mkfifo(out_marked / atomic.OWNER_MARK)
@@ -757,6 +759,7 @@ def test_no_command_waits_on_a_fifo_or_reads_a_device_handed_in(tmp_path, tiny_m
         "owner_mark": ["predict", patient, *calibrated, "--out", out_marked],
         "merge_row": ["merge", tmp_path / "rows"],
         "cfg": ["ef", tmp_path / "cfg", "--out", tmp_path / "ef.csv"],
+        "image": ["predict", *calibrated, "--4ch-ed", image_fifo, "--4ch-es", image_fifo, "--out", tmp_path / "o7"],
     }
     script = ("import contextlib, io, json, sys\nfrom echoef.app import cli\n"
               "for name, args in json.loads(sys.argv[1]).items():\n"
@@ -777,6 +780,8 @@ def test_no_command_waits_on_a_fifo_or_reads_a_device_handed_in(tmp_path, tiny_m
     assert "is not a regular file" in merged["detail"].iloc[0]
     table = pd.read_csv(tmp_path / "ef.csv")
     assert results["cfg"][0] == 0 and table["ef"].notna().all() and table["ef_ref"].isna().all()
+    image = pd.read_csv(tmp_path / "o7" / "summary.csv").iloc[0]  # a frame handed in as a FIFO fails its study
+    assert results["image"][0] == 1 and image["status"] == "unreadable_file" and "not a regular file" in image["detail"]
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".dcm", ".avi"])

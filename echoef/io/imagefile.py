@@ -318,8 +318,10 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
     that would make a volume wrong without a warning. A header's own pixel size is always used.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StudyError("missing_frame", f"{path.name} not found")
+    if not path.is_file():  # a folder, a FIFO or a device: reading it would fail, or block the batch
+        raise StudyError("unreadable_file", f"{path.name} is not a regular file")
     reader = reader_for(path)
     if reader is None:
         known = ", ".join(suffix for reader in READERS for suffix in reader.suffixes)
