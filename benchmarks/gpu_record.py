@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         log.step("dvc exp run", status=status, timed_out=timed_out, seconds=round(time.monotonic() - start))
         keep_outputs(ROOT, out, log)
         if status == 0 and not timed_out:
-            status, _ = run_logged([sys.executable, "-m", "echoef", "record", name, "--results", str(out / "results"),
+            status, _ = run_logged([sys.executable, "-m", "echoef", "record", name, "--results", str(out / "results"), "--replace",
                                     "--command", "python3 benchmarks/gpu_record.py " + " ".join(sys.argv[1:] if argv is None else argv)],
                                    log, env, ROOT)
             log.step("record", status=status)

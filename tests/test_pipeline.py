@@ -332,12 +332,18 @@ def test_a_run_record_and_the_report(repo, tmp_path):
         **interval, "half_width": 6.25, "coverage": 0.875, "n_test": 48}})
     assert "| 0.88 of 48 at 90% (± 6.2) |" in records.results_table(tmp_path).splitlines()[2]
     # The report: one page with everything inside it; the Markdown beside it links the committed PNGs.
-    # Made again, a record replaces the old one whole; a folder that is not a record is never replaced.
-    assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "again").returncode == 0
+    # A record is evidence: made again only with --replace, then whole; a folder that is not a record is
+    # never replaced.
+    kept = echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "again")
+    assert kept.returncode == 2 and f"{tmp_path / 'tiny'} exists (made {record['created']} at commit {record['commit'][:7]}); " \
+        "give another name, or --replace to make it again" in kept.stderr
+    assert read(tmp_path / "tiny", "record.json")["command"] == "dvc repro"
+    assert echoef_in_process("record", "tiny", "--workspace", repo, "--results", tmp_path, "--command", "again",
+                             "--replace").returncode == 0
     assert read(tmp_path / "tiny", "record.json")["command"] == "again"
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("mine")
-    refused = echoef_in_process("record", "notes", "--workspace", repo, "--results", tmp_path)
+    refused = echoef_in_process("record", "notes", "--workspace", repo, "--results", tmp_path, "--replace")  # not even so
     assert refused.returncode == 2 and "holds files EchoEF did not write there (mine.txt)" in refused.stderr
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
     assert remote_resources(repo / "reports/report.html") == []

@@ -355,7 +355,7 @@ def record_command(args) -> int:
     """A run record of the workspace's finished run under RESULTS/NAME."""
     from ..reporting import records
 
-    out = records.make(args.name, args.workspace, args.results, args.run_command)
+    out = records.make(args.name, args.workspace, args.results, args.run_command, args.replace)
     print(f"record: {out}")
     return batch.EXIT_OK
 
@@ -462,6 +462,8 @@ def parser() -> argparse.ArgumentParser:
     record.add_argument("--results", type=Path, default=Path("results"))
     record.add_argument("--command", dest="run_command", default="dvc repro",
                         help="the command that made the run, as the record will state it")
+    record.add_argument("--replace", action="store_true",
+                        help="make an existing record of this name again (without it an existing record is kept)")
     results = commands.add_parser("results", help="the Markdown table of the run records (or README and the results page from them)")
     results.add_argument("--results", type=Path, default=Path("results"))
     results.add_argument("--readme", type=Path, help="rewrite this README's generated results block")

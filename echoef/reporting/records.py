@@ -41,8 +41,9 @@ def stage_seconds(workspace: Path) -> dict[str, float]:
     return {f["stage"]: f["seconds"] for f in map(read_json, sorted(folder.glob("*.json")))} if folder.is_dir() else {}
 
 
-def make(name: str, workspace: Path, results: Path, command: str) -> Path:
-    """Write ``results/<name>/`` from the run in ``workspace``; returns its folder."""
+def make(name: str, workspace: Path, results: Path, command: str, replace: bool = False) -> Path:
+    """Write ``results/<name>/`` from the run in ``workspace``; returns its folder. A record is
+    evidence that README's decisions cite: one of the same name is replaced only with ``replace``."""
     if safe_name(name) != name:
         raise UsageError(f"record name {name!r}: give a plain name (letters, digits, '.', '_', '-'), e.g. {safe_name(name)}")
     workspace = Path(workspace)
@@ -51,6 +52,10 @@ def make(name: str, workspace: Path, results: Path, command: str) -> Path:
     if missing:
         raise UsageError(f"{workspace} holds no finished run ({', '.join(map(str, missing))} missing); run dvc repro first")
     final = Path(results) / name
+    if (final / "record.json").is_file() and not replace:
+        made = read_json(final / "record.json")
+        raise UsageError(f"{final} exists (made {made.get('created', '?')} at commit {str(made.get('commit', '?'))[:7]}); "
+                         "give another name, or --replace to make it again")
     # A record is written whole or not at all, and replaces only an earlier record of EchoEF's.
     with atomic_folder(final, "the record") as out:
         _write_record(out, name, workspace, command)
