@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from echoef import machine
-from echoef.io.atomic import claim_folder, read_json, write_json, write_text
+from echoef.errors import UsageError
+from echoef.io.atomic import read_json, write_json, write_text
 from echoef.measure.ef import is_measured
+from echoef.reporting import records
 from echoef.stats import calibration
 from echoef.stats.agreement import paired_difference, rule_choice
 
@@ -34,6 +36,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", type=Path, required=True, help="a run record with out-of-fold rows (split.folds > 1)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--replace", action="store_true", help="write into --out although it holds a record already")
     args = parser.parse_args()
     table = pd.read_csv(args.record / "patients.csv")
     table = table[table["status"].map(is_measured) & table["ef_ref"].notna()]
@@ -64,7 +67,10 @@ def main():
               "machine": machine.describe(), "commit": machine.commit(), "record": str(args.record),
               "current": CURRENT, "n_out_of_fold": int(len(oof)), "out_of_fold": rows, "decision": best, "test_mae_reported_only": test_mae,
               "n_test": int(len(test))}
-    out = claim_folder(args.out)
+    try:
+        out = records.claim_evidence_folder(args.out, args.replace)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
     write_json(out / "calibrator_decision.json", record)
     lines = ["# Calibrator default, decided out of fold", "", f"`{record['command']}`", "",
              f"Machine: {record['machine']}; commit {record['commit']}; from record `{args.record}`.", "",

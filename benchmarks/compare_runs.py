@@ -34,7 +34,8 @@ import pandas as pd
 import yaml
 
 from echoef import machine, runfiles
-from echoef.io.atomic import claim_folder, read_json, write_csv, write_json, write_text
+from echoef.errors import UsageError
+from echoef.io.atomic import read_json, write_csv, write_json, write_text
 from echoef.measure.ef import is_measured
 from echoef.reporting import records
 from echoef.stats import agreement, calibration
@@ -208,6 +209,7 @@ def main():
     parser.add_argument("--decide", action="store_true", help="apply the rule and state the verdict")
     parser.add_argument("--rule-group", help="with --decide: the rule spans every comparison that names this group")
     parser.add_argument("--out", type=Path, help="write comparison.json and report.md here")
+    parser.add_argument("--replace", action="store_true", help="write into --out although it holds a record already")
     parser.add_argument("--what", help="what B is, where its parameters do not say it")
     args = parser.parse_args()
     if args.rule_group and not args.decide:
@@ -221,7 +223,10 @@ def main():
     changed = changed_parameters(args.run_a, args.run_b)
     lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed, args.rule_group, args.what)
     if args.out:
-        out = claim_folder(args.out)
+        try:
+            out = records.claim_evidence_folder(args.out, args.replace)
+        except UsageError as error:
+            sys.exit(f"error: {error}")
         # The per-patient errors too, so that the verdict can be recomputed from the committed files.
         write_csv(out / "patients.csv", pd.concat({subset: result["patients"] for subset, result in results.items()},
                                                   names=["set", "patient"]).reset_index())

@@ -28,10 +28,12 @@ import torch
 
 from echoef import machine
 from echoef.domain import Label
-from echoef.io.atomic import claim_folder, write_csv, write_json, write_text
+from echoef.errors import UsageError
+from echoef.io.atomic import write_csv, write_json, write_text
 from echoef.io.framefile import load as load_frames
 from echoef.measure import ef
 from echoef.model import geometry, segmentation
+from echoef.reporting import records
 
 CLASSES = len(Label)
 
@@ -79,7 +81,12 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 192, 256])
     parser.add_argument("--patients", type=int, default=0, help="the first N patients only (0: all)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--replace", action="store_true", help="write into --out although it holds a record already")
     args = parser.parse_args()
+    try:  # before the work, so that a refusal costs nothing
+        out = records.claim_evidence_folder(args.out, args.replace) if args.out else None
+    except UsageError as error:
+        sys.exit(f"error: {error}")
     torch.set_num_threads(1)
     paths = sorted(args.ingested.glob("patient*.npz"))[: args.patients or None]
     if not paths:
@@ -92,8 +99,7 @@ def main():
              "| grid | round trip | n | EF MAE | bias | within 1 point | EDV rel. SD | ESV rel. SD |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.size} | {r.trip} | {r.n} | {r.ef_mae:.2f} | {r.ef_bias:+.2f} | {r.ef_within_1:.0%} | {r.edv_rel_sd:.3f} | "
               f"{r.esv_rel_sd:.3f} |" for r in result.itertuples()]
-    if args.out:
-        out = claim_folder(args.out)
+    if out:
         write_csv(out / "patients.csv", table[["patient", "size", "trip", "edv_ml", "esv_ml", "ef", "status"]])
         write_json(out / "grid_limit.json", {"command": command, "machine": machine.describe(), "commit": machine.commit(),
                                              "n_patients": len(paths), "summary": result.to_dict("records")})

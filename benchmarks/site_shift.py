@@ -27,9 +27,11 @@ import pandas as pd
 from echoef import machine
 from echoef.app import cli
 from echoef.app.site import write_simulated_site
-from echoef.io.atomic import claim_folder, read_json, text_column, write_json, write_text
+from echoef.errors import UsageError
+from echoef.io.atomic import read_json, text_column, write_json, write_text
 from echoef.io.site_shift import SiteShift
 from echoef.measure.ef import is_measured
+from echoef.reporting import records
 from echoef.stats.agreement import paired_difference, summary
 
 
@@ -55,11 +57,15 @@ def main():
     parser.add_argument("--camus", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True, help="that run's data/split.json: its test patients become the site")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--replace", action="store_true", help="write into --out although it holds a record already")
     parser.add_argument("--adapt", type=int, default=20, help="site studies used to calibrate or fine-tune")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    out = claim_folder(args.out)
+    try:
+        out = records.claim_evidence_folder(args.out, args.replace)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
     shift = SiteShift()
     test = sorted(read_json(args.split)["test"])
     rng = np.random.default_rng(args.seed)

@@ -195,3 +195,25 @@ def test_a_rule_over_several_comparisons_adopts_only_when_every_one_passes(tmp_p
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(a1), str(better), "--cv", "--rule-group", "tta"])
     with pytest.raises(SystemExit):
         compare_runs().main()
+
+
+def test_a_comparison_is_written_over_an_earlier_one_only_with_replace(tmp_path, cohort, monkeypatch):
+    """README's decisions cite the comparisons under results/: one already there is kept, byte for
+    byte, unless --replace; a user's folder is refused even so."""
+    ef_ref, noise = cohort
+    a = write_record(tmp_path / "runs/a", ef_ref + noise, ef_ref)
+    better = write_folds_run(tmp_path / "runs/better", ef_ref + noise / 2, ef_ref)
+    out = tmp_path / "results" / "cmp"
+    run_script(monkeypatch, a, better, "--cv", "--decide", "--bootstrap", 300, "--out", out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(SystemExit, match=f"error: --out {out} already holds a record; give another folder, or --replace"):
+        run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    run_script(monkeypatch, a, a, "--cv", "--decide", "--bootstrap", 300, "--out", out, "--replace")
+    assert read_json(out / "comparison.json")["b_replaces_a"] is False
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds files EchoEF did not write there"):
+        run_script(monkeypatch, a, a, "--cv", "--bootstrap", 300, "--out", users, "--replace")
+    assert [path.name for path in users.iterdir()] == ["notes.txt"]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import machine, runfiles
 from ..errors import UsageError
-from ..io.atomic import atomic_folder, read_json, write_csv, write_json
+from ..io.atomic import OWNER_MARK, atomic_folder, claim_folder, read_json, write_csv, write_json
 from ..names import safe_name
 from ..stats import agreement, calibration
 from .report import fmt
@@ -60,6 +60,17 @@ def make(name: str, workspace: Path, results: Path, command: str, replace: bool 
     with atomic_folder(final, "the record") as out:
         _write_record(out, name, workspace, command)
     return final
+
+
+def claim_evidence_folder(path: Path, replace: bool) -> Path:
+    """The folder a benchmark writes its evidence into (a comparison, a decision, a measurement under
+    ``results/``), claimed as EchoEF's (``atomic.claim_folder``, which refuses a user's folder). One
+    that already holds such evidence is written again only with ``replace``: README's decisions cite
+    them, and a rerun with another run's paths must not silently replace one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink() and any(entry.name != OWNER_MARK for entry in path.iterdir()) and not replace:
+        raise UsageError(f"--out {path} already holds a record; give another folder, or --replace to write it again")
+    return claim_folder(path)
 
 
 def _write_record(out: Path, name: str, workspace: Path, command: str) -> None:
