@@ -175,3 +175,29 @@ def test_a_folder_is_replaced_whole_or_left_as_it_was(tmp_path):
         atomic.write_text(folder / "a.txt", "second")
     assert {p.name: p.read_text() for p in (tmp_path / "record").iterdir() if p.name != atomic.OWNER_MARK} == {"a.txt": "second"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record"]  # no temporary or old folder left
+
+
+@pytest.mark.parametrize("unit, step, frame_ms", [("msec", 20.0, 20.0), ("sec", 0.04, 40.0), ("usec", 33000.0, 33.0),
+                                                  ("unknown", 20.0, None), ("msec", 0.0, None), ("msec", float("nan"), None)])
+def test_a_nifti_loop_with_time_on_its_fourth_axis_is_the_same_loop(tmp_path, unit, step, frame_ms):
+    """NIfTI's own 2D + time is (x, y, 1, t), time being its fourth axis (what converters such as
+    dcm2niix write); CAMUS stores (x, y, t). Both are the same loop, frame for frame, with the same
+    geometry; the fourth axis's pixdim in the header's time unit is the frame time, where it is one."""
+    import nibabel
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 30, 7)).astype(np.uint8)
+    affine = np.diag([-0.3, 0.45, 1.0, 1.0])  # x flipped, anisotropic: the orientation and spacing carry over
+    nibabel.save(nibabel.Nifti1Image(pixels, affine), tmp_path / "camus.nii.gz")
+    four = nibabel.Nifti1Image(pixels[:, :, None, :], affine)
+    four.header.set_xyzt_units("mm", unit)
+    four.header["pixdim"][4] = step
+    nibabel.save(four, tmp_path / "standard.nii.gz")
+    three, standard = (imagefile.read_loop(tmp_path / name) for name in ("camus.nii.gz", "standard.nii.gz"))
+    assert standard.frames.shape == (7, 30, 40) and np.array_equal(standard.frames, three.frames)
+    assert standard.spacing_mm == three.spacing_mm == pytest.approx((0.45, 0.3))
+    assert standard.header == three.header and three.frame_ms is None
+    assert standard.frame_ms == (pytest.approx(frame_ms) if frame_ms else None)
+    # Several slices at each time point are a volume, not a 2D loop.
+    nibabel.save(nibabel.Nifti1Image(np.stack([pixels, pixels], 2), affine), tmp_path / "volume.nii.gz")
+    with pytest.raises(StudyError, match="bad_geometry"):
+        imagefile.read_loop(tmp_path / "volume.nii.gz")

@@ -10,6 +10,7 @@ with, so a label map written back overlays its image exactly in any viewer.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import stat
 import zlib
@@ -339,18 +340,25 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         metaimage_data_file(path)  # before ITK opens whatever the header names
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    frame_ms = None
     try:
         reader.ReadImageInformation()
         size = reader.GetSize()
-        problem = "" if len(size) not in (2, 3) else loop_size_problem(int(np.prod(size[2:])), size[1], size[0])
+        # (x, y, 1, t) is NIfTI's own 2D + time (time is its fourth axis): read as the loop (x, y, t).
+        time_fourth = len(size) == 4 and size[2] == 1
+        kept = 3 if time_fourth else len(size)
+        problem = "" if kept not in (2, 3) else loop_size_problem(int(np.prod(size[2:])), size[1], size[0])
         if problem is not None:
             raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}"
                                              + (f": {problem}" if problem else ""))
         if fmt == ".nii.gz":
             stored = _nifti_header(path)
             _check_gzip_complete(path, int(stored["vox_offset"]) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
-        header = Header(tuple(map(float, reader.GetSpacing())), tuple(map(float, reader.GetOrigin())),
-                        tuple(map(float, reader.GetDirection())))
+        direction = np.asarray(reader.GetDirection(), dtype=float).reshape(len(size), len(size))[:kept, :kept]
+        header = Header(tuple(map(float, reader.GetSpacing()[:kept])), tuple(map(float, reader.GetOrigin()[:kept])),
+                        tuple(map(float, direction.ravel())))
+        if time_fourth and fmt in (".nii", ".nii.gz"):
+            frame_ms = _nifti_frame_ms(path)
         orientation = header.orientation()
         if fmt in PLAIN_FORMATS or not _stated_spacing(path, header.spacing):
             if spacing_mm is None:
@@ -366,11 +374,22 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         raise StudyError(reason, f"{path.name}: {message}") from error
     if len(size) == 2:
         array = array[None]  # (T, H, W[, channels]) whatever the file
+    elif time_fourth:
+        array = array[:, 0]  # (T, 1, H, W[, channels]): the one slice of each time point
     if array.ndim == 4:
         array = np.stack([_grey(frame, path) for frame in array])
     check_pixels(array, header.spacing_mm, path.name)
     frames = np.stack([orientation.to_canonical(frame) for frame in array])
-    return Loop(frames, header.spacing_mm, header, None)
+    return Loop(frames, header.spacing_mm, header, frame_ms)
+
+
+def _nifti_frame_ms(path: Path) -> float | None:
+    """The time between frames (ms) of a NIfTI loop whose fourth axis is time: pixdim[4] in the
+    header's time unit (s, ms or us), or None where it states no positive, finite one in such a unit."""
+    stored = _nifti_header(path)
+    scale = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}.get(stored.get_xyzt_units()[1])
+    step = float(stored["pixdim"][4])
+    return step * scale if scale and math.isfinite(step) and step > 0 else None
 
 
 def read_single(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
