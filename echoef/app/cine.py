@@ -31,8 +31,15 @@ def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: 
 
 
 def _smoothed(areas: np.ndarray) -> np.ndarray:
-    """The area curve lightly smoothed (a 3-frame mean, ends held): one noisy frame makes no peak."""
-    return np.convolve(np.pad(areas, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    """The area curve lightly smoothed: a 3-frame median, then a 3-frame mean (ends held). The median
+    removes a frame whose segmentation alone collapsed or leaked (on another site's loops the
+    likeliest kind of outlier), which a mean would only spread into a false ED or ES; on a smooth
+    curve it moves no peak or trough by more than a frame. An end frame has one neighbour, so an
+    outlier there stays (judging it by its neighbour alone would also move true extremes at the
+    ends)."""
+    padded = np.pad(areas, 1, mode="edge")
+    median = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    return np.convolve(np.pad(median, 1, mode="edge"), np.ones(3) / 3, mode="valid")
 
 
 def dominant_period(areas: np.ndarray) -> int:
