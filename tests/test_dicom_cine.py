@@ -180,6 +180,25 @@ def test_a_cine_loop_is_read_at_its_ed_and_es(trained, loops, tmp_path):
     assert abs(row["ef"] - exact["ef"]) <= 3
 
 
+def test_a_dropped_frame_in_a_loop_is_flagged_and_not_taken_for_ed_or_es(trained, loops, tmp_path):
+    """A loop with one black frame (a frame dropped in an export): the LV area curve falls to nothing
+    there, the frame choice passes over it, and review names it."""
+    root, truths = loops
+    folder = camus.find_patients(root)[11]
+    truth = truths[folder.name]["4CH"]
+    loop = imagefile.read_loop(folder / f"{folder.name}_4CH_sequence.nii.gz")
+    dropped = (truth["ed"] + 5) % len(loop.frames)
+    dropped = dropped if 0 < dropped < len(loop.frames) - 1 else 5
+    frames = loop.frames.copy()
+    frames[dropped] = 0
+    write_dicom(tmp_path / "dicom" / "a4c.dcm", frames, region_spacing_mm=loop.spacing_mm, frame_ms=20)
+    assert predict(trained, "--dicom", tmp_path / "dicom", "--out", tmp_path / "out").returncode == 0
+    row = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    ed, es = (int(v) for v in re.fullmatch(r"4CH ED (\d+) ES (\d+) of 20", row["cine"]).groups())
+    assert min(abs(ed - truth["ed"]), 20 - abs(ed - truth["ed"])) <= 1 and min(abs(es - truth["es"]), 20 - abs(es - truth["es"])) <= 1
+    assert "area_outliers:4CH_1_frames" in row["review"], row["review"]
+
+
 def test_a_multiframe_dicom_is_the_same_loop(trained, loops, tmp_path):
     folder = camus.find_patients(loops[0])[11]
     for view in camus.VIEWS:
@@ -249,6 +268,27 @@ def test_one_frame_whose_segmentation_collapsed_or_leaked_moves_neither_ed_nor_e
 
     assert frames_off(found_ed, ed) <= 1 or (found_ed == 0 and truth[0] >= truth.max() - 70), (found_ed, found_es)
     assert frames_off(found_es, ed + period // 2) <= 1, (found_ed, found_es)
+
+
+def test_frames_read_unlike_their_neighbours_are_named_and_flagged():
+    """outlier_frames names an inner frame whose area stands apart from both neighbours', never one
+    of a loop's ordinary jitter (a few per cent, even in a ventricle that hardly contracts), and
+    review says so, with beats whose EFs spread."""
+    from echoef.measure import review
+
+    rng = np.random.default_rng(0)
+    t = np.arange(60)
+    beating = 1500 + 700 * (1 + np.cos(2 * np.pi * t / 20)) / 2 + rng.normal(0, 15, 60)
+    akinetic = 1500 + 120 * (1 + np.cos(2 * np.pi * t / 20)) / 2 + rng.normal(0, 30, 60)  # EF about 10%
+    assert cine.outlier_frames(beating) == [] and cine.outlier_frames(akinetic) == []
+    broken = beating.copy()
+    broken[[13, 37]] *= [0.3, 1.7]
+    broken[0] *= 0.3  # an end frame has one neighbour: not judged
+    assert cine.outlier_frames(broken) == [13, 37]
+    assert cine.outlier_frames(np.where(t == 5, np.nan, beating)) == []
+    assert review.loop_reasons({"2CH": [13, 37], "4CH": []}, {"2CH": [55.0, 57.0], "4CH": [40.0, 62.0, 51.0]}) == [
+        "area_outliers:2CH_2_frames", "beats_disagree:4CH_11_points"]
+    assert review.loop_reasons({"4CH": []}, {"4CH": [55.0, 60.0, float("nan")]}) == []
 
 
 def test_a_loop_of_one_beat_or_less_has_no_beat_list():

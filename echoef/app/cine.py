@@ -12,6 +12,10 @@ from ..model import dataset
 from ..model.network import predict_scores
 
 MIN_FRAMES = 3  # fewer frames are no loop to choose phases from
+# A frame stands apart when its area differs from its neighbours' by more than this share of the
+# curve's range and of the area itself (a segmentation jitter of a few per cent is no outlier, even
+# in a ventricle that hardly contracts).
+OUTLIER_SHARE_OF_RANGE, OUTLIER_SHARE_OF_AREA = 0.25, 0.10
 
 
 def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: tuple[float, float], size: int,
@@ -30,6 +34,26 @@ def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: 
     return np.asarray(areas, dtype=float) * pixel_mm2
 
 
+def _median3(areas: np.ndarray) -> np.ndarray:
+    """Each frame's area replaced by the median of it and its two neighbours (ends held)."""
+    padded = np.pad(areas, 1, mode="edge")
+    return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+
+
+def outlier_frames(areas: np.ndarray) -> list[int]:
+    """The inner frames whose LV area stands apart from their neighbours' (the 3-frame median) by more
+    than ``OUTLIER_SHARE_OF_RANGE`` of the curve's range and ``OUTLIER_SHARE_OF_AREA`` of the area:
+    frames the network read unlike the frames around them. The smoothing leaves them out of the
+    choice of ED and ES; the study is flagged for review. None for a curve with a missing area."""
+    areas = np.asarray(areas, dtype=float)
+    if len(areas) < MIN_FRAMES or not np.isfinite(areas).all():
+        return []
+    median = _median3(areas)
+    limit = np.maximum(OUTLIER_SHARE_OF_RANGE * (median.max() - median.min()), OUTLIER_SHARE_OF_AREA * median)
+    apart = np.abs(areas - median) > limit
+    return [int(i) for i in np.flatnonzero(apart) if 0 < i < len(areas) - 1]
+
+
 def _smoothed(areas: np.ndarray) -> np.ndarray:
     """The area curve lightly smoothed: a 3-frame median, then a 3-frame mean (ends held). The median
     removes a frame whose segmentation alone collapsed or leaked (on another site's loops the
@@ -37,9 +61,7 @@ def _smoothed(areas: np.ndarray) -> np.ndarray:
     curve it moves no peak or trough by more than a frame. An end frame has one neighbour, so an
     outlier there stays (judging it by its neighbour alone would also move true extremes at the
     ends)."""
-    padded = np.pad(areas, 1, mode="edge")
-    median = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
-    return np.convolve(np.pad(median, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return np.convolve(np.pad(_median3(areas), 1, mode="edge"), np.ones(3) / 3, mode="valid")
 
 
 def dominant_period(areas: np.ndarray) -> int:

@@ -201,12 +201,14 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
         row = as_ef_only(row)
     row["ef_calibrated"] = calibrated_ef(row, calibrator)
     row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
+    per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}
+    loops = review.loop_reasons({view: cine.outlier_frames(c["areas"]) for view, c in curves.items()},
+                                {view: efs for view, (_, efs) in per_view.items()})
     row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + ([unlike] if unlike else [])
-                              + review.reasons(row, frames, raw, members, calibrator))
+                              + review.reasons(row, frames, raw, members, calibrator) + loops)
     row["novelty_score"] = novelty_score
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())
-    per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}
     row["beats"], row["ef_beat_mean"], row["ef_beat_sd"], row["n_beats"] = beat_summary(per_view)
     row["ef_ref"] = study.reference.get("ef_ref", math.nan)
     row.update(frame_errors(curves, study.reference))

@@ -11,6 +11,7 @@ from .ef import is_measured, patient_ef
 
 MEMBER_SPREAD_POINTS = 5.0  # ensemble members whose EFs differ by more read the study differently
 WIDE_INTERVAL_POINTS = 10.0  # a prediction interval wider than ± this says little about the class of EF
+BEAT_SPREAD_POINTS = 5.0  # one loop's beats whose EFs spread (SD) more: an irregular rhythm or an unsteady reading
 
 
 def anatomy_problems(raw: np.ndarray) -> list[str]:
@@ -47,4 +48,16 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator:
     half_width = calibrator.get("interval", {}).get("half_width")
     if is_measured(row["status"]) and half_width is not None and half_width > WIDE_INTERVAL_POINTS:
         found.append(f"wide_interval:{half_width:.0f}_points")
+    return found
+
+
+def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]]) -> list[str]:
+    """The review reasons of a study's cine loops: frames whose LV area stands apart from their
+    neighbours' (``cine.outlier_frames``, per view), and beats of one view whose single-plane EFs
+    spread by an SD of more than ``BEAT_SPREAD_POINTS``."""
+    found = [f"area_outliers:{view}_{len(frames)}_frames" for view, frames in outliers.items() if frames]
+    for view, efs in beat_efs.items():
+        values = np.asarray([v for v in efs if np.isfinite(v)], dtype=float)
+        if len(values) > 1 and values.std(ddof=1) > BEAT_SPREAD_POINTS:
+            found.append(f"beats_disagree:{view}_{values.std(ddof=1):.0f}_points")
     return found
