@@ -214,6 +214,7 @@ def test_a_comparison_is_written_over_an_earlier_one_only_with_replace(tmp_path,
     users = tmp_path / "mine"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="holds files EchoEF did not write there"):
-        run_script(monkeypatch, a, a, "--cv", "--bootstrap", 300, "--out", users, "--replace")
+    for replace in ([], ["--replace"]):
+        with pytest.raises(SystemExit, match="holds files EchoEF did not write there"):
+            run_script(monkeypatch, a, a, "--cv", "--bootstrap", 300, "--out", users, *replace)
     assert [path.name for path in users.iterdir()] == ["notes.txt"]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import machine, runfiles
 from ..errors import UsageError
-from ..io.atomic import OWNER_MARK, atomic_folder, claim_folder, read_json, write_csv, write_json
+from ..io.atomic import OWNER_MARK, atomic_folder, check_ownable, claim_folder, read_json, write_csv, write_json
 from ..names import safe_name
 from ..stats import agreement, calibration
 from .report import fmt
@@ -53,7 +53,10 @@ def make(name: str, workspace: Path, results: Path, command: str, replace: bool 
         raise UsageError(f"{workspace} holds no finished run ({', '.join(map(str, missing))} missing); run dvc repro first")
     final = Path(results) / name
     if (final / "record.json").is_file() and not replace:
-        made = read_json(final / "record.json")
+        try:
+            made = read_json(final / "record.json")
+        except ValueError:  # a damaged record is still one: it is kept all the same
+            made = {}
         raise UsageError(f"{final} exists (made {made.get('created', '?')} at commit {str(made.get('commit', '?'))[:7]}); "
                          "give another name, or --replace to make it again")
     # A record is written whole or not at all, and replaces only an earlier record of EchoEF's.
@@ -68,7 +71,8 @@ def claim_evidence_folder(path: Path, replace: bool) -> Path:
     that already holds such evidence is written again only with ``replace``: README's decisions cite
     them, and a rerun with another run's paths must not silently replace one."""
     path = Path(path)
-    if path.is_dir() and not path.is_symlink() and any(entry.name != OWNER_MARK for entry in path.iterdir()) and not replace:
+    check_ownable(path, "--out")  # a user's folder is refused first, --replace or not
+    if path.is_dir() and any(entry.name != OWNER_MARK for entry in path.iterdir()) and not replace:
         raise UsageError(f"--out {path} already holds a record; give another folder, or --replace to write it again")
     return claim_folder(path)
 
