@@ -250,9 +250,10 @@ def test_a_loop_that_starts_at_end_diastole_counts_its_first_beat_and_one_that_s
 def test_one_frame_whose_segmentation_collapsed_or_leaked_moves_neither_ed_nor_es(data):
     """On another site's loop the likeliest failure is one frame segmented badly (its LV area a
     fraction or a multiple of the truth). Property: with one such frame anywhere but the loop's two
-    ends (an end frame has one neighbour to be judged by), ED and ES are still found within a frame,
-    or ED at frame 0 where the loop starts within a tenth of the range below the top. A 3-frame mean
-    alone was fooled in about a third of such loops."""
+    ends, ED and ES are still found within a frame, or ED at frame 0 where the loop starts within a
+    tenth of the range below the top. A 3-frame mean alone was fooled in about a third of such
+    loops. (At an end, judged by the continuation of its neighbours, it fools the choice in about
+    0.2% of such loops: `benchmarks/cine_outliers.py` measures it with the rest.)"""
     period = data.draw(st.integers(12, 40), "period")
     frames = data.draw(st.integers(int(1.2 * period), int(3.5 * period)), "frames")
     ed = data.draw(st.integers(0, period - 1), "ed")
@@ -271,9 +272,9 @@ def test_one_frame_whose_segmentation_collapsed_or_leaked_moves_neither_ed_nor_e
 
 
 def test_frames_read_unlike_their_neighbours_are_named_and_flagged():
-    """outlier_frames names an inner frame whose area stands apart from both neighbours', never one
-    of a loop's ordinary jitter (a few per cent, even in a ventricle that hardly contracts), and
-    review says so, with beats whose EFs spread."""
+    """outlier_frames names a frame whose area stands apart from its neighbours', never one of a
+    loop's ordinary jitter (a few per cent, even in a ventricle that hardly contracts), and review
+    says so, with beats whose EFs spread."""
     from echoef.measure import review
 
     rng = np.random.default_rng(0)
@@ -282,9 +283,9 @@ def test_frames_read_unlike_their_neighbours_are_named_and_flagged():
     akinetic = 1500 + 120 * (1 + np.cos(2 * np.pi * t / 20)) / 2 + rng.normal(0, 30, 60)  # EF about 10%
     assert cine.outlier_frames(beating) == [] and cine.outlier_frames(akinetic) == []
     broken = beating.copy()
-    broken[[13, 37]] *= [0.3, 1.7]
-    broken[0] *= 0.3  # an end frame has one neighbour: not judged
-    assert cine.outlier_frames(broken) == [13, 37]
+    broken[[0, 13, 37]] *= [0.3, 0.3, 1.7]  # an end frame is judged by the continuation of its neighbours
+    assert cine.outlier_frames(broken) == [0, 13, 37]
+    assert cine.end_diastole_systole(broken) == cine.end_diastole_systole(beating)
     assert cine.outlier_frames(np.where(t == 5, np.nan, beating)) == []
     assert review.loop_reasons({"2CH": [13, 37], "4CH": []}, {"2CH": [55.0, 57.0], "4CH": [40.0, 62.0, 51.0]}) == [
         "area_outliers:2CH_2_frames", "beats_disagree:4CH_11_points"]
