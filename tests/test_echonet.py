@@ -5,6 +5,7 @@ written in that layout."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,31 @@ def test_a_hostile_file_list_names_nothing_outside_videos(cohort, tmp_path):
     (bad / "FileList.csv").write_text("Name,EF\nx,1\n")
     with pytest.raises(UsageError, match="FileName"):
         echonet.read_cohort(bad)
+
+
+def test_echonet_pediatric_outline_points_read_as_the_same_tracings(cohort, tmp_path):
+    """EchoNet-Pediatric's VolumeTracings.csv holds each outline as points (FileName, X, Y, Frame), a
+    phase its tracer could not trace as the frame "No Systolic"; the same outlines written so read as
+    the same tracings, and such a frame as none."""
+    root, truth = cohort
+    pediatric = tmp_path / "pediatric"
+    shutil.copytree(root, pediatric)
+    videos = echonet.read_cohort(root)
+    rows = [{"FileName": f"{v.name}.avi", "X": x, "Y": y, "Frame": frame}
+            for v in videos for frame, tracing in v.tracings.items() for x, y in tracing.polygon()]
+    rows += [{"FileName": f"{videos[1].name}.avi", "X": "", "Y": "", "Frame": "No Systolic"}]
+    pd.DataFrame(rows).to_csv(pediatric / "VolumeTracings.csv", index=False)
+    again = echonet.read_cohort(pediatric)
+    assert [v.name for v in again] == [v.name for v in videos]
+    for before, after in zip(videos, again):
+        assert sorted(after.tracings) == sorted(before.tracings)
+        for frame, tracing in before.tracings.items():
+            assert np.allclose(after.tracings[frame].polygon(), tracing.polygon())
+            assert after.tracings[frame].area_px() == pytest.approx(tracing.area_px())
+        assert [t.frame for t in after.traced_phases()] == [t.frame for t in before.traced_phases()]
+    (pediatric / "VolumeTracings.csv").write_text("FileName,A,B,Frame\nx.avi,1,2,3\n")
+    with pytest.raises(UsageError, match="X1, Y1, X2, Y2 .* or X, Y"):
+        echonet.read_cohort(pediatric)
 
 
 def test_a_video_written_for_the_fixtures_reads_back(tmp_path):

@@ -1,15 +1,19 @@
 """The EchoNet-Dynamic layout (Ouyang et al., Nature 2020) as an input: a cohort of apical 4-chamber
-videos with a reference EF each, and the LV traced on two frames of one beat.
+videos with a reference EF each, and the LV traced on two frames of one beat. EchoNet-Pediatric
+(Reddy et al., JASE 2023; its A4C folder) shares the layout but traces the LV as outline points.
 
     ROOT/FileList.csv         FileName, EF, ESV, EDV, FrameHeight, FrameWidth, FPS, NumberOfFrames, Split
     ROOT/Videos/<FileName>.avi
-    ROOT/VolumeTracings.csv   FileName, X1, Y1, X2, Y2, Frame (optional)
+    ROOT/VolumeTracings.csv   FileName, X1, Y1, X2, Y2, Frame   (Dynamic; optional)
+                              FileName, X, Y, Frame             (Pediatric; optional)
 
-A tracing is, per traced frame, one row for the long axis and then one row per disc chord (20 in the
-release), each the two ends of a line in video pixels (x a column, y a row, a pixel's centre at
-whole numbers). The LV outline is the polygon through the chords' first ends, base to apex, and back
-through their second ends, as EchoNet-Dynamic's own loader draws it. Of a video's traced frames the
-larger outline is end-diastole, the smaller end-systole: the file's order is not relied on.
+A Dynamic tracing is, per traced frame, one row for the long axis and then one row per disc chord (20
+in the release), each the two ends of a line in video pixels (x a column, y a row, a pixel's centre
+at whole numbers). The LV outline is the polygon through the chords' first ends, base to apex, and
+back through their second ends, as EchoNet-Dynamic's own loader draws it. A Pediatric tracing is the
+outline itself, one row per point in order; a frame named "No Systolic" or "No Diastolic" (a phase
+its tracer could not trace) is none. Of a video's traced frames the larger outline is
+end-diastole, the smaller end-systole: the file's order is not relied on.
 
 Every value is untrusted: file names must name a file inside ``Videos/``, numbers must be finite, and
 a row that breaks a rule makes that video's problem, not the cohort's.
@@ -35,6 +39,8 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 MAX_TABLE_BYTES = 256 << 20  # the release's tracings of 10,030 videos are about 30 MB
 MIN_TRACING_LINES = 3  # the long axis and two chords: the least that outlines an area
 MAX_TRACING_LINES = 200
+MIN_OUTLINE_POINTS, MAX_OUTLINE_POINTS = 3, 5000  # a Pediatric outline: a triangle at least
+CHORD_COLUMNS, POINT_COLUMNS = ("X1", "Y1", "X2", "Y2"), ("X", "Y")
 
 
 def file_list(root: Path) -> Path | None:
@@ -71,15 +77,21 @@ def _number(text: str) -> float:
 
 @dataclass(frozen=True)
 class Tracing:
-    """One traced frame: ``lines`` (N, 4) of x1, y1, x2, y2 in video pixels, the long axis first."""
+    """One traced frame: its LV ``outline``, (K, 2) vertices (x, y) in video pixels, in order."""
 
     frame: int
-    lines: np.ndarray
+    outline: np.ndarray
+
+    @classmethod
+    def from_chords(cls, frame: int, lines: np.ndarray) -> Tracing:
+        """A Dynamic tracing from its ``lines`` (N, 4) of x1, y1, x2, y2, the long axis first: the
+        chords' first ends in order, then their second ends back."""
+        chords = lines[1:]
+        return cls(frame, np.concatenate([chords[:, 0:2], chords[::-1, 2:4]]))
 
     def polygon(self) -> np.ndarray:
-        """(K, 2) vertices (x, y): the chords' first ends in order, then their second ends back."""
-        chords = self.lines[1:]
-        return np.concatenate([chords[:, 0:2], chords[::-1, 2:4]])
+        """(K, 2) vertices (x, y) of the outline."""
+        return self.outline
 
     def area_px(self) -> float:
         """The outline's area in pixels (shoelace)."""
@@ -135,19 +147,26 @@ def _stem(name: str) -> str:
 
 
 def read_tracings(path: Path) -> dict[str, dict[int, Tracing]]:
-    """Tracings per video (by FileName without suffix) and frame; a frame with a non-finite number,
-    a negative index or too few or too many lines is left out."""
-    table = _read_table(path, ("FileName", "X1", "Y1", "X2", "Y2", "Frame"))
-    coords = np.column_stack([pd.to_numeric(table[c], errors="coerce").to_numpy(float) for c in ("X1", "Y1", "X2", "Y2")])
+    """Tracings per video (by FileName without suffix) and frame, Dynamic's chords or Pediatric's
+    outline points (whichever columns the file has); a frame with a non-finite number, a negative or
+    non-numeric index ("No Systolic") or too few or too many rows is left out."""
+    table = _read_table(path, ("FileName", "Frame"))
+    chords = all(c in table for c in CHORD_COLUMNS)
+    if not chords and not all(c in table for c in POINT_COLUMNS):
+        raise UsageError(f"{path}: needs the columns X1, Y1, X2, Y2 (EchoNet-Dynamic's chords) or X, Y "
+                         "(EchoNet-Pediatric's outline points) beside FileName and Frame")
+    columns = CHORD_COLUMNS if chords else POINT_COLUMNS
+    low, high = (MIN_TRACING_LINES, MAX_TRACING_LINES) if chords else (MIN_OUTLINE_POINTS, MAX_OUTLINE_POINTS)
+    coords = np.column_stack([pd.to_numeric(table[c], errors="coerce").to_numpy(float) for c in columns])
     frames = pd.to_numeric(table["Frame"], errors="coerce").to_numpy(float)
     found: dict[str, dict[int, Tracing]] = {}
     for (name, frame), rows in pd.DataFrame({"name": table["FileName"].map(_stem), "frame": frames}).groupby(
             ["name", "frame"], sort=False).groups.items():
-        lines = coords[np.asarray(rows)]
-        if not (math.isfinite(frame) and frame >= 0 and frame == int(frame) and np.isfinite(lines).all()
-                and MIN_TRACING_LINES <= len(lines) <= MAX_TRACING_LINES):
+        values = coords[np.asarray(rows)]
+        if not (math.isfinite(frame) and frame >= 0 and frame == int(frame) and np.isfinite(values).all()
+                and low <= len(values) <= high):
             continue
-        found.setdefault(name, {})[int(frame)] = Tracing(int(frame), lines)
+        found.setdefault(name, {})[int(frame)] = Tracing.from_chords(int(frame), values) if chords else Tracing(int(frame), values)
     return found
 
 
