@@ -671,6 +671,13 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
             stream.write(zeros)
     loop = imagefile.read_loop(tmp_path / "frame.nii.gz")
     assert loop.frames.shape == (1, 40, 30) and (loop.frames == 7).all()
+    # A header whose pixels would start gigabytes in: refused from the header, nothing inflated.
+    raw = bytearray(path.read_bytes())
+    raw[108:112] = np.asarray([3e9], "<f4").tobytes()  # vox_offset
+    far = tmp_path / "far.nii.gz"
+    far.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(StudyError, match="unreadable_file: far.nii.gz: its pixels would start 3000000000 bytes in"):
+        imagefile.read_loop(far)
     damaged = tmp_path / "short.nii.gz"
     damaged.write_bytes(gzip.compress(path.read_bytes())[:-200])
     with pytest.raises(StudyError, match="unreadable_file"):

@@ -31,6 +31,9 @@ PLAIN_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # pixels onl
 VIDEO_FORMATS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm")  # loops without a size: EF only (video.py)
 MAX_PIXELS = 4096 * 4096  # larger "2D echo frames" are corrupt headers, not images
 MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a corrupt header
+# Where a NIfTI's pixels start (its header and extensions); further in is a crafted header that would
+# have the whole gzip stream inflated before the first pixel.
+MAX_NIFTI_VOX_OFFSET = 64 << 20
 MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is segmented, so more would run for hours
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
@@ -353,7 +356,11 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
                                              + (f": {problem}" if problem else ""))
         if fmt == ".nii.gz":
             stored = _nifti_header(path)
-            _check_gzip_complete(path, int(stored["vox_offset"]) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
+            offset = float(stored["vox_offset"])
+            if not (math.isfinite(offset) and 0 <= offset <= MAX_NIFTI_VOX_OFFSET):
+                raise StudyError("unreadable_file", f"{path.name}: its pixels would start {offset:.0f} bytes in; a NIfTI "
+                                                    f"header and its extensions take at most {MAX_NIFTI_VOX_OFFSET} here")
+            _check_gzip_complete(path, int(offset) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
         direction = np.asarray(reader.GetDirection(), dtype=float).reshape(len(size), len(size))[:kept, :kept]
         header = Header(tuple(map(float, reader.GetSpacing()[:kept])), tuple(map(float, reader.GetOrigin()[:kept])),
                         tuple(map(float, direction.ravel())))
