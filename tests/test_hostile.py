@@ -177,6 +177,39 @@ def test_a_record_name_is_a_plain_name(name, tmp_path):
     assert result.returncode == 2 and "give a plain name" in result.stderr and not (tmp_path / "results").exists()
 
 
+@settings(max_examples=200, deadline=None)
+@given(cells=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(["=HYPERLINK(\"x\")", "+1+1", "-2+3", "@SUM(A1)",
+                                                                       "\t=1", "\r=1", "x\r99,=1", "=cmd|' /C calc'!A0"])),
+                      min_size=1, max_size=8),
+       numbers=st.lists(st.floats(allow_nan=True, allow_infinity=False, width=32), min_size=8, max_size=8))
+def test_no_text_cell_of_a_written_table_is_a_spreadsheet_formula(tmp_path_factory, cells, numbers):
+    """Text from file names and tags reaches summary.csv (``detail``); a spreadsheet must show it as
+    text, never run it, and no such text may start a row: every text cell that would start a formula
+    is written with a leading ', a carriage return or NUL as visible escapes, and numbers (negative
+    ones too) are written as they are."""
+    import csv
+
+    table = pd.DataFrame({"text": cells, "ef": numbers[: len(cells)]})
+    path = tmp_path_factory.mktemp("csv") / "t.csv"
+    atomic.write_csv(path, table)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert len(rows) == len(cells)  # no cell started a row of its own
+    for row, cell, number in zip(rows, cells, numbers):
+        shown = cell.replace("\r", "\\r").replace("\x00", "\\x00")
+        assert not row[0].startswith(atomic.FORMULA_STARTS)
+        assert row[0] == ("'" + shown if shown.startswith(atomic.FORMULA_STARTS) else shown)
+        assert (row[1] == "" and math.isnan(number)) or float(row[1]) == number
+
+
+def test_a_file_name_that_reads_as_a_formula_stays_text_in_the_summary(tmp_path, tiny_model):
+    name = "=HYPERLINK(\"http:__x\",\"y\")_a4c.nii.gz"
+    echoef_in_process("predict", *_model_args(tiny_model), "--4ch-ed", tmp_path / name, "--4ch-es", tmp_path / name,
+                      "--out", tmp_path / "out")
+    text = (tmp_path / "out" / "summary.csv").read_text()
+    assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text and '"=HYPERLINK' not in text
+
+
 # ---- 2. a user's folder is never written over or deleted ---------------------------------------------
 
 def test_export_refuses_a_users_folder_and_keeps_its_files(tmp_path):

@@ -200,8 +200,31 @@ def write_json(path: str | Path, data) -> None:
         tmp.write_text(json.dumps(as_json(data), indent=2, allow_nan=False) + "\n")
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (=HYPERLINK(...), =cmd|...):
+# text taken from a user's file names or tags must not become one where a reader opens summary.csv.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value):
+    """A text cell made safe to open: a carriage return or NUL written as the two characters \\r or
+    \\x00 (the CSV writer does not quote a lone carriage return, which a reader takes for the end of
+    the row: a crafted name would start a row of its own), and a cell that a spreadsheet would run as
+    a formula with a leading ' (OWASP's advice), so that it shows as the text it is. Anything else
+    as it is; numbers are never touched."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\r", "\\r").replace("\x00", "\\x00")
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def write_csv(path: str | Path, table: pd.DataFrame) -> None:
-    """Write a table as CSV without the index, atomically."""
+    """Write a table as CSV without the index, atomically; text cells that a spreadsheet would take
+    for formulas are made inert (``_inert``)."""
+    text = [i for i, dtype in enumerate(table.dtypes) if dtype == object or pd.api.types.is_string_dtype(dtype)]
+    if text:
+        table = table.copy()
+        for i in text:  # by position: a table may repeat a column name
+            table.isetitem(i, table.iloc[:, i].map(_inert))
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
