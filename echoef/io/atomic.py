@@ -220,7 +220,7 @@ def _inert(value):
 def write_csv(path: str | Path, table: pd.DataFrame) -> None:
     """Write a table as CSV without the index, atomically; text cells that a spreadsheet would take
     for formulas are made inert (``_inert``)."""
-    text = [i for i, dtype in enumerate(table.dtypes) if dtype == object or pd.api.types.is_string_dtype(dtype)]
+    text = [i for i, dtype in enumerate(table.dtypes) if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)]
     if text:
         table = table.copy()
         for i in text:  # by position: a table may repeat a column name
