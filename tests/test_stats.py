@@ -346,6 +346,11 @@ def test_a_site_calibrator_learns_the_sites_offset_and_its_interval(tmp_path, ti
     assert refused.returncode == 2 and "needs 20 or more" in refused.stderr and not (tmp_path / "few.json").exists()
     table.assign(method=["simpson_biplane", "simpson_single_plane_4ch"] * 20).to_csv(tmp_path / "mixed.csv", index=False)
     assert echoef_in_process("site-calibrate", tmp_path / "mixed.csv", "--out", tmp_path / "m.json").returncode == 2
+    # The same studies twice (shards joined twice): each would sit on both sides of the cross-fitting.
+    pd.concat([table, table.head(5)]).to_csv(tmp_path / "twice.csv", index=False)
+    twice = echoef_in_process("site-calibrate", tmp_path / "twice.csv", "--out", tmp_path / "twice.json")
+    assert twice.returncode == 2 and "4 studies in more than one row (s0, s1, s2, ...); keep one row per study" in twice.stderr
+    assert not (tmp_path / "twice.json").exists()
     out = echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", tmp_path / "pred",
                             "--model", tiny_model / "segmenter.pt", "--calibrator", tmp_path / "site.json")
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr

@@ -290,6 +290,12 @@ def site_command(args) -> int:
     if "status" in table:
         usable &= table["status"].astype(str).map(is_measured)
     table = table[usable]
+    if "patient" in table:  # a study counted twice would sit on both sides of the cross-fitting
+        repeated = sorted(set(table.loc[table["patient"].duplicated(), "patient"].astype(str)))
+        if repeated:
+            raise UsageError(f"{args.table}: {len(repeated)} stud{'y' if len(repeated) == 1 else 'ies'} in more than one row "
+                             f"({', '.join(repeated[:3])}{', ...' if len(repeated) > 3 else ''}); keep one row per study "
+                             "(tables of shards joined twice?)")
     methods = set(table["method"].astype(str)) if "method" in table else set()
     if len(methods) > 1 or not methods <= set(domain.EF_METHODS):
         raise UsageError(f"{args.table}: rows of {len(methods)} EF methods ({', '.join(sorted(methods))[:120]}); "
