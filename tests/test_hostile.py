@@ -586,7 +586,8 @@ def test_merge_counts_each_study_once_and_names_a_broken_row(phantom_root, tiny_
 
 @pytest.mark.parametrize("flag", [["--shard", "²/3"], ["--shard", "1/٣"], ["--shard", "0/99999999999999999999"],
                                   ["--phase-frames", "2CH:¹:2"], ["--phase-frames", "4CH:0:٣"], ["--batch-size", "0"],
-                                  ["--batch-size", "-3"]])
+                                  ["--batch-size", "-3"], ["--spacing-mm", "1e-300", "0.3"], ["--spacing-mm", "0.3", "1e300"],
+                                  ["--spacing-mm", "nan", "0.3"], ["--spacing-mm", "0", "0"]])
 def test_odd_digits_in_flags_are_usage_errors(flag, phantom_root, tiny_model, tmp_path):
     files = _files(phantom_root)
     result = echoef_in_process("predict", "--2ch", files["2CH_ED"], "--out", tmp_path / "out", *_model_args(tiny_model), *flag)

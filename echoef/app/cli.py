@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import runfiles
 from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, UsageError
-from ..io import camus
+from ..io import camus, imagefile
 from ..io.atomic import check_ownable, claim_folder, read_json, text_column, write_csv, write_json, write_text
 from ..io.untrusted import read_bounded
 from ..measure import simpson
@@ -150,8 +150,9 @@ def predict_command(args) -> int:
     if not studies:
         raise UsageError("give patient folders, image files (--2ch-ed/--2ch-es/--4ch-ed/--4ch-es), loops (--2ch/--4ch) "
                          "or a folder of DICOM files (--dicom)")
-    if args.spacing_mm is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing_mm):
-        raise UsageError(f"--spacing-mm {args.spacing_mm}: give two positive pixel sizes (row, column) in mm")
+    low, high = imagefile.SPACING_RANGE_MM  # what every reader accepts from a file, so from the user too
+    if args.spacing_mm is not None and not all(math.isfinite(s) and low <= s <= high for s in args.spacing_mm):
+        raise UsageError(f"--spacing-mm {args.spacing_mm}: give two pixel sizes (row, column) in mm, each from {low} to {high}")
     check_ownable(args.out, "--out")  # a folder of someone else's is refused before anything else
     phase_frames = _phase_frames(args.phase_frames)
     if args.batch_size < 1:  # checked before any work, so that the message names the flag and not params.yaml
