@@ -42,15 +42,15 @@ def _outlier_limit(steady: np.ndarray) -> np.ndarray:
 def _steadied(areas: np.ndarray) -> np.ndarray:
     """Each frame's area with a frame that stands alone removed: an inner frame replaced by the median
     of it and its two neighbours; an end frame, which has one neighbour, replaced by the straight
-    continuation of the two nearest steadied ones (2 s1 - s2) only where it stands further from that than the
-    outlier limit (a true ED or ES at a loop's end lies close to it: on a beat of 12 frames the
-    continuation misses the top by about a seventh of the range, the limit is a quarter)."""
+    continuation of the two nearest steadied ones (2 s1 - s2), only where it stands further from
+    that than the outlier limit. A true ED or ES at a loop's end lies close to the continuation: on a
+    beat of 12 frames it misses the top by about a ninth of the range, the limit is at least a quarter."""
     padded = np.pad(areas, 1, mode="edge")
     steady = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
     if len(areas) >= MIN_FRAMES:
         limit = _outlier_limit(steady)
         for end, near, next_near in ((0, 1, 2), (-1, -2, -3)):
-            continued = 2 * steady[near] - steady[next_near]  # of the steadied inner frames: one outlier beside it misleads it not
+            continued = 2 * steady[near] - steady[next_near]  # steadied: an outlier beside the end does not carry into it
             steady[end] = continued if abs(areas[end] - continued) > limit[end] else areas[end]
     return steady
 
