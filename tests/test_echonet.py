@@ -126,7 +126,7 @@ def test_echonet_pediatric_outline_points_read_as_the_same_tracings(cohort, tmp_
     shutil.copytree(root, pediatric)
     videos = echonet.read_cohort(root)
     rows = [{"FileName": f"{v.name}.avi", "X": x, "Y": y, "Frame": frame}
-            for v in videos for frame, tracing in v.tracings.items() for x, y in tracing.polygon()]
+            for v in videos for frame, tracing in v.tracings.items() for x, y in tracing.outline]
     rows += [{"FileName": f"{videos[1].name}.avi", "X": "", "Y": "", "Frame": "No Systolic"}]
     pd.DataFrame(rows).to_csv(pediatric / "VolumeTracings.csv", index=False)
     again = echonet.read_cohort(pediatric)
@@ -134,7 +134,7 @@ def test_echonet_pediatric_outline_points_read_as_the_same_tracings(cohort, tmp_
     for before, after in zip(videos, again):
         assert sorted(after.tracings) == sorted(before.tracings)
         for frame, tracing in before.tracings.items():
-            assert np.allclose(after.tracings[frame].polygon(), tracing.polygon())
+            assert np.allclose(after.tracings[frame].outline, tracing.outline)
             assert after.tracings[frame].area_px() == pytest.approx(tracing.area_px())
         assert [t.frame for t in after.traced_phases()] == [t.frame for t in before.traced_phases()]
     (pediatric / "VolumeTracings.csv").write_text("FileName,A,B,Frame\nx.avi,1,2,3\n")

@@ -89,13 +89,9 @@ class Tracing:
         chords = lines[1:]
         return cls(frame, np.concatenate([chords[:, 0:2], chords[::-1, 2:4]]))
 
-    def polygon(self) -> np.ndarray:
-        """(K, 2) vertices (x, y) of the outline."""
-        return self.outline
-
     def area_px(self) -> float:
         """The outline's area in pixels (shoelace)."""
-        x, y = self.polygon().T
+        x, y = self.outline.T
         return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
@@ -103,7 +99,7 @@ class Tracing:
         from matplotlib.path import Path as Outline
 
         rows, cols = np.mgrid[: shape[0], : shape[1]]
-        inside = Outline(self.polygon()).contains_points(np.column_stack([cols.ravel(), rows.ravel()]))
+        inside = Outline(self.outline).contains_points(np.column_stack([cols.ravel(), rows.ravel()]))
         return inside.reshape(shape)
 
 

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..errors import StudyError
 from .atomic import atomic_files
+from .untrusted import regular_file
 
 sitk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable files are reported as a status
 
@@ -322,10 +323,12 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
     that would make a volume wrong without a warning. A header's own pixel size is always used.
     """
     path = Path(path)
-    if not path.exists():
-        raise StudyError("missing_frame", f"{path.name} not found")
-    if not path.is_file():  # a folder, a FIFO or a device: reading it would fail, or block the batch
-        raise StudyError("unreadable_file", f"{path.name} is not a regular file")
+    try:
+        regular_file(path)  # a folder, a FIFO or a device: reading it would fail, or block the batch
+    except OSError as error:
+        raise StudyError("missing_frame", f"{path.name} not found") from error
+    except ValueError as error:
+        raise StudyError("unreadable_file", str(error)) from error
     reader = reader_for(path)
     if reader is None:
         known = ", ".join(suffix for reader in READERS for suffix in reader.suffixes)
