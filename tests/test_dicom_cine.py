@@ -118,6 +118,36 @@ def test_an_enhanced_multiframe_file_states_its_pixel_size_in_functional_groups(
         assert imagefile.read_loop(path).spacing_mm == pytest.approx(expected)
 
 
+def _as_palette_colour(path, table_rgb: np.ndarray | None):
+    """The file's 8-bit values as indices into a 256-entry palette colour table ``table_rgb`` (256, 3),
+    16 bits per entry as scanners write it; None: a palette-colour file that lacks its table."""
+    dataset = pydicom.dcmread(path)
+    dataset.PhotometricInterpretation = "PALETTE COLOR"
+    if table_rgb is not None:
+        for colour, column in zip(("Red", "Green", "Blue"), table_rgb.T):
+            setattr(dataset, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+            dataset[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"  # the standard's "US or SS", made definite
+            setattr(dataset, f"{colour}PaletteColorLookupTableData", (column.astype(np.uint16) * 257).tobytes())
+    dataset.save_as(path, enforce_file_format=False)
+    return path
+
+
+def test_a_palette_colour_file_is_read_through_its_colour_table(tmp_path):
+    """Palette colour stores indices into the file's own table: the grey a viewer shows is the table's
+    colour, not the index. An inverted grey table gives 255 - index (scaled to 16 bits), a red-only
+    one the luminance of its red; a file without its table is refused, not read as indices."""
+    indices = np.random.default_rng(0).integers(0, 256, (2, 20, 16))
+    ramp = np.arange(256)
+    inverted = _as_palette_colour(write_dicom(tmp_path / "a.dcm", indices, region_spacing_mm=(0.3, 0.3)),
+                                  np.stack([255 - ramp] * 3, axis=1))
+    assert imagefile.read_loop(inverted).frames == pytest.approx((255 - indices) * 257.0, rel=1e-5)
+    red = _as_palette_colour(write_dicom(tmp_path / "b.dcm", indices, region_spacing_mm=(0.3, 0.3)),
+                             np.stack([ramp, 0 * ramp, 0 * ramp], axis=1))
+    assert imagefile.read_loop(red).frames == pytest.approx(0.299 * indices * 257.0, rel=1e-3)
+    with pytest.raises(StudyError, match="unreadable_file.*Palette"):
+        imagefile.read_loop(_as_palette_colour(write_dicom(tmp_path / "c.dcm", indices, region_spacing_mm=(0.3, 0.3)), None))
+
+
 def test_views_from_names_or_a_table_and_studies_by_uid(trained, phantom_root, tmp_path):
     folders = camus.find_patients(phantom_root)[10:12]
     for index, folder in enumerate(folders):

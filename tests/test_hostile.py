@@ -691,6 +691,26 @@ def test_a_broken_frame_under_a_decodable_syntax_is_an_unreadable_file_not_a_mis
     assert re.search(reason, str(caught.value)), caught.value
 
 
+@pytest.mark.parametrize("claimed", [(4000, 4000), (16, 16), (32, 33)], ids=["larger", "smaller", "one-column-more"])
+def test_a_compressed_frame_whose_own_header_states_another_size_is_refused_before_decoding(tmp_path, monkeypatch, claimed):
+    """A 32 x 32 file whose JPEG frame says it is another size (4000 x 4000: 16 M pixels, within
+    Pillow's own limit, so the decoder would inflate it) is refused by its size before any pixel is
+    decoded; a frame that states the file's size still decodes."""
+    from PIL import ImageFile
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from echoef.io import dicom
+
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image))
+    with pytest.raises(StudyError, match=rf"bad_geometry.*{claimed[0]} x {claimed[1]} pixels in its own header") as caught:
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32, claimed=claimed), JPEGBaseline8Bit))
+    assert decoded == [], caught.value
+    assert dicom.read_dicom(_encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGBaseline8Bit)).frames.shape == (1, 32, 32)
+    assert decoded == [(32, 32)]
+
+
 def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     """A 40 x 30 NIfTI followed by 256 MB of zeros, compressed to a few hundred kB: read as the image it claims to
     be (ITK reads no further either), without inflating the rest."""

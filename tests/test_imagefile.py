@@ -1,13 +1,16 @@
 """Frame files: orientation from the direction cosines, pixel size only from a header (or the user),
 grey levels only, label maps written back over their image exactly, and output file modes."""
 
+import gzip
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import given, settings, strategies as st
 
 from echoef.errors import StudyError
 from echoef.io import atomic, camus, framefile, imagefile
@@ -121,6 +124,106 @@ def test_colour_images_are_refused_and_grey_ones_in_rgba_are_read(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / "colour.png"))
     with pytest.raises(StudyError, match="several_channels"):
         imagefile.read_image(tmp_path / "colour.png", spacing_mm=(0.3, 0.3))
+
+
+@pytest.mark.parametrize("channels, refused", [(4, False), (5, True), (100_000, True)])
+def test_a_header_whose_channels_multiply_its_pixels_is_refused_before_any_is_read(tmp_path, monkeypatch, channels, refused):
+    """A 2048 x 2048 MetaImage of grey pixels held in ``channels`` channels, its data a short
+    compressed stream: 100,000 channels of doubles would have ITK allocate 3.4 TB. Beyond RGBA it is
+    refused from the header, before ITK reads (``Execute``) anything."""
+    import zlib
+
+    data = zlib.compress(bytes(2048 * 2048 * 4))
+    header = ("ObjectType = Image\nNDims = 2\nDimSize = 2048 2048\nElementSpacing = 0.3 0.3\n"
+              f"ElementNumberOfChannels = {channels}\nElementType = MET_UCHAR\nCompressedData = True\n"
+              f"CompressedDataSize = {len(data)}\nElementDataFile = LOCAL\n")
+    (tmp_path / "f.mha").write_bytes(header.encode() + data)
+    executed = []
+    execute = sitk.ImageFileReader.Execute
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda reader: executed.append(1) or execute(reader))
+    if refused:
+        with pytest.raises(StudyError, match=f"several_channels: f.mha: {channels} channels per pixel"):
+            imagefile.read_loop(tmp_path / "f.mha")
+        assert executed == []
+    else:
+        assert imagefile.read_loop(tmp_path / "f.mha").frames.shape == (1, 2048, 2048) and executed == [1]
+
+
+PIXELS_16BIT = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 7
+
+
+def _compressed_metaimage(folder, name: str, stream: bytes, stated_size: int | None, local: bool = True):
+    """A 64 x 48 MET_USHORT MetaImage whose pixels are ``stream``, after its header (LOCAL) or in a
+    file beside it; ``stated_size`` its CompressedDataSize, or None for a header without one."""
+    head = ("ObjectType = Image\nNDims = 2\nDimSize = 64 48\nElementSpacing = 0.3 0.3\nElementType = MET_USHORT\n"
+            "CompressedData = True\n" + ("" if stated_size is None else f"CompressedDataSize = {stated_size}\n"))
+    path = folder / name
+    if local:
+        path.write_bytes((head + "ElementDataFile = LOCAL\n").encode() + stream)
+    else:
+        (folder / f"{name}.zraw").write_bytes(stream)
+        path.write_text(head + f"ElementDataFile = {name}.zraw\n")
+    return path
+
+
+@pytest.mark.parametrize("stream, stated, local, reason", [
+    (zlib.compress(PIXELS_16BIT.tobytes()), "all", True, None),
+    (gzip.compress(PIXELS_16BIT.tobytes()), "all", True, None),  # MetaIO inflates gzip too
+    (zlib.compress(PIXELS_16BIT.tobytes()), None, False, None),  # a data file of its own needs no size
+    (zlib.compress(PIXELS_16BIT.tobytes() + bytes(100_000_000)), "all", True, "more than the 6144 bytes"),  # not inflated
+    (zlib.compress(PIXELS_16BIT.tobytes()), None, True, "does not state"),  # ITK reads garbage without the size
+    (zlib.compress(PIXELS_16BIT.tobytes())[:-40], "all", True, "inflate to"),
+    (zlib.compress(PIXELS_16BIT.tobytes())[:-40], None, False, "inflate to"),
+    (zlib.compress(PIXELS_16BIT.tobytes()[:1000]), "all", True, "inflate to 1000 of the 6144 bytes"),
+    (b"not zlib at all" * 10, "all", True, "corrupt"),
+], ids=["zlib", "gzip", "data-file", "bomb", "no-size", "cut", "cut-data-file", "short", "foreign"])
+def test_compressed_metaimage_pixels_are_the_stream_or_refused(tmp_path, stream, stated, local, reason):
+    """ITK reads a compressed MetaImage whose stream is cut or foreign as uninitialised memory, with
+    no error: such a file is refused (``unreadable_file``), as is one whose stream holds more than its
+    header declares (100 MB of zeros more, refused after one byte more); a complete one is read exactly."""
+    path = _compressed_metaimage(tmp_path, "f.mha" if local else "f.mhd", stream, len(stream) if stated else None, local)
+    if reason is None:
+        np.testing.assert_array_equal(imagefile.read_loop(path).frames[0], PIXELS_16BIT)
+    else:
+        with pytest.raises(StudyError, match=f"unreadable_file: f.mh.: .*{reason}"):
+            imagefile.read_loop(path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 200), flip=st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(1, 255))))
+def test_a_damaged_compressed_metaimage_is_never_read_as_other_pixels(tmp_path_factory, cut, flip):
+    """Any cut or flipped byte of the stream: the file is read as its own pixels or refused, never read
+    as anything else. Inflating the declared bytes alone read 216 of 11,846 single flipped bits as
+    other pixels; the stream's own checksum, at its end, catches them."""
+    stream = bytearray(zlib.compress(PIXELS_16BIT.tobytes()))
+    if flip:
+        stream[flip[0] % len(stream)] ^= flip[1]
+    stream = bytes(stream[: len(stream) - cut])
+    path = _compressed_metaimage(tmp_path_factory.mktemp("mha"), "f.mha", stream, len(stream))
+    try:
+        frames = imagefile.read_loop(path).frames
+    except StudyError as error:
+        assert str(error).startswith(("unreadable_file", "bad_")), error
+        return
+    np.testing.assert_array_equal(frames[0], PIXELS_16BIT)
+
+
+@settings(max_examples=40, deadline=None)
+@given(fmt=st.sampled_from(imagefile.PLAIN_FORMATS), kept=st.floats(0.05, 0.999))
+def test_a_picture_file_cut_short_is_refused_never_read_as_other_pixels(tmp_path_factory, fmt, kept):
+    """ITK reads a JPEG or BMP cut short without an error (grey fill, leftover memory: before, 6% to
+    100% of a 200 x 240 frame's pixels wrong); every picture format cut anywhere is refused, and the
+    whole file still reads as its pixels."""
+    folder = tmp_path_factory.mktemp("cut")
+    pixels = np.random.default_rng(0).integers(0, 255, (200, 240)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(folder / f"whole{fmt}"))
+    whole = imagefile.read_loop(folder / f"whole{fmt}", (0.3, 0.3)).frames
+    data = (folder / f"whole{fmt}").read_bytes()
+    (folder / f"cut{fmt}").write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(StudyError, match="unreadable_file"):
+        imagefile.read_loop(folder / f"cut{fmt}", (0.3, 0.3))
+    if fmt not in (".jpg", ".jpeg"):  # lossy: its pixels are the decoder's, not exactly those written
+        np.testing.assert_array_equal(whole[0], pixels)
 
 
 def test_metaimage_label_maps_are_written_whole_or_not_at_all(tmp_path):

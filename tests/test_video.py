@@ -2,6 +2,7 @@
 without a pixel size (volumes empty, label maps as pictures), with volumes when --spacing-mm gives one."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -124,3 +125,17 @@ def test_a_picture_size_that_changes_mid_loop_is_refused(tmp_path, later):
     with pytest.raises(StudyError, match=rf"bad_geometry.*frame 3 is {later[0]} x {later[1]} pixels in a loop of 64 x 80"):
         imagefile.read_loop(path)
     assert imagefile.read_loop(_spliced_mjpeg(tmp_path / "same.avi", [(64, 80), (64, 80)])).frames.shape == (6, 64, 80)
+
+
+def test_a_video_named_like_an_ffmpeg_url_is_read_as_the_file_it_is(tmp_path, monkeypatch):
+    """FFmpeg takes a name for a URL: read by a path relative to the working folder (``predict
+    --videos .``), a video called ``file:decoy.avi`` or ``cache:decoy.avi`` was read as ``decoy.avi``,
+    and one called ``concat:decoy.avi|decoy.avi`` as that file twice over, a loop of 18 frames no
+    file holds. Each is read as its own frames."""
+    rng = np.random.default_rng(0)
+    own, decoy = rng.integers(0, 255, (6, 32, 48)), rng.integers(0, 255, (9, 40, 40))
+    write_video(tmp_path / "decoy.avi", decoy, codec="mjpeg")
+    monkeypatch.chdir(tmp_path)
+    for name in ("file:decoy.avi", "cache:decoy.avi", "concat:decoy.avi|decoy.avi"):
+        write_video(tmp_path / name, own, codec="mjpeg")
+        assert imagefile.read_loop(Path(name)).frames.shape == (6, 32, 48), name

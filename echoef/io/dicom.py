@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,43 @@ def frame_interval_ms(dataset) -> float | None:
     return frame_ms if frame_ms is not None else (1000.0 / rate if rate is not None else None)
 
 
+def compressed_frame_size_problem(dataset, count: int, rows: int, cols: int) -> str | None:
+    """Why the compressed frames of a file cannot be its Rows x Columns pictures, or None: each JPEG or
+    JPEG 2000 frame's own header is read (no pixel is decoded) and must state the file's picture size.
+    A frame header is the decoder's to trust, and a crafted one would have it inflate a picture of up
+    to Pillow's own limit (179 M pixels) before the file's size could refuse it. Frames that Pillow
+    does not recognise (RLE, or broken bytes) are left to the decoder, which names its own reason."""
+    from PIL import Image, UnidentifiedImageError
+    from pydicom.encaps import generate_frames
+
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not getattr(syntax, "is_encapsulated", False) or "PixelData" not in dataset:
+        return None
+    try:
+        for index, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=count)):
+            try:
+                with Image.open(BytesIO(frame), formats=("JPEG", "JPEG2000")) as image:
+                    width, height = image.size
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+                continue
+            if (height, width) != (rows, cols):
+                return f"frame {index} states {height} x {width} pixels in its own header, the file {rows} x {cols}"
+    except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError):
+        return None  # broken encapsulation: the decoder says what it found
+    return None
+
+
 def _grey(pixels: np.ndarray, dataset) -> np.ndarray:
     """Grey levels (T, H, W): colour (RGB, or YBR which pydicom gives as RGB) by luminance, so
-    burnt-in coloured annotations only add grey outside the sector; MONOCHROME1 inverted."""
-    if dataset.get("SamplesPerPixel", 1) > 1:
+    burnt-in coloured annotations only add grey outside the sector; a palette-colour image through
+    its own colour table first (its stored values are indices into the table, not brightness);
+    MONOCHROME1 inverted."""
+    if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        pixels = np.asarray(apply_color_lut(pixels.astype(np.uint16 if dataset.BitsAllocated > 8 else np.uint8), dataset),
+                            dtype=np.float32) @ LUMINANCE
+    elif dataset.get("SamplesPerPixel", 1) > 1:
         pixels = pixels @ LUMINANCE
     elif dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         pixels = pixels.max() - pixels
@@ -129,6 +163,8 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "
                                        "give --spacing-mm ROW COL")
     syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
+    if problem := compressed_frame_size_problem(dataset, count, rows, cols):
+        raise StudyError("bad_geometry", f"{path.name}: {problem}")
     try:
         pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
     except (NotImplementedError, RuntimeError) as error:
@@ -137,7 +173,10 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         raise StudyError("unreadable_file", f"{path.name}: pixel data ({str(error).splitlines()[0][:150]})") from error
     if count == 1:
         pixels = pixels[None]
-    frames = _grey(pixels, dataset)
+    try:
+        frames = _grey(pixels, dataset)
+    except (ValueError, KeyError, AttributeError, IndexError, TypeError) as error:  # a palette without its table
+        raise StudyError("unreadable_file", f"{path.name}: colours ({str(error).splitlines()[0][:150]})") from error
     if frames.shape != (count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: pixel data of shape {pixels.shape} for {count} x {rows} x {cols}")
     check_pixels(frames, spacing, path.name)

@@ -35,6 +35,7 @@ MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a c
 # Where a NIfTI's pixels start (its header and extensions); further in is a crafted header that would
 # have the whole gzip stream inflated before the first pixel.
 MAX_NIFTI_VOX_OFFSET = 64 << 20
+MAX_CHANNELS = 4  # grey, RGB or RGBA: more is no picture of an echo
 MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is segmented, so more would run for hours
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
@@ -220,14 +221,86 @@ def _metaimage_head(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _metaimage_fields(path: Path) -> dict[str, str]:
+    """A MetaImage header's ``key = value`` fields, stripped, as text."""
+    fields = dict(line.partition("=")[::2] for line in _metaimage_head(path).splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in fields.items()}
+
+
+def _check_metaimage_stream(path: Path, data_file: Path | None, needed_bytes: int) -> None:
+    """A compressed MetaImage's pixels must inflate to the ``needed_bytes`` its header declares.
+    ITK does not check: a truncated or foreign stream, or one that follows the header (LOCAL) without
+    its CompressedDataSize, is read as whatever memory held, with only a line on stderr; a flipped byte
+    is read as other pixels. So the stream must inflate to exactly those bytes and end there, its
+    checksum checked. Nothing beyond one byte more is inflated, so a small stream that would inflate
+    to gigabytes costs no more than the image it claims to be. Uncompressed data is ITK's to check
+    (it refuses a short file itself)."""
+    fields = _metaimage_fields(path)
+    if fields.get("CompressedData", "").lower() != "true":
+        return
+    stated = fields.get("CompressedDataSize")
+    if data_file is None and stated is None:
+        raise StudyError("unreadable_file", f"{path.name}: compressed pixels after the header need its "
+                                            "CompressedDataSize, which it does not state")
+    source = path if data_file is None else data_file
+    limit = int(stated) if stated is not None and stated.isdigit() else None
+    inflater, read, given = zlib.decompressobj(zlib.MAX_WBITS | 32), 0, 0  # zlib or gzip, as MetaIO reads
+    try:
+        with open(source, "rb") as handle:
+            if data_file is None:
+                head = handle.read(1 << 16)
+                line_end = head.find(b"\n", head.find(b"ElementDataFile"))
+                if line_end < 0:
+                    raise StudyError("unreadable_file", f"{path.name}: no pixels after its ElementDataFile line")
+                handle.seek(line_end + 1)  # the pixels start on the line after it
+            # One byte more than declared is asked for, so the stream is driven to its end, where zlib
+            # checks its checksum (a flipped byte inflates to other pixels of the right length).
+            while not inflater.eof and read <= needed_bytes:
+                pending = inflater.unconsumed_tail or handle.read(1 << 20 if limit is None else min(1 << 20, limit - given))
+                if not pending:
+                    break
+                given += 0 if inflater.unconsumed_tail else len(pending)
+                read += len(inflater.decompress(pending, needed_bytes + 1 - read))
+    except (zlib.error, OSError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: corrupt or unreadable compressed pixels ({error})") from error
+    if read != needed_bytes or not inflater.eof:
+        found = f"more than the {needed_bytes}" if read > needed_bytes else f"{read} of the {needed_bytes}"
+        raise StudyError("unreadable_file", f"{path.name}: compressed pixels inflate to {found} bytes the header "
+                                            "declares" + ("" if read > needed_bytes else " (truncated or corrupt)"))
+
+
+SILENT_WHEN_CUT = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}  # ITK reads these cut short without an error
+
+
+def _check_plain_complete(path: Path) -> None:
+    """A JPEG or BMP file must decode whole. ITK reads one cut short as grey fill or leftover memory
+    (libjpeg only warns "Premature end of JPEG file"), so Pillow, which refuses a truncated file,
+    decodes it once first. PNG and TIFF are left to ITK, which refuses them cut short itself."""
+    from PIL import Image
+
+    kind = SILENT_WHEN_CUT.get(file_format(path))
+    if kind is None:
+        return
+    try:
+        with Image.open(path, formats=(kind,)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt {kind} ({str(error)[:120]})") from error
+
+
+def _pixel_bytes(reader: sitk.ImageFileReader) -> int:
+    """Bytes of one pixel of the image a reader's header describes (every channel)."""
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = int(kind.split("-bit")[0].split()[-1])
+    return bits // 8 * (2 if kind.startswith("complex") else 1) * reader.GetNumberOfComponents()
+
+
 def metaimage_data_file(path: Path) -> Path | None:
     """The file a MetaImage header names for its pixels, None when they follow the header (LOCAL);
     StudyError('unreadable_file') unless it is a regular file in the header's own folder, named
     relative to it: a crafted header must not read any other file of the machine (drawn into a
     shareable overlay), nor block the batch on a FIFO or a device."""
-    fields = dict(line.partition("=")[::2] for line in _metaimage_head(path).splitlines() if "=" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    name = fields.get("ElementDataFile")
+    name = _metaimage_fields(path).get("ElementDataFile")
     if name is None:
         raise StudyError("unreadable_file", f"{path.name}: a MetaImage header that names no ElementDataFile")
     if name == "LOCAL":
@@ -343,7 +416,7 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     if fmt in PLAIN_FORMATS and spacing_mm is None:
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
     if fmt in (".mhd", ".mha"):
-        metaimage_data_file(path)  # before ITK opens whatever the header names
+        data_file = metaimage_data_file(path)  # before ITK opens whatever the header names
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     frame_ms = None
@@ -357,6 +430,12 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         if problem is not None:
             raise StudyError("bad_geometry", f"{path.name}: expected a 2D image or a 2D loop, the header says size {size}"
                                              + (f": {problem}" if problem else ""))
+        if (channels := reader.GetNumberOfComponents()) > MAX_CHANNELS:
+            # Each channel multiplies the pixels the header makes ITK allocate; grey, RGB or RGBA is an image.
+            raise StudyError("several_channels", f"{path.name}: {channels} channels per pixel; give a grey-scale image")
+        if fmt in (".mhd", ".mha"):
+            _check_metaimage_stream(path, data_file, int(np.prod(size)) * _pixel_bytes(reader))
+        _check_plain_complete(path)
         if fmt == ".nii.gz":
             stored = _nifti_header(path)
             offset = float(stored["vox_offset"])
