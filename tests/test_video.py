@@ -139,3 +139,23 @@ def test_a_video_named_like_an_ffmpeg_url_is_read_as_the_file_it_is(tmp_path, mo
     for name in ("file:decoy.avi", "cache:decoy.avi", "concat:decoy.avi|decoy.avi"):
         write_video(tmp_path / name, own, codec="mjpeg")
         assert imagefile.read_loop(Path(name)).frames.shape == (6, 32, 48), name
+
+
+@pytest.mark.parametrize("aspect, expected_mm", [
+    (None, (150 / 96, 150 / 96)),  # square where the stream states none
+    ("2/1", (150 / 128, 300 / 128)),  # stored squeezed: shown 128 wide, twice as wide per pixel
+    ("1/2", (150 / 96, 75 / 96)),
+    ("1/100", (150 / 96, 150 / 96)),  # no display of an echo loop: taken as none
+])
+def test_a_video_stream_that_states_non_square_pixels_is_measured_as_shown(tmp_path, aspect, expected_mm):
+    """A stream's sample aspect ratio says how wide its pixels are shown: a 96 x 64 picture with 2:1
+    pixels is shown 96 x 128, so its nominal pixel size is twice as wide as tall and the displayed
+    picture, not the stored one, is 150 mm on its longer side. Square pixels there would measure the
+    loop squeezed."""
+    from fractions import Fraction
+
+    frames = np.random.default_rng(0).integers(0, 255, (4, 96, 64))
+    path = write_video(tmp_path / "a.mp4", frames, pixel_aspect=Fraction(aspect) if aspect else None)
+    loop = imagefile.read_loop(path)
+    assert loop.spacing_mm == pytest.approx(expected_mm) and not loop.spacing_stated
+    assert imagefile.read_loop(path, (0.3, 0.2)).spacing_mm == (0.3, 0.2)  # a size the user gives is the size

@@ -116,7 +116,7 @@ def read_frames(study: StudyFiles, models: list[torch.nn.Module], size: int, con
 
 def as_ef_only(row: dict) -> dict:
     """A row measured on a nominal pixel size: its EF kept (the discs' volume ratio does not depend on
-    the scale of square pixels), its volumes emptied, a measured status ``ok_ef_only`` (the method
+    the scale of the pixels), its volumes emptied, a measured status ``ok_ef_only`` (the method
     column says single plane or biplane). Plausibility checks of volumes do not apply: only EF."""
     status = row["status"]
     if status.startswith("implausible:volume"):

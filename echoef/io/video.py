@@ -2,9 +2,10 @@
 
 A video holds pictures, not measurements: no pixel size, no geometry. Its frames are read as grey by
 luminance (ITU-R BT.601, as colour DICOM), its frame rate kept. Without ``--spacing-mm`` the loop is
-measured as EF only: Simpson's volume ratio does not depend on the scale of square pixels, so the
+measured as EF only: Simpson's volume ratio does not depend on the scale of the pixels, so the
 frames are measured on a nominal pixel size that makes the picture ``NOMINAL_DEPTH_MM`` tall or wide
-(Simpson's constants are in millimetres: a realistic scale keeps them meaningful) and flagged
+(Simpson's constants are in millimetres: a realistic scale keeps them meaningful), in the shape the
+stream's sample aspect ratio gives its pixels (square where it states none), and flagged
 ``spacing_stated = False``, so that no volume, and no label map with that size, is ever reported.
 """
 
@@ -22,10 +23,20 @@ from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
 NOMINAL_DEPTH_MM = 150.0
 
 
-def nominal_spacing_mm(shape: tuple[int, int]) -> tuple[float, float]:
-    """Square pixels that make a picture of ``shape`` (H, W) NOMINAL_DEPTH_MM on its longer side."""
-    size = NOMINAL_DEPTH_MM / max(shape)
-    return (size, size)
+def nominal_spacing_mm(shape: tuple[int, int], pixel_aspect: float = 1.0) -> tuple[float, float]:
+    """(row, col) pixel size that makes a picture of ``shape`` (H, W) NOMINAL_DEPTH_MM on its longer
+    side as displayed, each pixel ``pixel_aspect`` times as wide as it is tall (the stream's sample
+    aspect ratio: a picture stored squeezed is measured as shown, not as stored)."""
+    height_mm = NOMINAL_DEPTH_MM / max(shape[0], shape[1] * pixel_aspect)
+    return (height_mm, height_mm * pixel_aspect)
+
+
+def pixel_aspect(stream) -> float:
+    """A video stream's sample aspect ratio (pixel width / height): 1 where it states none, or none
+    usable (0, or beyond 1:10-10:1, which no display of an echo loop uses)."""
+    ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    value = float(ratio) if ratio else 0.0
+    return value if 0.1 <= value <= 10 else 1.0
 
 
 def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
@@ -47,7 +58,7 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
             if problem := loop_size_problem(1, height, width):
                 raise StudyError("bad_geometry", f"{path.name}: {problem} are not an echo loop")
-            rate = stream.average_rate or stream.guessed_rate
+            rate, aspect = stream.average_rate or stream.guessed_rate, pixel_aspect(stream)
             for frame in container.decode(stream):
                 # Each picture carries its own size, which need not be the stream header's: a spliced or
                 # crafted stream can change it mid-loop. Checked before the picture is converted.
@@ -65,16 +76,17 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         raise StudyError("unreadable_file", f"{path.name}: a video without a frame")
     loop = np.stack(frames)
     stated = spacing_mm is not None
-    spacing = tuple(float(v) for v in spacing_mm) if stated else nominal_spacing_mm(loop.shape[1:])
+    spacing = tuple(float(v) for v in spacing_mm) if stated else nominal_spacing_mm(loop.shape[1:], aspect)
     check_pixels(loop, spacing, path.name)
     frame_ms = 1000.0 / float(rate) if rate else None
     return Loop(loop, spacing, Header.plain(spacing), frame_ms, spacing_stated=stated)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "mpeg4") -> Path:
+def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "mpeg4", pixel_aspect=None) -> Path:
     """A video of grey frames (T, H, W), as a scanner's export would be: RGB pictures, a lossy codec
-    (``mpeg4`` for MP4, ``mjpeg`` for AVI as EchoNet-Dynamic's). Sizes are cut to even numbers (4:2:0
-    chroma needs them). For the synthetic fixtures and the tests; no measurement is written."""
+    (``mpeg4`` for MP4, ``mjpeg`` for AVI as EchoNet-Dynamic's), and the sample aspect ratio
+    ``pixel_aspect`` (a Fraction) if given. Sizes are cut to even numbers (4:2:0 chroma needs them).
+    For the synthetic fixtures and the tests; no measurement is written."""
     from fractions import Fraction
 
     import av
@@ -87,6 +99,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "m
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         if codec == "mpeg4":
             stream.options = {"qscale": "2"}
+        if pixel_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = pixel_aspect
         for frame in frames:
             picture = av.VideoFrame.from_ndarray(np.repeat(frame[..., None], 3, axis=-1), format="rgb24")
             for packet in stream.encode(picture):
