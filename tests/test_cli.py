@@ -103,3 +103,31 @@ def test_results_and_record_usage_errors_are_one_line(tmp_path):
         assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
         assert "\n" not in result.stderr.strip()
     assert (tmp_path / "README.md").read_text() == "# no generated block here\n"
+
+
+@needs_shared
+def test_results_page_and_ef_table_replace_only_a_file_of_their_own(tmp_path):
+    """``results --page`` and ``ef --out`` write a whole file: a user's own notes named there by mistake
+    are kept (exit 2, one line, before any work), as is anything that is not a regular file; a file of
+    their own kind, or a new one, is (re)written."""
+    import os
+
+    (tmp_path / "results").mkdir()
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my own notes\n")
+    os.mkfifo(tmp_path / "fifo.md")
+    for target in (notes, tmp_path / "fifo.md"):
+        result = echoef_in_process("results", "--results", tmp_path / "results", "--page", target)
+        assert result.returncode == 2 and "holds a file that is not a results page this command wrote; it is kept" \
+            in result.stderr, result.stderr
+        result = echoef_in_process("ef", CAMUS_2019, "--out", target)
+        assert result.returncode == 2 and "holds a file that is not an EF table this command wrote" in result.stderr
+        assert "\n" not in result.stderr.strip()
+    assert notes.read_text() == "# my own notes\n"
+    for _ in range(2):  # new, then its own table again
+        assert echoef_in_process("ef", CAMUS_2019, "--out", tmp_path / "ef.csv").returncode == 0
+    assert len(pd.read_csv(tmp_path / "ef.csv")) == 5
+    page = tmp_path / "docs" / "benchmarks.md"
+    for _ in range(2):  # new, then its own page again
+        assert echoef_in_process("results", "--results", tmp_path / "results", "--page", page).returncode == 0
+        assert page.read_text().startswith("# Current results\n\nGenerated from the run records")

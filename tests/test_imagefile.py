@@ -280,6 +280,31 @@ def test_a_folder_is_replaced_whole_or_left_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record"]  # no temporary or old folder left
 
 
+@pytest.mark.parametrize("code, pixdim_row, pixdim_col, spacing_mm", [
+    (2, 0.3, 0.25, (0.3, 0.25)),  # mm
+    (1, 0.0003, 0.00025, (0.3, 0.25)),  # metres: 0.0003 m is 0.3 mm, not a pixel of 0.0003 mm
+    (3, 300.0, 250.0, (0.3, 0.25)),  # microns
+    (0, 0.3, 0.25, (0.3, 0.25)),  # unknown: mm, as ITK and the NIfTI tools read it
+    (2 | 16, 0.3, 0.25, (0.3, 0.25)),  # mm, with a time unit beside it
+    (5, 0.3, 0.25, None), (7 | 8, 0.3, 0.25, None),  # no unit NIfTI defines
+])
+def test_a_nifti_pixel_size_is_read_in_the_unit_its_header_states(tmp_path, code, pixdim_row, pixdim_col, spacing_mm):
+    """pixdim is in the header's spatial unit (xyzt_units): a file in metres or microns states the same
+    0.3 x 0.25 mm pixels as one in mm (it was refused as ``bad_spacing``, pixdim taken as mm); a code
+    that is no unit is refused, not guessed."""
+    import nibabel
+
+    pixels = np.arange(12 * 10, dtype=np.uint8).reshape(10, 12)  # rows x columns as shown
+    image = nibabel.Nifti1Image(pixels.T.copy(), np.diag([pixdim_col, pixdim_row, 1, 1]))
+    image.header["xyzt_units"] = code
+    nibabel.save(image, tmp_path / "f.nii.gz")
+    if spacing_mm is None:
+        with pytest.raises(StudyError, match="bad_spacing: f.nii.gz: its spatial unit code"):
+            imagefile.read_loop(tmp_path / "f.nii.gz")
+    else:
+        assert imagefile.read_loop(tmp_path / "f.nii.gz").spacing_mm == pytest.approx(spacing_mm, rel=1e-5)
+
+
 @pytest.mark.parametrize("unit, step, frame_ms", [("msec", 20.0, 20.0), ("sec", 0.04, 40.0), ("usec", 33000.0, 33.0),
                                                   ("unknown", 20.0, None), ("msec", 0.0, None), ("msec", float("nan"), None)])
 def test_a_nifti_loop_with_time_on_its_fourth_axis_is_the_same_loop(tmp_path, unit, step, frame_ms):

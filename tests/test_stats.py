@@ -340,6 +340,14 @@ def test_a_site_calibrator_learns_the_sites_offset_and_its_interval(tmp_path, ti
     assert 2 < calibrator["interval"]["half_width"] < 8 and calibrator["fingerprint"] == calibration.fingerprint(calibrator)
     calibration.validate(calibrator)
     assert "cross-fitted EF MAE" in result.stdout
+    # Run again onto its own calibrator: replaced. Onto the site's table, or a user's notes: kept, exit 2.
+    assert echoef_in_process("site-calibrate", tmp_path / "site.csv", "--out", tmp_path / "site.json").returncode == 0
+    (tmp_path / "notes.json").write_text('{"my": "notes"}')
+    for kept in (tmp_path / "site.csv", tmp_path / "notes.json"):
+        before = kept.read_bytes()
+        refused = echoef_in_process("site-calibrate", tmp_path / "site.csv", "--out", kept)
+        assert refused.returncode == 2 and "holds a file that is not a calibrator; it is kept" in refused.stderr
+        assert kept.read_bytes() == before
     few = table.head(15)
     few.to_csv(tmp_path / "few.csv", index=False)
     refused = echoef_in_process("site-calibrate", tmp_path / "few.csv", "--out", tmp_path / "few.json")

@@ -85,6 +85,27 @@ def writable_file(path: Path) -> Path:
     return path
 
 
+def replaceable_file(path: Path, flag: str, kind: str, is_own: Callable[[Path], bool]) -> Path:
+    """``path`` as ``writable_file``, where nothing is there yet or what is there is a regular file of the
+    command's own ``kind`` (``is_own``: a table or calibrator it wrote before, which a rerun replaces);
+    UsageError otherwise, before any work: a user's own file named by mistake is kept, never replaced."""
+    path = writable_file(path)
+    if os.path.lexists(path) and not (path.is_file() and is_own(path)):
+        raise UsageError(f"{flag} {path} holds a file that is not {kind}; it is kept. Give another name")
+    return path
+
+
+def head_text(path: Path, size: int = 1024) -> str:
+    """The first ``size`` bytes of a regular file as text ('' for anything else: a FIFO would block)."""
+    if not Path(path).is_file():
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def writable_folder(path: Path) -> Path:
     """``path`` created if need be and checked by writing a file in it; UsageError otherwise."""
     path = Path(path)

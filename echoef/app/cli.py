@@ -53,7 +53,7 @@ def ef_command(args) -> int:
         raise UsageError(f"--labels {args.labels} is not a folder")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    out = batch.writable_file(args.out)
+    out = batch.replaceable_file(args.out, "--out", "an EF table this command wrote", _is_ef_table)
     folders = camus.find_patients(args.root)
     if not folders:
         raise UsageError(f"no patientXXXX folder under {args.root}")
@@ -64,6 +64,22 @@ def ef_command(args) -> int:
     write_csv(out, table)
     print(f"ef: {batch.summary_line(table, 'patients')}; written to {out}")
     return batch.exit_status(table)
+
+
+def _is_ef_table(path: Path) -> bool:
+    """Whether a file is a table ``ef`` wrote (its header line is the EF table's)."""
+    return batch.head_text(path).split("\n", 1)[0].strip() == ",".join(EF_COLUMNS)
+
+
+def _is_calibrator(path: Path) -> bool:
+    """Whether a file is a calibrator (one ``calibration.validate`` accepts), which site-calibrate may replace."""
+    from ..stats import calibration
+
+    try:
+        calibration.validate(read_json(path))
+        return True
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
 
 
 def _folder_name(folder: Path) -> str:
@@ -308,7 +324,7 @@ def site_command(args) -> int:
         calibration.validate(calibrator)
     except ValueError as error:
         raise UsageError(f"{args.table}: {str(error).splitlines()[0][:200]}") from error
-    out = batch.writable_file(args.out)
+    out = batch.replaceable_file(args.out, "--out", "a calibrator", _is_calibrator)
     write_json(out, {**calibrator, "fingerprint": calibration.fingerprint(calibrator)})
     diff = report["after_minus_before"]
     half = calibrator["interval"].get("half_width")
@@ -384,7 +400,9 @@ def results_command(args) -> int:
                              f"{records.END}); add the two lines where the table belongs") from error
         write_text(args.readme, readme)
     if args.page:
-        write_text(batch.writable_file(args.page), records.results_page(args.results))
+        page = batch.replaceable_file(args.page, "--page", "a results page this command wrote",
+                                      lambda path: records.is_results_page(batch.head_text(path)))
+        write_text(page, records.results_page(args.results))
     if not (args.readme or args.page):
         print(records.results_table(args.results))
     return batch.EXIT_OK

@@ -35,6 +35,10 @@ MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a c
 # Where a NIfTI's pixels start (its header and extensions); further in is a crafted header that would
 # have the whole gzip stream inflated before the first pixel.
 MAX_NIFTI_VOX_OFFSET = 64 << 20
+# NIfTI's xyzt_units: the spatial unit (bits 0-2) in mm, the time unit (bits 3-5) in ms. An unknown
+# spatial unit (0) is read as mm, as ITK and the NIfTI tools read it (nibabel writes 0 unless told).
+NIFTI_SPACE_UNIT_MM = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}
+NIFTI_TIME_UNIT_MS = {8: 1000.0, 16: 1.0, 24: 0.001}
 MAX_CHANNELS = 4  # grey, RGB or RGBA: more is no picture of an echo
 MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is segmented, so more would run for hours
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
@@ -181,7 +185,12 @@ def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
     """
     fmt = file_format(path)
     if fmt in (".nii", ".nii.gz"):
-        pixdim = np.asarray(_nifti_header(path)["pixdim"][1:3], dtype=float)
+        stored = _nifti_header(path)
+        to_mm = NIFTI_SPACE_UNIT_MM.get(int(stored["xyzt_units"]) & 0x07)
+        if to_mm is None:
+            raise StudyError("bad_spacing", f"{path.name}: its spatial unit code {int(stored['xyzt_units']) & 0x07} is "
+                                            "none NIfTI defines (metre, mm, micron or unknown)")
+        pixdim = np.asarray(stored["pixdim"][1:3], dtype=float) * to_mm
         if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
             return False
         if not np.allclose(pixdim, np.asarray(reader_spacing[:2], dtype=float), rtol=1e-4, atol=0):
@@ -476,7 +485,7 @@ def _nifti_frame_ms(path: Path) -> float | None:
     """The time between frames (ms) of a NIfTI loop whose fourth axis is time: pixdim[4] in the
     header's time unit (s, ms or us), or None where it states no positive, finite one in such a unit."""
     stored = _nifti_header(path)
-    scale = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}.get(stored.get_xyzt_units()[1])
+    scale = NIFTI_TIME_UNIT_MS.get(int(stored["xyzt_units"]) & 0x38)
     step = float(stored["pixdim"][4])
     return step * scale if scale and math.isfinite(step) and step > 0 else None
 

@@ -254,10 +254,17 @@ def with_readme_block(readme: str, results: Path) -> str:
     return readme[:start] + readme_block(results) + readme[end:]
 
 
+PAGE_START = "# Current results\n\nGenerated from the run records under `results/` by `echoef results --page "
+
+
+def is_results_page(text: str) -> bool:
+    """Whether ``text`` is a page ``results_page`` wrote (so that rewriting it loses nothing of anyone's)."""
+    return text.startswith(PAGE_START)
+
+
 def results_page(results: Path) -> str:
     """docs/benchmarks.md: every record with its table row, how it was made and on what."""
-    page = ["# Current results", "", "Generated from the run records under `results/` by `echoef results --page "
-            "docs/benchmarks.md`; do not edit. The history of experiments (what was tried, on what, and why it "
+    page = [PAGE_START + "docs/benchmarks.md`; do not edit. The history of experiments (what was tried, on what, and why it "
             "was kept or not) is in `docs/experiment-log.md`.", "", "Development figures: the 50-patient test list "
             "has been looked at across many variants. Failed patients are counted and excluded from the agreement "
             "statistics; intervals are 95% patient-level bootstrap intervals.", "", *expert_masks_lines(results), "",
