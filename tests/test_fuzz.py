@@ -23,6 +23,7 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from echoef.errors import StudyError
 from echoef.io import camus, imagefile, ingest
 
 from conftest import ROOT, echoef_in_process
@@ -336,3 +337,103 @@ def test_oversized_header_is_refused_before_reading(tmp_path):
     path.write_text(path.read_text().replace("DimSize = 30 40", "DimSize = 100000 100000"))
     with pytest.raises(camus.StudyError, match="bad_geometry"):
         imagefile.read_image(path)
+
+
+# ---- one file of every format, damaged byte by byte, through the reader every command uses --------
+
+def _every_format(folder: Path) -> dict[str, bytes]:
+    """A 5-frame 48 x 40 loop (or its first frame, for picture formats) in every format read: the bytes
+    of each file, by name."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from echoef.io import video
+
+    from conftest import write_dicom
+
+    loop = np.random.default_rng(0).integers(0, 255, (5, 48, 40)).astype(np.uint8)
+    for name, pixels, compress in [("a.nii", loop, False), ("a.nii.gz", loop, False), ("a.mha", loop, False),
+                                   ("c.mha", loop, True), ("a.png", loop[0], False), ("a.tif", loop[0], False),
+                                   ("a.bmp", loop[0], False), ("a.jpg", loop[0], False)]:
+        image = sitk.GetImageFromArray(pixels)
+        image.SetSpacing((0.3, 0.3, 1.0)[: pixels.ndim])
+        sitk.WriteImage(image, str(folder / name), compress)
+    write_dicom(folder / "a.dcm", loop, region_spacing_mm=(0.3, 0.3), frame_ms=20)
+    rle = pydicom.dcmread(folder / "a.dcm")
+    rle.compress(RLELossless)
+    rle.save_as(folder / "r.dcm")
+    video.write_video(folder / "a.avi", loop, codec="mjpeg")
+    video.write_video(folder / "a.mp4", loop)
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+class Originals(dict):
+    """The original files by name (a short repr: hypothesis prints its arguments when a case fails)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} original files>"
+
+
+@pytest.fixture(scope="module")
+def every_format(tmp_path_factory):
+    return Originals(_every_format(tmp_path_factory.mktemp("every_format")))
+
+
+# Formats whose bytes carry a checksum (PNG's chunks, zlib's and gzip's streams): a damaged file of
+# these is the original or refused, never other pixels.
+CHECKSUMMED = {"a.png", "a.nii.gz", "c.mha"}
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_file_of_any_format_is_read_or_refused_as_a_study_never_an_error(every_format, tmp_path_factory, data):
+    """Bytes flipped, cut, zeroed or inserted anywhere in a file of each format: reading it gives a
+    loop or a StudyError, never another exception (which would end the study as an internal error)
+    or a crash; a file whose bytes carry a checksum is never read as other pixels. Found this way:
+    DICOM values pydicom converts only when read (a US of three bytes, an unknown VR, a damaged
+    transfer syntax UID, a frame table that ends early), a video stream without a decoder, MetaImage
+    headers that killed the process (see the next test), and a compressed MetaImage whose header lost
+    its CompressedData line, read with its stream as pixels."""
+    name = data.draw(st.sampled_from(sorted(every_format)))
+    damaged = bytearray(every_format[name])
+    how = data.draw(st.sampled_from(["flip", "cut", "zero", "insert"]))
+    at = data.draw(st.integers(0, len(damaged) - 1))
+    if how == "flip":
+        damaged[at] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        del damaged[at:]
+    elif how == "zero":
+        damaged[at:at + 64] = bytes(len(damaged[at:at + 64]))
+    else:
+        damaged[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(bytes(damaged))
+    try:
+        loop = imagefile.read_loop(path, (0.3, 0.3))
+    except StudyError as error:
+        assert str(error).split(":")[0] in READ_REASONS, error
+        return
+    if name in CHECKSUMMED:
+        original = tmp_path_factory.mktemp("original") / name
+        original.write_bytes(every_format[name])
+        np.testing.assert_array_equal(loop.frames, imagefile.read_loop(original, (0.3, 0.3)).frames)
+
+
+def test_metaimage_headers_that_crashed_itk_are_refused_before_it_parses_them(tmp_path):
+    """ITK's MetaIO sizes its arrays for at most 10 axes and trusts NDims: NDims -1, 83, 65535 or 2**31,
+    or a second NDims line, corrupted its memory and the process died (segmentation fault, abort) in
+    21 of 1,500 randomly damaged headers, ending a whole batch. Read in a child process, each is now
+    ``bad_geometry``."""
+    headers = {"minus": "NDims = -1\nDimSize = 40 48 5", "many": "NDims = 83\nDimSize = 40 48 5",
+               "short": "NDims = 65535\nDimSize = 40 48 5", "int": "NDims = 2147483648\nDimSize = 40 48 5",
+               "twice": "NDims = 3\nNDims = 2147483648\nDimSize = 40 48 5", "sizes": "NDims = 3\nDimSize = 40 48"}
+    for name, lines in headers.items():
+        (tmp_path / f"{name}.mha").write_bytes(f"ObjectType = Image\n{lines}\nElementSpacing = 0.3 0.3 1\n"
+                                               "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n".encode() + bytes(9600))
+    script = ("import sys; from pathlib import Path; from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "for path in sorted(Path(sys.argv[1]).glob('*.mha')):\n"
+              "    try: imagefile.read_loop(path)\n"
+              "    except StudyError as error: print(path.stem, str(error).split(':')[0])\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert dict(line.split() for line in result.stdout.splitlines()) == dict.fromkeys(sorted(headers), "bad_geometry")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ..errors import StudyError
 from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
@@ -114,10 +115,10 @@ def compressed_frame_size_problem(dataset, count: int, rows: int, cols: int) -> 
     from PIL import Image, UnidentifiedImageError
     from pydicom.encaps import generate_frames
 
-    syntax = dataset.file_meta.get("TransferSyntaxUID")
-    if syntax is None or not getattr(syntax, "is_encapsulated", False) or "PixelData" not in dataset:
-        return None
     try:
+        syntax = dataset.file_meta.get("TransferSyntaxUID")
+        if syntax is None or not syntax.is_encapsulated or "PixelData" not in dataset:
+            return None
         for index, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=count)):
             try:
                 with Image.open(BytesIO(frame), formats=("JPEG", "JPEG2000")) as image:
@@ -126,8 +127,8 @@ def compressed_frame_size_problem(dataset, count: int, rows: int, cols: int) -> 
                 continue
             if (height, width) != (rows, cols):
                 return f"frame {index} states {height} x {width} pixels in its own header, the file {rows} x {cols}"
-    except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError):
-        return None  # broken encapsulation: the decoder says what it found
+    except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError, AttributeError, StopIteration):
+        return None  # no transfer syntax, or broken encapsulation: the decoder says what it found
     return None
 
 
@@ -148,9 +149,26 @@ def _grey(pixels: np.ndarray, dataset) -> np.ndarray:
     return pixels
 
 
+# pydicom converts a tag's bytes only when the tag is first read: a damaged value (a US of three bytes,
+# text where a number belongs, a VR no standard names) fails wherever that is, as one of these.
+DAMAGED_VALUE_ERRORS = (BytesLengthException, InvalidDicomError, ValueError, TypeError, AttributeError, KeyError,
+                        IndexError, OverflowError, EOFError, struct.error, NotImplementedError)
+
+
 def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
-    """One DICOM file as a Loop (T frames; T = 1 for a single frame), checked before decoding."""
+    """One DICOM file as a Loop (T frames; T = 1 for a single frame), checked before decoding; a value
+    that pydicom cannot convert, wherever it is read, is ``unreadable_file``."""
     path = Path(path)
+    try:
+        return _read_checked(path, spacing_mm)
+    except StudyError:  # a ValueError too: already the study's reason
+        raise
+    except DAMAGED_VALUE_ERRORS as error:
+        raise StudyError("unreadable_file", f"{path.name}: a damaged DICOM value ({type(error).__name__}: "
+                                            f"{(str(error).splitlines() or [''])[0][:150]})") from error
+
+
+def _read_checked(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
     try:
         dataset = pydicom.dcmread(path)
         rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
@@ -169,8 +187,10 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
         pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
     except (NotImplementedError, RuntimeError) as error:
         raise decoding_failure(path.name, syntax, error) from error
-    except (ValueError, AttributeError, KeyError) as error:
-        raise StudyError("unreadable_file", f"{path.name}: pixel data ({str(error).splitlines()[0][:150]})") from error
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError, StopIteration, EOFError, OverflowError,
+            struct.error) as error:  # what pydicom and its decoders raise on broken pixel data, frame tables included
+        raise StudyError("unreadable_file", f"{path.name}: pixel data ({type(error).__name__}: "
+                                            f"{(str(error).splitlines() or [''])[0][:150]})") from error
     if count == 1:
         pixels = pixels[None]
     try:
@@ -194,6 +214,8 @@ def decoding_failure(name: str, syntax, error: Exception) -> StudyError:
     lines = str(error).splitlines()
     reasons = [line.strip() for line in lines[1:] if line.strip()] or lines[:1] or [type(error).__name__]
     reason, label = "; ".join(reasons)[:200], getattr(syntax, "name", syntax)
+    if not getattr(syntax, "is_transfer_syntax", False):  # a damaged or private UID: no plugin decodes it
+        return StudyError("unreadable_file", f"{name}: its transfer syntax {str(syntax)[:64]!r} is none DICOM defines")
     if (isinstance(error, NotImplementedError) or not _decoder_installed(syntax)
             or all("does not support" in line for line in reasons)):
         return StudyError("unsupported_transfer_syntax", f"{name}: pixels in {label} cannot be decoded here ({reason})")

@@ -236,19 +236,41 @@ def _metaimage_fields(path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in fields.items()}
 
 
-def _check_metaimage_stream(path: Path, data_file: Path | None, needed_bytes: int) -> None:
-    """A compressed MetaImage's pixels must inflate to the ``needed_bytes`` its header declares.
-    ITK does not check: a truncated or foreign stream, or one that follows the header (LOCAL) without
-    its CompressedDataSize, is read as whatever memory held, with only a line on stderr; a flipped byte
-    is read as other pixels. So the stream must inflate to exactly those bytes and end there, its
-    checksum checked. Nothing beyond one byte more is inflated, so a small stream that would inflate
-    to gigabytes costs no more than the image it claims to be. Uncompressed data is ITK's to check
-    (it refuses a short file itself)."""
+def _check_metaimage_header(path: Path) -> None:
+    """StudyError('bad_geometry') unless a MetaImage header's NDims is 2-4 and its DimSize that many
+    positive whole numbers, checked before ITK parses it: ITK's MetaIO sizes its arrays for at most 10
+    axes and trusts NDims, so a crafted one (-1, 83, 10**11) corrupts its memory and the whole
+    process dies (segmentation fault or abort), not the one study."""
+    head = _metaimage_head(path)
+    if "\x00" in head:
+        raise StudyError("unreadable_file", f"{path.name}: NUL bytes inside its header (a damaged file)")
+    lines = [line.partition("=") for line in head.splitlines()]
+    stated = {key: {value.strip() for name, _, value in lines if name.strip() == key} for key in ("NDims", "DimSize")}
+    if any(len(values) > 1 for values in stated.values()):  # which one ITK would take is ITK's guess
+        raise StudyError("bad_geometry", f"{path.name}: NDims or DimSize stated twice, differently")
+    axes, sizes = next(iter(stated["NDims"]), ""), next(iter(stated["DimSize"]), "").split()
+    if not (axes.isdigit() and 2 <= int(axes) <= 4):
+        raise StudyError("bad_geometry", f"{path.name}: NDims {axes[:20]!r}: a 2D image or a 2D loop has 2 to 4 axes")
+    if len(sizes) != int(axes) or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        raise StudyError("bad_geometry", f"{path.name}: DimSize {' '.join(sizes)[:40]!r} is not {axes} sizes")
+
+
+def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int) -> None:
+    """A MetaImage's pixel data must be the ``needed_bytes`` its header declares, else
+    StudyError('unreadable_file'). ITK does not check: a compressed stream that is cut, foreign or
+    flipped, or one that follows the header (LOCAL) without its CompressedDataSize, is read as
+    whatever memory held, with only a line on stderr; uncompressed data longer than declared (a header
+    that lost its CompressedData line reads the stream itself as pixels) is read in part, silently.
+    So a compressed stream must inflate to exactly those bytes and end there, its checksum checked
+    (nothing beyond one byte more is inflated: a small stream that would inflate to gigabytes costs
+    no more than the image it claims to be), and uncompressed data must be exactly that long (short
+    data ITK refuses itself). A header that places its data itself (HeaderSize) is left to ITK."""
     fields = _metaimage_fields(path)
-    if fields.get("CompressedData", "").lower() != "true":
+    compressed = fields.get("CompressedData", "").lower() == "true"
+    if "HeaderSize" in fields and not compressed:
         return
     stated = fields.get("CompressedDataSize")
-    if data_file is None and stated is None:
+    if compressed and data_file is None and stated is None:
         raise StudyError("unreadable_file", f"{path.name}: compressed pixels after the header need its "
                                             "CompressedDataSize, which it does not state")
     source = path if data_file is None else data_file
@@ -262,6 +284,12 @@ def _check_metaimage_stream(path: Path, data_file: Path | None, needed_bytes: in
                 if line_end < 0:
                     raise StudyError("unreadable_file", f"{path.name}: no pixels after its ElementDataFile line")
                 handle.seek(line_end + 1)  # the pixels start on the line after it
+            if not compressed:
+                stored = os.fstat(handle.fileno()).st_size - handle.tell()
+                if stored > needed_bytes:
+                    raise StudyError("unreadable_file", f"{path.name}: {stored} bytes of pixels where the header "
+                                                        f"declares {needed_bytes} (a damaged header, or another file's data)")
+                return
             # One byte more than declared is asked for, so the stream is driven to its end, where zlib
             # checks its checksum (a flipped byte inflates to other pixels of the right length).
             while not inflater.eof and read <= needed_bytes:
@@ -425,6 +453,7 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     if fmt in PLAIN_FORMATS and spacing_mm is None:
         raise StudyError("no_spacing", f"{path.name}: a {fmt} file has no physical pixel size; give --spacing-mm ROW COL")
     if fmt in (".mhd", ".mha"):
+        _check_metaimage_header(path)
         data_file = metaimage_data_file(path)  # before ITK opens whatever the header names
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -443,7 +472,7 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
             # Each channel multiplies the pixels the header makes ITK allocate; grey, RGB or RGBA is an image.
             raise StudyError("several_channels", f"{path.name}: {channels} channels per pixel; give a grey-scale image")
         if fmt in (".mhd", ".mha"):
-            _check_metaimage_stream(path, data_file, int(np.prod(size)) * _pixel_bytes(reader))
+            _check_metaimage_data(path, data_file, int(np.prod(size)) * _pixel_bytes(reader))
         _check_plain_complete(path)
         if fmt == ".nii.gz":
             stored = _nifti_header(path)

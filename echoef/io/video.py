@@ -55,6 +55,8 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             stream = next((s for s in container.streams if s.type == "video"), None)
             if stream is None:
                 raise StudyError("unreadable_file", f"{path.name}: no video stream")
+            if stream.codec_context is None:
+                raise StudyError("unreadable_file", f"{path.name}: no decoder for its video stream")
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
             if problem := loop_size_problem(1, height, width):
                 raise StudyError("bad_geometry", f"{path.name}: {problem} are not an echo loop")
