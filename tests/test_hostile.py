@@ -584,6 +584,37 @@ def test_merge_counts_each_study_once_and_names_a_broken_row(phantom_root, tiny_
     assert summary.loc["patient0002", "status"] != "unreadable_row"
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(column=st.sampled_from(["made_by", "ef", "edv_ml", "status", "review", "n_beats", "detail", "ef_4ch"]),
+       value=st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+                       st.booleans(), st.text(max_size=5), st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_merge_keeps_a_row_whose_values_are_not_what_predict_writes_as_unreadable(phantom_root, tiny_model, tmp_path_factory,
+                                                                                   column, value):
+    """A hand-edited row file whose value is a list, an object, true/false, text where a number belongs
+    or a number where text does (a list as made_by ended merge in a traceback: unhashable) is that
+    study's ``unreadable_row``; a value of the right kind is kept as written."""
+    out = _predicted_once(phantom_root, tiny_model, tmp_path_factory)
+    row_file = out / "patient0001" / "patient0001_row.json"
+    row = json.loads(row_file.read_text())
+    row_file.write_text(json.dumps({**row, column: value}))
+    result = echoef_in_process("merge", out)
+    assert "Traceback" not in result.stderr and result.returncode in (0, 1), result.stderr
+    merged = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("patient").loc["patient0001"]
+    text_column = column in ("made_by", "status", "review", "detail")
+    fits = isinstance(value, str) if text_column else (isinstance(value, int | float) and not isinstance(value, bool))
+    assert (merged["status"] == "unreadable_row") == (not fits), (column, value, merged["status"])
+
+
+def _predicted_once(phantom_root, tiny_model, tmp_path_factory) -> Path:
+    """A fresh copy of one predict run's --out (one study), made once per module."""
+    source = tmp_path_factory.getbasetemp() / "predicted_source"
+    if not source.exists():
+        echoef_in_process("predict", phantom_root / "database_nifti" / "patient0001", "--out", source, *_model_args(tiny_model))
+    copy = tmp_path_factory.mktemp("predicted_copy")
+    shutil.copytree(source, copy / "out")
+    return copy / "out"
+
+
 @pytest.mark.parametrize("flag", [["--shard", "²/3"], ["--shard", "1/٣"], ["--shard", "0/99999999999999999999"],
                                   ["--phase-frames", "2CH:¹:2"], ["--phase-frames", "4CH:0:٣"], ["--batch-size", "0"],
                                   ["--batch-size", "-3"], ["--spacing-mm", "1e-300", "0.3"], ["--spacing-mm", "0.3", "1e300"],

@@ -264,7 +264,23 @@ def read_row(path: Path) -> dict:
     if row.get("patient") != study:
         return {"patient": study, "status": "unreadable_row",
                 "detail": f"{path.name} is the row of {str(row.get('patient'))[:80]!r}, not of the folder it is in"}
+    if wrong := [column for column in PREDICT_COLUMNS if not _row_value_fits(column, row.get(column))]:
+        return {"patient": study, "status": "unreadable_row",
+                "detail": f"{path.name}: {', '.join(wrong)[:120]} not of the kind predict writes (a number or empty, or text)"}
     return {column: row.get(column) for column in PREDICT_COLUMNS}
+
+
+TEXT_COLUMNS = {"patient", "method", "status", "review", "frames", "cine", "beats", "detail", "made_by"}
+
+
+def _row_value_fits(column: str, value) -> bool:
+    """Whether a row file's value is what predict writes in that column: text (at most 64 kB) in a
+    text column, a finite number (not true/false) in a number column, or nothing."""
+    if value is None:
+        return True
+    if column in TEXT_COLUMNS:
+        return isinstance(value, str) and len(value) <= 1 << 16
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def merge_command(args) -> int:
