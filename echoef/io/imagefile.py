@@ -261,10 +261,9 @@ def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int)
     flipped, or one that follows the header (LOCAL) without its CompressedDataSize, is read as
     whatever memory held, with only a line on stderr; uncompressed data longer than declared (a header
     that lost its CompressedData line reads the stream itself as pixels) is read in part, silently.
-    So a compressed stream must inflate to exactly those bytes and end there, its checksum checked
-    (nothing beyond one byte more is inflated: a small stream that would inflate to gigabytes costs
-    no more than the image it claims to be), and uncompressed data must be exactly that long (short
-    data ITK refuses itself). A header that places its data itself (HeaderSize) is left to ITK."""
+    So a compressed stream must inflate to exactly those bytes (``_check_inflates_to``) and
+    uncompressed data be exactly that long (short data ITK refuses itself). A header that places
+    uncompressed data itself (HeaderSize) is left to ITK."""
     fields = _metaimage_fields(path)
     compressed = fields.get("CompressedData", "").lower() == "true"
     if "HeaderSize" in fields and not compressed:
@@ -273,37 +272,45 @@ def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int)
     if compressed and data_file is None and stated is None:
         raise StudyError("unreadable_file", f"{path.name}: compressed pixels after the header need its "
                                             "CompressedDataSize, which it does not state")
-    source = path if data_file is None else data_file
-    limit = int(stated) if stated is not None and stated.isdigit() else None
-    inflater, read, given = zlib.decompressobj(zlib.MAX_WBITS | 32), 0, 0  # zlib or gzip, as MetaIO reads
     try:
-        with open(source, "rb") as handle:
+        with open(path if data_file is None else data_file, "rb") as handle:
             if data_file is None:
                 head = handle.read(1 << 16)
                 line_end = head.find(b"\n", head.find(b"ElementDataFile"))
                 if line_end < 0:
                     raise StudyError("unreadable_file", f"{path.name}: no pixels after its ElementDataFile line")
                 handle.seek(line_end + 1)  # the pixels start on the line after it
-            if not compressed:
-                stored = os.fstat(handle.fileno()).st_size - handle.tell()
-                if stored > needed_bytes:
-                    raise StudyError("unreadable_file", f"{path.name}: {stored} bytes of pixels where the header "
-                                                        f"declares {needed_bytes} (a damaged header, or another file's data)")
-                return
-            # One byte more than declared is asked for, so the stream is driven to its end, where zlib
-            # checks its checksum (a flipped byte inflates to other pixels of the right length).
-            while not inflater.eof and read <= needed_bytes:
-                pending = inflater.unconsumed_tail or handle.read(1 << 20 if limit is None else min(1 << 20, limit - given))
-                if not pending:
-                    break
-                given += 0 if inflater.unconsumed_tail else len(pending)
-                read += len(inflater.decompress(pending, needed_bytes + 1 - read))
-    except (zlib.error, OSError) as error:
-        raise StudyError("unreadable_file", f"{path.name}: corrupt or unreadable compressed pixels ({error})") from error
-    if read != needed_bytes or not inflater.eof:
-        found = f"more than the {needed_bytes}" if read > needed_bytes else f"{read} of the {needed_bytes}"
-        raise StudyError("unreadable_file", f"{path.name}: compressed pixels inflate to {found} bytes the header "
-                                            "declares" + ("" if read > needed_bytes else " (truncated or corrupt)"))
+            if compressed:
+                _check_inflates_to(handle, needed_bytes, int(stated) if stated and stated.isdigit() else None, path.name)
+            elif (stored := os.fstat(handle.fileno()).st_size - handle.tell()) > needed_bytes:
+                raise StudyError("unreadable_file", f"{path.name}: {stored} bytes of pixels where the header declares "
+                                                    f"{needed_bytes} (a damaged header, or another file's data)")
+    except OSError as error:
+        raise StudyError("unreadable_file", f"{path.name}: its pixels cannot be read ({error})") from error
+
+
+def _check_inflates_to(handle, needed_bytes: int, stream_bytes: int | None, name: str) -> None:
+    """The zlib or gzip stream at ``handle`` (of ``stream_bytes``, or to the file's end) must inflate to
+    exactly ``needed_bytes`` and end there, where zlib checks its checksum: a flipped byte inflates to
+    other pixels of the right length. One byte more than needed is asked for, never more, so a small
+    stream that would inflate to gigabytes costs no more than the image it claims to be."""
+    inflater, inflated, given = zlib.decompressobj(zlib.MAX_WBITS | 32), 0, 0  # zlib or gzip, as MetaIO reads
+    try:
+        while not inflater.eof and inflated <= needed_bytes:
+            pending = inflater.unconsumed_tail or handle.read(1 << 20 if stream_bytes is None
+                                                              else min(1 << 20, stream_bytes - given))
+            if not pending:
+                break
+            given += 0 if inflater.unconsumed_tail else len(pending)
+            inflated += len(inflater.decompress(pending, needed_bytes + 1 - inflated))
+    except zlib.error as error:
+        raise StudyError("unreadable_file", f"{name}: corrupt compressed pixels ({error})") from error
+    if inflated > needed_bytes:
+        raise StudyError("unreadable_file", f"{name}: compressed pixels inflate to more than the {needed_bytes} bytes "
+                                            "the header declares")
+    if inflated < needed_bytes or not inflater.eof:
+        raise StudyError("unreadable_file", f"{name}: compressed pixels inflate to {inflated} of the {needed_bytes} "
+                                            "bytes the header declares (truncated or corrupt)")
 
 
 SILENT_WHEN_CUT = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}  # ITK reads these cut short without an error
