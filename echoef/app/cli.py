@@ -34,6 +34,8 @@ EF_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_ref", "status",
 PREDICT_COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_low", "ef_high", "status", "review", "novelty_score",
                    "frames", "cine", "beats", "ef_beat_mean", "ef_beat_sd", "n_beats", "ef_ref", "ed_ref_frame", "es_ref_frame",
                    "ed_error_frames", "es_error_frames", "beat_error_frames", *VIEW_COLUMNS, "detail", "made_by"]
+# The columns of a predict row that hold text; every other holds a number or nothing (read_row checks).
+TEXT_COLUMNS = {"patient", "method", "status", "review", "frames", "cine", "beats", "detail", "made_by"}
 
 
 def measure_folder(folder: Path, labels: Path | None, method: str, repeated: dict[Path, str]) -> dict:
@@ -268,9 +270,6 @@ def read_row(path: Path) -> dict:
         return {"patient": study, "status": "unreadable_row",
                 "detail": f"{path.name}: {', '.join(wrong)[:120]} not of the kind predict writes (a number or empty, or text)"}
     return {column: row.get(column) for column in PREDICT_COLUMNS}
-
-
-TEXT_COLUMNS = {"patient", "method", "status", "review", "frames", "cine", "beats", "detail", "made_by"}
 
 
 def _row_value_fits(column: str, value) -> bool:

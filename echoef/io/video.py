@@ -49,8 +49,8 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
     path = Path(path)
     frames = []
     try:
-        # FFmpeg reads a name as a URL: "pipe:0.avi" would read standard input (and wait on it), "file:x.avi"
-        # another file. It is handed the open file, so that only the file named is read.
+        # FFmpeg reads a name as a URL ("file:x.avi" and "cache:x.avi" read x.avi, "concat:a.avi|b.avi" two
+        # files as one loop); it is handed the open file, so that only the file named is read.
         with open(path, "rb") as handle, av.open(handle) as container:
             stream = next((s for s in container.streams if s.type == "video"), None)
             if stream is None:
