@@ -129,7 +129,7 @@ def test_colour_images_are_refused_and_grey_ones_in_rgba_are_read(tmp_path):
 @pytest.mark.parametrize("channels, refused", [(4, False), (5, True), (100_000, True)])
 def test_a_header_whose_channels_multiply_its_pixels_is_refused_before_any_is_read(tmp_path, monkeypatch, channels, refused):
     """A 2048 x 2048 MetaImage of grey pixels held in ``channels`` channels, its data a short
-    compressed stream: 100,000 channels of doubles would have ITK allocate 3.4 TB. Beyond RGBA it is
+    compressed stream: 100,000 channels of bytes would have ITK allocate 419 GB. Beyond RGBA it is
     refused from the header, before ITK reads (``Execute``) anything."""
     import zlib
 
