@@ -742,6 +742,34 @@ def test_a_compressed_frame_whose_own_header_states_another_size_is_refused_befo
     assert decoded == [(32, 32)]
 
 
+def test_a_dicom_far_larger_than_its_pictures_is_refused_before_it_is_read(tmp_path):
+    """A 40 x 30 two-frame DICOM whose pixel element claims 2 GB (a sparse file: a few kB on disk). pydicom
+    read it whole and decoded it as 1.8 million frames: 12.8 GB of memory and 14 s before the frame
+    count refused it, so a 4 GB one would end the batch. Read in a child process held to 1.5 GB of
+    address space, it is refused (``unreadable_file``) from its size; a file of its own size still reads."""
+    import resource  # noqa: F401 - the child uses it; fail here, not there, where it is missing
+    import struct
+
+    small = write_dicom(tmp_path / "a4c_small.dcm", np.zeros((2, 40, 30)), region_spacing_mm=(0.3, 0.3))
+    data = small.read_bytes()
+    at = data.index(struct.pack("<HH", 0x7FE0, 0x0010))  # Pixel Data, explicit VR: tag, VR, 2 reserved, length
+    claimed = 2 << 30
+    with open(tmp_path / "a4c_big.dcm", "wb") as handle:
+        handle.write(data[:at + 8] + struct.pack("<I", claimed))
+        handle.truncate(at + 12 + claimed)
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+              "from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "for name in sys.argv[1:]:\n"
+              "    try: print(name, imagefile.read_loop(name).frames.shape)\n"
+              "    except StudyError as error: print(name, error)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(small), str(tmp_path / "a4c_big.dcm")], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-800:]
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("(2, 40, 30)")
+    assert "unreadable_file: a4c_big.dcm:" in lines[1] and "a file far larger than what it declares" in lines[1], lines
+
+
 def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     """A 40 x 30 NIfTI followed by 256 MB of zeros, compressed to a few hundred kB: read as the image it claims to
     be (ITK reads no further either), without inflating the rest."""

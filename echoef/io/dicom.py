@@ -149,6 +149,28 @@ def _grey(pixels: np.ndarray, dataset) -> np.ndarray:
     return pixels
 
 
+# Values larger than this are read from the file only when used (the pixels, after the checks), so a
+# crafted element of gigabytes is never held for a tag nobody reads.
+DEFER_BYTES = 1 << 20
+# What a file may hold beside its pictures: header, overlays, thumbnails, private tags.
+MAX_BESIDE_PIXELS_BYTES = 64 << 20
+
+
+def file_size_problem(path: Path, dataset, count: int, rows: int, cols: int) -> str | None:
+    """Why a file is too large for the pictures its header declares, or None. A file may hold its
+    pixels uncompressed, or compressed (smaller), and up to ``MAX_BESIDE_PIXELS_BYTES`` beside them;
+    one far larger (a pixel element of gigabytes behind a header of 40 x 30 pixels, which pydicom
+    would read whole and decode as millions of frames) is refused before any pixel is read."""
+    samples = min(max(int(dataset.get("SamplesPerPixel", 1) or 1), 1), 4)
+    sample_bytes = min(max(int(dataset.get("BitsAllocated", 8) or 8) // 8, 1), 8)
+    pixel_bytes = count * rows * cols * samples * sample_bytes
+    size = path.stat().st_size
+    if size > 2 * pixel_bytes + MAX_BESIDE_PIXELS_BYTES:
+        return (f"{size} bytes for {count} picture(s) of {rows} x {cols} ({pixel_bytes} bytes of pixels): "
+                "a file far larger than what it declares")
+    return None
+
+
 # pydicom converts a tag's bytes only when the tag is first read: a damaged value (a US of three bytes,
 # text where a number belongs, a VR no standard names) fails wherever that is, as one of these.
 DAMAGED_VALUE_ERRORS = (BytesLengthException, InvalidDicomError, ValueError, TypeError, AttributeError, KeyError,
@@ -170,12 +192,14 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
 
 def _read_checked(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
         rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
     except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, EOFError) as error:
         raise StudyError("unreadable_file", f"{path.name}: not a readable DICOM image ({str(error)[:150]})") from error
     if problem := loop_size_problem(count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
+    if problem := file_size_problem(path, dataset, count, rows, cols):
+        raise StudyError("unreadable_file", f"{path.name}: {problem}")
     spacing = pixel_spacing_mm(dataset) or (tuple(map(float, spacing_mm)) if spacing_mm else None)
     if spacing is None:
         raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "
@@ -240,6 +264,6 @@ def view_from_name(path: Path) -> str | None:
 
 def header_facts(path: Path) -> tuple[str, str, int]:
     """(patient id, study instance UID, number of frames) of a DICOM file, from its header only."""
-    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    dataset = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES)
     return (str(dataset.get("PatientID", "") or "unknown"), str(dataset.get("StudyInstanceUID", "") or path.parent.name),
             int(dataset.get("NumberOfFrames", 1) or 1))
