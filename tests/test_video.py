@@ -159,3 +159,15 @@ def test_a_video_stream_that_states_non_square_pixels_is_measured_as_shown(tmp_p
     loop = imagefile.read_loop(path)
     assert loop.spacing_mm == pytest.approx(expected_mm) and not loop.spacing_stated
     assert imagefile.read_loop(path, (0.3, 0.2)).spacing_mm == (0.3, 0.2)  # a size the user gives is the size
+
+
+def test_a_video_larger_than_any_loop_can_be_is_refused_before_ffmpeg_scans_it(tmp_path):
+    """A 5-frame AVI followed by 2 GB of zeros (a sparse file): FFmpeg scanned the padding for frames,
+    22 s for 2 GB, so a crafted file of terabytes held the batch for hours. Larger than raw RGB pixels
+    of the largest loop allowed, it is refused from its size; the video itself still reads."""
+    path = write_video(tmp_path / "a4c.avi", np.random.default_rng(0).integers(0, 255, (5, 48, 40)), codec="mjpeg")
+    assert imagefile.read_loop(path).frames.shape == (5, 48, 40)
+    with open(path, "r+b") as handle:
+        handle.truncate(2 << 30)
+    with pytest.raises(StudyError, match="unreadable_file: a4c.avi: 2147483648 bytes, more than a loop"):
+        imagefile.read_loop(path)

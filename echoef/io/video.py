@@ -16,11 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StudyError
-from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
+from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
 
 # The depth of an adult apical view's sector (about 15 cm): the nominal extent of a picture whose pixel
 # size is not known, for measuring the EF ratio only.
 NOMINAL_DEPTH_MM = 150.0
+# The largest video a loop within the pixel limit can be: every pixel stored as raw RGB, and room for the
+# container. A larger file is refused before FFmpeg opens it: FFmpeg scans a file's padding for frames
+# (22 s for 2 GB of zeros after a 5-frame AVI), so a crafted one would hold the batch for hours.
+MAX_VIDEO_BYTES = 3 * MAX_LOOP_PIXELS + (64 << 20)
 
 
 def nominal_spacing_mm(shape: tuple[int, int], pixel_aspect: float = 1.0) -> tuple[float, float]:
@@ -47,6 +51,9 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
     import av  # FFmpeg is loaded only where a video is read
 
     path = Path(path)
+    if (size := path.stat().st_size) > MAX_VIDEO_BYTES:
+        raise StudyError("unreadable_file", f"{path.name}: {size} bytes, more than a loop of at most "
+                                            f"{MAX_LOOP_PIXELS} raw RGB pixels can take ({MAX_VIDEO_BYTES})")
     frames = []
     try:
         # FFmpeg reads a name as a URL ("file:x.avi" and "cache:x.avi" read x.avi, "concat:a.avi|b.avi" two
