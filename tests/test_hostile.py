@@ -527,6 +527,46 @@ def test_a_corrupt_bundle_file_is_refused_in_one_line(damage, tiny_model, tmp_pa
         network.load_checkpoint(bundle)
 
 
+@pytest.mark.parametrize("change", ["extra", "shape", "missing"])
+def test_bundle_weights_not_of_its_network_are_refused_from_the_header_before_any_is_read(change, tiny_model, tmp_path,
+                                                                                            monkeypatch):
+    """weights.safetensors beside a small network: one more tensor declared as 2 GB (a sparse file), a
+    tensor of another shape, or one missing. The extra one was read whole before loading refused it
+    (12.5 GB of memory for a 4 GB tensor, so a larger one ends the process); each is now refused
+    from the file's header, and no tensor is read (``load_file`` is never called)."""
+    import struct
+
+    import safetensors.torch
+
+    bundle = _bundle(tmp_path / "bundle", tiny_model)
+    weights = bundle / network.BUNDLE_WEIGHTS
+    data = weights.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header, body = json.loads(data[8:8 + length]), data[8 + length:]
+    name = next(key for key in header if key.startswith("member0.") and header[key]["shape"])
+    if change == "extra":
+        count = 2 << 28  # float32: 2 GB
+        header["member0.extra"] = {"dtype": "F32", "shape": [count], "data_offsets": [len(body), len(body) + 4 * count]}
+    elif change == "shape":
+        header[name]["shape"] = [*header[name]["shape"][:-1], 1, header[name]["shape"][-1]]  # the same bytes, another shape
+    else:  # the tensor stored last, so that the others' offsets still hold
+        last = max((key for key in header if key != "__metadata__"), key=lambda key: header[key]["data_offsets"][1])
+        body = body[: header.pop(last)["data_offsets"][0]]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(weights, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text + body)
+        if change == "extra":
+            handle.truncate(8 + len(text) + len(body) + 4 * count)
+    loaded = []
+    load_file = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *args, **kwargs: loaded.append(1) or load_file(*args, **kwargs))
+    found = {"extra": "unexpected", "shape": "other shape", "missing": "missing"}[change]
+    with pytest.raises(CheckpointError, match=f"member 0: weights not those of its network \\({found}"):
+        network.load_checkpoint(bundle)
+    assert loaded == []
+
+
 # ---- 6. a resumed row is reused only if the same model and settings made it ------------------------
 
 def test_resume_redoes_rows_made_by_another_calibrator_or_setting(phantom_root, tiny_model, tmp_path):

@@ -122,21 +122,30 @@ MAX_MODEL_JSON_BYTES = 1 << 20
 def _bundle_state(folder: Path, device: str) -> dict:
     """A bundle folder's model.json with its members' weights from weights.safetensors (tensors only:
     nothing in it can run); member m's tensors are the keys ``member<m>.<name>``, m = 0, 1, ..."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     state = json.loads(read_bounded(folder / BUNDLE_MODEL, MAX_MODEL_JSON_BYTES))  # EchoEF writes a few kB
     if not isinstance(state, dict):
         raise ValueError(f"{BUNDLE_MODEL} holds a {type(state).__name__}, not the fields of a model")
     try:
-        tensors = load_file(regular_file(folder / BUNDLE_WEIGHTS), device=str(device))
+        with safe_open(regular_file(folder / BUNDLE_WEIGHTS), framework="pt") as handle:  # its header: no tensor read
+            declared = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except SafetensorError as error:
         raise ValueError(f"{BUNDLE_WEIGHTS}: {error}") from error
-    prefixes = {key.split(".", 1)[0] for key in tensors}
+    prefixes = {key.split(".", 1)[0] for key in declared}
     count = len(prefixes)
     if not 1 <= count <= MAX_MEMBERS or prefixes != {f"member{m}" for m in range(count)}:
         raise ValueError(f"{BUNDLE_WEIGHTS}: tensors of {sorted(prefixes)[:4]}..., not member0 ... member<n-1> with "
                          f"n from 1 to {MAX_MEMBERS}")
+    members = [{key.split(".", 1)[1]: shape for key, shape in declared.items() if key.split(".", 1)[0] == f"member{m}"}
+               for m in range(count)]
+    if problem := weights_problem(members, check_config(state, count)):
+        raise ValueError(f"{BUNDLE_WEIGHTS}: {problem}")
+    try:
+        tensors = load_file(folder / BUNDLE_WEIGHTS, device=str(device))
+    except SafetensorError as error:
+        raise ValueError(f"{BUNDLE_WEIGHTS}: {error}") from error
     state["state_dicts"] = [{key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == f"member{m}"}
                             for m in range(count)]
     return state
@@ -146,29 +155,50 @@ def _read_state(path: Path, device: str) -> dict:
     """The saved state of a model file, or of a bundle folder (``export``)."""
     if Path(path).is_dir():
         return _bundle_state(Path(path), device)
-    return torch.load(regular_file(path), map_location=device, weights_only=True)
+    # Mapped, not read: check_state compares names and shapes before any value is touched.
+    return torch.load(regular_file(path), map_location=device, weights_only=True, mmap=True)
 
 
 def check_state(state) -> Network:
     """The ``Network`` a model file's state describes, every value checked before anything is built:
     ValueError (naming the field) for a wrong type, an impossible size, an unknown encoder, a
-    member count that does not match its weights, or a weight that is not a finite number."""
-    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+    member count that does not match its weights, weights that are not the described network's
+    (names and shapes, compared before any value is read), or a weight that is not a finite number."""
+    if not isinstance(state, dict):
         raise ValueError("model_config: missing, or not a table of fields")
-    config = {"architecture": "Unet", **state["model_config"]}  # files from before the choice: U-Nets
     weights = state.get("state_dicts")
     if not isinstance(weights, list) or not 1 <= len(weights) <= MAX_MEMBERS \
             or not all(isinstance(w, dict) and w for w in weights):
         raise ValueError(f"state_dicts: give 1 to {MAX_MEMBERS} members' weights")
-    if "members" in state and (not isinstance(state["members"], list) or len(state["members"]) != len(weights)):
-        raise ValueError(f"members: {str(state['members'])[:60]} does not describe the {len(weights)} weight sets")
+    network = check_config(state, len(weights))
+    for m, member in enumerate(weights):
+        for name, tensor in member.items():
+            if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.dtype == torch.int64):
+                raise ValueError(f"member {m} weight {str(name)[:60]}: not a tensor of numbers")
+    if problem := weights_problem([{name: tuple(t.shape) for name, t in member.items()} for member in weights], network):
+        raise ValueError(problem)
+    for m, member in enumerate(weights):
+        for name, tensor in member.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"member {m} weight {str(name)[:60]}: holds NaN or infinite values")
+    return network
+
+
+def check_config(state: dict, members: int) -> Network:
+    """The ``Network`` of a model file's ``model_config`` for ``members`` weight sets, every field
+    checked before anything is built (``check_state``)."""
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+        raise ValueError("model_config: missing, or not a table of fields")
+    config = {"architecture": "Unet", **state["model_config"]}  # files from before the choice: U-Nets
+    if "members" in state and (not isinstance(state["members"], list) or len(state["members"]) != members):
+        raise ValueError(f"members: {str(state['members'])[:60]} does not describe the {members} weight sets")
     if state.get("trained_on") is not None and not isinstance(state["trained_on"], dict):
         raise ValueError("trained_on: not a table of fields")
     unknown = sorted(set(config) - set(MODEL_KEYS))
     if unknown:
         raise ValueError(f"model_config: unknown fields {', '.join(map(str, unknown))}")
     try:
-        network = build(Network, {**config, "encoder_weights": None, "members": len(weights)})
+        network = build(Network, {**config, "encoder_weights": None, "members": members})
     except ParamsError as error:  # its message names params.yaml, where a training run's values come from
         raise ValueError(f"model_config: {str(error).removeprefix('params.yaml: ')}") from error
     if network.encoder not in smp.encoders.get_encoder_names():
@@ -182,13 +212,24 @@ def check_state(state) -> Network:
                          f"1-{MAX_CHANNELS}")
     if any(p not in (1, 2) for p in network.member_phases()):
         raise ValueError(f"model_config.phases_per_input: {network.phases_per_input} (1 or 2 frames per input)")
-    for m, member in enumerate(weights):
-        for name, tensor in member.items():
-            if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.dtype == torch.int64):
-                raise ValueError(f"member {m} weight {str(name)[:60]}: not a tensor of numbers")
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"member {m} weight {str(name)[:60]}: holds NaN or infinite values")
     return network
+
+
+def weights_problem(declared: list[dict[str, tuple[int, ...]]], network: Network) -> str | None:
+    """Why weights of these names and shapes (one table per member) are not ``network``'s, or None.
+    Compared before any weight is read, so a file that declares tensors of gigabytes beside a small
+    network (which would be read whole and then refused) costs nothing."""
+    for m, (stated, phases) in enumerate(zip(declared, network.member_phases(), strict=True)):
+        have = dict(stated)
+        _unprefixed_keys(None, have, "")  # older files' keys, as loading reads them
+        want = {name: tuple(tensor.shape) for name, tensor in build_network(network, phases).state_dict().items()}
+        if have != want:
+            extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+            shaped = sorted(name for name in set(have) & set(want) if have[name] != want[name])
+            return (f"member {m}: weights not those of its network (" + "; ".join(
+                f"{label} {', '.join(str(n)[:40] for n in names[:3])}" + (" ..." if len(names) > 3 else "")
+                for label, names in (("unexpected", extra), ("missing", missing), ("other shape", shaped)) if names) + ")")
+    return None
 
 
 def model_fingerprint(path) -> str:
