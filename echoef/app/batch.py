@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..errors import StudyError, UsageError
+from ..io.untrusted import regular_file
 from ..measure.ef import is_measured
 
 EXIT_OK, EXIT_NONE_MEASURED, EXIT_USAGE = 0, 1, 2
@@ -97,12 +98,10 @@ def replaceable_file(path: Path, flag: str, kind: str, is_own: Callable[[Path], 
 
 def head_text(path: Path, size: int = 1024) -> str:
     """The first ``size`` bytes of a regular file as text ('' for anything else: a FIFO would block)."""
-    if not Path(path).is_file():
-        return ""
     try:
-        with open(path, "rb") as handle:
+        with open(regular_file(path), "rb") as handle:
             return handle.read(size).decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, ValueError):
         return ""
 
 

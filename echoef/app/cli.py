@@ -74,13 +74,11 @@ def _is_ef_table(path: Path) -> bool:
 
 
 def _is_calibrator(path: Path) -> bool:
-    """Whether a file is a calibrator (one ``calibration.validate`` accepts), which site-calibrate may replace."""
-    from ..stats import calibration
-
+    """Whether a file is a calibrator (one ``--calibrator`` would take), which site-calibrate may replace."""
     try:
-        calibration.validate(read_json(path))
+        _calibrator(path)
         return True
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+    except UsageError:
         return False
 
 
