@@ -9,6 +9,9 @@ current default was fitted on them). The linear-on-out-of-fold candidate is cros
 folds, each patient calibrated by a calibrator fitted without it). The test list is reported, never
 used to decide.
 
+With ``--edv``, one more candidate (docs/experiment-log.md, 2026-12-07): reference EF on predicted EF
+and ln(EDV in ml), least squares, cross-fitted on the same folds; judged by the same rule.
+
 Usage: python benchmarks/calibrator_default.py --record results/camus-cpu-oof --out results/calibrator-default
 """
 
@@ -30,12 +33,39 @@ from echoef.stats.agreement import paired_difference, rule_choice
 
 FOLDS = 5
 CURRENT = "linear on the validation list (current)"
+EDV_CANDIDATE = "EF and ln EDV on the out-of-fold rows (cross-fitted)"
+
+
+def _ef_log_edv_design(ef_pred, edv_ml) -> np.ndarray:
+    return np.column_stack([np.ones(len(ef_pred)), np.asarray(ef_pred, float), np.log(np.asarray(edv_ml, float))])
+
+
+def fit_ef_log_edv(ef_pred, edv_ml, ef_ref) -> np.ndarray:
+    """Least-squares weights of reference EF ~ 1 + EF + ln(EDV)."""
+    return np.linalg.lstsq(_ef_log_edv_design(ef_pred, edv_ml), np.asarray(ef_ref, float), rcond=None)[0]
+
+
+def apply_ef_log_edv(weights, ef_pred, edv_ml, ef_range) -> np.ndarray:
+    """Calibrated EF, clipped to the calibrators' range as ``calibration.apply`` clips."""
+    return np.clip(_ef_log_edv_design(ef_pred, edv_ml) @ weights, *ef_range)
+
+
+def cross_fit_ef_log_edv(ef_pred, edv_ml, ef_ref, folds, ef_range) -> np.ndarray:
+    """Each fold's EF calibrated by a fit on the other folds."""
+    ef_pred, edv_ml, ef_ref = (np.asarray(a, float) for a in (ef_pred, edv_ml, ef_ref))
+    calibrated = np.full(len(ef_pred), np.nan)
+    for fold in np.unique(folds):
+        held = folds == fold
+        weights = fit_ef_log_edv(ef_pred[~held], edv_ml[~held], ef_ref[~held])
+        calibrated[held] = apply_ef_log_edv(weights, ef_pred[held], edv_ml[held], ef_range)
+    return calibrated
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", type=Path, required=True, help="a run record with out-of-fold rows (split.folds > 1)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--edv", action="store_true", help="also judge the EF-and-ln(EDV) candidate")
     parser.add_argument("--replace", action="store_true", help="write into --out although it holds a record already")
     args = parser.parse_args()
     table = pd.read_csv(args.record / "patients.csv")
@@ -53,6 +83,8 @@ def main():
         "none": calibration.apply(calibration.fit(oof["ef"], oof["ef_ref"], "none", ef_range, "none"), oof["ef"].to_numpy(float)),
         "linear on the out-of-fold rows (cross-fitted)": calibration.cross_fit(oof["ef"], oof["ef_ref"], folds, "linear", ef_range)[0],
     }
+    if args.edv:
+        candidates[EDV_CANDIDATE] = cross_fit_ef_log_edv(oof["ef"], oof["edv_ml"], oof["ef_ref"], folds, ef_range)
     errors = {name: np.abs(values - oof["ef_ref"].to_numpy(float)) for name, values in candidates.items()}
     current = errors[CURRENT]
     rows = {name: {"mae": float(error.mean()), "minus_current": paired_difference(current, error, 2000, 0)}
@@ -63,6 +95,9 @@ def main():
     test_mae = {CURRENT: float(np.abs(calibration.apply(default, test["ef"]) - test["ef_ref"]).mean()),
                 "none": float(np.abs(test["ef"].clip(*ef_range) - test["ef_ref"]).mean()),
                 "linear on the out-of-fold rows (cross-fitted)": float(np.abs(calibration.apply(oof_fit, test["ef"]) - test["ef_ref"]).mean())}
+    if args.edv:
+        weights = fit_ef_log_edv(oof["ef"], oof["edv_ml"], oof["ef_ref"])
+        test_mae[EDV_CANDIDATE] = float(np.abs(apply_ef_log_edv(weights, test["ef"], test["edv_ml"], ef_range) - test["ef_ref"]).mean())
     record = {"command": "python benchmarks/calibrator_default.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "machine": machine.describe(), "commit": machine.commit(), "record": str(args.record),
               "current": CURRENT, "n_out_of_fold": int(len(oof)), "out_of_fold": rows, "decision": best, "test_mae_reported_only": test_mae,
