@@ -30,7 +30,10 @@ TINY = {
     ("cv", "fold_seeds"): {"fold_0": 0, "fold_1": 1},
     ("train", "network", "input_size"): 64,
     ("train", "network", "encoder_depth"): 3,
-    ("train", "optimisation", "epochs"): 3,
+    # Six epochs, not three: after three, float32 on an AVX2-only CPU left a validation and a test patient with
+    # ESV above EDV (not measured), so the counts these tests assert depended on the processor; after six every
+    # phantom patient is measured with ESV well below EDV (training 10.6 s against 8.6 s there).
+    ("train", "optimisation", "epochs"): 6,
     ("train", "runtime", "processes"): 2,  # DistributedDataParallel on CPU (gloo), launched by the stage's torchrun
     ("train", "runtime", "threads"): 1,
     # float32 everywhere: the same numbers and about the same time on every CPU (bf16 where native is
@@ -126,7 +129,8 @@ def test_outputs(repo):
 
 def test_training_in_two_processes(repo):
     log = read(repo, "models/train_log.json")
-    assert log["processes"] == 2 and len(log["members"]) == 1 and len(log["members"][0]["history"]) == 3
+    epochs = TINY[("train", "optimisation", "epochs")]
+    assert log["processes"] == 2 and len(log["members"]) == 1 and len(log["members"][0]["history"]) == epochs
     assert (repo / "metrics/train/metrics.json").is_file()  # written once, by rank 0
     state = torch.load(repo / "models/segmenter.pt", weights_only=True)
     assert state["members"][0]["best_epoch"] == log["members"][0]["best_epoch"] and len(state["state_dicts"]) == 1
@@ -289,7 +293,8 @@ def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
     # The train stage itself, outside DVC, on the shared run's data: two members (one-frame and
     # paired) trained at once in two processes, their curves replayed into dvclive afterwards.
     set_params(repo, {("train", "network", "members"): 2, ("train", "network", "phases_per_input"): [1, 2],
-                      ("train", "runtime", "processes"): 1, ("train", "runtime", "parallel_members"): 2})
+                      ("train", "runtime", "processes"): 1, ("train", "runtime", "parallel_members"): 2,
+                      ("train", "optimisation", "epochs"): 3})  # what is asserted is the bookkeeping, not the fit
     shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
     run(["git", "checkout", "params.yaml"], repo)
     run([sys.executable, str(repo / "stages/train.py"), "--ingested", str(repo / "data/ingested"), "--sets",
