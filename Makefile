@@ -23,8 +23,9 @@ run: setup  ## set up and run the pipeline (synthetic cohort by default)
 # once), one thread each: two workers of two threads on two cores spin against each other
 # (docs/experiment-log.md, "The test suite on two cores").
 # At most four workers: each holds its own torch, and a container may report more cores than it has.
+# In collection order (--no-loadscope-reorder), which puts the end-to-end file first (tests/conftest.py).
 XDIST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
-XDIST := -n $(XDIST_WORKERS) --dist loadfile
+XDIST := -n $(XDIST_WORKERS) --dist loadfile --no-loadscope-reorder
 TEST_ENV := $(ENV) OMP_NUM_THREADS=1
 
 test: setup  ## the whole suite, as CI runs it (needs ../shared/data for the real-data tests)

@@ -23,6 +23,14 @@ CAMUS_2019 = SHARED / "camus-2019-sample"
 needs_shared = pytest.mark.skipif(not CAMUS.is_dir(), reason="../shared/data/camus is absent")
 
 
+def pytest_collection_modifyitems(items):
+    """The longest file first: under `make test` (xdist, one worker per file, no reordering) the end-to-end
+    file, the critical path at about two thirds of the suite on one core, starts at once on one worker while
+    the other takes every other file; started last, it set the suite's length (docs/experiment-log.md, "The
+    test suite on two cores")."""
+    items.sort(key=lambda item: item.module.__name__ != "test_pipeline")
+
+
 def echoef_in_process(*args) -> subprocess.CompletedProcess:
     """The `echoef` command line run in this process (its imports already paid for): exit status,
     stdout and stderr, as ``subprocess.run`` would give them."""
