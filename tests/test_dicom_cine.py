@@ -346,3 +346,32 @@ def test_every_beat_of_a_multi_beat_phantom_loop(trained, tmp_path):
     efs = [float(v) for v in re.findall(r"EF (-?[\d.]+)", row["beats"])]
     assert row["n_beats"] == len(efs) and row["ef_beat_mean"] == pytest.approx(np.mean(efs), abs=0.06)
     assert row["ef_beat_sd"] == pytest.approx(np.std(efs, ddof=1), abs=0.06)
+
+
+def test_a_still_picture_stored_as_a_loop_is_flagged_and_a_beating_one_is_not(trained, tmp_path):
+    """A loop of 3.8 s (48 frames of 80 ms) that is one picture repeated with speckle-like noise holds no
+    heart cycle: predict still picks an ED and an ES, and review says `no_beat`. The same phantom beating
+    three times in the same 3.8 s is not flagged; nor is the still loop when its frame time is not stated
+    (its length in seconds is then unknown)."""
+    from echoef.measure import review
+
+    root = tmp_path / "beats"
+    phantom.write_cohort(root, 12, seed=3)
+    phantom.write_loops(root, 12, seed=3, n_frames=48, period=16)
+    folder = camus.find_patients(root)[11]
+    loop = imagefile.read_loop(folder / f"{folder.name}_4CH_sequence.nii.gz")
+    noise = np.random.default_rng(0).normal(0, 8, loop.frames.shape)
+    still = np.clip(np.repeat(loop.frames[:1], len(loop.frames), axis=0) + noise, 0, 255)
+    for name, frames, frame_ms in (("beating", loop.frames, 80), ("still", still, 80), ("still_untimed", still, None)):
+        write_dicom(tmp_path / name / "a4c.dcm", frames, region_spacing_mm=loop.spacing_mm, frame_ms=frame_ms)
+        # 1 where the study is not measured: the still loop's ESV may come out at its EDV, and still be flagged
+        assert predict(trained, "--dicom", tmp_path / name, "--out", tmp_path / f"{name}_out").returncode in {0, 1}
+    rows = {name: pd.read_csv(tmp_path / f"{name}_out" / "summary.csv", keep_default_na=False).iloc[0]
+            for name in ("beating", "still", "still_untimed")}
+    beating = rows["beating"]
+    assert beating["status"] == "ok_single_plane" and beating["n_beats"] >= 2 and "no_beat" not in beating["review"], beating["review"]
+    assert rows["still"]["n_beats"] == 0 and "no_beat:4CH_3.8_s" in rows["still"]["review"].split("; "), rows["still"]["review"]
+    assert "no_beat" not in rows["still_untimed"]["review"] and rows["still_untimed"]["cine"] == rows["still"]["cine"]
+    # The threshold itself: a beatless loop just under 3 s, of an unknown or an impossible length, is not flagged.
+    assert review.loop_reasons({}, {}, {"2CH": 2999.0, "4CH": None}) == []
+    assert review.loop_reasons({}, {}, {"2CH": math.nan, "4CH": 3000.0}) == ["no_beat:4CH_3.0_s"]

@@ -56,7 +56,7 @@ def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int,
     # Every complete beat, for the EF of each and their mean (when the frames are not given by hand).
     found = [] if given is not None else cine.beats(areas)
     return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms,
-                    "beats": found, "beat_frames": [(frame(b_ed), frame(b_es)) for b_ed, b_es in found]}
+                    "beats_searched": given is None, "beats": found, "beat_frames": [(frame(b_ed), frame(b_es)) for b_ed, b_es in found]}
 
 
 def beat_efs(view: str, curve: dict, models: list[torch.nn.Module], size: int, config: Infer) -> list[float]:
@@ -203,7 +203,9 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     row["ef_low"], row["ef_high"] = (float(v[0]) for v in calibration.interval(calibrator, [row["ef_calibrated"]]))
     per_view = {view: (c["beats"], beat_efs(view, c, models, size, infer_config)) for view, c in curves.items()}
     loops = review.loop_reasons({view: cine.outlier_frames(c["areas"]) for view, c in curves.items()},
-                                {view: efs for view, (_, efs) in per_view.items()})
+                                {view: efs for view, (_, efs) in per_view.items()},
+                                {view: c["frames"] * c["frame_ms"] if c["frame_ms"] else None
+                                 for view, c in curves.items() if c["beats_searched"] and not c["beats"]})
     row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + ([unlike] if unlike else [])
                               + review.reasons(row, frames, raw, members, calibrator) + loops)
     row["novelty_score"] = novelty_score

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -12,6 +14,9 @@ from .ef import is_measured, patient_ef
 MEMBER_SPREAD_POINTS = 5.0  # ensemble members whose EFs differ by more read the study differently
 WIDE_INTERVAL_POINTS = 10.0  # a prediction interval wider than ± this says little about the class of EF
 BEAT_SPREAD_POINTS = 5.0  # one loop's beats whose EFs spread (SD) more: an irregular rhythm or an unsteady reading
+# Two heart cycles at 40 a minute: a loop this long holds complete beats that `cine.beats` finds in nearly every
+# simulated beating curve (benchmarks/cine_beats.py), and none in most still pictures with noise.
+BEATLESS_LOOP_MS = 3000.0
 
 
 def anatomy_problems(raw: np.ndarray) -> list[str]:
@@ -51,13 +56,20 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator:
     return found
 
 
-def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]]) -> list[str]:
+def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]],
+                 beatless_ms: dict[str, float | None] | None = None) -> list[str]:
     """The review reasons of a study's cine loops: frames whose LV area stands apart from their
-    neighbours' (``cine.outlier_frames``, per view), and beats of one view whose single-plane EFs
-    spread by an SD of more than ``BEAT_SPREAD_POINTS``."""
+    neighbours' (``cine.outlier_frames``, per view), beats of one view whose single-plane EFs spread
+    by an SD of more than ``BEAT_SPREAD_POINTS``, and loops searched for beats in which none was found
+    (``beatless_ms``: each such view's duration from its stated frame time, None where the file states
+    none) although they last ``BEATLESS_LOOP_MS`` or more: their ED and ES were chosen without a heart
+    cycle to choose them in (a still picture, or a curve too irregular to read)."""
     found = [f"area_outliers:{view}_{len(frames)}_frames" for view, frames in outliers.items() if frames]
     for view, efs in beat_efs.items():
         values = np.asarray([v for v in efs if np.isfinite(v)], dtype=float)
         if len(values) > 1 and values.std(ddof=1) > BEAT_SPREAD_POINTS:
             found.append(f"beats_disagree:{view}_{values.std(ddof=1):.0f}_points")
+    for view, duration_ms in (beatless_ms or {}).items():
+        if duration_ms is not None and math.isfinite(duration_ms) and duration_ms >= BEATLESS_LOOP_MS:
+            found.append(f"no_beat:{view}_{duration_ms / 1000:.1f}_s")
     return found
