@@ -189,6 +189,39 @@ def test_compressed_metaimage_pixels_are_the_stream_or_refused(tmp_path, stream,
             imagefile.read_loop(path)
 
 
+@pytest.mark.parametrize("header_size, padding, local, reason", [
+    (None, 0, True, None), (0, 0, True, None), (-1, 0, True, None),
+    (400, None, True, None),  # pixels at byte 400 of the .mha, after padding: where ITK reads them
+    (10, 0, True, "inside the header"), (120, 0, True, "inside the header"),  # ITK read the header's text as pixels
+    (-2, 0, True, "not a byte count"), (-1, 0, False, None), (100, 100, False, None),
+    (0, 100, False, "bytes of pixels where the header declares"), (50, 100, False, "bytes of pixels where"),
+    (-1, -100, False, "fewer bytes"),
+], ids=["none", "zero", "last-bytes", "after-padding", "in-header", "in-header-2", "negative", "file-last-bytes",
+        "file-skip", "file-unskipped", "file-half-skipped", "file-short"])
+def test_metaimage_pixels_are_read_where_headersize_places_them_or_refused(tmp_path, header_size, padding, local, reason):
+    """HeaderSize moves where ITK reads uncompressed pixels: from the file's start for a positive one,
+    a .mha's too (so 10 read its header's text as pixels), the last bytes for -1. A file is read as its
+    own pixels, or refused where the declared pixels are not exactly what lies from there to the end."""
+    pixels = (np.arange(48 * 64) % 200 + 7).astype(np.uint8).reshape(48, 64)
+    head = ("ObjectType = Image\nNDims = 2\nDimSize = 64 48\nElementSpacing = 0.3 0.3\nElementType = MET_UCHAR\n"
+            + ("" if header_size is None else f"HeaderSize = {header_size}\n"))
+    if local:
+        head = (head + "ElementDataFile = LOCAL\n").encode()
+        fill = bytes(header_size - len(head)) if padding is None else b""
+        (tmp_path / "f.mha").write_bytes(head + fill + pixels.tobytes())
+        path = tmp_path / "f.mha"
+    else:
+        data = pixels.tobytes()
+        (tmp_path / "f.raw").write_bytes(b"X" * padding + data if padding >= 0 else data[:padding])
+        (tmp_path / "f.mhd").write_text(head + "ElementDataFile = f.raw\n")
+        path = tmp_path / "f.mhd"
+    if reason is None:
+        np.testing.assert_array_equal(imagefile.read_loop(path).frames[0], pixels)
+    else:
+        with pytest.raises(StudyError, match=f"unreadable_file: f.mh.: .*{reason}"):
+            imagefile.read_loop(path)
+
+
 @settings(max_examples=150, deadline=None)
 @given(cut=st.integers(0, 200), flip=st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(1, 255))))
 def test_a_damaged_compressed_metaimage_is_never_read_as_other_pixels(tmp_path_factory, cut, flip):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import stat
 import zlib
 from collections.abc import Callable
@@ -262,31 +263,61 @@ def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int)
     whatever memory held, with only a line on stderr; uncompressed data longer than declared (a header
     that lost its CompressedData line reads the stream itself as pixels) is read in part, silently.
     So a compressed stream must inflate to exactly those bytes (``_check_inflates_to``) and
-    uncompressed data be exactly that long (short data ITK refuses itself). A header that places
-    uncompressed data itself (HeaderSize) is left to ITK."""
+    uncompressed data be exactly that long, from where ITK starts reading (``_metaimage_data_start``)
+    to the file's end."""
     fields = _metaimage_fields(path)
     compressed = fields.get("CompressedData", "").lower() == "true"
-    if "HeaderSize" in fields and not compressed:
-        return
+    header_size = _metaimage_header_size(fields, path.name)
+    if compressed and header_size not in (None, 0):
+        raise StudyError("unreadable_file", f"{path.name}: HeaderSize {header_size} with compressed pixels "
+                                            "(no writer places a stream so; which bytes ITK would inflate is unclear)")
     stated = fields.get("CompressedDataSize")
     if compressed and data_file is None and stated is None:
         raise StudyError("unreadable_file", f"{path.name}: compressed pixels after the header need its "
                                             "CompressedDataSize, which it does not state")
     try:
         with open(path if data_file is None else data_file, "rb") as handle:
-            if data_file is None:
-                head = handle.read(1 << 16)
-                line_end = head.find(b"\n", head.find(b"ElementDataFile"))
-                if line_end < 0:
-                    raise StudyError("unreadable_file", f"{path.name}: no pixels after its ElementDataFile line")
-                handle.seek(line_end + 1)  # the pixels start on the line after it
+            size = os.fstat(handle.fileno()).st_size
+            start = _metaimage_data_start(handle, path.name, data_file is None, header_size, needed_bytes, size)
+            handle.seek(start)
             if compressed:
                 _check_inflates_to(handle, needed_bytes, int(stated) if stated and stated.isdigit() else None, path.name)
-            elif (stored := os.fstat(handle.fileno()).st_size - handle.tell()) > needed_bytes:
-                raise StudyError("unreadable_file", f"{path.name}: {stored} bytes of pixels where the header declares "
+            elif size - start != needed_bytes:
+                raise StudyError("unreadable_file", f"{path.name}: {size - start} bytes of pixels where the header declares "
                                                     f"{needed_bytes} (a damaged header, or another file's data)")
     except OSError as error:
         raise StudyError("unreadable_file", f"{path.name}: its pixels cannot be read ({error})") from error
+
+
+def _metaimage_header_size(fields: dict[str, str], name: str) -> int | None:
+    """A MetaImage's HeaderSize: None where it states none, else a whole number of bytes, -1 (the
+    pixels are the data file's last bytes) or more; anything else StudyError('unreadable_file')."""
+    value = fields.get("HeaderSize")
+    if value is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,18}", value) or int(value) < -1:
+        raise StudyError("unreadable_file", f"{name}: HeaderSize {value[:20]!r} is not a byte count")
+    return int(value)
+
+
+def _metaimage_data_start(handle, name: str, local: bool, header_size: int | None, needed_bytes: int, size: int) -> int:
+    """The offset at which ITK's MetaIO reads a MetaImage's pixels: after the ElementDataFile line of a
+    .mha (LOCAL) or at the start of a data file of its own, unless HeaderSize says otherwise. ITK takes
+    a positive HeaderSize as an offset from the file's start, for a .mha too, and -1 as "the last
+    bytes": a HeaderSize inside a .mha's header reads its text as pixels, so it is refused."""
+    first = 0
+    if local:
+        head = handle.read(1 << 16)
+        line_end = head.find(b"\n", head.find(b"ElementDataFile"))
+        if line_end < 0:
+            raise StudyError("unreadable_file", f"{name}: no pixels after its ElementDataFile line")
+        first = line_end + 1  # the pixels start on the line after it
+    start = first if not header_size else (size - needed_bytes if header_size == -1 else header_size)
+    if start < first:
+        raise StudyError("unreadable_file", f"{name}: HeaderSize {header_size} places the pixels inside the header "
+                                            "(its text would be read as pixels)" if start >= 0 else
+                                            f"{name}: fewer bytes than the {needed_bytes} of pixels the header declares")
+    return start
 
 
 def _check_inflates_to(handle, needed_bytes: int, stream_bytes: int | None, name: str) -> None:
