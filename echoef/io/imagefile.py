@@ -162,6 +162,27 @@ def _check_gzip_complete(path: Path, needed_bytes: int) -> None:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
 
 
+def _check_nifti_data(path: Path, pixel_count: int) -> None:
+    """A NIfTI file's pixels must start after its header and be all there, else
+    StudyError('unreadable_file'). ITK reads from a vox_offset that points into the header (its bytes
+    taken as pixels) and zero-fills the pixels a file cut short lacks, a plain .nii as a .nii.gz,
+    without an error. The offset must be a whole number of bytes past the header and its extension
+    flag (352 bytes, 544 for NIfTI-2) and at most ``MAX_NIFTI_VOX_OFFSET``; the file must hold the
+    pixels the header declares from there (a .nii.gz: ``_check_gzip_complete``, inflating no further)."""
+    stored = _nifti_header(path)
+    # The format's header size (its class's), not the stored field, which a crafted file may set to anything.
+    offset, first = float(stored["vox_offset"]), type(stored).sizeof_hdr + 4
+    if not (math.isfinite(offset) and offset == int(offset) and first <= offset <= MAX_NIFTI_VOX_OFFSET):
+        raise StudyError("unreadable_file", f"{path.name}: its pixels would start {offset:.6g} bytes in; in a NIfTI file they "
+                                            f"start after its {first}-byte header, and at most {MAX_NIFTI_VOX_OFFSET} bytes in here")
+    needed_bytes = int(offset) + pixel_count * max(int(stored["bitpix"]), 8) // 8
+    if file_format(path) == ".nii.gz":
+        _check_gzip_complete(path, needed_bytes)
+    elif (stored_bytes := path.stat().st_size) < needed_bytes:
+        raise StudyError("unreadable_file", f"{path.name}: {stored_bytes} bytes where its header declares {needed_bytes} "
+                                            "(a file cut short)")
+
+
 def _nifti_header(path: Path):
     """A NIfTI file's header exactly as stored (nibabel, unchecked: its checks would "fix" a zero
     pixel size to 1 mm, as ITK does)."""
@@ -512,13 +533,8 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         if fmt in (".mhd", ".mha"):
             _check_metaimage_data(path, data_file, int(np.prod(size)) * _pixel_bytes(reader))
         _check_plain_complete(path)
-        if fmt == ".nii.gz":
-            stored = _nifti_header(path)
-            offset = float(stored["vox_offset"])
-            if not (math.isfinite(offset) and 0 <= offset <= MAX_NIFTI_VOX_OFFSET):
-                raise StudyError("unreadable_file", f"{path.name}: its pixels would start {offset:.0f} bytes in; a NIfTI "
-                                                    f"header and its extensions take at most {MAX_NIFTI_VOX_OFFSET} here")
-            _check_gzip_complete(path, int(offset) + int(np.prod(size)) * max(int(stored["bitpix"]), 8) // 8)
+        if fmt in (".nii", ".nii.gz"):
+            _check_nifti_data(path, int(np.prod(size)))
         direction = np.asarray(reader.GetDirection(), dtype=float).reshape(len(size), len(size))[:kept, :kept]
         header = Header(tuple(map(float, reader.GetSpacing()[:kept])), tuple(map(float, reader.GetOrigin()[:kept])),
                         tuple(map(float, direction.ravel())))
