@@ -259,6 +259,28 @@ def test_nifti_pixels_are_after_the_header_and_all_there_or_refused(tmp_path, su
             imagefile.read_loop(path)
 
 
+def test_a_nifti_whose_bitpix_understates_its_datatype_is_measured_by_the_datatype(tmp_path):
+    """ITK reads by the datatype: a 16-bit file whose bitpix says 8, cut to little more than half its
+    pixels, was read with half the frame zero-filled. The bytes needed are counted by the datatype."""
+    import struct
+
+    import nibabel
+
+    pixels = (np.arange(48 * 64) * 13 % 60000).astype(np.uint16).reshape(64, 48)
+    image = nibabel.Nifti1Image(pixels[:, :, None], np.diag([0.3, 0.3, 1.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    nibabel.save(image, tmp_path / "whole.nii")
+    data = bytearray((tmp_path / "whole.nii").read_bytes())
+    data[72:74] = struct.pack("<h", 8)  # bitpix
+    (tmp_path / "bitpix.nii").write_bytes(data)
+    whole = imagefile.read_loop(tmp_path / "whole.nii").frames[0]
+    np.testing.assert_array_equal(imagefile.read_loop(tmp_path / "bitpix.nii").frames[0], whole)  # whole: read
+    (tmp_path / "cut.nii").write_bytes(data[: 352 + pixels.size + 10])
+    with pytest.raises(StudyError, match=f"unreadable_file: cut.nii: {352 + pixels.size + 10} bytes where its header "
+                                         f"declares {352 + 2 * pixels.size}"):
+        imagefile.read_loop(tmp_path / "cut.nii")
+
+
 @settings(max_examples=150, deadline=None)
 @given(cut=st.integers(0, 200), flip=st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(1, 255))))
 def test_a_damaged_compressed_metaimage_is_never_read_as_other_pixels(tmp_path_factory, cut, flip):

@@ -168,14 +168,18 @@ def _check_nifti_data(path: Path, pixel_count: int) -> None:
     taken as pixels) and zero-fills the pixels a file cut short lacks, a plain .nii as a .nii.gz,
     without an error. The offset must be a whole number of bytes past the header and its extension
     flag (352 bytes, 544 for NIfTI-2) and at most ``MAX_NIFTI_VOX_OFFSET``; the file must hold the
-    pixels the header declares from there (a .nii.gz: ``_check_gzip_complete``, inflating no further)."""
+    pixels the header declares, of its datatype's size, from there (a .nii.gz: ``_check_gzip_complete``, inflating no further)."""
     stored = _nifti_header(path)
     # The format's header size (its class's), not the stored field, which a crafted file may set to anything.
     offset, first = float(stored["vox_offset"]), type(stored).sizeof_hdr + 4
     if not (math.isfinite(offset) and offset == int(offset) and first <= offset <= MAX_NIFTI_VOX_OFFSET):
         raise StudyError("unreadable_file", f"{path.name}: its pixels would start {offset:.6g} bytes in; in a NIfTI file they "
                                             f"start after its {first}-byte header, and at most {MAX_NIFTI_VOX_OFFSET} bytes in here")
-    needed_bytes = int(offset) + pixel_count * max(int(stored["bitpix"]), 8) // 8
+    try:  # by the datatype, as ITK reads: a bitpix that understates it left half a frame zero-filled
+        pixel_bytes = stored.get_data_dtype().itemsize
+    except Exception as error:  # noqa: BLE001 - nibabel's errors for a datatype code it does not know
+        raise StudyError("unreadable_file", f"{path.name}: NIfTI datatype ({str(error)[:150]})") from error
+    needed_bytes = int(offset) + pixel_count * pixel_bytes
     if file_format(path) == ".nii.gz":
         _check_gzip_complete(path, needed_bytes)
     elif (stored_bytes := path.stat().st_size) < needed_bytes:
