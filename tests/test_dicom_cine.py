@@ -375,3 +375,24 @@ def test_a_still_picture_stored_as_a_loop_is_flagged_and_a_beating_one_is_not(tr
     # The threshold itself: a beatless loop just under 3 s, of an unknown or an impossible length, is not flagged.
     assert review.loop_reasons({}, {}, {"2CH": 2999.0, "4CH": None}) == []
     assert review.loop_reasons({}, {}, {"2CH": math.nan, "4CH": 3000.0}) == ["no_beat:4CH_3.0_s"]
+
+
+def test_ed_and_es_of_a_loop_with_many_frames_per_beat_do_not_inflate_ef():
+    """Of noisy areas the largest and smallest are frames the noise made so: with a 3-frame mean, loops
+    of 60-90 frames per beat and 2% area noise came out about 3 EF points too high on average. The
+    mean's window grows with the beat (an eighth of it), and the bias is gone; beats of fewer than 28
+    frames keep the 3-frame mean."""
+    assert [cine.smoothing_window(period, 200) for period in (9, 27, 28, 40, 60, 80)] == [3, 3, 5, 5, 9, 11]
+    assert cine.smoothing_window(50, 50) == 3  # no beat length found: the light mean
+    rng = np.random.default_rng(5)
+    errors = []
+    for _ in range(120):
+        period = int(rng.integers(60, 90))
+        frames, start = int(period * rng.uniform(2.0, 3.5)), int(rng.integers(0, period))
+        phase = ((np.arange(frames) - start) / period) % 1.0
+        shape = np.where(phase < 0.35, (1 + np.cos(np.pi * phase / 0.35)) / 2, (1 - np.cos(np.pi * (phase - 0.35) / 0.65)) / 2)
+        amplitude = rng.uniform(300, 700)
+        areas = 1500 + amplitude * shape + rng.normal(0, 37, frames)
+        ed, es = cine.end_diastole_systole(areas)
+        errors.append(100 * (areas[ed] - areas[es]) / areas[ed] - 100 * amplitude / (1500 + amplitude))
+    assert abs(np.mean(errors)) < 0.8 and np.mean(np.abs(errors)) < 2.5, (np.mean(errors), np.mean(np.abs(errors)))

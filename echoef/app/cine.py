@@ -16,6 +16,8 @@ MIN_FRAMES = 3  # fewer frames are no loop to choose phases from
 # curve's range and of the area itself (a segmentation jitter of a few per cent is no outlier, even
 # in a ventricle that hardly contracts).
 OUTLIER_SHARE_OF_RANGE, OUTLIER_SHARE_OF_AREA = 0.25, 0.20
+# The area curve's mean spans about this share of a beat (beats of fewer than 28 frames: 3 frames).
+SMOOTHING_SHARE_OF_BEAT = 1 / 8
 
 
 def lv_areas_mm2(models: list[torch.nn.Module], frames: np.ndarray, spacing_mm: tuple[float, float], size: int,
@@ -68,11 +70,30 @@ def outlier_frames(areas: np.ndarray) -> list[int]:
 
 
 def _smoothed(areas: np.ndarray) -> np.ndarray:
-    """The area curve lightly smoothed: steadied (``_steadied``: a frame that alone collapsed or
-    leaked, on another site's loops the likeliest kind of outlier, is replaced, where a mean would
-    only spread it into a false ED or ES), then a 3-frame mean (ends held). On a smooth curve it
-    moves no peak or trough by more than a frame."""
-    return np.convolve(np.pad(_steadied(areas), 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    """The area curve smoothed: steadied (``_steadied``: a frame that alone collapsed or leaked, on
+    another site's loops the likeliest kind of outlier, is replaced, where a mean would only spread it
+    into a false ED or ES), then a mean over ``smoothing_window`` frames (ends held). ED and ES are the
+    extremes of this curve: of noisy areas, the largest and smallest are frames the noise made so, and
+    the more frames a beat has the more compete, so the window grows with the beat (EF bias from the
+    choice, ``benchmarks/cine_frame_choice.py``). On a smooth curve it moves no extreme by more than a
+    frame or two."""
+    steady = _steadied(areas)
+    light = _running_mean(steady, 3)
+    width = smoothing_window(dominant_period(light), len(areas))
+    return light if width == 3 else _running_mean(steady, width)
+
+
+def smoothing_window(period: int, frames: int) -> int:
+    """Frames in the mean that smooths a loop's area curve: about ``SMOOTHING_SHARE_OF_BEAT`` of its
+    beat, odd, and 3 at least; 3 where no beat length was found (``period`` the loop's length)."""
+    if period >= frames:
+        return 3
+    return max(3, int(round(period * SMOOTHING_SHARE_OF_BEAT)) | 1)
+
+
+def _running_mean(values: np.ndarray, width: int) -> np.ndarray:
+    """The mean over ``width`` (odd) frames centred on each, the end values held beyond the ends."""
+    return np.convolve(np.pad(values, width // 2, mode="edge"), np.ones(width) / width, mode="valid")
 
 
 def dominant_period(areas: np.ndarray) -> int:
