@@ -173,7 +173,8 @@ def _check_nifti_data(path: Path, pixel_count: int) -> None:
     # The format's header size (its class's), not the stored field, which a crafted file may set to anything.
     offset, first = float(stored["vox_offset"]), type(stored).sizeof_hdr + 4
     if not (math.isfinite(offset) and offset == int(offset) and first <= offset <= MAX_NIFTI_VOX_OFFSET):
-        raise StudyError("unreadable_file", f"{path.name}: its pixels would start {offset:.6g} bytes in; in a NIfTI file they "
+        shown = f"{offset:.0f}" if math.isfinite(offset) and offset == int(offset) else f"{offset}"
+        raise StudyError("unreadable_file", f"{path.name}: its pixels would start {shown} bytes in; in a NIfTI file they "
                                             f"start after its {first}-byte header, and at most {MAX_NIFTI_VOX_OFFSET} bytes in here")
     try:  # by the datatype, as ITK reads: a bitpix that understates it left half a frame zero-filled
         pixel_bytes = stored.get_data_dtype().itemsize
