@@ -437,3 +437,32 @@ def test_metaimage_headers_that_crashed_itk_are_refused_before_it_parses_them(tm
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-500:]
     assert dict(line.split() for line in result.stdout.splitlines()) == dict.fromkeys(sorted(headers), "bad_geometry")
+
+
+def test_nifti_transforms_that_hung_itk_are_refused_before_it_parses_them(tmp_path):
+    """An sform row of (1, 0, +-inf, 0) sent ITK's NIfTI reader into a loop that did not end (found by
+    fuzzing the header's fields, 1 of the first 67 damaged headers), which would hang a whole batch; NaN
+    in the sform or the quaternion gave NaN axes. Read in a child process with a time limit, each is
+    now ``bad_geometry``, and the undamaged file still reads."""
+    import nibabel
+
+    image = nibabel.Nifti1Image((np.arange(3 * 48 * 64) % 200).astype(np.uint8).reshape(64, 48, 1, 3), np.diag([0.3, 0.3, 1, 1]))
+    image.header.set_xyzt_units("mm", "msec")
+    image.header.set_qform(np.diag([0.3, 0.3, 1, 1]), code=1)
+    nibabel.save(image, tmp_path / "whole.nii")
+    whole = (tmp_path / "whole.nii").read_bytes()
+    damage = {"sform_inf": {312: 1.0, 320: float("inf")}, "sform_minus_inf": {312: 1.0, 320: float("-inf")},
+              "sform_nan": {300: float("nan")}, "quatern_nan": {256: float("nan")}, "qoffset_inf": {268: float("inf")}}
+    for name, values in damage.items():
+        data = bytearray(whole)
+        for offset, value in values.items():
+            data[offset:offset + 4] = struct.pack("<f", value)
+        (tmp_path / f"{name}.nii").write_bytes(bytes(data))
+    script = ("import sys; from pathlib import Path; from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "for path in sorted(Path(sys.argv[1]).glob('*.nii')):\n"
+              "    try: print(path.stem, 'read', len(imagefile.read_loop(path).frames))\n"
+              "    except StudyError as error: print(path.stem, str(error).split(':')[0])\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert dict(line.split(maxsplit=1) for line in result.stdout.splitlines()) == {
+        **dict.fromkeys(damage, "bad_geometry"), "whole": "read 3"}

@@ -188,6 +188,24 @@ def _check_nifti_data(path: Path, pixel_count: int) -> None:
                                             "(a file cut short)")
 
 
+def _check_nifti_transform(path: Path) -> None:
+    """StudyError('bad_geometry') unless the transform a NIfTI header gives ITK is finite, checked before
+    ITK parses it: the sform's rows where sform_code is set, the quaternion, its offset and pixdim[0..3]
+    where qform_code is set. An sform row of (1, 0, inf, 0) sent ITK's reader into a loop that did not
+    end (found by fuzzing the header's fields); NaN in it gave NaN axes."""
+    stored = _nifti_header(path)
+    fields = []
+    if int(stored["sform_code"]) != 0:
+        fields += ["srow_x", "srow_y", "srow_z"]
+    if int(stored["qform_code"]) != 0:
+        fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+    for name in fields:
+        if not np.isfinite(np.asarray(stored[name], dtype=float)).all():
+            raise StudyError("bad_geometry", f"{path.name}: the header's {name} is not a finite number")
+    if int(stored["qform_code"]) != 0 and not np.isfinite(np.asarray(stored["pixdim"][:4], dtype=float)).all():
+        raise StudyError("bad_geometry", f"{path.name}: the header's pixdim is not finite where its qform reads it")
+
+
 def _nifti_header(path: Path):
     """A NIfTI file's header exactly as stored (nibabel, unchecked: its checks would "fix" a zero
     pixel size to 1 mm, as ITK does)."""
@@ -519,6 +537,8 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
     if fmt in (".mhd", ".mha"):
         _check_metaimage_header(path)
         data_file = metaimage_data_file(path)  # before ITK opens whatever the header names
+    if fmt in (".nii", ".nii.gz"):
+        _check_nifti_transform(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     frame_ms = None
