@@ -419,6 +419,19 @@ def test_a_damaged_file_of_any_format_is_read_or_refused_as_a_study_never_an_err
         np.testing.assert_array_equal(loop.frames, imagefile.read_loop(original, (0.3, 0.3)).frames)
 
 
+def read_in_a_child_process(folder, pattern: str) -> dict[str, str]:
+    """Each file of ``folder`` matching ``pattern`` read by ``imagefile.read_loop`` in a child process, so
+    that a library's crash or endless loop fails the test instead of ending or stalling the suite:
+    {stem: 'read <frames>' or the StudyError's reason}."""
+    script = ("import sys; from pathlib import Path; from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "for path in sorted(Path(sys.argv[1]).glob(sys.argv[2])):\n"
+              "    try: print(path.stem, 'read', len(imagefile.read_loop(path).frames))\n"
+              "    except StudyError as error: print(path.stem, str(error).split(':')[0])\n")
+    result = subprocess.run([sys.executable, "-c", script, str(folder), pattern], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    return dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
+
+
 def test_metaimage_headers_that_crashed_itk_are_refused_before_it_parses_them(tmp_path):
     """ITK's MetaIO sizes its arrays for at most 10 axes and trusts NDims: NDims -1, 83, 65535 or 2**31,
     or a second NDims line, corrupted its memory and the process died (segmentation fault, abort) in
@@ -430,13 +443,7 @@ def test_metaimage_headers_that_crashed_itk_are_refused_before_it_parses_them(tm
     for name, lines in headers.items():
         (tmp_path / f"{name}.mha").write_bytes(f"ObjectType = Image\n{lines}\nElementSpacing = 0.3 0.3 1\n"
                                                "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n".encode() + bytes(9600))
-    script = ("import sys; from pathlib import Path; from echoef.io import imagefile; from echoef.errors import StudyError\n"
-              "for path in sorted(Path(sys.argv[1]).glob('*.mha')):\n"
-              "    try: imagefile.read_loop(path)\n"
-              "    except StudyError as error: print(path.stem, str(error).split(':')[0])\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-500:]
-    assert dict(line.split() for line in result.stdout.splitlines()) == dict.fromkeys(sorted(headers), "bad_geometry")
+    assert read_in_a_child_process(tmp_path, "*.mha") == dict.fromkeys(headers, "bad_geometry")
 
 
 def test_nifti_transforms_that_hung_itk_are_refused_before_it_parses_them(tmp_path):
@@ -458,11 +465,4 @@ def test_nifti_transforms_that_hung_itk_are_refused_before_it_parses_them(tmp_pa
         for offset, value in values.items():
             data[offset:offset + 4] = struct.pack("<f", value)
         (tmp_path / f"{name}.nii").write_bytes(bytes(data))
-    script = ("import sys; from pathlib import Path; from echoef.io import imagefile; from echoef.errors import StudyError\n"
-              "for path in sorted(Path(sys.argv[1]).glob('*.nii')):\n"
-              "    try: print(path.stem, 'read', len(imagefile.read_loop(path).frames))\n"
-              "    except StudyError as error: print(path.stem, str(error).split(':')[0])\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-500:]
-    assert dict(line.split(maxsplit=1) for line in result.stdout.splitlines()) == {
-        **dict.fromkeys(damage, "bad_geometry"), "whole": "read 3"}
+    assert read_in_a_child_process(tmp_path, "*.nii") == {**dict.fromkeys(damage, "bad_geometry"), "whole": "read 3"}
