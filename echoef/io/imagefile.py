@@ -190,9 +190,10 @@ def _check_nifti_data(path: Path, pixel_count: int) -> None:
 
 def _check_nifti_transform(path: Path) -> None:
     """StudyError('bad_geometry') unless the transform a NIfTI header gives ITK is finite, checked before
-    ITK parses it: the sform's rows where sform_code is set, the quaternion, its offset and pixdim[0..3]
-    where qform_code is set. An sform row of (1, 0, inf, 0) sent ITK's reader into a loop that did not
-    end (found by fuzzing the header's fields); NaN in it gave NaN axes."""
+    ITK parses it: the sform's rows where sform_code is set, the quaternion and its offset where
+    qform_code is set. An sform row of (1, 0, inf, 0) sent ITK's reader into a loop that did not end
+    (found by fuzzing the header's fields); NaN in it gave NaN axes. A pixdim that is not finite ITK
+    reads without harm, and it is refused as a pixel size (``_stated_spacing``: ``bad_spacing``)."""
     stored = _nifti_header(path)
     fields = []
     if int(stored["sform_code"]) != 0:
@@ -202,8 +203,6 @@ def _check_nifti_transform(path: Path) -> None:
     for name in fields:
         if not np.isfinite(np.asarray(stored[name], dtype=float)).all():
             raise StudyError("bad_geometry", f"{path.name}: the header's {name} is not a finite number")
-    if int(stored["qform_code"]) != 0 and not np.isfinite(np.asarray(stored["pixdim"][:4], dtype=float)).all():
-        raise StudyError("bad_geometry", f"{path.name}: the header's pixdim is not finite where its qform reads it")
 
 
 def _nifti_header(path: Path):
