@@ -102,9 +102,10 @@ def tiny_model(tmp_path_factory):
 
 
 def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=None, patient="P001", study_uid="1.2.826.0.1.1",
-                rgb=False, frame_ms=None) -> Path:
+                rgb=False, frame_ms=None, regions=()) -> Path:
     """An ultrasound DICOM file of one frame (H, W) or a loop (T, H, W) of 8-bit pixels, its pixel size
-    in an ultrasound region (cm, as scanners write it) and/or in PixelSpacing, or in neither."""
+    in an ultrasound region over the whole picture (cm, as scanners write it) and/or in PixelSpacing,
+    or in neither; ``regions`` (x0, y0, x1, y1 inclusive, (row, col) mm) are 2D regions of their own."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -131,13 +132,17 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
         if frame_ms:
             ds.FrameTime = frame_ms
     if region_spacing_mm is not None:
+        regions = [(0, 0, int(ds.Columns) - 1, int(ds.Rows) - 1, region_spacing_mm), *regions]
+    if regions:
+        ds.SequenceOfUltrasoundRegions = []
+    for x0, y0, x1, y1, spacing_mm in regions:
         region = Dataset()
         region.RegionSpatialFormat, region.RegionDataType = 1, 1
-        region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
-        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = int(ds.Columns) - 1, int(ds.Rows) - 1
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = x0, y0
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = x1, y1
         region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 3, 3
-        region.PhysicalDeltaX, region.PhysicalDeltaY = region_spacing_mm[1] / 10, region_spacing_mm[0] / 10
-        ds.SequenceOfUltrasoundRegions = [region]
+        region.PhysicalDeltaX, region.PhysicalDeltaY = spacing_mm[1] / 10, spacing_mm[0] / 10
+        ds.SequenceOfUltrasoundRegions.append(region)
     if pixel_spacing_mm is not None:
         ds.PixelSpacing = [pixel_spacing_mm[0], pixel_spacing_mm[1]]
     ds.PixelData = pixels.tobytes()

@@ -75,6 +75,80 @@ def test_pixel_size_only_from_the_file_or_the_user(trained, phantom_root, tmp_pa
     assert imagefile.read_loop(tmp_path / "both.dcm").spacing_mm == pytest.approx((0.5, 0.6))  # the region wins
 
 
+SIZES_MM = [(0.3, 0.3), (0.15, 0.15), (0.3, 0.2)]
+
+
+def _regions_by_pixel(regions, rows, cols):
+    """The slow reference for what a file's regions make of its picture: each pixel's set of stated
+    sizes, the size that most pixels have alone (the first listed of equals), and whether each pixel
+    has that size and no other (None where no pixel has one size alone)."""
+    stated = [[{size for x0, y0, x1, y1, size in regions if y0 <= row <= y1 and x0 <= col <= x1} for col in range(cols)]
+              for row in range(rows)]
+    order = list(dict.fromkeys(size for *_, size in regions))
+    alone = {size: sum(pixel == {size} for line in stated for pixel in line) for size in order}
+    chosen = max(order, key=lambda size: (alone[size], -order.index(size)))
+    return chosen, (np.array([[pixel == {chosen} for pixel in line] for line in stated]) if alone[chosen] else None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 45), st.integers(0, 35), st.integers(1, 30), st.integers(1, 25),
+                          st.sampled_from(SIZES_MM)), min_size=1, max_size=4))
+def test_only_pixels_of_the_pixel_size_measured_are_kept(tmp_path_factory, boxes):
+    """Regions at different pixel sizes (a zoomed picture beside or inside the whole): the size that
+    most pixels have alone is measured, on those pixels only, the rest of its box black, and a file
+    where no pixel has one size alone is refused; compared pixel by pixel with a slow reference over
+    the regions clipped to the 30 x 40 picture (a region wholly outside it holds none of its pixels)."""
+    rows, cols = 30, 40
+    regions = [(x0, y0, x0 + width, y0 + height, size) for x0, y0, width, height, size in boxes]
+    clipped = [(max(x0, 0), max(y0, 0), min(x1, cols - 1), min(y1, rows - 1), size) for x0, y0, x1, y1, size in regions]
+    inside = [region for region in clipped if region[2] - region[0] >= 1 and region[3] - region[1] >= 1]
+    frame = np.arange(1, rows * cols + 1).reshape(rows, cols) % 250 + 1  # no black pixel of its own
+    path = write_dicom(tmp_path_factory.mktemp("regions") / "a.dcm", frame, regions=regions)
+    if not inside:
+        with pytest.raises(StudyError) as refused:
+            imagefile.read_loop(path)
+        assert refused.value.reason == "no_spacing"
+        return
+    chosen, kept = _regions_by_pixel(inside, rows, cols)
+    if kept is None:
+        with pytest.raises(StudyError) as refused:
+            imagefile.read_loop(path)
+        assert refused.value.reason == "bad_spacing" and "for the same pixels" in refused.value.detail
+        return
+    loop = imagefile.read_loop(path)
+    assert loop.spacing_mm == pytest.approx(chosen)
+    lines, columns = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    box = (slice(lines[0], lines[-1] + 1), slice(columns[0], columns[-1] + 1))
+    assert np.array_equal(loop.frames[0], np.where(kept, frame, 0)[box])
+    assert loop.header.corner_mm(loop.frames[0].shape) == pytest.approx([columns[0] * chosen[1], lines[0] * chosen[0]])
+
+
+def test_a_heart_is_measured_only_at_the_pixel_size_of_its_own_region(trained, phantom_root, tmp_path):
+    """Each frame of a phantom patient in a wider picture, with a zoomed region of another pixel size
+    beside it. The heart's region covers most pixels: the study is measured as the NIfTI frames are,
+    the zoomed strip cut away (seen whole, it made the network's LV touch the border). Inside a larger
+    region at twice its size the heart's pixels have two sizes: they are black and the study measures
+    nothing (at the larger region's size every volume would be eight times too large)."""
+    folder = camus.find_patients(phantom_root)[10]
+    for view, phase in camus.FRAME_KEYS:
+        image, spacing_mm, _ = imagefile.read_image(camus.frame_path(folder, view, phase, camus.detect_layout(folder)))
+        rows, cols = image.shape
+        canvas = np.zeros((rows, cols + 24), dtype=np.uint8)
+        canvas[:, :cols], canvas[: rows // 2, cols + 4:] = np.clip(image, 0, 255), 200  # the zoomed strip is bright
+        heart = (0, 0, cols - 1, rows - 1, spacing_mm)
+        zoom = (cols + 4, 0, cols + 23, rows // 2 - 1, (spacing_mm[0] / 2, spacing_mm[1] / 2))
+        write_dicom(tmp_path / "beside" / f"{folder.name}_{view}_{phase}.dcm", canvas, regions=[heart, zoom], patient=folder.name)
+        whole = (0, 0, cols + 23, rows - 1, (spacing_mm[0] * 2, spacing_mm[1] * 2))
+        write_dicom(tmp_path / "inside" / f"{folder.name}_{view}_{phase}.dcm", canvas, regions=[whole, heart], patient=folder.name)
+    assert predict(trained, folder, "--out", tmp_path / "nifti").returncode == 0
+    assert predict(trained, "--dicom", tmp_path / "beside", "--out", tmp_path / "from_beside").returncode == 0
+    inside = predict(trained, "--dicom", tmp_path / "inside", "--out", tmp_path / "from_inside")
+    nifti, beside, blacked = (pd.read_csv(tmp_path / name / "summary.csv").iloc[0] for name in ("nifti", "from_beside", "from_inside"))
+    assert nifti["status"] == beside["status"] == "ok"
+    assert (beside["ef"], beside["edv_ml"], beside["esv_ml"]) == (nifti["ef"], nifti["edv_ml"], nifti["esv_ml"])
+    assert inside.returncode == 1 and not blacked["status"].startswith("ok") and math.isnan(blacked["edv_ml"])
+
+
 def _with_functional_groups(path, shared=None, per_frame=()):
     """The DICOM at ``path`` rewritten with its pixel size only in enhanced multi-frame functional
     groups: Pixel Measures of the shared group (``shared``) and/or of each frame (``per_frame``)."""

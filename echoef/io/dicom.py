@@ -2,9 +2,11 @@
 view each belongs to.
 
 The pixel size comes from the Sequence of Ultrasound Regions (PhysicalDeltaX/Y, in cm) of the 2D
-tissue region that holds the image, or from PixelSpacing (of the file, or of an enhanced multi-frame
-file's Pixel Measures functional group); a file with none is refused
-(``no_spacing``) unless the user gives one: a guessed pixel size would make every volume wrong.
+regions that hold the image, and only their pixels are measured (``measured_region``: the picture is
+cut to them, and a region at another pixel size, a zoomed picture, is blacked out); else from
+PixelSpacing (of the file, or of an enhanced multi-frame file's Pixel Measures functional group); a
+file with none is refused (``no_spacing``) unless the user gives one: a guessed pixel size would make
+every volume wrong.
 Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
 extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
 decoder plugin (pylibjpeg) and are refused with ``unsupported_transfer_syntax`` until one is installed.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -26,25 +29,80 @@ from ..errors import StudyError
 from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
 
 REGION_2D, UNITS_CM = 1, 3  # RegionSpatialFormat 2D; PhysicalUnits centimetre
+SAME_SIZE_RTOL = 1e-3  # regions' deltas are written to a few decimals; closer sizes are one picture's
 VIEW_IN_NAME = {"2CH": re.compile(r"(^|[^a-z0-9])(2ch|a2c|apical[ _-]?2)([^a-z0-9]|$)", re.I),
                 "4CH": re.compile(r"(^|[^a-z0-9])(4ch|a4c|apical[ _-]?4)([^a-z0-9]|$)", re.I)}
 
 
-def region_spacing_mm(dataset) -> tuple[float, float] | None:
-    """(row, col) mm of the largest 2D region calibrated in cm, or None."""
-    best, best_area = None, -1
-    for region in dataset.get("SequenceOfUltrasoundRegions", []):
-        if (region.get("RegionSpatialFormat") != REGION_2D or region.get("PhysicalUnitsXDirection") != UNITS_CM
-                or region.get("PhysicalUnitsYDirection") != UNITS_CM):
+@dataclass(frozen=True)
+class Region:
+    """A 2D region of the picture calibrated in cm: its box of pixels (``top``:``bottom``,
+    ``left``:``right``, ends excluded) clipped to the picture, and its (row, col) pixel size in mm."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    spacing_mm: tuple[float, float]
+
+
+def calibrated_regions(dataset, rows: int, cols: int) -> list[Region]:
+    """The file's 2D ultrasound regions calibrated in cm that hold pixels of its ``rows`` x ``cols``
+    pictures, in the order stated. A region with a damaged value, a non-positive delta, or a box
+    outside the picture (or under 2 pixels across) states no pixel size of this picture and is left out."""
+    found = []
+    try:
+        sequence = list(dataset.get("SequenceOfUltrasoundRegions", []) or [])
+    except DAMAGED_VALUE_ERRORS:
+        return []
+    for region in sequence:
+        try:
+            if (region.get("RegionSpatialFormat") != REGION_2D or region.get("PhysicalUnitsXDirection") != UNITS_CM
+                    or region.get("PhysicalUnitsYDirection") != UNITS_CM):
+                continue
+            delta_x, delta_y = (_positive(abs(float(region.get(tag, 0)))) for tag in ("PhysicalDeltaX", "PhysicalDeltaY"))
+            # The region's corners are inclusive pixel indices.
+            left, top = max(int(region.get("RegionLocationMinX0", 0)), 0), max(int(region.get("RegionLocationMinY0", 0)), 0)
+            right = min(int(region.get("RegionLocationMaxX1", 0)) + 1, cols)
+            bottom = min(int(region.get("RegionLocationMaxY1", 0)) + 1, rows)
+        except DAMAGED_VALUE_ERRORS:
             continue
-        dx, dy = _positive(abs(float(region.get("PhysicalDeltaX", 0)))), _positive(abs(float(region.get("PhysicalDeltaY", 0))))
-        if dx is None or dy is None:
-            continue
-        area = (region.get("RegionLocationMaxX1", 0) - region.get("RegionLocationMinX0", 0)) * \
-               (region.get("RegionLocationMaxY1", 0) - region.get("RegionLocationMinY0", 0))
-        if area > best_area:
-            best, best_area = (10 * dy, 10 * dx), area
-    return best
+        if delta_x is not None and delta_y is not None and right - left >= 2 and bottom - top >= 2:
+            found.append(Region(top, bottom, left, right, (10 * delta_y, 10 * delta_x)))
+    return found
+
+
+def same_size(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    """Whether two regions' pixel sizes are one (as written to a tag's few decimals)."""
+    return bool(np.allclose(first, second, rtol=SAME_SIZE_RTOL, atol=0))
+
+
+def measured_region(regions: list[Region], rows: int, cols: int) -> tuple[tuple[float, float], np.ndarray] | None:
+    """The pixel size to measure with, and the pixels (a ``rows`` x ``cols`` mask) that have it, or
+    None where no region is calibrated; StudyError('bad_spacing') where no pixel has one size alone.
+
+    Regions of one pixel size are one picture (tissue and the colour flow over it, two views side
+    by side). Regions of different sizes are pictures at different scales (a zoomed one beside or
+    inside the whole): a pixel inside regions of two sizes has no size of its own. The size with most
+    pixels of its own is measured, on those pixels only, so no pixel is measured at a size not its own."""
+    if not regions:
+        return None
+    sizes: list[tuple[float, float]] = []
+    for region in regions:
+        if not any(same_size(region.spacing_mm, size) for size in sizes):
+            sizes.append(region.spacing_mm)
+    covered = np.zeros((len(sizes), rows, cols), dtype=bool)
+    for index, size in enumerate(sizes):
+        for region in regions:
+            if same_size(region.spacing_mm, size):
+                covered[index, region.top:region.bottom, region.left:region.right] = True
+    alone = covered & (covered.sum(axis=0) == 1)
+    chosen = max(range(len(sizes)), key=lambda index: (int(alone[index].sum()), -index))
+    if not alone[chosen].any():
+        raise StudyError("bad_spacing", "its ultrasound regions state " + " and ".join(f"{row:.4g} x {col:.4g} mm"
+                                                                                        for row, col in sizes)
+                         + " for the same pixels")
+    return sizes[chosen], alone[chosen]
 
 
 def _positive(value) -> float | None:
@@ -57,15 +115,9 @@ def _positive(value) -> float | None:
 
 
 def pixel_spacing_mm(dataset) -> tuple[float, float] | None:
-    """The file's own pixel size: its ultrasound region's, else PixelSpacing, else that of the
-    enhanced multi-frame functional groups (``functional_group_spacing_mm``), else None. Only what the
-    file states as a positive number counts; nothing is assumed."""
-    try:
-        region = region_spacing_mm(dataset)
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        region = None
-    if region:
-        return region
+    """The pixel size a file without a calibrated ultrasound region states: PixelSpacing, else that
+    of the enhanced multi-frame functional groups (``functional_group_spacing_mm``), else None. Only
+    what the file states as a positive number counts; nothing is assumed."""
     return _spacing_pair(dataset.get("PixelSpacing")) or functional_group_spacing_mm(dataset)
 
 
@@ -200,7 +252,11 @@ def _read_checked(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
         raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
     if problem := file_size_problem(path, dataset, count, rows, cols):
         raise StudyError("unreadable_file", f"{path.name}: {problem}")
-    spacing = pixel_spacing_mm(dataset) or (tuple(map(float, spacing_mm)) if spacing_mm else None)
+    try:
+        region = measured_region(calibrated_regions(dataset, rows, cols), rows, cols)
+    except StudyError as error:
+        raise StudyError(error.reason, f"{path.name}: {error.detail}") from error
+    spacing = region[0] if region else pixel_spacing_mm(dataset) or (tuple(map(float, spacing_mm)) if spacing_mm else None)
     if spacing is None:
         raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "
                                        "give --spacing-mm ROW COL")
@@ -223,8 +279,21 @@ def _read_checked(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
         raise StudyError("unreadable_file", f"{path.name}: colours ({str(error).splitlines()[0][:150]})") from error
     if frames.shape != (count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: pixel data of shape {pixels.shape} for {count} x {rows} x {cols}")
+    header = Header.plain(spacing)
+    if region:
+        frames, header = _within(frames, region[1], spacing)
     check_pixels(frames, spacing, path.name)
-    return Loop(frames, spacing, Header.plain(spacing), frame_interval_ms(dataset))
+    return Loop(frames, spacing, header, frame_interval_ms(dataset))
+
+
+def _within(frames: np.ndarray, measured: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, Header]:
+    """The frames cut to the box of the ``measured`` pixels, any other pixel in that box black (as
+    outside the sector), and the header that places the cut where it lies in the file's picture."""
+    rows, cols = np.flatnonzero(measured.any(axis=1)), np.flatnonzero(measured.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    cut = np.where(measured[top:bottom, left:right], frames[:, top:bottom, left:right], 0).astype(frames.dtype)
+    plain = Header.plain(spacing)
+    return cut, Header(plain.spacing, (float(left * plain.spacing[0]), float(top * plain.spacing[1])), plain.direction)
 
 
 def decoding_failure(name: str, syntax, error: Exception) -> StudyError:
