@@ -424,9 +424,10 @@ def test_every_beat_of_a_multi_beat_phantom_loop(trained, tmp_path):
 
 def test_a_still_picture_stored_as_a_loop_is_flagged_and_a_beating_one_is_not(trained, tmp_path):
     """A loop of 3.8 s (48 frames of 80 ms) that is one picture repeated with speckle-like noise holds no
-    heart cycle: predict still picks an ED and an ES, and review says `no_beat`. The same phantom beating
-    three times in the same 3.8 s is not flagged; nor is the still loop when its frame time is not stated
-    (its length in seconds is then unknown)."""
+    heart cycle: predict still picks an ED and an ES, and review says `no_beat` and, from its pictures,
+    `still_loop`. The same phantom beating three times in the same 3.8 s is flagged neither; the still
+    loop without a stated frame time (its length in seconds unknown), or of 12 frames, or repeated
+    without noise, is still a still loop."""
     from echoef.measure import review
 
     root = tmp_path / "beats"
@@ -436,19 +437,54 @@ def test_a_still_picture_stored_as_a_loop_is_flagged_and_a_beating_one_is_not(tr
     loop = imagefile.read_loop(folder / f"{folder.name}_4CH_sequence.nii.gz")
     noise = np.random.default_rng(0).normal(0, 8, loop.frames.shape)
     still = np.clip(np.repeat(loop.frames[:1], len(loop.frames), axis=0) + noise, 0, 255)
-    for name, frames, frame_ms in (("beating", loop.frames, 80), ("still", still, 80), ("still_untimed", still, None)):
+    repeated = np.repeat(loop.frames[:1], 12, axis=0)
+    names = ("beating", "still", "still_untimed", "still_short", "repeated")
+    for name, frames, frame_ms in (("beating", loop.frames, 80), ("still", still, 80), ("still_untimed", still, None),
+                                   ("still_short", still[:12], 80), ("repeated", repeated, None)):
         write_dicom(tmp_path / name / "a4c.dcm", frames, region_spacing_mm=loop.spacing_mm, frame_ms=frame_ms)
         # 1 where the study is not measured: the still loop's ESV may come out at its EDV, and still be flagged
         assert predict(trained, "--dicom", tmp_path / name, "--out", tmp_path / f"{name}_out").returncode in {0, 1}
     rows = {name: pd.read_csv(tmp_path / f"{name}_out" / "summary.csv", keep_default_na=False).iloc[0]
-            for name in ("beating", "still", "still_untimed")}
+            for name in names}
     beating = rows["beating"]
     assert beating["status"] == "ok_single_plane" and beating["n_beats"] >= 2 and "no_beat" not in beating["review"], beating["review"]
+    assert "still_loop" not in beating["review"]
     assert rows["still"]["n_beats"] == 0 and "no_beat:4CH_3.8_s" in rows["still"]["review"].split("; "), rows["still"]["review"]
     assert "no_beat" not in rows["still_untimed"]["review"] and rows["still_untimed"]["cine"] == rows["still"]["cine"]
+    for name in names[1:]:
+        assert re.search(r"(^|; )still_loop:4CH_\d\.\d_percent(;|$)", rows[name]["review"]), (name, rows[name]["review"])
+    assert "still_loop:4CH_0.0_percent" in rows["repeated"]["review"]
     # The threshold itself: a beatless loop just under 3 s, of an unknown or an impossible length, is not flagged.
     assert review.loop_reasons({}, {}, {"2CH": 2999.0, "4CH": None}) == []
     assert review.loop_reasons({}, {}, {"2CH": math.nan, "4CH": 3000.0}) == ["no_beat:4CH_3.0_s"]
+    assert review.loop_reasons({}, {}, {}, {"2CH": 9.96, "4CH": 10.0}) == ["still_loop:2CH_10.0_percent"]
+
+
+def test_picture_change_is_the_largest_range_of_a_block_mean_in_per_cent_of_the_brightness():
+    """Against numbers worked out by hand: a 64 x 96 grey picture (blocks of 2 x 3 pixels), in one of
+    three frames one block brighter by 50 grey levels, or a third of a block by 150."""
+    frames = np.full((3, 64, 96), 100.0)
+    assert cine.picture_change_percent(frames) == 0.0 and cine.picture_change_percent(frames * 0) == 0.0
+    frames[1, 10:12, 30:33] += 50
+    assert cine.picture_change_percent(frames) == pytest.approx(50.0)
+    frames[1, 10:12, 30:33] = 100
+    frames[2, 40:42, 60] += 150  # one column of a 3-column block: its mean rises by 50
+    assert cine.picture_change_percent(frames) == pytest.approx(50.0)
+    # 3 rows in 2 blocks: rows 0 and 1-2; 4 columns: 0-1 and 2-3.
+    assert cine.block_means(np.arange(12.0).reshape(3, 4), blocks=2).tolist() == [[0.5, 2.5], [6.5, 8.5]]
+
+
+@needs_shared
+def test_the_ed_and_es_frames_of_real_patients_change_far_more_than_a_still_loop_may():
+    """Every ED and ES pair of 40 CAMUS patients, read as a loop of two frames, changes by more than
+    twice the still-loop limit (all 898 pairs: 24.9% at least, 65% median)."""
+    from echoef.measure import review
+
+    patients = sorted(path for path in (CAMUS / "database_nifti").iterdir() if path.is_dir())[::11]
+    changes = [cine.picture_change_percent(np.stack([imagefile.read_image(folder / f"{folder.name}_{view}_{phase}.nii.gz")[0]
+                                                     for phase in ("ED", "ES")]))
+               for folder in patients for view in ("2CH", "4CH")]
+    assert len(changes) == 2 * len(patients) >= 80 and min(changes) > 2 * review.STILL_LOOP_PERCENT
 
 
 def test_ed_and_es_of_a_loop_with_many_frames_per_beat_do_not_inflate_ef():

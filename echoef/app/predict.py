@@ -56,6 +56,7 @@ def loop_phases(view: str, path: Path, models: list[torch.nn.Module], size: int,
     # Every complete beat, for the EF of each and their mean (when the frames are not given by hand).
     found = [] if given is not None else cine.beats(areas)
     return frames, {"areas": areas, "ed": ed, "es": es, "frames": count, "frame_ms": loop.frame_ms,
+                    "picture_change_percent": cine.picture_change_percent(loop.frames),
                     "beats_searched": given is None, "beats": found, "beat_frames": [(frame(b_ed), frame(b_es)) for b_ed, b_es in found]}
 
 
@@ -205,7 +206,8 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
     loops = review.loop_reasons({view: cine.outlier_frames(c["areas"]) for view, c in curves.items()},
                                 {view: efs for view, (_, efs) in per_view.items()},
                                 {view: c["frames"] * c["frame_ms"] if c["frame_ms"] else None
-                                 for view, c in curves.items() if c["beats_searched"] and not c["beats"]})
+                                 for view, c in curves.items() if c["beats_searched"] and not c["beats"]},
+                                {view: c["picture_change_percent"] for view, c in curves.items()})
     row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + ([unlike] if unlike else [])
                               + review.reasons(row, frames, raw, members, calibrator) + loops)
     row["novelty_score"] = novelty_score

@@ -17,6 +17,11 @@ BEAT_SPREAD_POINTS = 5.0  # one loop's beats whose EFs spread (SD) more: an irre
 # Two heart cycles at 40 a minute: a loop this long holds complete beats that `cine.beats` finds in nearly every
 # simulated beating curve (benchmarks/cine_beats.py), and none in most still pictures with noise.
 BEATLESS_LOOP_MS = 3000.0
+# A loop whose picture changes by less (``cine.picture_change_percent``) is a still picture: between the ED
+# and ES frames of every CAMUS pair some block changes by 25% or more (the phantom's beating loops: 23%),
+# so a beating loop changes by that much at least; one frame repeated changes by its pixel noise only
+# (8% at most with noise of SD 8 grey levels; `python benchmarks/still_loops.py`).
+STILL_LOOP_PERCENT = 10.0
 
 
 def anatomy_problems(raw: np.ndarray) -> list[str]:
@@ -57,13 +62,16 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator:
 
 
 def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]],
-                 beatless_ms: dict[str, float | None] | None = None) -> list[str]:
+                 beatless_ms: dict[str, float | None] | None = None,
+                 picture_change: dict[str, float] | None = None) -> list[str]:
     """The review reasons of a study's cine loops: frames whose LV area stands apart from their
     neighbours' (``cine.outlier_frames``, per view), beats of one view whose single-plane EFs spread
-    by an SD of more than ``BEAT_SPREAD_POINTS``, and loops searched for beats in which none was found
+    by an SD of more than ``BEAT_SPREAD_POINTS``, loops searched for beats in which none was found
     (``beatless_ms``: each such view's duration from its stated frame time, None where the file states
     none) although they last ``BEATLESS_LOOP_MS`` or more: their ED and ES were chosen without a heart
-    cycle to choose them in (a still picture, or a curve too irregular to read)."""
+    cycle to choose them in (a still picture, or a curve too irregular to read), and loops whose
+    picture changes by less than ``STILL_LOOP_PERCENT`` (``picture_change``, per view, of any length
+    and frame time): one picture repeated, whose ED and ES are noise."""
     found = [f"area_outliers:{view}_{len(frames)}_frames" for view, frames in outliers.items() if frames]
     for view, efs in beat_efs.items():
         values = np.asarray([v for v in efs if np.isfinite(v)], dtype=float)
@@ -72,4 +80,7 @@ def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]
     for view, duration_ms in (beatless_ms or {}).items():
         if duration_ms is not None and math.isfinite(duration_ms) and duration_ms >= BEATLESS_LOOP_MS:
             found.append(f"no_beat:{view}_{duration_ms / 1000:.1f}_s")
+    for view, change in (picture_change or {}).items():
+        if not change >= STILL_LOOP_PERCENT:  # NaN too: a picture whose change cannot be told
+            found.append(f"still_loop:{view}_{change:.1f}_percent")
     return found
