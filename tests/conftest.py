@@ -151,6 +151,38 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
     return path
 
 
+def deflated_copy(source: Path, target: Path, trailing_zero_bytes: int = 0) -> Path:
+    """The DICOM file ``source`` (explicit VR little endian) in the deflated transfer syntax, with a
+    private OB element of ``trailing_zero_bytes`` zeros after its pixels when asked (a deflate bomb:
+    a few hundred kB that inflate to that many bytes), streamed, never held in memory."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    with open(source, "rb") as handle:
+        read_preamble(handle, False)
+        meta, body = _read_file_meta_info(handle), handle.read()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(target, "wb") as out:
+        out.write(bytes(128) + b"DICM")
+        writer = DicomFileLike(out)
+        writer.is_little_endian, writer.is_implicit_VR = True, False
+        write_file_meta_info(writer, meta, enforce_standard=False)
+        out.write(compressor.compress(body))
+        if trailing_zero_bytes:
+            out.write(compressor.compress(struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"OB", 0, trailing_zero_bytes)))
+            zeros = bytes(1 << 24)
+            for start in range(0, trailing_zero_bytes, len(zeros)):
+                out.write(compressor.compress(zeros[: min(len(zeros), trailing_zero_bytes - start)]))
+        out.write(compressor.flush())
+    return target
+
+
 TINY = train_config({
     "seed": 0,
     "network": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [64, 32, 16],

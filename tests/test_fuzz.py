@@ -349,7 +349,7 @@ def _every_format(folder: Path) -> dict[str, bytes]:
 
     from echoef.io import video
 
-    from conftest import write_dicom
+    from conftest import deflated_copy, write_dicom
 
     loop = np.random.default_rng(0).integers(0, 255, (5, 48, 40)).astype(np.uint8)
     for name, pixels, compress in [("a.nii", loop, False), ("a.nii.gz", loop, False), ("a.mha", loop, False),
@@ -362,6 +362,7 @@ def _every_format(folder: Path) -> dict[str, bytes]:
     rle = pydicom.dcmread(folder / "a.dcm")
     rle.compress(RLELossless)
     rle.save_as(folder / "r.dcm")
+    deflated_copy(folder / "a.dcm", folder / "d.dcm")
     video.write_video(folder / "a.avi", loop, codec="mjpeg")
     video.write_video(folder / "a.mp4", loop)
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}

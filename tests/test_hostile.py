@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from echoef import names
 from echoef.errors import CheckpointError, ForeignFolderError, StudyError
-from echoef.io import atomic, imagefile
+from echoef.io import atomic, dicom, imagefile
 from echoef.model import network
 from echoef.stats import calibration
 
-from conftest import ROOT, echoef_in_process, write_dicom
+from conftest import ROOT, deflated_copy, echoef_in_process, write_dicom
 
 HOSTILE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAME_ATTACKS = ["..", ".", "...", "....", "../../escaped", "/etc/x", "a/../../b", ".hidden", "-rf", "~", "$HOME", "`id`",
@@ -808,6 +808,51 @@ def test_a_dicom_far_larger_than_its_pictures_is_refused_before_it_is_read(tmp_p
     lines = result.stdout.splitlines()
     assert lines[0].endswith("(2, 40, 30)")
     assert "unreadable_file: a4c_big.dcm:" in lines[1] and "a file far larger than what it declares" in lines[1], lines
+
+
+def test_a_deflated_dicom_is_inflated_to_disk_within_a_limit_never_into_memory(tmp_path):
+    """The deflated transfer syntax: pydicom inflates the whole dataset into memory (a 400 kB file took
+    1 GB) and fails with zlib's error on a cut stream. A deflated file reads as its original does; one
+    cut short is ``unreadable_file``; and, in a child process whose limit is lowered to 128 MiB, a
+    100 MB and a 200 MB bomb (a few hundred kB each) are refused, from the size they inflate to
+    (far more than their 5 x 48 x 40 pixels) or at the limit, its peak memory growing by less than
+    64 MB. Before, a cut one ended in zlib.error and each bomb was inflated in memory."""
+    import resource  # noqa: F401 - the child uses it
+
+    frames = np.random.default_rng(0).integers(0, 255, (5, 48, 40))
+    original = write_dicom(tmp_path / "a.dcm", frames, region_spacing_mm=(0.3, 0.3), frame_ms=20)
+    deflated = deflated_copy(original, tmp_path / "d.dcm")
+    loop = imagefile.read_loop(deflated)
+    assert np.array_equal(loop.frames, imagefile.read_loop(original).frames) and loop.spacing_mm == (0.3, 0.3)
+    assert loop.frame_ms == 20 and dicom.header_facts(deflated) == ("P001", "1.2.826.0.1.1", 5)
+    data = deflated.read_bytes()
+    for cut in (len(data) - 1, len(data) - 3000, 400):
+        (tmp_path / "cut.dcm").write_bytes(data[:cut])
+        for read in (imagefile.read_loop, dicom.header_facts):
+            with pytest.raises(StudyError) as refused:
+                read(tmp_path / "cut.dcm")
+            assert refused.value.reason == "unreadable_file" and "deflated dataset" in refused.value.detail
+    under, over = (deflated_copy(original, tmp_path / name, size) for name, size in (("b100.dcm", 100 << 20), ("b200.dcm", 200 << 20)))
+    assert under.stat().st_size < 1 << 20 and over.stat().st_size < 1 << 20
+    script = ("import resource, sys\n"
+              "from echoef.io import dicom, imagefile; from echoef.errors import StudyError\n"
+              "dicom.MAX_INFLATED_BYTES = 128 << 20\n"
+              "print(imagefile.read_loop(sys.argv[1]).frames.shape)\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "for name in sys.argv[2:]:\n"
+              "    try: print(name, imagefile.read_loop(name).frames.shape)\n"
+              "    except StudyError as error: print(name, error)\n"
+              "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run([sys.executable, "-c", script, str(original), str(under), str(over)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr[-800:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "(5, 48, 40)" and "a file far larger than what it declares" in lines[1], lines
+    assert "inflates to more than 134217728 bytes" in lines[2], lines
+    assert int(lines[3].split()[1]) < 64 << 10, lines
+    assert not list(scratch.iterdir())  # each inflated copy is removed after its read
 
 
 def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):

@@ -154,7 +154,7 @@ PIXELS_16BIT = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 7
 
 def _compressed_metaimage(folder, name: str, stream: bytes, stated_size: int | None, local: bool = True):
     """A 64 x 48 MET_USHORT MetaImage whose pixels are ``stream``, after its header (LOCAL) or in a
-    file beside it; ``stated_size`` its CompressedDataSize, or None for a header without one."""
+    file beside it; ``stated_size`` its CompressedDataSize (as written), or None for a header without one."""
     head = ("ObjectType = Image\nNDims = 2\nDimSize = 64 48\nElementSpacing = 0.3 0.3\nElementType = MET_USHORT\n"
             "CompressedData = True\n" + ("" if stated_size is None else f"CompressedDataSize = {stated_size}\n"))
     path = folder / name
@@ -176,12 +176,16 @@ def _compressed_metaimage(folder, name: str, stream: bytes, stated_size: int | N
     (zlib.compress(PIXELS_16BIT.tobytes())[:-40], None, False, "inflate to"),
     (zlib.compress(PIXELS_16BIT.tobytes()[:1000]), "all", True, "inflate to 1000 of the 6144 bytes"),
     (b"not zlib at all" * 10, "all", True, "corrupt"),
-], ids=["zlib", "gzip", "data-file", "bomb", "no-size", "cut", "cut-data-file", "short", "foreign"])
+    (zlib.compress(PIXELS_16BIT.tobytes()), "9>11", True, "CompressedDataSize '9>11' is not a byte count"),  # ITK read 9 bytes
+    (zlib.compress(PIXELS_16BIT.tobytes()), "-5", False, "is not a byte count"),
+], ids=["zlib", "gzip", "data-file", "bomb", "no-size", "cut", "cut-data-file", "short", "foreign", "size-text",
+        "size-negative"])
 def test_compressed_metaimage_pixels_are_the_stream_or_refused(tmp_path, stream, stated, local, reason):
     """ITK reads a compressed MetaImage whose stream is cut or foreign as uninitialised memory, with
     no error: such a file is refused (``unreadable_file``), as is one whose stream holds more than its
-    header declares (100 MB of zeros more, refused after one byte more); a complete one is read exactly."""
-    path = _compressed_metaimage(tmp_path, "f.mha" if local else "f.mhd", stream, len(stream) if stated else None, local)
+    header declares (100 MB of zeros more, refused after one byte more) or whose CompressedDataSize is
+    no byte count (MetaIO reads the number its text starts with); a complete one is read exactly."""
+    path = _compressed_metaimage(tmp_path, "f.mha" if local else "f.mhd", stream, len(stream) if stated == "all" else stated, local)
     if reason is None:
         np.testing.assert_array_equal(imagefile.read_loop(path).frames[0], PIXELS_16BIT)
     else:
@@ -220,6 +224,34 @@ def test_metaimage_pixels_are_read_where_headersize_places_them_or_refused(tmp_p
     else:
         with pytest.raises(StudyError, match=f"unreadable_file: f.mh.: .*{reason}"):
             imagefile.read_loop(path)
+
+
+@pytest.mark.parametrize("fields, spacing_mm, refusal", [
+    ("ElementSpacing = 0.3 0.5", (0.5, 0.3), None),
+    ("ElementSpacing = 0.3 0.5\nElementSpacing = 0.3  0.5", (0.5, 0.3), None),  # twice alike: one statement
+    ("ElementSpacing = 0.3 0.5\nElementSize = 0.6 0.6", (0.5, 0.3), None),  # two fields: spacing, and each pixel's extent
+    ("ElementSpacing = 0.3 0.5\nElementSpacing = 5 5", None, "bad_spacing: f.mha: its header states ElementSpacing twice"),
+    ("ElementSize = 0.3 0.5\nElementSize = 5 5", None, "bad_spacing: f.mha: its header states ElementSize twice"),
+    ("ElementSpacing = 0.3 0.5\nOffset = 0 0\nOrigin = 5 5", None, "bad_geometry: f.mha: its header states Offset/Origin twice"),
+    ("ElementSpacing = 0.3 0.5\nOrientation = 0 1 1 0\nTransformMatrix = 1 0 0 1", None,
+     "bad_geometry: f.mha: its header states Orientation/TransformMatrix twice"),
+    ("ElementSpacing = 0.3 0.5\nElementType = MET_USHORT", None, "unreadable_file: f.mha: its header states ElementType twice"),
+], ids=["once", "twice-alike", "spacing-and-size", "spacing-twice", "size-twice", "offset-origin", "orientation-matrix",
+        "element-type"])
+def test_a_metaimage_field_stated_twice_differently_is_refused(tmp_path, fields, spacing_mm, refusal):
+    """ITK takes the last ElementSpacing of a header that states two (the second above, 5 mm, was
+    measured) and a TransformMatrix over an Orientation wherever each stands; another reader may take
+    the other. A field (or its synonym) stated two ways is refused by its kind; stated twice alike it
+    is one statement."""
+    pixels = (np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40)
+    head = f"ObjectType = Image\nNDims = 2\nDimSize = 40 48\nElementType = MET_UCHAR\n{fields}\nElementDataFile = LOCAL\n"
+    (tmp_path / "f.mha").write_bytes(head.encode() + pixels.tobytes())
+    if refusal is None:
+        loop = imagefile.read_loop(tmp_path / "f.mha")
+        assert loop.spacing_mm == spacing_mm and np.array_equal(loop.frames[0], pixels)
+    else:
+        with pytest.raises(StudyError, match=f"^{refusal}, differently$"):
+            imagefile.read_loop(tmp_path / "f.mha")
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

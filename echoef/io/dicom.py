@@ -17,6 +17,10 @@ from __future__ import annotations
 import math
 import re
 import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -24,9 +28,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from ..errors import StudyError
-from .imagefile import LUMINANCE, Header, Loop, check_pixels, loop_size_problem
+from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
 
 REGION_2D, UNITS_CM = 1, 3  # RegionSpatialFormat 2D; PhysicalUnits centimetre
 SAME_SIZE_RTOL = 1e-3  # regions' deltas are written to a few decimals; closer sizes are one picture's
@@ -208,49 +216,115 @@ DEFER_BYTES = 1 << 20
 MAX_BESIDE_PIXELS_BYTES = 64 << 20
 
 
-def file_size_problem(path: Path, dataset, count: int, rows: int, cols: int) -> str | None:
-    """Why a file is too large for the pictures its header declares, or None. A file may hold its
-    pixels uncompressed, or compressed (smaller), and up to ``MAX_BESIDE_PIXELS_BYTES`` beside them;
-    one far larger (a pixel element of gigabytes behind a header of 40 x 30 pixels, which pydicom
-    would read whole and decode as millions of frames) is refused before any pixel is read."""
+def file_size_problem(stored_bytes: int, dataset, count: int, rows: int, cols: int) -> str | None:
+    """Why a file whose dataset is ``stored_bytes`` long (its size, or inflated) is too large for the
+    pictures its header declares, or None. A file may hold its pixels uncompressed, or compressed
+    (smaller), and up to ``MAX_BESIDE_PIXELS_BYTES`` beside them; one far larger (a pixel element of
+    gigabytes behind a header of 40 x 30 pixels, which pydicom would read whole and decode as millions
+    of frames) is refused before any pixel is read."""
     samples = min(max(int(dataset.get("SamplesPerPixel", 1) or 1), 1), 4)
     sample_bytes = min(max(int(dataset.get("BitsAllocated", 8) or 8) // 8, 1), 8)
     pixel_bytes = count * rows * cols * samples * sample_bytes
-    size = path.stat().st_size
-    if size > 2 * pixel_bytes + MAX_BESIDE_PIXELS_BYTES:
-        return (f"{size} bytes for {count} picture(s) of {rows} x {cols} ({pixel_bytes} bytes of pixels): "
+    if stored_bytes > 2 * pixel_bytes + MAX_BESIDE_PIXELS_BYTES:
+        return (f"{stored_bytes} bytes for {count} picture(s) of {rows} x {cols} ({pixel_bytes} bytes of pixels): "
                 "a file far larger than what it declares")
     return None
+
+
+# A deflated file's dataset may inflate to what the largest loop allowed takes as raw RGB pixels and what
+# any file may hold beside them, as a video's file may (``video.MAX_VIDEO_BYTES``).
+MAX_INFLATED_BYTES = 3 * MAX_LOOP_PIXELS + MAX_BESIDE_PIXELS_BYTES
+INFLATE_CHUNK_BYTES = 1 << 20
+
+
+def _meta_and_dataset_start(handle) -> pydicom.dataset.FileMetaDataset:
+    """A file's meta information, the handle left where its dataset starts; InvalidDicomError (or a
+    damaged value's error) for a file without them."""
+    read_preamble(handle, False)
+    return _read_file_meta_info(handle)
+
+
+def is_deflated(path: Path) -> bool:
+    """Whether a file states the deflated transfer syntax (False where its meta information cannot be
+    read: pydicom then names what is wrong)."""
+    try:
+        with open(path, "rb") as handle:
+            return _meta_and_dataset_start(handle).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except DAMAGED_VALUE_ERRORS:
+        return False
+
+
+def inflated_copy(path: Path, folder: Path) -> Path:
+    """A deflated file with its dataset inflated (explicit VR little endian, which the standard deflates
+    to make the deflated syntax), written in ``folder``.
+
+    pydicom inflates a deflated dataset whole into memory, whatever it grows to (a file of 400 KB took
+    1 GB; deflate reaches 1,000 to 1), and stops with zlib's own error on a cut stream. Here it is
+    inflated a chunk at a time to disk and must end within ``MAX_INFLATED_BYTES``, so the copy is read
+    as any other file is (large values only when used); StudyError('unreadable_file') otherwise."""
+    copy = folder / "inflated.dcm"
+    try:
+        with open(path, "rb") as handle, open(copy, "wb") as out:
+            meta = _meta_and_dataset_start(handle)
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            out.write(bytes(128) + b"DICM")
+            writer = DicomFileLike(out)
+            writer.is_little_endian, writer.is_implicit_VR = True, False
+            write_file_meta_info(writer, meta, enforce_standard=False)
+            inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while not inflater.eof and (chunk := inflater.unconsumed_tail or handle.read(INFLATE_CHUNK_BYTES)):
+                piece = inflater.decompress(chunk, INFLATE_CHUNK_BYTES)
+                inflated += len(piece)
+                if inflated > MAX_INFLATED_BYTES:
+                    raise StudyError("unreadable_file", f"{path.name}: its deflated dataset inflates to more than "
+                                                        f"{MAX_INFLATED_BYTES} bytes")
+                out.write(piece)
+    except zlib.error as error:
+        raise StudyError("unreadable_file", f"{path.name}: its deflated dataset is damaged ({error})") from error
+    if not inflater.eof:
+        raise StudyError("unreadable_file", f"{path.name}: its deflated dataset is cut short")
+    return copy
+
+
+@contextmanager
+def opened_dataset(path: Path, stop_before_pixels: bool = False) -> Iterator[tuple[pydicom.Dataset, int]]:
+    """The DICOM dataset of ``path`` and the bytes it is stored in, while the block runs (values over
+    ``DEFER_BYTES`` are read from the file only when used): a deflated file's ``inflated_copy``,
+    removed after the block, else the file itself."""
+    with ExitStack() as stack:
+        source = path
+        if is_deflated(path):
+            source = inflated_copy(path, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="echoef-inflate-"))))
+        yield pydicom.dcmread(source, defer_size=DEFER_BYTES, stop_before_pixels=stop_before_pixels), source.stat().st_size
 
 
 # pydicom converts a tag's bytes only when the tag is first read: a damaged value (a US of three bytes,
 # text where a number belongs, a VR no standard names) fails wherever that is, as one of these.
 DAMAGED_VALUE_ERRORS = (BytesLengthException, InvalidDicomError, ValueError, TypeError, AttributeError, KeyError,
-                        IndexError, OverflowError, EOFError, struct.error, NotImplementedError)
+                        IndexError, OverflowError, EOFError, struct.error, NotImplementedError, zlib.error)
 
 
 def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
-    """One DICOM file as a Loop (T frames; T = 1 for a single frame), checked before decoding; a value
-    that pydicom cannot convert, wherever it is read, is ``unreadable_file``."""
+    """One DICOM file as a Loop (T frames; T = 1 for a single frame), checked before decoding; a file
+    pydicom cannot parse, or a value it cannot convert wherever it is read, is ``unreadable_file``."""
     path = Path(path)
     try:
-        return _read_checked(path, spacing_mm)
+        with opened_dataset(path) as (dataset, stored_bytes):
+            return _read_checked(path, dataset, stored_bytes, spacing_mm)
     except StudyError:  # a ValueError too: already the study's reason
         raise
+    except (InvalidDicomError, OSError) as error:
+        raise StudyError("unreadable_file", f"{path.name}: not a readable DICOM image ({str(error)[:150]})") from error
     except DAMAGED_VALUE_ERRORS as error:
         raise StudyError("unreadable_file", f"{path.name}: a damaged DICOM value ({type(error).__name__}: "
                                             f"{(str(error).splitlines() or [''])[0][:150]})") from error
 
 
-def _read_checked(path: Path, spacing_mm: tuple[float, float] | None) -> Loop:
-    try:
-        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
-        rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
-    except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, EOFError) as error:
-        raise StudyError("unreadable_file", f"{path.name}: not a readable DICOM image ({str(error)[:150]})") from error
+def _read_checked(path: Path, dataset, stored_bytes: int, spacing_mm: tuple[float, float] | None) -> Loop:
+    rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
     if problem := loop_size_problem(count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
-    if problem := file_size_problem(path, dataset, count, rows, cols):
+    if problem := file_size_problem(stored_bytes, dataset, count, rows, cols):
         raise StudyError("unreadable_file", f"{path.name}: {problem}")
     try:
         region = measured_region(calibrated_regions(dataset, rows, cols), rows, cols)
@@ -333,6 +407,6 @@ def view_from_name(path: Path) -> str | None:
 
 def header_facts(path: Path) -> tuple[str, str, int]:
     """(patient id, study instance UID, number of frames) of a DICOM file, from its header only."""
-    dataset = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES)
-    return (str(dataset.get("PatientID", "") or "unknown"), str(dataset.get("StudyInstanceUID", "") or path.parent.name),
-            int(dataset.get("NumberOfFrames", 1) or 1))
+    with opened_dataset(path, stop_before_pixels=True) as (dataset, _):
+        return (str(dataset.get("PatientID", "") or "unknown"), str(dataset.get("StudyInstanceUID", "") or path.parent.name),
+                int(dataset.get("NumberOfFrames", 1) or 1))

@@ -262,6 +262,12 @@ def _nifti_pixels_finite(path: Path) -> bool:
         raise StudyError("unreadable_file", f"{path.name}: NIfTI pixels ({str(error)[:150]})") from error
 
 
+# MetaIO's other names for one field, and the fields that place the pixels in space.
+METAIMAGE_SYNONYMS = {"Origin": "Offset", "Position": "Offset", "Orientation": "TransformMatrix",
+                      "Rotation": "TransformMatrix", "BinaryDataByteOrderMSB": "ElementByteOrderMSB"}
+METAIMAGE_GEOMETRY = {"NDims", "DimSize", "Offset", "TransformMatrix", "CenterOfRotation", "AnatomicalOrientation"}
+
+
 def _metaimage_head(path: Path) -> str:
     """A MetaImage header's text: its lines up to ElementDataFile (a .mha's pixels follow it)."""
     with open(path, "rb") as handle:
@@ -281,17 +287,29 @@ def _metaimage_fields(path: Path) -> dict[str, str]:
 
 
 def _check_metaimage_header(path: Path) -> None:
-    """StudyError('bad_geometry') unless a MetaImage header's NDims is 2-4 and its DimSize that many
-    positive whole numbers, checked before ITK parses it: ITK's MetaIO sizes its arrays for at most 10
-    axes and trusts NDims, so a crafted one (-1, 83, 10**11) corrupts its memory and the whole
-    process dies (segmentation fault or abort), not the one study."""
+    """StudyError unless a MetaImage header states each field once (or twice alike; synonyms count as
+    one field), its NDims is 2-4 and its DimSize that many positive whole numbers, checked before ITK
+    parses it: ITK's MetaIO sizes its arrays for at most 10 axes and trusts NDims, so a crafted one
+    (-1, 83, 10**11) corrupts its memory and the whole process dies (segmentation fault or abort), not
+    the one study."""
     head = _metaimage_head(path)
     if "\x00" in head:
         raise StudyError("unreadable_file", f"{path.name}: NUL bytes inside its header (a damaged file)")
-    lines = [line.partition("=") for line in head.splitlines()]
-    stated = {key: {value.strip() for name, _, value in lines if name.strip() == key} for key in ("NDims", "DimSize")}
-    if any(len(values) > 1 for values in stated.values()):  # which one ITK would take is ITK's guess
-        raise StudyError("bad_geometry", f"{path.name}: NDims or DimSize stated twice, differently")
+    stated: dict[str, set[str]] = {}
+    written: dict[str, set[str]] = {}  # the names each field was stated under, for the message
+    for name, equals, value in (line.partition("=") for line in head.splitlines()):
+        if equals:
+            key = METAIMAGE_SYNONYMS.get(name.strip(), name.strip())
+            stated.setdefault(key, set()).add(" ".join(value.split()))
+            written.setdefault(key, set()).add(name.strip())
+    if twice := sorted(key for key, values in stated.items() if len(values) > 1):
+        # Which one ITK takes is ITK's choice (the last ElementSpacing; TransformMatrix over Orientation),
+        # and another reader's may differ: a header that states a field two ways states neither.
+        reason = ("bad_spacing" if {"ElementSpacing", "ElementSize"} & set(twice) else
+                  "bad_geometry" if METAIMAGE_GEOMETRY & set(twice) else "unreadable_file")
+        names = ", ".join("/".join(sorted(written[key])) for key in twice)
+        raise StudyError(reason, f"{path.name}: its header states {names[:80]} twice, differently")
+    stated = {key: stated.get(key, set()) for key in ("NDims", "DimSize")}
     axes, sizes = next(iter(stated["NDims"]), ""), next(iter(stated["DimSize"]), "").split()
     if not (axes.isdigit() and 2 <= int(axes) <= 4):
         raise StudyError("bad_geometry", f"{path.name}: NDims {axes[:20]!r}: a 2D image or a 2D loop has 2 to 4 axes")
@@ -315,6 +333,10 @@ def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int)
         raise StudyError("unreadable_file", f"{path.name}: HeaderSize {header_size} with compressed pixels "
                                             "(no writer places a stream so; which bytes ITK would inflate is unclear)")
     stated = fields.get("CompressedDataSize")
+    if compressed and stated is not None and not re.fullmatch(r"\d{1,18}", stated):
+        # MetaIO reads the number its text starts with ("9>11" as 9 bytes of stream): inflated from
+        # there, the pixels are whatever memory held.
+        raise StudyError("unreadable_file", f"{path.name}: CompressedDataSize {stated[:20]!r} is not a byte count")
     if compressed and data_file is None and stated is None:
         raise StudyError("unreadable_file", f"{path.name}: compressed pixels after the header need its "
                                             "CompressedDataSize, which it does not state")
@@ -324,7 +346,7 @@ def _check_metaimage_data(path: Path, data_file: Path | None, needed_bytes: int)
             start = _metaimage_data_start(handle, path.name, data_file is None, header_size, needed_bytes, size)
             handle.seek(start)
             if compressed:
-                _check_inflates_to(handle, needed_bytes, int(stated) if stated and stated.isdigit() else None, path.name)
+                _check_inflates_to(handle, needed_bytes, int(stated) if stated is not None else None, path.name)
             elif size - start != needed_bytes:
                 raise StudyError("unreadable_file", f"{path.name}: {size - start} bytes of pixels where the header declares "
                                                     f"{needed_bytes} (a damaged header, or another file's data)")
