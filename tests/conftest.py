@@ -151,6 +151,12 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
     return path
 
 
+# For a child process's script: its peak memory (kB) since it started. Not ru_maxrss, which Linux keeps
+# across exec: a child of the test process starts at the test process's size and may never pass it.
+PEAK_KB = ("def peak_kb():\n"
+           "    return int(next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1])\n")
+
+
 def deflated_copy(source: Path, target: Path, trailing_zero_bytes: int = 0) -> Path:
     """The DICOM file ``source`` (explicit VR little endian) in the deflated transfer syntax, with a
     private OB element of ``trailing_zero_bytes`` zeros after its pixels when asked (a deflate bomb:

@@ -32,7 +32,7 @@ from echoef.io import atomic, dicom, imagefile
 from echoef.model import network
 from echoef.stats import calibration
 
-from conftest import ROOT, deflated_copy, echoef_in_process, write_dicom
+from conftest import PEAK_KB, ROOT, deflated_copy, echoef_in_process, write_dicom
 
 HOSTILE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAME_ATTACKS = ["..", ".", "...", "....", "../../escaped", "/etc/x", "a/../../b", ".hidden", "-rf", "~", "$HOME", "`id`",
@@ -817,7 +817,6 @@ def test_a_deflated_dicom_is_inflated_to_disk_within_a_limit_never_into_memory(t
     100 MB and a 200 MB bomb (a few hundred kB each) are refused, from the size they inflate to
     (far more than their 5 x 48 x 40 pixels) or at the limit, its peak memory growing by less than
     64 MB. Before, a cut one ended in zlib.error and each bomb was inflated in memory."""
-    import resource  # noqa: F401 - the child uses it
 
     frames = np.random.default_rng(0).integers(0, 255, (5, 48, 40))
     original = write_dicom(tmp_path / "a.dcm", frames, region_spacing_mm=(0.3, 0.3), frame_ms=20)
@@ -834,15 +833,15 @@ def test_a_deflated_dicom_is_inflated_to_disk_within_a_limit_never_into_memory(t
             assert refused.value.reason == "unreadable_file" and "deflated dataset" in refused.value.detail
     under, over = (deflated_copy(original, tmp_path / name, size) for name, size in (("b100.dcm", 100 << 20), ("b200.dcm", 200 << 20)))
     assert under.stat().st_size < 1 << 20 and over.stat().st_size < 1 << 20
-    script = ("import resource, sys\n"
+    script = (PEAK_KB + "import sys\n"
               "from echoef.io import dicom, imagefile; from echoef.errors import StudyError\n"
               "dicom.MAX_INFLATED_BYTES = 128 << 20\n"
               "print(imagefile.read_loop(sys.argv[1]).frames.shape)\n"
-              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "before = peak_kb()\n"
               "for name in sys.argv[2:]:\n"
               "    try: print(name, imagefile.read_loop(name).frames.shape)\n"
               "    except StudyError as error: print(name, error)\n"
-              "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+              "print('grew_kb', peak_kb() - before)\n")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     result = subprocess.run([sys.executable, "-c", script, str(original), str(under), str(over)], capture_output=True,

@@ -11,7 +11,7 @@ import pytest
 from echoef.errors import StudyError
 from echoef.io import camus, imagefile, phantom, video
 
-from conftest import echoef_in_process
+from conftest import PEAK_KB, echoef_in_process
 
 write_video = video.write_video
 
@@ -125,6 +125,44 @@ def test_a_picture_size_that_changes_mid_loop_is_refused(tmp_path, later):
     with pytest.raises(StudyError, match=rf"bad_geometry.*frame 3 is {later[0]} x {later[1]} pixels in a loop of 64 x 80"):
         imagefile.read_loop(path)
     assert imagefile.read_loop(_spliced_mjpeg(tmp_path / "same.avi", [(64, 80), (64, 80)])).frames.shape == (6, 64, 80)
+
+
+def test_a_picture_larger_than_any_frame_may_be_is_never_decoded(tmp_path):
+    """An MJPEG AVI whose header and first pictures are 64 x 80 and whose fourth picture, a JPEG of one
+    grey (a few hundred kB), states 8,000 x 8,000 pixels. FFmpeg allocated it at that size before its
+    size could be checked (the process grew by 150 MB for it; 40,000 x 40,000 would be gigabytes).
+    Read in a child process, it is refused, and the process grows by less than 40 MB."""
+    import io
+    import subprocess
+    import sys
+    from fractions import Fraction
+
+    import av
+    from PIL import Image
+
+    small = _spliced_mjpeg(tmp_path / "small.avi", [(64, 80)])
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000), 90).save(buffer, "JPEG", quality=5)
+    with av.open(str(small)) as source, av.open(str(tmp_path / "a4c.avi"), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 64, 80, "yuvj420p"
+        packets = [bytes(packet) for packet in source.demux(video=0) if packet.size]
+        for index, data in enumerate(packets + [buffer.getvalue()]):
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, index, index, Fraction(1, 25)
+            container.mux(packet)
+    script = (PEAK_KB + "import sys\n"
+              "from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "print(imagefile.read_loop(sys.argv[1]).frames.shape)\n"
+              "before = peak_kb()\n"
+              "try: print(imagefile.read_loop(sys.argv[2]).frames.shape)\n"
+              "except StudyError as error: print(error.reason)\n"
+              "print(peak_kb() - before)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(small), str(tmp_path / "a4c.avi")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-800:]
+    shape, reason, grew_kb = result.stdout.split("\n")[:3]
+    assert shape == "(3, 64, 80)" and reason in {"unreadable_file", "bad_geometry"} and int(grew_kb) < 40 << 10, result.stdout
 
 
 def test_a_video_named_like_an_ffmpeg_url_is_read_as_the_file_it_is(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StudyError
-from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
+from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, MAX_PIXELS, Header, Loop, check_pixels, loop_size_problem
 
 # The depth of an adult apical view's sector (about 15 cm): the nominal extent of a picture whose pixel
 # size is not known, for measuring the EF ratio only.
@@ -67,6 +67,10 @@ def read_video(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
             height, width = int(stream.codec_context.height), int(stream.codec_context.width)
             if problem := loop_size_problem(1, height, width):
                 raise StudyError("bad_geometry", f"{path.name}: {problem} are not an echo loop")
+            # FFmpeg allocates each picture at the size the picture itself states (a JPEG frame of an AVI
+            # may state 40,000 x 40,000 behind a header of 48 x 40: gigabytes before the size below can
+            # be checked); it refuses to decode one of more pixels than any frame may have.
+            stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
             rate, aspect = stream.average_rate or stream.guessed_rate, pixel_aspect(stream)
             for frame in container.decode(stream):
                 # Each picture carries its own size, which need not be the stream header's: a spliced or
