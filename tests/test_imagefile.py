@@ -254,6 +254,35 @@ def test_a_metaimage_field_stated_twice_differently_is_refused(tmp_path, fields,
             imagefile.read_loop(tmp_path / "f.mha")
 
 
+@pytest.mark.parametrize("fields, spacing_mm, refusal", [
+    ("Offset = 0 0\nElementSpacing = 0.3 0.5", (0.5, 0.3), None),
+    ("ElementSize = 0.3 0.5", (0.5, 0.3), None),
+    ("ElementSpacing = 0.3 0.5 0.7", (0.5, 0.3), None),  # more values than axes: ITK takes the first
+    ("Offset = 1\nElementSpacing = 0.3 0.5", None, "bad_spacing: .*ElementSpacing states '0.3 0.5' but ITK reads \\(1.0, 1.0\\)"),
+    ("ElementSpacing = 0.3", None, "unreadable_file: "),  # ITK's parse stops there: it finds no pixels
+    ("ElementSpacing = 0.3 abc", None, "bad_spacing: .*ElementSpacing '0.3 abc' is not numbers"),
+    ("CompressedData = 1", None, "unreadable_file: .*CompressedData '1' is neither True nor False"),
+    ("CompressedData = t\nElementSpacing = 0.3 0.5", None, "unreadable_file: .*CompressedData 't' is neither"),
+    ("BinaryDataByteOrderMSB = x\nElementSpacing = 0.3 0.5", None, "unreadable_file: .*BinaryDataByteOrderMSB 'x' is neither"),
+    ("CompressedData = FALSE\nElementSpacing = 0.3 0.5", (0.5, 0.3), None),
+], ids=["offset-before", "size-only", "extra-values", "short-offset", "one-value", "not-numbers", "compressed-1",
+        "compressed-t", "byte-order-x", "false-upper"])
+def test_a_metaimage_is_measured_at_the_spacing_it_states_as_itk_reads_it(tmp_path, fields, spacing_mm, refusal):
+    """Found by fuzzing MetaImage headers: an Offset of one value for a 2D image stops ITK's parse, and
+    it reports 1 mm for the ElementSpacing that follows, which was measured as stated; "CompressedData
+    = 1" is True to MetaIO, which inflated raw pixels into other pixels, while the size check took
+    them as raw. The spacing ITK reads must be the one stated, and a flag must be True or False."""
+    pixels = (np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40)
+    head = f"ObjectType = Image\nNDims = 2\nDimSize = 40 48\nElementType = MET_UCHAR\n{fields}\nElementDataFile = LOCAL\n"
+    (tmp_path / "f.mha").write_bytes(head.encode() + pixels.tobytes())
+    if refusal is None:
+        loop = imagefile.read_loop(tmp_path / "f.mha")
+        assert loop.spacing_mm == pytest.approx(spacing_mm) and np.array_equal(loop.frames[0], pixels)
+    else:
+        with pytest.raises(StudyError, match=f"^{refusal}"):
+            imagefile.read_loop(tmp_path / "f.mha")
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("vox_offset, cut, padding, reason", [
     (None, 0, 0, None), (None, 0, 1000, None),  # bytes after the pixels: the pixels are all there

@@ -225,7 +225,8 @@ def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
 
     ITK reports 1 mm where a header states none (a NIfTI pixdim of 0 or NaN, a MetaImage without
     ElementSpacing) as if the file had said so; so NIfTI's pixdim is read as stored (nibabel) and
-    must be positive, finite and what ITK reports, and a MetaImage must name its spacing.
+    must be positive, finite and what ITK reports, and a MetaImage's ElementSpacing (else its
+    ElementSize, as ITK takes them) must be stated and be what ITK reports.
     """
     fmt = file_format(path)
     if fmt in (".nii", ".nii.gz"):
@@ -241,8 +242,20 @@ def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
             raise StudyError("bad_spacing", f"{path.name}: pixdim states {tuple(pixdim)} mm but the header's "
                                             f"transform gives {tuple(reader_spacing[:2])} mm")
         return True
-    keys = {line.partition("=")[0].strip() for line in _metaimage_head(path).splitlines()}
-    return bool(keys & {"ElementSpacing", "ElementSize"})
+    fields = _metaimage_fields(path)
+    key = next((key for key in ("ElementSpacing", "ElementSize") if key in fields), None)  # ITK's order
+    if key is None:
+        return False
+    try:
+        stated = [float(value) for value in fields[key].split()[: len(reader_spacing)]]
+    except ValueError as error:
+        raise StudyError("bad_spacing", f"{path.name}: {key} {fields[key][:40]!r} is not numbers") from error
+    # ITK reports 1 mm where it stopped parsing before the spacing (an Offset of too few values does
+    # that), as if the file had said so: what the header states must be what ITK reads.
+    if len(stated) < 2 or not np.allclose(stated[:2], np.asarray(reader_spacing[:2], dtype=float), rtol=1e-4, atol=0):
+        raise StudyError("bad_spacing", f"{path.name}: {key} states {fields[key][:40]!r} but ITK reads "
+                                        f"{tuple(reader_spacing[:2])} mm from the header")
+    return True
 
 
 def _nifti_pixels_finite(path: Path) -> bool:
@@ -266,6 +279,7 @@ def _nifti_pixels_finite(path: Path) -> bool:
 METAIMAGE_SYNONYMS = {"Origin": "Offset", "Position": "Offset", "Orientation": "TransformMatrix",
                       "Rotation": "TransformMatrix", "BinaryDataByteOrderMSB": "ElementByteOrderMSB"}
 METAIMAGE_GEOMETRY = {"NDims", "DimSize", "Offset", "TransformMatrix", "CenterOfRotation", "AnatomicalOrientation"}
+METAIMAGE_BOOLEANS = {"BinaryData", "CompressedData", "ElementByteOrderMSB"}
 
 
 def _metaimage_head(path: Path) -> str:
@@ -309,6 +323,12 @@ def _check_metaimage_header(path: Path) -> None:
                   "bad_geometry" if METAIMAGE_GEOMETRY & set(twice) else "unreadable_file")
         names = ", ".join("/".join(sorted(written[key])) for key in twice)
         raise StudyError(reason, f"{path.name}: its header states {names[:80]} twice, differently")
+    for key in METAIMAGE_BOOLEANS & set(stated):
+        # MetaIO reads a value starting with T, t or 1 as True: "CompressedData = 1" inflated raw pixels
+        # (garbage) where the size check had taken them as raw. Only the words leave no doubt.
+        if next(iter(stated[key])).lower() not in ("true", "false"):
+            raise StudyError("unreadable_file", f"{path.name}: {'/'.join(sorted(written[key]))} "
+                                                f"{next(iter(stated[key]))[:20]!r} is neither True nor False")
     stated = {key: stated.get(key, set()) for key in ("NDims", "DimSize")}
     axes, sizes = next(iter(stated["NDims"]), ""), next(iter(stated["DimSize"]), "").split()
     if not (axes.isdigit() and 2 <= int(axes) <= 4):
