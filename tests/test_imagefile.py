@@ -458,6 +458,34 @@ def test_a_nifti_pixel_size_is_read_in_the_unit_its_header_states(tmp_path, code
         assert imagefile.read_loop(tmp_path / "f.nii.gz").spacing_mm == pytest.approx(spacing_mm, rel=1e-5)
 
 
+@pytest.mark.parametrize("pixdim_row, sform_code, qform_code, spacing_mm", [
+    (0.25, 2, 0, (0.25, 0.3)),  # pixdim and sform agree
+    (1.0, 2, 0, None), (1.0, 1, 1, None),  # the sform places rows 0.25 mm apart, pixdim says 1 mm: ITK measured 1 mm
+    (1.0, 0, 1, (1.0, 0.3)),  # no sform: the quaternion's pixel size is pixdim itself
+])
+def test_a_nifti_whose_sform_and_pixdim_state_different_pixel_sizes_is_refused(tmp_path, pixdim_row, sform_code, qform_code,
+                                                                               spacing_mm):
+    """Found by fuzzing NIfTI headers: ITK takes the spacing from pixdim and only the direction from the
+    sform, so a pixdim changed under an sform of 0.3 x 0.25 mm was measured at its own size while
+    the sform (what a viewer places the pixels by) states another."""
+    import nibabel
+
+    pixels = np.arange(12 * 10, dtype=np.uint8).reshape(10, 12)
+    image = nibabel.Nifti1Image(pixels.T.copy(), np.diag([0.3, 0.25, 1, 1]))
+    image.header.set_xyzt_units("mm")
+    image.header.set_sform(np.diag([0.3, 0.25, 1, 1]), code=sform_code)
+    image.header.set_qform(np.diag([0.3, 0.25, 1, 1]), code=qform_code)
+    nibabel.save(image, tmp_path / "f.nii")
+    stored = bytearray((tmp_path / "f.nii").read_bytes())
+    stored[84:88] = np.asarray([pixdim_row], "<f4").tobytes()  # pixdim[2], as stored: nibabel would redo it from the affine
+    (tmp_path / "f.nii").write_bytes(bytes(stored))
+    if spacing_mm is None:
+        with pytest.raises(StudyError, match=r"^bad_spacing: f.nii: pixdim states 0.3 x 1 mm but its sform places pixels 0.3 x 0.25 mm apart$"):
+            imagefile.read_loop(tmp_path / "f.nii")
+    else:
+        assert imagefile.read_loop(tmp_path / "f.nii").spacing_mm == pytest.approx(spacing_mm, rel=1e-5)
+
+
 @pytest.mark.parametrize("unit, step, frame_ms", [("msec", 20.0, 20.0), ("sec", 0.04, 40.0), ("usec", 33000.0, 33.0),
                                                   ("unknown", 20.0, None), ("msec", 0.0, None), ("msec", float("nan"), None)])
 def test_a_nifti_loop_with_time_on_its_fourth_axis_is_the_same_loop(tmp_path, unit, step, frame_ms):

@@ -239,8 +239,15 @@ def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
         if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
             return False
         if not np.allclose(pixdim, np.asarray(reader_spacing[:2], dtype=float), rtol=1e-4, atol=0):
-            raise StudyError("bad_spacing", f"{path.name}: pixdim states {tuple(pixdim)} mm but the header's "
-                                            f"transform gives {tuple(reader_spacing[:2])} mm")
+            raise StudyError("bad_spacing", f"{path.name}: pixdim states {_mm(pixdim)} mm but the header's "
+                                            f"transform gives {_mm(reader_spacing[:2])} mm")
+        if int(stored["sform_code"]) > 0:
+            # ITK takes the spacing from pixdim and only the direction from the sform; a viewer places
+            # the pixels by the sform. Where their sizes differ the header states two pixel sizes.
+            sform_mm = np.linalg.norm(np.asarray(stored.get_sform(), dtype=float)[:3, :2], axis=0) * to_mm
+            if not np.allclose(sform_mm, pixdim, rtol=1e-4, atol=0):
+                raise StudyError("bad_spacing", f"{path.name}: pixdim states {_mm(pixdim)} mm but its sform places pixels "
+                                                f"{_mm(sform_mm)} mm apart")
         return True
     fields = _metaimage_fields(path)
     key = next((key for key in ("ElementSpacing", "ElementSize") if key in fields), None)  # ITK's order
@@ -256,6 +263,11 @@ def _stated_spacing(path: Path, reader_spacing: tuple[float, ...]) -> bool:
         raise StudyError("bad_spacing", f"{path.name}: {key} states {fields[key][:40]!r} but ITK reads "
                                         f"{tuple(reader_spacing[:2])} mm from the header")
     return True
+
+
+def _mm(values) -> str:
+    """Sizes for a message: '0.3 x 0.5'."""
+    return " x ".join(f"{float(value):.6g}" for value in values)
 
 
 def _nifti_pixels_finite(path: Path) -> bool:
