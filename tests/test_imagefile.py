@@ -486,6 +486,25 @@ def test_a_nifti_whose_sform_and_pixdim_state_different_pixel_sizes_is_refused(t
         assert imagefile.read_loop(tmp_path / "f.nii").spacing_mm == pytest.approx(spacing_mm, rel=1e-5)
 
 
+@pytest.mark.parametrize("later, refused", [((48, 40), False), ((96, 80), True), ((24, 20), True), ((40, 48), True)])
+def test_a_tiff_loop_of_pages_of_another_size_is_refused(tmp_path, later, refused):
+    """ITK reads a multi-page TIFF as a loop of its first page's size: a later page of 96 x 80 came
+    back as a 48 x 40 frame of its own pixels, measured as if it were the picture. Pages must be one
+    size (their headers read by Pillow before ITK reads any pixel)."""
+    from PIL import Image
+
+    first = Image.fromarray((np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40))
+    page = Image.fromarray((np.arange(later[0] * later[1]) % 100 + 50).astype(np.uint8).reshape(later))
+    first.save(tmp_path / "loop.tif", save_all=True, append_images=[page, first])
+    if refused:
+        with pytest.raises(StudyError, match=rf"^bad_geometry: loop.tif: page 1 is {later[0]} x {later[1]} pixels "
+                                             r"in a loop of 48 x 40$"):
+            imagefile.read_loop(tmp_path / "loop.tif", (0.3, 0.3))
+    else:
+        loop = imagefile.read_loop(tmp_path / "loop.tif", (0.3, 0.3))
+        assert loop.frames.shape == (3, 48, 40) and np.array_equal(loop.frames[1], np.asarray(page))
+
+
 @pytest.mark.parametrize("unit, step, frame_ms", [("msec", 20.0, 20.0), ("sec", 0.04, 40.0), ("usec", 33000.0, 33.0),
                                                   ("unknown", 20.0, None), ("msec", 0.0, None), ("msec", float("nan"), None)])
 def test_a_nifti_loop_with_time_on_its_fourth_axis_is_the_same_loop(tmp_path, unit, step, frame_ms):

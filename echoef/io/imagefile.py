@@ -460,6 +460,30 @@ def _check_plain_complete(path: Path) -> None:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt {kind} ({str(error)[:120]})") from error
 
 
+def _check_tiff_pages(path: Path) -> None:
+    """StudyError('bad_geometry') for a TIFF whose pages are not all one size, checked from their headers
+    before ITK reads it: ITK reads a multi-page TIFF as a loop of its first page's size, so a larger
+    later page came back as part of itself (a 96 x 80 page read as 48 x 40 of its pixels). A file
+    Pillow cannot open is left to ITK, which names what it finds."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=("TIFF",)) as image:
+            first = image.size
+            for page in range(1, MAX_LOOP_FRAMES + 1):
+                try:
+                    image.seek(page)  # reads the page's header, not its pixels
+                except EOFError:
+                    return
+                if image.size != first:
+                    raise StudyError("bad_geometry", f"{path.name}: page {page} is {image.size[1]} x {image.size[0]} "
+                                                     f"pixels in a loop of {first[1]} x {first[0]}")
+    except StudyError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return
+
+
 def _pixel_bytes(reader: sitk.ImageFileReader) -> int:
     """Bytes of one pixel of the image a reader's header describes (every channel)."""
     kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
@@ -592,6 +616,8 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         data_file = metaimage_data_file(path)  # before ITK opens whatever the header names
     if fmt in (".nii", ".nii.gz"):
         _check_nifti_transform(path)
+    if fmt in (".tif", ".tiff"):
+        _check_tiff_pages(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     frame_ms = None
