@@ -226,6 +226,21 @@ def test_metaimage_pixels_are_read_where_headersize_places_them_or_refused(tmp_p
             imagefile.read_loop(path)
 
 
+def _metaimage_read_or_refused(tmp_path, fields: str, refusal: str | None):
+    """A 48 x 40 MET_UCHAR .mha of a known ramp whose header holds ``fields``: read, its pixels checked
+    to be the ramp, and returned; or, where ``refusal`` (a pattern) is given, refused with it (None)."""
+    pixels = (np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40)
+    head = f"ObjectType = Image\nNDims = 2\nDimSize = 40 48\nElementType = MET_UCHAR\n{fields}\nElementDataFile = LOCAL\n"
+    (tmp_path / "f.mha").write_bytes(head.encode() + pixels.tobytes())
+    if refusal is not None:
+        with pytest.raises(StudyError, match=refusal):
+            imagefile.read_loop(tmp_path / "f.mha")
+        return None
+    loop = imagefile.read_loop(tmp_path / "f.mha")
+    assert np.array_equal(loop.frames[0], pixels)
+    return loop
+
+
 @pytest.mark.parametrize("fields, spacing_mm, refusal", [
     ("ElementSpacing = 0.3 0.5", (0.5, 0.3), None),
     ("ElementSpacing = 0.3 0.5\nElementSpacing = 0.3  0.5", (0.5, 0.3), None),  # twice alike: one statement
@@ -243,15 +258,8 @@ def test_a_metaimage_field_stated_twice_differently_is_refused(tmp_path, fields,
     measured) and a TransformMatrix over an Orientation wherever each stands; another reader may take
     the other. A field (or its synonym) stated two ways is refused by its kind; stated twice alike it
     is one statement."""
-    pixels = (np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40)
-    head = f"ObjectType = Image\nNDims = 2\nDimSize = 40 48\nElementType = MET_UCHAR\n{fields}\nElementDataFile = LOCAL\n"
-    (tmp_path / "f.mha").write_bytes(head.encode() + pixels.tobytes())
-    if refusal is None:
-        loop = imagefile.read_loop(tmp_path / "f.mha")
-        assert loop.spacing_mm == spacing_mm and np.array_equal(loop.frames[0], pixels)
-    else:
-        with pytest.raises(StudyError, match=f"^{refusal}, differently$"):
-            imagefile.read_loop(tmp_path / "f.mha")
+    loop = _metaimage_read_or_refused(tmp_path, fields, None if refusal is None else f"^{refusal}, differently$")
+    assert refusal is not None or loop.spacing_mm == spacing_mm
 
 
 @pytest.mark.parametrize("fields, spacing_mm, refusal", [
@@ -272,15 +280,8 @@ def test_a_metaimage_is_measured_at_the_spacing_it_states_as_itk_reads_it(tmp_pa
     it reports 1 mm for the ElementSpacing that follows, which was measured as stated; "CompressedData
     = 1" is True to MetaIO, which inflated raw pixels into other pixels, while the size check took
     them as raw. The spacing ITK reads must be the one stated, and a flag must be True or False."""
-    pixels = (np.arange(48 * 40) % 200 + 7).astype(np.uint8).reshape(48, 40)
-    head = f"ObjectType = Image\nNDims = 2\nDimSize = 40 48\nElementType = MET_UCHAR\n{fields}\nElementDataFile = LOCAL\n"
-    (tmp_path / "f.mha").write_bytes(head.encode() + pixels.tobytes())
-    if refusal is None:
-        loop = imagefile.read_loop(tmp_path / "f.mha")
-        assert loop.spacing_mm == pytest.approx(spacing_mm) and np.array_equal(loop.frames[0], pixels)
-    else:
-        with pytest.raises(StudyError, match=f"^{refusal}"):
-            imagefile.read_loop(tmp_path / "f.mha")
+    loop = _metaimage_read_or_refused(tmp_path, fields, None if refusal is None else f"^{refusal}")
+    assert refusal is not None or loop.spacing_mm == pytest.approx(spacing_mm)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
