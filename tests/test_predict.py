@@ -69,6 +69,27 @@ def test_predict_synthetic_patients(trained, phantom_root, tmp_path):
     assert again["ef"].tolist() == summary["ef"].tolist()
 
 
+def test_a_wide_interval_is_said_once_for_the_run_and_reviews_no_study(trained, phantom_root, tmp_path):
+    """The calibrator's interval is one width for every study: wider than ± 10 points, the run warns
+    once, naming the calibrator, and no study's review says it (a reason on every study picks out none);
+    within ± 10 nothing is said. The intervals themselves are the calibrator's either way."""
+    folders = camus.find_patients(phantom_root)[10:12]
+    stored = json.loads((trained / "calibrator.json").read_text())
+    for half_width, warned in ((10.5, True), (9.5, False)):
+        wide = {**stored, "interval": {"level": 0.9, "half_width": half_width, "n": 50}}
+        (tmp_path / f"{half_width}.json").write_text(json.dumps(wide))
+        out = tmp_path / f"out-{half_width}"
+        result = echoef_in_process("predict", *folders, "--out", out, "--model", trained / "segmenter.pt",
+                                   "--calibrator", tmp_path / f"{half_width}.json")
+        assert result.returncode == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if "interval" in line]
+        assert said == ([f"warning: {tmp_path / f'{half_width}.json'}: every calibrated EF's 90% interval is ± "
+                         f"{half_width:.1f} points, too wide to tell EF classes apart"] if warned else [])
+        summary = pd.read_csv(out / "summary.csv")
+        assert summary["status"].eq("ok").all() and not summary["review"].fillna("").str.contains("interval").any()
+        assert np.allclose(summary["ef_high"] - summary["ef_calibrated"], half_width)
+
+
 def test_predicted_masks_overlay_inputs_of_any_origin_and_direction(trained, phantom_root, tmp_path):
     # The same study stored flipped and turned, at another origin: the same canonical images give
     # the same masks, written with each input's own header so a viewer lays them over the image.

@@ -384,3 +384,41 @@ def test_review_flags_read_back_from_csv_count_without_filling_floats_with_text(
     assert agreement.cohort_agreement(pd.DataFrame(rows), n_resamples=50)["flagged_for_review"] == 0.0
     assert text_column(pd.DataFrame({"quality_2ch": [np.nan, np.nan]}), "quality_2ch").tolist() == ["", ""]
     assert text_column(pd.DataFrame({"x": [1.0]}), "quality_2ch").tolist() == [""]
+
+
+def test_review_is_judged_by_the_errors_of_the_studies_it_flags():
+    """Per kind of review reason: counts, the MAE of the flagged and of the others (worked out here by
+    hand), precision and recall for errors over 10 points, and an interval that brackets the difference.
+    The calibrated EF is judged where there is one, the raw one where not (single-plane); unmeasured
+    studies and studies without a reference are left out; a name no reason has counts as unrecognised."""
+    from echoef.reporting.cohort import markdown
+
+    table = pd.DataFrame({
+        "patient": list("abcdefgh"),
+        "status": ["ok", "ok", "ok_touches_border", "ok_single_plane", "ok", "ok", "no_lv", "ok"],
+        "ef": [50.0, 60, 40, 30, 55, 45, np.nan, 50],
+        "ef_calibrated": [52.0, 61, 58, np.nan, 55, 46, np.nan, 50],
+        "ef_ref": [50.0, 60, 40, 42, 55, 50, 50, np.nan],
+        "review": ["", "lv_holes:2CH_ES", "touches_border; lv_holes:4CH_ED; lv_holes:4CH_ES", "view_missing:2CH",
+                   "", "x|y:z", "touches_border", "touches_border"],
+    })
+    flags = agreement.cohort_agreement(table, n_resamples=200)["review_flags"]
+    # Measured with a reference: a-f. Their errors (calibrated, else raw): 2, 1, 18, 12, 0, 4.
+    assert flags["n"] == 6 and flags["n_large_errors"] == 2
+    assert set(flags["kinds"]) == {"any", "lv_holes", "touches_border", "view_missing", "unrecognised"}
+    lv_holes = flags["kinds"]["lv_holes"]
+    assert lv_holes["n_flagged"] == 2 and lv_holes["share_flagged"] == pytest.approx(2 / 6)
+    assert lv_holes["mae_flagged"] == pytest.approx((1 + 18) / 2) and lv_holes["mae_others"] == pytest.approx((2 + 12 + 0 + 4) / 4)
+    assert lv_holes["precision"] == 0.5 and lv_holes["recall"] == 0.5
+    low, high = lv_holes["difference_ci"]
+    assert lv_holes["difference"] == pytest.approx(9.5 - 4.5) and low <= 5.0 <= high
+    touches = flags["kinds"]["touches_border"]
+    assert (touches["n_flagged"], touches["precision"], touches["recall"]) == (1, 1.0, 0.5)
+    assert np.isnan(touches["difference_ci"]).all()  # one study flagged: no interval
+    everything = flags["kinds"]["any"]
+    assert everything["n_flagged"] == 4 and everything["mae_others"] == pytest.approx((2 + 0) / 2)
+    assert everything["recall"] == 1.0 and everything["precision"] == 0.5
+    assert flags["kinds"]["unrecognised"]["n_flagged"] == 1
+    page = markdown(agreement.cohort_agreement(table, n_resamples=200))
+    assert "| `lv_holes` | 2 (33%) | 9.50 | 4.50 | +5.00 [" in page and "x|y" not in page
+    assert agreement.flag_kinds("touches_border; lv_holes:2CH_ES; lv_holes:4CH_ED") == ["touches_border", "lv_holes"]

@@ -24,7 +24,7 @@ from ..errors import CheckpointError, DeviceError, ParamsError, StudyError, Usag
 from ..io import camus, imagefile
 from ..io.atomic import check_ownable, claim_folder, read_json, text_column, write_csv, write_json, write_text
 from ..io.untrusted import read_bounded
-from ..measure import simpson
+from ..measure import review, simpson
 from ..measure.ef import VIEW_COLUMNS, is_measured, label_maps, patient_ef
 from ..params import PRECISIONS, Infer, build
 from . import batch
@@ -177,7 +177,8 @@ def predict_command(args) -> int:
     device = resolve_device(args.device)
     models, state = load_checkpoint(args.model, device)
     bundled = args.model / "calibrator.json"
-    calibrator = _calibrator(bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR)
+    calibrator_name = bundled if args.model.is_dir() and args.calibrator is None else args.calibrator or DEFAULT_CALIBRATOR
+    calibrator = _calibrator(calibrator_name)
     reference = _novelty(args.novelty, args.model)
     config = build(Infer, {"batch_size": args.batch_size, "tta": args.tta, "tta_scales": [1.0], "precision": args.precision})
     size = state["model_config"]["input_size"]
@@ -186,6 +187,8 @@ def predict_command(args) -> int:
     if state.get("trained_on", {}).get("synthetic"):
         print(f"warning: {args.model} was trained on the synthetic cohort only: its EF on real studies means nothing",
               file=sys.stderr)
+    if note := review.wide_interval(calibrator):
+        print(f"warning: {calibrator_name}: {note}", file=sys.stderr)
 
     settings = {"model": model_fingerprint(args.model), "calibrator": calibration.fingerprint(calibrator),
                 "novelty": calibration.fingerprint(reference or {}),

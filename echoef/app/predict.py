@@ -209,7 +209,7 @@ def predict_study(study: StudyFiles, models: list[torch.nn.Module], size: int, c
                                  for view, c in curves.items() if c["beats_searched"] and not c["beats"]},
                                 {view: c["picture_change_percent"] for view, c in curves.items()})
     row["review"] = "; ".join((["no_pixel_size"] if ef_only else []) + ([unlike] if unlike else [])
-                              + review.reasons(row, frames, raw, members, calibrator) + loops)
+                              + review.reasons(row, frames, raw, members) + loops)
     row["novelty_score"] = novelty_score
     row["frames"] = "+".join(f"{v}_{p}" for v, p in frames)
     row["cine"] = "; ".join(f"{view} ED {c['ed']} ES {c['es']} of {c['frames']}" for view, c in curves.items())

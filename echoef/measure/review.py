@@ -12,7 +12,10 @@ from ..io.camus import Label
 from .ef import is_measured, patient_ef
 
 MEMBER_SPREAD_POINTS = 5.0  # ensemble members whose EFs differ by more read the study differently
-WIDE_INTERVAL_POINTS = 10.0  # a prediction interval wider than ± this says little about the class of EF
+# A prediction interval wider than ± this says little about the class of an EF. The interval is the
+# calibrator's, one width for every study a model measures, so it is said once per run (``wide_interval``),
+# not as a study's review reason: a reason raised on every study, or on none, picks out no study to review.
+WIDE_INTERVAL_POINTS = 10.0
 BEAT_SPREAD_POINTS = 5.0  # one loop's beats whose EFs spread (SD) more: an irregular rhythm or an unsteady reading
 # Two heart cycles at 40 a minute: a loop this long holds complete beats that `cine.beats` finds in nearly every
 # simulated beating curve (benchmarks/cine_beats.py), and none in most still pictures with noise.
@@ -39,7 +42,18 @@ def anatomy_problems(raw: np.ndarray) -> list[str]:
     return problems
 
 
-def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator: dict) -> list[str]:
+def wide_interval(calibrator: dict) -> str | None:
+    """What a run should say of its calibrator's prediction interval when it is wider than
+    ± WIDE_INTERVAL_POINTS (the same for every calibrated EF), else None."""
+    interval = calibrator.get("interval", {})
+    half_width = interval.get("half_width")
+    if half_width is None or not half_width > WIDE_INTERVAL_POINTS:
+        return None
+    return (f"every calibrated EF's {100 * interval['level']:.0f}% interval is ± {half_width:.1f} points, "
+            f"too wide to tell EF classes apart")
+
+
+def reasons(row: dict, frames: dict, raw: dict, members: list[dict]) -> list[str]:
     """The review reasons of one predicted study (empty: nothing to look at twice)."""
     found = []
     missing = [v for v in camus.VIEWS if not all((v, p) in frames for p in camus.PHASES)]
@@ -55,9 +69,6 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict], calibrator:
         spread = float(np.nanmax(efs) - np.nanmin(efs)) if not np.all(np.isnan(efs)) else float("nan")
         if not spread <= MEMBER_SPREAD_POINTS:
             found.append(f"members_disagree:{spread:.0f}_points")
-    half_width = calibrator.get("interval", {}).get("half_width")
-    if is_measured(row["status"]) and half_width is not None and half_width > WIDE_INTERVAL_POINTS:
-        found.append(f"wide_interval:{half_width:.0f}_points")
     return found
 
 

@@ -42,7 +42,30 @@ def markdown(report: dict) -> str:
     lines += ["", f"Flagged for review: {100 * report['flagged_for_review']:.0f}% of measured studies; "
               f"unlike the training data: {100 * report['unlike_training']:.0f}%."
               if np.isfinite(report["flagged_for_review"]) else "No study was measured."]
+    lines += review_lines(report.get("review_flags") or {})
     return "\n".join(lines) + "\n"
+
+
+def review_lines(flags: dict) -> list[str]:
+    """Whether review picked out the studies far from the reference: one row for any reason and one
+    per kind of reason raised (``agreement.review_agreement``)."""
+    if not flags.get("n"):
+        return []
+    limit = f"{flags['large_error_points']:.0f}"
+    lines = ["", f"Review against the reference ({flags['n']} measured studies, {flags['n_large_errors']} off by more "
+                 f"than {limit} points; the EF each reports, calibrated where it was):", "",
+             f"| review reason | studies flagged | MAE flagged | MAE others | flagged - others [95% CI] | flagged off by > {limit} | "
+             f"off by > {limit} flagged |", "|---|---|---|---|---|---|---|"]
+    for name, row in flags["kinds"].items():
+        low, high = row["difference_ci"]
+        lines.append(f"| {'any' if name == 'any' else '`' + name + '`'} | {row['n_flagged']} ({_percent(row['share_flagged'])}) | "
+                     f"{fmt(row['mae_flagged'])} | {fmt(row['mae_others'])} | {fmt(row['difference'], sign='+')} "
+                     f"[{fmt(low, sign='+')}, {fmt(high, sign='+')}] | {_percent(row['precision'])} | {_percent(row['recall'])} |")
+    return lines
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%" if np.isfinite(share) else "-"
 
 
 def write_cohort_report(table: pd.DataFrame, folder: Path) -> dict | None:

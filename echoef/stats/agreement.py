@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -303,4 +305,65 @@ def cohort_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0
     rated = table["status"].astype(str).map(is_measured)
     report["flagged_for_review"] = float((reviews[rated] != "").mean()) if rated.any() else float("nan")
     report["unlike_training"] = float(reviews[rated].str.contains("unlike_training").mean()) if rated.any() else float("nan")
+    report["review_flags"] = review_agreement(table, n_resamples, seed)
     return report
+
+
+REASON_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+LARGE_ERROR_POINTS = 10.0  # an EF this far from the reference can move a patient across a treatment threshold
+
+
+def flag_kinds(review: str) -> list[str]:
+    """The kinds of a study's review reasons: ``"touches_border; lv_holes:2CH_ES"`` gives
+    ``["touches_border", "lv_holes"]`` (each reason's name before its details). A row file is text
+    anyone may have edited: a name that is not a reason's (lower-case words joined by ``_``) counts
+    as ``unrecognised``, so it cannot bend a report's table."""
+    names = (reason.split(":")[0].strip() for reason in review.split(";") if reason.strip())
+    return list(dict.fromkeys(name if REASON_NAME.fullmatch(name) else "unrecognised" for name in names))
+
+
+def reported_ef(table: pd.DataFrame) -> pd.Series:
+    """Each study's EF as it reports it: calibrated where it was calibrated, else raw (single-plane)."""
+    calibrated = pd.to_numeric(table["ef_calibrated"], errors="coerce") if "ef_calibrated" in table else None
+    raw = pd.to_numeric(table["ef"], errors="coerce")
+    return raw if calibrated is None else calibrated.where(calibrated.notna(), raw)
+
+
+def review_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Whether review picks out the studies whose EF is far from the reference: over the measured
+    studies with a reference (their ``reported_ef``), for any reason and for each kind of reason, how
+    many studies it flags, their MAE and the others' with the difference's 95% interval (studies
+    resampled within each group), the share of flagged studies off by more than LARGE_ERROR_POINTS
+    (precision) and the share of such studies flagged (recall). A kind raised on every study, or on
+    none, tells the reviewer nothing about which to look at."""
+    ef = reported_ef(table)
+    ref = pd.to_numeric(table["ef_ref"], errors="coerce") if "ef_ref" in table else pd.Series(np.nan, index=table.index)
+    keep = table["status"].astype(str).map(is_measured) & ef.between(0, 100) & ref.between(0, 100)
+    errors = (ef[keep] - ref[keep]).abs().to_numpy(float)
+    kinds = [flag_kinds(review) for review in text_column(table, "review")[keep]]
+    large = errors > LARGE_ERROR_POINTS
+    out = {"n": int(len(errors)), "n_large_errors": int(large.sum()), "large_error_points": LARGE_ERROR_POINTS, "kinds": {}}
+    names = ["any"] + sorted({kind for found in kinds for kind in found})
+    for name in names:
+        flagged = np.array([bool(found) if name == "any" else name in found for found in kinds], dtype=bool)
+        out["kinds"][name] = _flag_split(errors, flagged, large, n_resamples, seed)
+    return out
+
+
+def _flag_split(errors: np.ndarray, flagged: np.ndarray, large: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """One kind of review reason against the EF errors: counts, MAE of the flagged and of the others,
+    flagged minus others with a 95% interval, precision and recall for errors beyond the large limit."""
+    nan = float("nan")
+    hit, miss = errors[flagged], errors[~flagged]
+    row = {"n_flagged": int(flagged.sum()), "share_flagged": float(flagged.mean()) if len(errors) else nan,
+           "mae_flagged": float(hit.mean()) if len(hit) else nan, "mae_others": float(miss.mean()) if len(miss) else nan,
+           "precision": float(large[flagged].mean()) if len(hit) else nan,
+           "recall": float(flagged[large].mean()) if large.any() else nan}
+    row["difference"] = row["mae_flagged"] - row["mae_others"]
+    row["difference_ci"] = [nan, nan]
+    if n_resamples and len(hit) >= 2 and len(miss) >= 2:
+        rng = np.random.default_rng(seed)
+        resampled = (hit[rng.integers(0, len(hit), (n_resamples, len(hit)))].mean(1)
+                     - miss[rng.integers(0, len(miss), (n_resamples, len(miss)))].mean(1))
+        row["difference_ci"] = _interval(resampled)
+    return row
