@@ -422,3 +422,4 @@ def test_review_is_judged_by_the_errors_of_the_studies_it_flags():
     page = markdown(agreement.cohort_agreement(table, n_resamples=200))
     assert "| `lv_holes` | 2 (33%) | 9.50 | 4.50 | +5.00 [" in page and "x|y" not in page
     assert agreement.flag_kinds("touches_border; lv_holes:2CH_ES; lv_holes:4CH_ED") == ["touches_border", "lv_holes"]
+    assert agreement.flag_kinds("any; touches_border\n| 1 |:x; ") == ["unrecognised"]

@@ -317,9 +317,9 @@ def flag_kinds(review: str) -> list[str]:
     """The kinds of a study's review reasons: ``"touches_border; lv_holes:2CH_ES"`` gives
     ``["touches_border", "lv_holes"]`` (each reason's name before its details). A row file is text
     anyone may have edited: a name that is not a reason's (lower-case words joined by ``_``) counts
-    as ``unrecognised``, so it cannot bend a report's table."""
+    as ``unrecognised`` (as does ``any``, the report's row of every reason), so it cannot bend a report's table."""
     names = (reason.split(":")[0].strip() for reason in review.split(";") if reason.strip())
-    return list(dict.fromkeys(name if REASON_NAME.fullmatch(name) else "unrecognised" for name in names))
+    return list(dict.fromkeys(name if REASON_NAME.fullmatch(name) and name != "any" else "unrecognised" for name in names))
 
 
 def reported_ef(table: pd.DataFrame) -> pd.Series:
