@@ -881,6 +881,24 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
         imagefile.read_loop(damaged)
 
 
+@settings(max_examples=200, deadline=None)
+@given(reviews=st.lists(st.text(max_size=60), min_size=3, max_size=6))
+def test_a_row_files_review_text_cannot_bend_the_agreement_report(reviews):
+    """Whatever text a row file holds as its review (merge reads row files anyone may edit), the
+    agreement report's review table keeps its shape: one line per kind, seven cells each, and every
+    kind named is a reason's name or `unrecognised`."""
+    from echoef.reporting.cohort import review_lines
+    from echoef.stats import agreement
+
+    table = pd.DataFrame({"patient": [f"p{i}" for i in range(len(reviews))], "status": "ok",
+                          "ef": np.linspace(30, 60, len(reviews)), "ef_ref": 45.0, "review": reviews})
+    flags = agreement.review_agreement(table, n_resamples=20)
+    assert all(name == "any" or name == "unrecognised" or agreement.REASON_NAME.fullmatch(name) for name in flags["kinds"])
+    lines = review_lines(flags)
+    rows = lines[lines.index("|---|---|---|---|---|---|---|") + 1:]
+    assert len(rows) == len(flags["kinds"]) and all(row.count("|") == 8 for row in rows)
+
+
 # ---- 8. a file read whole is a regular file of its kind's size -----------------------------------------
 
 def _within(seconds, function, *args):
