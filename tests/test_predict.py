@@ -90,6 +90,25 @@ def test_a_wide_interval_is_said_once_for_the_run_and_reviews_no_study(trained, 
         assert np.allclose(summary["ef_high"] - summary["ef_calibrated"], half_width)
 
 
+def test_a_view_whose_es_cavity_is_not_smaller_is_reviewed(trained, phantom_root, tmp_path):
+    """A view's ED and ES files given the wrong way round: its single-plane EF is below 0, which no
+    heart gives, while the biplane EF can still look plausible; review names the view. The same study
+    the right way round is not flagged."""
+    folder = camus.find_patients(phantom_root)[10]
+    files = {key: folder / f"{folder.name}_{key[0]}_{key[1]}.nii.gz" for key in camus.FRAME_KEYS}
+    for name, ed_2ch, es_2ch in (("swapped", files["2CH", "ES"], files["2CH", "ED"]), ("right", files["2CH", "ED"], files["2CH", "ES"])):
+        result = predict(trained, "--2ch-ed", ed_2ch, "--2ch-es", es_2ch, "--4ch-ed", files["4CH", "ED"], "--4ch-es", files["4CH", "ES"],
+                         "--patient", name, "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        row = pd.read_csv(tmp_path / name / "summary.csv").iloc[0]
+        reasons = str(row["review"]) if isinstance(row["review"], str) else ""
+        if name == "swapped":
+            assert row["ef_2ch"] < 0 and row["ef_4ch"] > 0 and "es_not_smaller:2CH" in reasons.split("; ")
+            assert "es_not_smaller:4CH" not in reasons
+        else:
+            assert row["ef_2ch"] > 0 and "es_not_smaller" not in reasons
+
+
 def test_predicted_masks_overlay_inputs_of_any_origin_and_direction(trained, phantom_root, tmp_path):
     # The same study stored flipped and turned, at another origin: the same canonical images give
     # the same masks, written with each input's own header so a viewer lays them over the image.

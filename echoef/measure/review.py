@@ -61,6 +61,13 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict]) -> list[str
         found.append("view_missing:" + "+".join(missing))
     if str(row["status"]).startswith("ok_touches_border"):
         found.append("touches_border")
+    for view in camus.VIEWS:
+        # A heart empties in systole: a view whose ES cavity is not smaller than its ED one (single-plane EF of
+        # 0 or less) was misread, or its phases were swapped. Expert masks never give it (lowest single-plane
+        # EF of 449 CAMUS patients: 3; results/simpson-expert-masks), and it can hide inside a plausible biplane EF.
+        view_ef = row.get(f"ef_{view.lower()}")
+        if isinstance(view_ef, (int, float)) and math.isfinite(view_ef) and view_ef <= 0:
+            found.append(f"es_not_smaller:{view}")
     for key, label in raw.items():
         found += [f"{problem}:{key[0]}_{key[1]}" for problem in anatomy_problems(label)]
     if members and is_measured(row["status"]):
