@@ -336,11 +336,11 @@ def review_agreement(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0
     resampled within each group), the share of flagged studies off by more than LARGE_ERROR_POINTS
     (precision) and the share of such studies flagged (recall). A kind raised on every study, or on
     none, tells the reviewer nothing about which to look at."""
-    ef = reported_ef(table)
-    ref = pd.to_numeric(table["ef_ref"], errors="coerce") if "ef_ref" in table else pd.Series(np.nan, index=table.index)
-    keep = table["status"].astype(str).map(is_measured) & ef.between(0, 100) & ref.between(0, 100)
-    errors = (ef[keep] - ref[keep]).abs().to_numpy(float)
-    kinds = [flag_kinds(review) for review in text_column(table, "review")[keep]]
+    if "ef_ref" not in table:
+        table = table.assign(ef_ref=np.nan)
+    ef, ref = reference_pairs(table.assign(reported_ef=reported_ef(table)), "reported_ef")
+    errors = (ef - ref).abs().to_numpy(float)
+    kinds = [flag_kinds(review) for review in text_column(table, "review")[ef.index]]
     large = errors > LARGE_ERROR_POINTS
     out = {"n": int(len(errors)), "n_large_errors": int(large.sum()), "large_error_points": LARGE_ERROR_POINTS, "kinds": {}}
     names = ["any"] + sorted({kind for found in kinds for kind in found})
