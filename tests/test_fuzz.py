@@ -358,6 +358,12 @@ def _every_format(folder: Path) -> dict[str, bytes]:
         image = sitk.GetImageFromArray(pixels)
         image.SetSpacing((0.3, 0.3, 1.0)[: pixels.ndim])
         sitk.WriteImage(image, str(folder / name), compress)
+    # The layouts Pillow decodes for ITK (imagefile._itk_misread_layouts): grey and alpha, a palette loop.
+    from PIL import Image
+
+    Image.fromarray(np.stack([loop[0], np.full_like(loop[0], 200)], axis=-1), "LA").save(folder / "g.png")
+    palette = [Image.fromarray(frame).convert("P") for frame in loop]
+    palette[0].save(folder / "p.tif", save_all=True, append_images=palette[1:])
     write_dicom(folder / "a.dcm", loop, region_spacing_mm=(0.3, 0.3), frame_ms=20)
     rle = pydicom.dcmread(folder / "a.dcm")
     rle.compress(RLELossless)
@@ -382,7 +388,7 @@ def every_format(tmp_path_factory):
 
 # Formats whose bytes carry a checksum (PNG's chunks, zlib's and gzip's streams): a damaged file of
 # these is the original or refused, never other pixels.
-CHECKSUMMED = {"a.png", "a.nii.gz", "c.mha"}
+CHECKSUMMED = {"a.png", "g.png", "a.nii.gz", "c.mha"}
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -467,3 +473,25 @@ def test_nifti_transforms_that_hung_itk_are_refused_before_it_parses_them(tmp_pa
             data[offset:offset + 4] = struct.pack("<f", value)
         (tmp_path / f"{name}.nii").write_bytes(bytes(data))
     assert read_in_a_child_process(tmp_path, "*.nii") == {**dict.fromkeys(damage, "bad_geometry"), "whole": "read 3"}
+
+
+def test_a_tiff_page_header_that_crashed_itk_is_refused_before_itk_reads_it(tmp_path):
+    """Four bytes inserted into a 3-page palette TIFF before its last page header (found by fuzzing the
+    layouts Pillow decodes): Pillow finds a page without its dimensions, and ITK's reader, handed the
+    file, ended the process with a segmentation fault. A TIFF whose page headers Pillow cannot read is
+    ``unreadable_file`` before ITK sees it. Read in a child process, so that a crash fails the test."""
+    from PIL import Image
+
+    pages = np.random.default_rng(0).integers(0, 255, (3, 40, 48)).astype(np.uint8)
+    images = [Image.fromarray(page).convert("P") for page in pages]
+    images[0].save(tmp_path / "loop.tif", save_all=True, append_images=images[1:])
+    stored = (tmp_path / "loop.tif").read_bytes()
+    (tmp_path / "loop.tif").write_bytes(stored[:5215] + bytes.fromhex("e7bc81f9") + stored[5215:])
+    with Image.open(tmp_path / "loop.tif") as image, pytest.raises(TypeError, match="Missing dimensions"):
+        image.seek(2)  # the damage this test is about
+    script = ("import sys; from echoef.io import imagefile; from echoef.errors import StudyError\n"
+              "try: imagefile.read_loop(sys.argv[1], (0.3, 0.3)); print('read')\n"
+              "except StudyError as error: print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "loop.tif")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.strip() == "unreadable_file: loop.tif: a damaged TIFF page header (TypeError: Missing dimensions)"

@@ -854,9 +854,9 @@ def test_a_deflated_dicom_is_inflated_to_disk_within_a_limit_never_into_memory(t
     assert not list(scratch.iterdir())  # each inflated copy is removed after its read
 
 
-def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
-    """A 40 x 30 NIfTI followed by 256 MB of zeros, compressed to a few hundred kB: read as the image it claims to
-    be (ITK reads no further either), without inflating the rest."""
+def test_a_gzip_bomb_is_refused_inflated_little_past_what_its_header_declares(tmp_path, monkeypatch):
+    """A 40 x 30 NIfTI followed by 256 MB of zeros, compressed to a few hundred kB: refused once its stream
+    runs 1 MiB past the declared pixels, the rest never inflated. A few bytes of padding are read."""
     import gzip
 
     path = tmp_path / "frame.nii"
@@ -866,7 +866,16 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
         zeros = bytes(1 << 24)
         for _ in range(16):
             stream.write(zeros)
-    loop = imagefile.read_loop(tmp_path / "frame.nii.gz")
+    inflated = []
+    read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, size=-1: inflated.append(len(chunk := read(self, size))) or chunk)
+    with pytest.raises(StudyError, match=r"^unreadable_file: frame.nii.gz: its gzip stream holds more than 1048576 bytes "
+                                         rf"past the {352 + 1200} its header declares$"):
+        imagefile.read_loop(tmp_path / "frame.nii.gz")
+    assert sum(inflated) < 2 << 20  # its header read by nibabel, the declared bytes and 1 MiB + 1 past them
+    monkeypatch.undo()
+    (tmp_path / "padded.nii.gz").write_bytes(gzip.compress(path.read_bytes() + bytes(4000)))
+    loop = imagefile.read_loop(tmp_path / "padded.nii.gz")
     assert loop.frames.shape == (1, 40, 30) and (loop.frames == 7).all()
     # A header whose pixels would start gigabytes in: refused from the header, nothing inflated.
     raw = bytearray(path.read_bytes())
@@ -879,6 +888,29 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     damaged.write_bytes(gzip.compress(path.read_bytes())[:-200])
     with pytest.raises(StudyError, match="unreadable_file"):
         imagefile.read_loop(damaged)
+
+
+def test_a_nii_gz_damaged_near_its_end_is_refused_not_read_as_other_pixels(tmp_path):
+    """Found by tests/test_fuzz.py: 64 bytes zeroed near the end of a .nii.gz that SimpleITK wrote still
+    inflate, without an error, to every byte its header declares (other pixels), and ITK read the loop
+    with 285 pixels zero-filled. Only the stream's end tells (its end marker and checksum), so the
+    stream is inflated to its end."""
+    import gzip
+    import io
+
+    loop = np.random.default_rng(0).integers(0, 255, (5, 48, 40)).astype(np.uint8)
+    image = sitk.GetImageFromArray(loop)
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "loop.nii.gz"))
+    damaged = bytearray((tmp_path / "loop.nii.gz").read_bytes())
+    damaged[9446:9446 + 64] = bytes(64)
+    (tmp_path / "loop.nii.gz").write_bytes(bytes(damaged))
+    with gzip.open(io.BytesIO(bytes(damaged))) as stream:  # the declared bytes inflate, changed
+        declared = stream.read(352 + loop.size)
+    assert len(declared) == 352 + loop.size and declared[352:] != loop.tobytes()
+    with pytest.raises(StudyError, match=r"^unreadable_file: loop.nii.gz: truncated or corrupt gzip \(Compressed file "
+                                         r"ended before the end-of-stream marker was reached\)$"):
+        imagefile.read_loop(tmp_path / "loop.nii.gz", (0.3, 0.3))
 
 
 @settings(max_examples=200, deadline=None)

@@ -36,6 +36,7 @@ MAX_LOOP_PIXELS = 1 << 29  # a few hundred frames of a large sector; more is a c
 # Where a NIfTI's pixels start (its header and extensions); further in is a crafted header that would
 # have the whole gzip stream inflated before the first pixel.
 MAX_NIFTI_VOX_OFFSET = 64 << 20
+MAX_GZIP_EXTRA_BYTES = 1 << 20  # what a .nii.gz may hold past its declared pixels (padding), inflated to check its checksum
 # NIfTI's xyzt_units: the spatial unit (bits 0-2) in mm, the time unit (bits 3-5) in ms. An unknown
 # spatial unit (0) is read as mm, as ITK and the NIfTI tools read it (nibabel writes 0 unless told).
 NIFTI_SPACE_UNIT_MM = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}
@@ -147,9 +148,13 @@ def file_format(path: Path) -> str:
 
 
 def _check_gzip_complete(path: Path, needed_bytes: int) -> None:
-    """SimpleITK zero-fills a truncated .nii.gz without complaint; gzip itself notices. Only the bytes
-    the header declares (``needed_bytes``: its pixel offset and pixels) are inflated, so a small file
-    that inflates to gigabytes (a gzip bomb) costs no more than the image it claims to be."""
+    """StudyError('unreadable_file') unless a .nii.gz inflates to the bytes its header declares
+    (``needed_bytes``: its pixel offset and pixels) and its stream's checksum holds. SimpleITK
+    zero-fills a truncated .nii.gz without complaint, and neither it nor an inflation that stops at
+    the declared bytes sees damage inside a stored block (it inflates, into other pixels): only the
+    checksum at the stream's end does. So the stream is inflated to its end, and at most
+    ``MAX_GZIP_EXTRA_BYTES`` past the declared bytes: a small file that inflates to gigabytes (a
+    gzip bomb) costs no more than the image it claims to be."""
     read = 0
     try:
         with gzip.open(path) as stream:
@@ -158,6 +163,9 @@ def _check_gzip_complete(path: Path, needed_bytes: int) -> None:
                 if not chunk:
                     raise EOFError(f"{read} of the {needed_bytes} bytes the header declares")
                 read += len(chunk)
+            if len(stream.read(MAX_GZIP_EXTRA_BYTES + 1)) > MAX_GZIP_EXTRA_BYTES:  # to its end: the checksum is checked there
+                raise StudyError("unreadable_file", f"{path.name}: its gzip stream holds more than {MAX_GZIP_EXTRA_BYTES} "
+                                                    f"bytes past the {needed_bytes} its header declares")
     except (OSError, EOFError, zlib.error) as error:
         raise StudyError("unreadable_file", f"{path.name}: truncated or corrupt gzip ({error})") from error
 
@@ -203,6 +211,16 @@ def _check_nifti_transform(path: Path) -> None:
     for name in fields:
         if not np.isfinite(np.asarray(stored[name], dtype=float)).all():
             raise StudyError("bad_geometry", f"{path.name}: the header's {name} is not a finite number")
+
+
+def _check_nifti_version(path: Path) -> None:
+    """StudyError('unsupported_format') for a NIfTI-2 file, with the fix: ITK (as SimpleITK builds it)
+    reads NIfTI-1 only and names no format for a NIfTI-2 header."""
+    import nibabel
+
+    if isinstance(_nifti_header(path), nibabel.Nifti2Header):
+        raise StudyError("unsupported_format", f"{path.name}: a NIfTI-2 header, which is not read; save it as NIfTI-1 "
+                                               "(nibabel: nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(path)), out))")
 
 
 def _nifti_header(path: Path):
@@ -464,7 +482,9 @@ def _check_tiff_pages(path: Path) -> None:
     """StudyError('bad_geometry') for a TIFF whose pages are not all one size, checked from their headers
     before ITK reads it: ITK reads a multi-page TIFF as a loop of its first page's size, so a larger
     later page came back as part of itself (a 96 x 80 page read as 48 x 40 of its pixels). A file
-    Pillow cannot open is left to ITK, which names what it finds."""
+    whose page headers Pillow cannot read is StudyError('unreadable_file'), never handed to ITK: a
+    page without its dimensions made ITK's reader crash the whole process (a segmentation fault,
+    found by fuzzing a multi-page TIFF)."""
     from PIL import Image
 
     try:
@@ -480,8 +500,78 @@ def _check_tiff_pages(path: Path) -> None:
                                                      f"pixels in a loop of {first[1]} x {first[0]}")
     except StudyError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        return
+    except Exception as error:  # noqa: BLE001 - Pillow's many errors on a damaged page header (TypeError, KeyError, ...)
+        raise StudyError("unreadable_file", f"{path.name}: a damaged TIFF page header ({type(error).__name__}: "
+                                            f"{str(error)[:120]})") from error
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_ALPHA = 4  # IHDR colour type
+TIFF_WHITE_IS_ZERO, TIFF_PALETTE = 0, 3  # PhotometricInterpretation (tag 262)
+TIFF_PHOTOMETRIC, TIFF_BITS_PER_SAMPLE, TIFF_SAMPLES_PER_PIXEL = 262, 258, 277
+
+
+def _itk_misread_layouts(path: Path) -> set[str]:
+    """The pixel layouts of a PNG or TIFF file that ITK does not read as stored (empty when it does,
+    or when Pillow cannot open the file, left to ITK to name): ITK fails on a grey + alpha PNG, and
+    reads a TIFF's grey + alpha samples as one image of both interleaved, a palette TIFF's indices as
+    grey levels and a white-is-zero TIFF inverted, each without an error. Any page counts."""
+    from PIL import Image
+
+    if file_format(path) == ".png":
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+        grey_alpha = len(head) == 26 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" and head[25] == PNG_GREY_ALPHA
+        return {f"{head[24]}-bit grey and alpha"} if grey_alpha else set()
+    layouts = set()
+    try:
+        with Image.open(path, formats=("TIFF",)) as image:
+            for page in range(MAX_LOOP_FRAMES):
+                image.seek(page)  # its header only
+                tags = image.tag_v2
+                bits = max(np.atleast_1d(tags.get(TIFF_BITS_PER_SAMPLE, 1)))
+                if tags.get(TIFF_SAMPLES_PER_PIXEL, 1) == 2:
+                    layouts.add(f"{bits}-bit grey and alpha")
+                if tags.get(TIFF_PHOTOMETRIC) == TIFF_PALETTE:
+                    layouts.add(f"{bits}-bit palette")
+                if tags.get(TIFF_PHOTOMETRIC) == TIFF_WHITE_IS_ZERO:
+                    layouts.add(f"{bits}-bit white-is-zero grey")
+    except EOFError:
+        pass
+    except Exception:  # noqa: BLE001 - Pillow's many errors on a damaged header (TypeError, KeyError, ...): ITK names it
+        return set()
+    return layouts
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """The frames (T, H, W, RGBA) of a PNG or TIFF in a layout ITK misreads (``_itk_misread_layouts``),
+    decoded by Pillow as a viewer shows them: 8 bits or fewer a sample, as Pillow decodes exactly;
+    more is refused (``several_channels``), Pillow itself narrowing a 16-bit grey + alpha PNG to 8 bits.
+    The frame count and size are checked before any page is decoded."""
+    from PIL import Image
+
+    layouts = _itk_misread_layouts(path)
+    if wide := sorted(layout for layout in layouts if int(layout.split("-")[0]) > 8):
+        raise StudyError("several_channels", f"{path.name}: pixels stored as {', '.join(wide)}, which are not read "
+                                             "as stored; give a grey-scale image")
+    try:
+        if file_format(path) == ".png":
+            with Image.open(path, formats=("PNG",)) as image:
+                image.verify()  # every chunk's checksum: Pillow decodes IDAT without checking it, damaged into other pixels
+        with Image.open(path, formats=("PNG", "TIFF")) as image:
+            pages = getattr(image, "n_frames", 1)
+            problem = loop_size_problem(pages, image.size[1], image.size[0])
+            if problem is not None:
+                raise StudyError("bad_geometry", f"{path.name}: {problem}")
+            frames = []
+            for page in range(pages):
+                image.seek(page)
+                frames.append(np.asarray(image.convert("RGBA")))
+    except StudyError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow's many errors on damaged pixels or tags (KeyError for a lost palette, ...)
+        raise StudyError("unreadable_file", f"{path.name}: {type(error).__name__} {str(error)[:150]}") from error
+    return np.stack(frames)
 
 
 def _pixel_bytes(reader: sitk.ImageFileReader) -> int:
@@ -615,9 +705,13 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         _check_metaimage_header(path)
         data_file = metaimage_data_file(path)  # before ITK opens whatever the header names
     if fmt in (".nii", ".nii.gz"):
+        _check_nifti_version(path)
         _check_nifti_transform(path)
     if fmt in (".tif", ".tiff"):
         _check_tiff_pages(path)
+    if fmt in (".png", ".tif", ".tiff") and _itk_misread_layouts(path):
+        header = Header.plain(spacing_mm)
+        return Loop(_canonical_grey(_read_pillow(path), header, path), header.spacing_mm, header)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     frame_ms = None
@@ -644,7 +738,7 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
                         tuple(map(float, direction.ravel())))
         if time_fourth and fmt in (".nii", ".nii.gz"):
             frame_ms = _nifti_frame_ms(path)
-        orientation = header.orientation()
+        header.orientation()  # a direction that is no flip or transpose is refused before any pixel is read
         if fmt in PLAIN_FORMATS or not _stated_spacing(path, header.spacing):
             if spacing_mm is None:
                 raise StudyError("no_spacing", f"{path.name}: the header states no pixel size; give --spacing-mm ROW COL")
@@ -661,11 +755,16 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         array = array[None]  # (T, H, W[, channels]) whatever the file
     elif time_fourth:
         array = array[:, 0]  # (T, 1, H, W[, channels]): the one slice of each time point
+    return Loop(_canonical_grey(array, header, path), header.spacing_mm, header, frame_ms)
+
+
+def _canonical_grey(array: np.ndarray, header: Header, path: Path) -> np.ndarray:
+    """Stored frames (T, H, W[, channels]) as checked grey frames (T, H, W) in canonical orientation."""
     if array.ndim == 4:
         array = np.stack([_grey(frame, path) for frame in array])
     check_pixels(array, header.spacing_mm, path.name)
-    frames = np.stack([orientation.to_canonical(frame) for frame in array])
-    return Loop(frames, header.spacing_mm, header, frame_ms)
+    orientation = header.orientation()
+    return np.stack([orientation.to_canonical(frame) for frame in array])
 
 
 def _nifti_frame_ms(path: Path) -> float | None:
