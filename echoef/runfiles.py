@@ -16,6 +16,7 @@ SEGMENTATION_DICE = Path("data/segmentation_dice.csv")
 EF_TABLE = Path("data/ef.csv")
 EF_CV_TABLE = Path("data/ef_cv.csv")
 CV_FOLDS = Path("data/cv")  # data/cv/<fold>/...
+FOLD_REVIEW_SIGNALS = Path("predictions/review_signals.csv")  # in a fold's folder: its out-of-fold patients' review signals
 MODEL = Path("models/segmenter.pt")
 TRAIN_LOG = Path("models/train_log.json")
 CALIBRATOR = Path("models/calibrator.json")

@@ -54,7 +54,7 @@ def main():
     dice_rows = []
     for patient in tqdm(test, desc="cv ensemble", mininterval=5):
         dice_rows += segmentation.predict_patient(models, patient, size, settings.infer, patient_path(patient, args.ensemble),
-                                                    args.ingested)[0]
+                                                    args.ingested, settings.ef.method)[0]
     cohort = pd.read_csv(args.ingested / "cohort.csv")
     write_csv(args.ensemble_ef, ef_table(test, args.ensemble, cohort, settings.ef.method, args.ingested).assign(set="test"))
     full = segmentation.cv_dice_report(fold_dirs, dice_rows)

@@ -32,7 +32,8 @@ def main():
     parser.add_argument("--subsets", nargs="+", required=True, help="which lists of the sets file to predict")
     parser.add_argument("--metrics", type=Path, help="headline: mean LV Dice per subset and phase")
     parser.add_argument("--full", type=Path, help="mean Dice per subset, label and phase")
-    parser.add_argument("--novelty", type=Path, help="each patient's novelty features (CSV), for the unlike-training threshold")
+    parser.add_argument("--novelty", type=Path, help="each patient's review signals (CSV): novelty features, for the "
+                        "unlike-training threshold, and the members' EF spread")
     args = parser.parse_args()
     settings = params.load()
     device = runtime.resolve_device(settings.train.runtime.device)
@@ -45,7 +46,8 @@ def main():
         for patient in tqdm(sets[subset], desc=f"infer {subset}", mininterval=5):
             try:
                 frame_rows, found = segmentation.predict_patient(models, patient, size, settings.infer,
-                                                                 patient_path(patient, args.out), args.ingested)
+                                                                 patient_path(patient, args.out), args.ingested,
+                                                                 settings.ef.method)
             except StudyError as error:  # the ef stage reports it as no_prediction; the others go on
                 failed.append(f"{patient} ({error})")
                 continue

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -322,9 +323,17 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     patients = pd.read_csv(tmp_path / "tiny" / "patients.csv")
     split = read(repo, "data/split.json")
     # Validation and test patients by the model, and every train+val patient out of fold.
-    assert list(patients.columns) == records.PATIENT_COLUMNS
+    assert list(patients.columns) == records.PATIENT_COLUMNS + records.SIGNAL_COLUMNS
     assert patients["set"].value_counts().to_dict() == {"oof": len(split["train"]) + len(split["val"]), "val": len(split["val"]),
                                                         "test": len(split["test"])}
+    # Review's signals of every row: the validation and test patients' as inference left them, the out-of-fold
+    # ones' as each fold's inference did (two networks: a members' EF spread everywhere).
+    signals = pd.concat([pd.read_csv(repo / "data/novelty_features.csv"),
+                         *[pd.read_csv(path).assign(set="oof") for path in sorted((repo / "data/cv").glob("fold_*/predictions/review_signals.csv"))]])
+    joined = patients.merge(signals, on=["patient", "set"], suffixes=("", "_left"), validate="one_to_one")
+    assert len(joined) == len(patients) and patients["member_ef_spread"].notna().all() and (patients["member_ef_spread"] >= 0).all()
+    for name in ("member_ef_spread", "uncertainty", "lv_fraction"):
+        assert np.allclose(joined[name], joined[f"{name}_left"], equal_nan=True), name
     ef = read(repo, "metrics/ef.json")
     row = records.results_table(tmp_path).splitlines()[2]
     assert row.startswith("| tiny | synthetic | 3 (") and f"| {fmt(ef['mae'])} [{fmt(ef['mae_low'])}, {fmt(ef['mae_high'])}] |" in row

@@ -247,3 +247,33 @@ def test_view_measures_are_each_views_single_plane_ef_and_long_axes():
     single = ef.patient_ef({k: v for k, v in maps.items() if k[0] == "4CH"}, "simpson_single_plane_4ch")
     assert single["ef_4ch"] == single["ef"] == row["ef"] and np.isnan(single["ef_2ch"]) and np.isnan(single["long_axis_ed_2ch_mm"])
     assert list(row)[5:] == ef.VIEW_COLUMNS
+
+
+def test_the_members_ef_spread_is_how_far_apart_their_efs_are():
+    """Two members reading one study's ES cavity with other widths: their EFs by the method of discs
+    are those of half-ellipsoids, 1 - (r_es / r_ed)^2 with the length kept (an independent formula,
+    within the discs' 2 points), and the spread the distance between them. Members that agree spread 0;
+    a member whose ES frame cannot be measured drops out; none measured (or no members) is NaN. Review
+    raises members_disagree past MEMBER_SPREAD_POINTS with this number."""
+    from echoef.measure import review
+
+    shape, spacing = (400, 300), (0.25, 0.25)
+
+    def member(es_radius_mm):
+        return {(view, phase): half_ellipse(shape, spacing, 80.0, radius).astype(np.uint8)
+                for view in camus.VIEWS for phase, radius in (("ED", 24.0), ("ES", es_radius_mm))}
+
+    spacings = dict.fromkeys(member(18.0), spacing)
+    narrow, wide = member(15.0), member(19.0)
+    expected = 100 * ((1 - (15 / 24) ** 2) - (1 - (19 / 24) ** 2))  # 23.4 points
+    assert review.member_ef_spread([narrow, wide], spacings, "simpson_biplane") == pytest.approx(expected, abs=2)
+    assert review.member_ef_spread([narrow, narrow], spacings, "simpson_biplane") == 0
+    unmeasurable = {**wide, ("2CH", "ES"): np.zeros(shape, np.uint8)}
+    assert review.member_ef_spread([narrow, unmeasurable], spacings, "simpson_biplane") == 0
+    assert np.isnan(review.member_ef_spread([unmeasurable], spacings, "simpson_biplane"))
+    assert np.isnan(review.member_ef_spread([], spacings, "simpson_biplane"))
+    frames = {key: camus.Frame(None, narrow[key], spacing, None) for key in spacings}
+    row = {"status": "ok", "method": "simpson_biplane", "ef_2ch": 60.0, "ef_4ch": 60.0}
+    found = review.reasons(row, frames, {}, [narrow, wide])
+    assert found == [f"members_disagree:{review.member_ef_spread([narrow, wide], spacings, 'simpson_biplane'):.0f}_points"]
+    assert review.reasons(row, frames, {}, [narrow, member(15.5)]) == []  # about 1.7 points apart

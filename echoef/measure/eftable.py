@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import runfiles
 from ..io import framefile
 from ..io.camus import Label
 from ..io.framefile import patient_path
@@ -59,10 +60,18 @@ def ef_table(patients: list[str], predictions: Path, cohort: pd.DataFrame, metho
 
 
 def out_of_fold_table(fold_dirs: list[Path], expected: list[str]) -> pd.DataFrame:
-    """Every fold's EF table (``<fold dir>/ef.csv``) with its fold number: each train+val patient's
-    out-of-fold EF. RuntimeError unless they cover the ``expected`` patients exactly once."""
-    table = pd.concat([pd.read_csv(Path(folder) / "ef.csv").assign(fold=fold) for fold, folder in enumerate(fold_dirs)],
-                      ignore_index=True)
+    """Every fold's EF table (``<fold dir>/ef.csv``) with its fold number and, where the fold's
+    inference left them (``runfiles.FOLD_REVIEW_SIGNALS``), each patient's review signals (novelty
+    features, the members' EF spread): each train+val patient's out-of-fold EF, and what review would
+    have seen of it. RuntimeError unless they cover the ``expected`` patients exactly once."""
+    tables = []
+    for fold, folder in enumerate(fold_dirs):
+        table = pd.read_csv(Path(folder) / "ef.csv").assign(fold=fold)
+        if (signals := Path(folder) / runfiles.FOLD_REVIEW_SIGNALS).is_file():
+            table = table.merge(pd.read_csv(signals).drop(columns=["set"], errors="ignore"), on="patient", how="left",
+                                validate="one_to_one")
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
     if sorted(table["patient"]) != sorted(expected):
         raise RuntimeError("out-of-fold predictions do not cover every train+val patient exactly once")
     return table

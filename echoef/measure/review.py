@@ -71,12 +71,20 @@ def reasons(row: dict, frames: dict, raw: dict, members: list[dict]) -> list[str
     for key, label in raw.items():
         found += [f"{problem}:{key[0]}_{key[1]}" for problem in anatomy_problems(label)]
     if members and is_measured(row["status"]):
-        views = {k for k in frames if k[0] not in missing}
-        efs = [patient_ef({k: (m[k], frames[k].spacing_mm) for k in views}, row["method"])["ef"] for m in members]
-        spread = float(np.nanmax(efs) - np.nanmin(efs)) if not np.all(np.isnan(efs)) else float("nan")
+        views = [k for k in frames if k[0] not in missing]
+        spread = member_ef_spread(members, {k: frames[k].spacing_mm for k in views}, row["method"])
         if not spread <= MEMBER_SPREAD_POINTS:
             found.append(f"members_disagree:{spread:.0f}_points")
     return found
+
+
+def member_ef_spread(members: list[dict], spacings: dict, method: str) -> float:
+    """How far apart (EF points, largest minus smallest) the ensemble members' EFs of one study are,
+    each measured by ``method`` on the member's label maps of the frames ``spacings`` keys (view,
+    phase) to their spacing; NaN when no member's EF can be measured (one measured member gives 0).
+    The same number for ``predict``'s review and the pipeline's out-of-fold rows."""
+    efs = [patient_ef({key: (member[key], spacing) for key, spacing in spacings.items()}, method)["ef"] for member in members]
+    return float(np.nanmax(efs) - np.nanmin(efs)) if not np.all(np.isnan(efs)) else float("nan")
 
 
 def loop_reasons(outliers: dict[str, list[int]], beat_efs: dict[str, list[float]],

@@ -11,6 +11,7 @@ import torch
 from ..io import camus, framefile
 from ..io.camus import Label
 from ..io.framefile import patient_path
+from ..measure import review
 from ..measure.simpson import clean_lv_mask, largest_component
 from ..params import Infer
 from . import geometry, novelty
@@ -61,14 +62,18 @@ def predict_frames_with_members(models: list[torch.nn.Module], frames: dict[tupl
 
 
 def predict_patient(models: list[torch.nn.Module], patient: str, size: int, config: Infer, out: Path,
-                    ingested: Path) -> tuple[list[dict], dict]:
+                    ingested: Path, ef_method: str) -> tuple[list[dict], dict]:
     """Predict one ingested patient, save its label maps and geometry to ``out``; its Dice rows per
-    frame, and its novelty features (``novelty.study_features``) as predict computes them."""
+    frame, and the signals predict's review reads: its novelty features (``novelty.study_features``)
+    and how far apart its members' EFs by ``ef_method`` are (``review.member_ef_spread``), as predict
+    computes them."""
     frames = framefile.load(patient_path(patient, ingested))
     labels, members, _, uncertainty = predict_frames_with_members(models, frames, size, config.batch_size, config.tta,
                                                                   config.precision, tuple(config.tta_scales))
-    features = novelty.study_features(labels, {k: f.spacing_mm for k, f in frames.items()}, members, uncertainty)
-    return save_patient_labels(patient, frames, labels, out), {"patient": patient, **features}
+    spacings = {k: f.spacing_mm for k, f in frames.items()}
+    features = novelty.study_features(labels, spacings, members, uncertainty)
+    spread = review.member_ef_spread(members, spacings, ef_method)
+    return save_patient_labels(patient, frames, labels, out), {"patient": patient, **features, "member_ef_spread": spread}
 
 
 def save_patient_labels(patient: str, frames: dict[tuple[str, str], camus.Frame],

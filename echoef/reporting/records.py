@@ -15,6 +15,7 @@ import pandas as pd
 from .. import machine, runfiles
 from ..errors import UsageError
 from ..io.atomic import OWNER_MARK, atomic_folder, check_ownable, claim_folder, read_json, write_csv, write_json
+from ..model import novelty
 from ..names import safe_name
 from ..stats import agreement, calibration
 from .report import fmt
@@ -22,17 +23,27 @@ from .report import fmt
 # Files of a run copied into its record as they are (those that exist: folds add the cv ones).
 COPIED = tuple(str(path) for path in runfiles.RECORDED)
 PATIENT_COLUMNS = ["patient", "set", "quality", "method", "edv_ml", "esv_ml", "ef", "ef_calibrated", "ef_ref", "status"]
+# What review reads of each study (``review.reasons``, ``novelty.score``), kept where the run left it, so
+# that a reason's limit can be decided on the record's rows (out-of-fold ones among them).
+SIGNAL_COLUMNS = ["ef_2ch", "ef_4ch", "member_ef_spread", *novelty.FEATURES]
 
 
 def patient_table(workspace: Path) -> pd.DataFrame:
     """Per patient of the run's EF table: set, image quality, EF before and after calibration, the
-    reference, the status (out-of-fold rows too, with cross-validation)."""
+    reference, the status (out-of-fold rows too, with cross-validation), and the review signals the
+    run left (``SIGNAL_COLUMNS``: the validation and test patients' from inference, the out-of-fold
+    ones' from the folds')."""
     table = pd.read_csv(workspace / runfiles.EF_TABLE)
+    signals = workspace / runfiles.NOVELTY_FEATURES
+    if signals.is_file() and signals.stat().st_size:
+        found = pd.read_csv(signals)
+        table = table.merge(found[[c for c in found if c in ("patient", "set", *SIGNAL_COLUMNS)]], on=["patient", "set"],
+                            how="left", validate="one_to_one")
     oof = workspace / runfiles.EF_CV_TABLE
     if oof.is_file() and oof.stat().st_size and not (cv := pd.read_csv(oof)).empty:
         table = pd.concat([table, cv], ignore_index=True)
     table["ef_calibrated"] = calibration.apply(read_json(workspace / runfiles.CALIBRATOR), table["ef"], table)
-    return table[PATIENT_COLUMNS]
+    return table[PATIENT_COLUMNS + [c for c in SIGNAL_COLUMNS if c in table]]
 
 
 def stage_seconds(workspace: Path) -> dict[str, float]:
