@@ -218,3 +218,25 @@ def test_a_comparison_is_written_over_an_earlier_one_only_with_replace(tmp_path,
         with pytest.raises(SystemExit, match="holds files EchoEF did not write there"):
             run_script(monkeypatch, a, a, "--cv", "--bootstrap", 300, "--out", users, *replace)
     assert [path.name for path in users.iterdir()] == ["notes.txt"]
+
+
+def test_review_limits_flags_by_the_members_spread_and_judges_by_the_rule(tmp_path):
+    """review_limits.py on eight out-of-fold rows worked by hand (raw EF against the reference; the
+    calibrated EF is not what it judges). Spreads 1, 2, 3, 4, 9, 12, 20 and NaN (one network: never
+    flagged); absolute errors 1, 2, 1, 2, 12, 15, 20, 3. Over 8 points: the three studies of errors
+    12, 15 and 20 (MAE 15.67) against five of MAE 1.8, all three errors over 10 caught; over 15: one."""
+    module = script("review_limits")
+    rows = pd.DataFrame({"patient": [f"p{i}" for i in range(8)], "set": "oof", "status": "ok",
+                         "ef": [51, 48, 61, 38, 62, 35, 80, 53], "ef_calibrated": 50.0,
+                         "ef_ref": [50, 50, 60, 40, 50, 50, 60, 50],
+                         "member_ef_spread": [1, 2, 3, 4, 9, 12, 20, np.nan]})
+    table = module.limit_table(rows, [8, 15], n_resamples=500)
+    eight, fifteen = table[8.0], table[15.0]
+    assert (eight["n"], eight["n_large_errors"], eight["n_flagged"]) == (8, 3, 3)
+    assert eight["mae_flagged"] == pytest.approx(47 / 3) and eight["mae_others"] == pytest.approx(9 / 5)
+    assert (eight["precision"], eight["recall"]) == (1.0, 1.0) and module.supported(eight)
+    assert fifteen["n_flagged"] == 1 and fifteen["recall"] == pytest.approx(1 / 3)
+    assert not module.supported(fifteen)  # one flagged study gives no interval: not surely worse
+    rows.to_csv(tmp_path / "patients.csv", index=False)
+    with pytest.raises(module.UsageError, match="hold no members' EF spread"):
+        module.limit_table(rows.assign(member_ef_spread=np.nan), [5])

@@ -327,11 +327,12 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     assert patients["set"].value_counts().to_dict() == {"oof": len(split["train"]) + len(split["val"]), "val": len(split["val"]),
                                                         "test": len(split["test"])}
     # Review's signals of every row: the validation and test patients' as inference left them, the out-of-fold
-    # ones' as each fold's inference did (two networks: a members' EF spread everywhere).
+    # ones' as each fold's inference did (one network here: no members' EF spread; tests/test_simpson.py has its numbers).
     signals = pd.concat([pd.read_csv(repo / "data/novelty_features.csv"),
                          *[pd.read_csv(path).assign(set="oof") for path in sorted((repo / "data/cv").glob("fold_*/predictions/review_signals.csv"))]])
     joined = patients.merge(signals, on=["patient", "set"], suffixes=("", "_left"), validate="one_to_one")
-    assert len(joined) == len(patients) and patients["member_ef_spread"].notna().all() and (patients["member_ef_spread"] >= 0).all()
+    assert len(joined) == len(patients) and patients["uncertainty"].notna().all() and patients["lv_fraction"].notna().all()
+    assert len(read(repo, "models/train_log.json")["members"]) == 1 and patients["member_ef_spread"].isna().all()
     for name in ("member_ef_spread", "uncertainty", "lv_fraction"):
         assert np.allclose(joined[name], joined[f"{name}_left"], equal_nan=True), name
     ef = read(repo, "metrics/ef.json")
