@@ -340,13 +340,17 @@ def test_the_run_files_are_the_ones_dvc_yaml_writes():
             for out in stage.get(key, []):
                 written[str(next(iter(out)) if isinstance(out, dict) else out)] = (name, stage["cmd"])
     named = {key: str(value) for key, value in vars(runfiles).items() if key.isupper() and isinstance(value, Path)}
-    not_outs = {"PARAMS", "LOCK", "COHORT", "CV_FOLDS"}  # the inputs and lock, a file inside an out, a folder of folds
+    # the inputs and lock, a file inside an out, a folder of folds, a file inside each fold's out
+    not_outs = {"PARAMS", "LOCK", "COHORT", "CV_FOLDS", "FOLD_REVIEW_SIGNALS"}
     for key, path in named.items():
         if key in not_outs:
             continue
         assert path in written, f"runfiles.{key} = {path} is no output of dvc.yaml"
         assert path in written[path][1], f"stage {written[path][0]} writes {path} but its cmd does not name it"
     assert str(runfiles.COHORT).startswith(str(runfiles.INGESTED) + "/")
+    fold_signals = f"{runfiles.CV_FOLDS}/${{key}}/{runfiles.FOLD_REVIEW_SIGNALS}"
+    assert fold_signals in stages["infer_fold"]["do"]["cmd"]
+    assert any(fold_signals.startswith(f"{out}/") for out in stages["infer_fold"]["do"]["outs"])
     assert all(isinstance(path, Path) and str(path) in named.values() for path in runfiles.RECORDED)
 
 
