@@ -640,3 +640,16 @@ def test_a_grey_and_alpha_png_damaged_in_its_pixels_is_refused_by_their_checksum
         assert not np.array_equal(np.asarray(image.convert("RGBA"))[..., 0], grey)
     with pytest.raises(StudyError, match=r"^unreadable_file: f.png: SyntaxError broken PNG file"):
         imagefile.read_loop(tmp_path / "f.png", (0.3, 0.3))
+
+
+def test_a_tiff_of_a_16_bit_page_beside_a_palette_page_is_refused_not_clipped(tmp_path):
+    """Pillow decodes the layouts ITK misreads in 8 bits; converting a 16-bit page beside them would
+    clip its grey levels at 255, so pages stored otherwise are refused with the fix."""
+    from PIL import Image
+
+    grey = np.random.default_rng(6).integers(0, 256, (30, 40)).astype(np.uint8)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "f.tif", save_all=True,
+                                                       append_images=[Image.fromarray(grey).convert("P")])
+    with pytest.raises(StudyError, match=r"^unsupported_format: f.tif: page 0 stored as I;16 beside pages that are read "
+                                         r"by Pillow in 8 bits; store every page alike$"):
+        imagefile.read_loop(tmp_path / "f.tif", (0.3, 0.3))

@@ -509,13 +509,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_GREY_ALPHA = 4  # IHDR colour type
 TIFF_WHITE_IS_ZERO, TIFF_PALETTE = 0, 3  # PhotometricInterpretation (tag 262)
 TIFF_PHOTOMETRIC, TIFF_BITS_PER_SAMPLE, TIFF_SAMPLES_PER_PIXEL = 262, 258, 277
+PILLOW_EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr"})
 
 
 def _itk_misread_layouts(path: Path) -> set[str]:
-    """The pixel layouts of a PNG or TIFF file that ITK does not read as stored (empty when it does,
-    or when Pillow cannot open the file, left to ITK to name): ITK fails on a grey + alpha PNG, and
-    reads a TIFF's grey + alpha samples as one image of both interleaved, a palette TIFF's indices as
-    grey levels and a white-is-zero TIFF inverted, each without an error. Any page counts."""
+    """The pixel layouts of a PNG or TIFF file that ITK does not read as stored (empty when it does;
+    a TIFF whose page headers Pillow cannot read was refused before, by ``_check_tiff_pages``): ITK
+    fails on a grey + alpha PNG, and reads a TIFF's grey + alpha samples as one image of both
+    interleaved, a palette TIFF's indices as grey levels and a white-is-zero TIFF inverted, each
+    without an error. Any page counts."""
     from PIL import Image
 
     if file_format(path) == ".png":
@@ -566,6 +568,9 @@ def _read_pillow(path: Path) -> np.ndarray:
             frames = []
             for page in range(pages):
                 image.seek(page)
+                if image.mode not in PILLOW_EIGHT_BIT_MODES:  # converting would clip, say, a 16-bit page beside them
+                    raise StudyError("unsupported_format", f"{path.name}: page {page} stored as {image.mode} beside pages "
+                                                           "that are read by Pillow in 8 bits; store every page alike")
                 frames.append(np.asarray(image.convert("RGBA")))
     except StudyError:
         raise
