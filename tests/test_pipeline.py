@@ -363,7 +363,14 @@ def test_a_run_record_and_the_report(repo, tmp_path):
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
     assert remote_resources(repo / "reports/report.html") == []
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
-    assert "](../plots/ef_scatter.png)" in (repo / "reports/report.md").read_text()
+    markdown = (repo / "reports/report.md").read_text()
+    assert "](../plots/ef_scatter.png)" in markdown
+    # Errors by the reference EF's class, as evaluate computed them, in the report (the synthetic cohort's expert
+    # masks give the volumes).
+    by_class = read(repo, "reports/ef_full.json")["test"]["by_reference_class"]
+    assert sum(row["n"] for row in by_class["classes"].values()) == ef["n"] and "esv_error_rho" in by_class
+    for name, row in by_class["classes"].items():
+        assert f"| {name} | {row['n']} | {fmt(row['bias_post'], sign='+')} | {fmt(row['bias_pre'], sign='+')} |" in markdown
 
 
 def test_an_exported_bundle_predicts_without_the_run(repo, tmp_path):

@@ -423,3 +423,31 @@ def test_review_is_judged_by_the_errors_of_the_studies_it_flags():
     assert "| `lv_holes` | 2 (33%) | 9.50 | 4.50 | +5.00 [" in page and "x|y" not in page
     assert agreement.flag_kinds("touches_border; lv_holes:2CH_ES; lv_holes:4CH_ED") == ["touches_border", "lv_holes"]
     assert agreement.flag_kinds("any; touches_border\n| 1 |:x; ") == ["unrecognised"]
+
+
+def test_errors_by_reference_class_worked_by_hand():
+    """Six measured rows, one failed, one without a reference. Reference EFs 30, 35 (< 40), 45 (40-49),
+    55, 65 (>= 50) and one more of 45 whose expert masks failed. EF errors before: +6, +4, 0, -5, -3,
+    +2; after a calibration that adds 1 everywhere: +7, +5, +1, -4, -2, +3. Predicted volumes against
+    the expert masks': ESV -20%, -10% in the reduced hearts, +0% at 45, +10%, +30% in the preserved ones;
+    EDV -10%, 0, 0, 0, +10%."""
+    rows = pd.DataFrame({
+        "ef": [36, 39, 45, 50, 62, 47, 40, 50], "ef_ref": [30, 35, 45, 55, 65, 45, 40, np.nan],
+        "status": ["ok", "ok", "ok", "ok", "ok", "ok", "no_prediction", "ok"],
+        "edv_ml": [90, 100, 100, 100, 110, 100, 100, 100], "edv_expert_ml": [100] * 8,
+        "esv_ml": [40, 45, 60, 33, 26, 50, 50, 50], "esv_expert_ml": [50, 50, 60, 30, 20, 50, 50, 50],
+        "status_expert": ["ok", "ok", "ok", "ok", "ok", "no_contour:2CH_ES", "ok", "ok"]})
+    found = agreement.by_reference_class(rows, rows["ef"] + 1.0)
+    reduced, mild, preserved = (found["classes"][name] for name in ("<40", "40-49", ">=50"))
+    assert (reduced["n"], mild["n"], preserved["n"]) == (2, 2, 2)
+    assert (reduced["bias_pre"], mild["bias_pre"], preserved["bias_pre"]) == (5.0, 1.0, -4.0)
+    assert (reduced["bias_post"], mild["bias_post"], preserved["bias_post"]) == (6.0, 2.0, -3.0)
+    assert reduced["esv_relative_error"] == pytest.approx(-0.15) and reduced["edv_relative_error"] == pytest.approx(-0.05)
+    assert mild["esv_relative_error"] == pytest.approx(0.0)  # the row whose expert masks failed is left out of volumes
+    assert preserved["esv_relative_error"] == pytest.approx(0.2) and preserved["edv_relative_error"] == pytest.approx(0.05)
+    # ESV errors -0.2, -0.1, 0, 0.1, 0.3 rise with references 30, 35, 45, 55, 65: rho 1.
+    assert found["esv_error_rho"] == pytest.approx(1.0)
+    assert found["edv_error_rho"] == pytest.approx(stats.spearmanr([-0.1, 0, 0, 0, 0.1], [30, 35, 45, 55, 65])[0])
+    # Without the expert volumes: biases only.
+    bare = agreement.by_reference_class(rows.drop(columns=["edv_expert_ml", "esv_expert_ml", "status_expert"]), rows["ef"])
+    assert "esv_error_rho" not in bare and set(bare["classes"]["<40"]) == {"n", "bias_pre", "bias_post"}

@@ -74,13 +74,16 @@ def _interval(stats: dict, key: str, digits: int = 2) -> str:
 
 def tables(test: dict) -> dict[str, list[list[str]]]:
     """The report's tables as rows of cells (first row the header): agreement, by image quality,
-    EF classes."""
+    EF classes, and errors by the reference EF's class."""
     agreement = [["", "after calibration", "before calibration"]]
     for key, name, digits in (("mae", "EF MAE (points) [95% CI]", 2), ("bias", "bias [95% CI]", 2), ("sd", "SD of differences", 2),
                               ("loa_low", "lower limit of agreement", 2), ("loa_high", "upper limit of agreement", 2),
                               ("r", "Pearson r [95% CI]", 3), ("within_5", "within 5 points", 2), ("within_10", "within 10 points", 2)):
         cells = [_interval(test[s], key, digits) if f"{key}_ci" in test[s] else fmt(test[s][key], digits) for s in ("post", "pre")]
         agreement.append([name, *cells])
+    if "prop_bias_slope" in test["post"]:
+        agreement.append(["proportional bias: slope of the difference on the mean [95% CI]",
+                          *(_interval(test[s], "prop_bias_slope", 3) for s in ("post", "pre"))])
     agreement.append(["patients measured / failed", f"{test['post']['n']} / {test['n_failed']}", ""])
     if test.get("interval", {}).get("half_width") is not None:
         interval = test["interval"]
@@ -96,8 +99,23 @@ def tables(test: dict) -> dict[str, list[list[str]]]:
         classes.append([name, *map(str, row)])
     classes.append(["sensitivity / specificity for EF < 40", fmt(test["post"]["sensitivity_ef_lt_40"]),
                     fmt(test["post"]["specificity_ef_lt_40"]), ""])
+    by_class = test.get("by_reference_class", {})
+    volumes = "esv_error_rho" in by_class
+    reference = [["reference EF", "n", "bias after", "bias before", *(["EDV error", "ESV error"] if volumes else [])]]
+    for name, row in by_class.get("classes", {}).items():
+        reference.append([name, str(row["n"]), fmt(row["bias_post"], sign="+"), fmt(row["bias_pre"], sign="+"),
+                          *([_percent(row["edv_relative_error"]), _percent(row["esv_relative_error"])] if volumes else [])])
+    if volumes:
+        reference.append(["Spearman rho with the reference EF", "", "", "", fmt(by_class["edv_error_rho"], sign="+"),
+                          fmt(by_class["esv_error_rho"], sign="+")])
     return {"Agreement with the reference EF (test list)": agreement, "By image quality (2CH)": quality,
-            "EF classes after calibration (test list)": classes}
+            "EF classes after calibration (test list)": classes,
+            "By reference EF class (test list; volume errors against the expert masks' volumes)": reference}
+
+
+def _percent(value) -> str:
+    """A relative error for a table: '+8.8%', '-' when missing."""
+    return "-" if value is None or value != value else f"{100 * value:+.1f}%"
 
 
 def _html_table(rows: list[list[str]]) -> str:

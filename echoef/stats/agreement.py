@@ -146,6 +146,43 @@ def notebook_area_length_report(rows: pd.DataFrame, seed: int) -> dict:
     return out
 
 
+EF_CLASS_NAMES = ("<40", "40-49", ">=50")  # measure.ef.EF_BINS
+
+
+def by_reference_class(rows: pd.DataFrame, calibrated: np.ndarray) -> dict:
+    """The measured rows (``ef``, ``ef_ref``, ``status``) by their reference EF's class: n, the EF's
+    bias before and after calibration (``calibrated``, one per row), and where the rows carry the expert
+    masks' volumes (``edv_expert_ml``, ``esv_expert_ml``, measured: ``status_expert``), the predicted
+    volumes' mean relative error against them, with Spearman's rho of each volume's error with the
+    reference EF over all those rows. A network that reads every cavity towards a typical one errs
+    one way in dilated hearts and the other in small ones: EF too high where it is low, too low where
+    it is high, while the overall bias stays near 0."""
+    ok = rows["status"].map(is_measured).to_numpy() & np.isfinite(rows["ef_ref"].to_numpy(float))
+    table = rows.assign(ef_calibrated=np.asarray(calibrated, float))[ok]
+    table = table.assign(error_pre=table["ef"] - table["ef_ref"], error_post=table["ef_calibrated"] - table["ef_ref"],
+                         ef_class=ef_class(table["ef_ref"].to_numpy(float)))
+    volumes = {"edv_expert_ml", "esv_expert_ml", "status_expert"} <= set(table)
+    if volumes:
+        expert = table["status_expert"].map(is_measured)
+        for name in ("edv", "esv"):
+            table[f"{name}_error"] = (table[f"{name}_ml"] / table[f"{name}_expert_ml"] - 1).where(expert)
+    out = {"classes": {}}
+    for index, name in enumerate(EF_CLASS_NAMES):
+        group = table[table["ef_class"] == index]
+        row = {"n": int(len(group)), "bias_pre": float(group["error_pre"].mean()) if len(group) else float("nan"),
+               "bias_post": float(group["error_post"].mean()) if len(group) else float("nan")}
+        if volumes:
+            row |= {f"{v}_relative_error": float(group[f"{v}_error"].mean()) if group[f"{v}_error"].notna().any()
+                    else float("nan") for v in ("edv", "esv")}
+        out["classes"][name] = row
+    if volumes:
+        for name in ("edv", "esv"):
+            pairs = table[[f"{name}_error", "ef_ref"]].dropna()
+            out[f"{name}_error_rho"] = (float(stats.spearmanr(pairs[f"{name}_error"], pairs["ef_ref"])[0])
+                                        if len(pairs) >= 3 and pairs[f"{name}_error"].nunique() > 1 else float("nan"))
+    return out
+
+
 def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, seed: int) -> dict:
     """Pre/post calibration statistics of one set of EF rows (``ef``, ``ef_ref``, ``status``,
     optionally ``ef_expert``/``status_expert``, ``ef_seed_scoring`` and ``quality``), failures
@@ -159,6 +196,7 @@ def set_report(rows: pd.DataFrame, calibrated: np.ndarray, n_resamples: int, see
         out["expert_masks"] = summary(expert["ef_expert"], expert["ef_ref"])
     if "ef_seed_scoring" in rows:
         out["seed_scoring"] = notebook_area_length_report(rows, seed)
+    out["by_reference_class"] = by_reference_class(rows, calibrated)
     if "quality" in rows:
         quality = rows["quality"].to_numpy()[ok]
         out["by_quality"] = {str(q): {"pre": summary(pre[quality == q], ref[quality == q]),
