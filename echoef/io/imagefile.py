@@ -545,14 +545,13 @@ def _itk_misread_layouts(path: Path) -> set[str]:
     return layouts
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    """The frames (T, H, W, RGBA) of a PNG or TIFF in a layout ITK misreads (``_itk_misread_layouts``),
+def _read_pillow(path: Path, layouts: set[str]) -> np.ndarray:
+    """The frames (T, H, W, RGBA) of a PNG or TIFF in ``layouts`` ITK misreads (``_itk_misread_layouts``),
     decoded by Pillow as a viewer shows them: 8 bits or fewer a sample, as Pillow decodes exactly;
     more is refused (``several_channels``), Pillow itself narrowing a 16-bit grey + alpha PNG to 8 bits.
     The frame count and size are checked before any page is decoded."""
     from PIL import Image
 
-    layouts = _itk_misread_layouts(path)
     if wide := sorted(layout for layout in layouts if int(layout.split("-")[0]) > 8):
         raise StudyError("several_channels", f"{path.name}: pixels stored as {', '.join(wide)}, which are not read "
                                              "as stored; give a grey-scale image")
@@ -714,9 +713,9 @@ def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:
         _check_nifti_transform(path)
     if fmt in (".tif", ".tiff"):
         _check_tiff_pages(path)
-    if fmt in (".png", ".tif", ".tiff") and _itk_misread_layouts(path):
+    if fmt in (".png", ".tif", ".tiff") and (layouts := _itk_misread_layouts(path)):
         header = Header.plain(spacing_mm)
-        return Loop(_canonical_grey(_read_pillow(path), header, path), header.spacing_mm, header)
+        return Loop(_canonical_grey(_read_pillow(path, layouts), header, path), header.spacing_mm, header)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     frame_ms = None

@@ -13,6 +13,7 @@ from . import simpson
 
 COLUMNS = ["patient", "method", "edv_ml", "esv_ml", "ef", "status", *VIEW_COLUMNS]
 EF_BINS = (0, 40, 50, 101)  # reduced, mildly reduced, preserved (ESC classes)
+EF_CLASS_NAMES = ("<40", "40-49", ">=50")  # of EF_BINS, as tables and figures name them
 # Physiological limits of an adult LV measured by discs: below a few mL no ventricle was found (a
 # sliver of a mask, a spacing in the wrong unit); above this no heart is that large.
 MIN_VOLUME_ML = 5.0

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from ..io import camus, framefile  # noqa: E402
 from ..io.atomic import atomic_path, write_csv  # noqa: E402
 from ..io.camus import Label  # noqa: E402
-from ..measure.ef import ef_class  # noqa: E402
+from ..measure.ef import EF_CLASS_NAMES, ef_class  # noqa: E402
 from ..stats import calibration
 
 
@@ -67,7 +67,7 @@ def calibration_curve(calibrator: dict, rows, path) -> None:
 
 def confusion(matrix, path) -> None:
     """EF-class confusion matrix (rows reference, columns predicted)."""
-    names = ["<40", "40-49", ">=50"]
+    names = EF_CLASS_NAMES
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(np.asarray(matrix)):
@@ -145,9 +145,6 @@ def simpson_construction(frames: dict, title: str, path) -> None:
     _save(fig, path)
 
 
-CLASS_NAMES = ("<40", "40-49", ">=50")
-
-
 def worst_cases(test: pd.DataFrame, count: int, ingested: Path, predictions: Path) -> tuple[list[dict], list[dict]]:
     """The ``count`` measured test patients with the largest calibrated EF error: their rows, and
     their frames for the overlay figure."""
@@ -168,8 +165,8 @@ def write_plots(test: pd.DataFrame, stats: dict, calibrator: dict, cases: list[d
         pd.DataFrame({"patient": test["patient"], "stage": stage, "mean": (v + test["ef_ref"]) / 2, "diff": v - test["ef_ref"]})
         for stage, v in (("pre", test["ef"]), ("post", test["ef_calibrated"]))]))
     write_csv(plots / "ef_classes.csv", pd.DataFrame({
-        "patient": test["patient"], "reference": [CLASS_NAMES[c] for c in ef_class(test["ef_ref"].to_numpy())],
-        "predicted": [CLASS_NAMES[c] for c in ef_class(test["ef_calibrated"].to_numpy())]}))
+        "patient": test["patient"], "reference": [EF_CLASS_NAMES[c] for c in ef_class(test["ef_ref"].to_numpy())],
+        "predicted": [EF_CLASS_NAMES[c] for c in ef_class(test["ef_calibrated"].to_numpy())]}))
     scatter(test["ef_ref"], test["ef"], test["ef_calibrated"], plots / "ef_scatter.png")
     bland_altman([("before calibration", test["ef_ref"], test["ef"], stats["pre"]),
                   ("after calibration", test["ef_ref"], test["ef_calibrated"], stats["post"])], plots / "bland_altman.png")

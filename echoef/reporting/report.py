@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from ..io.atomic import write_text
+from ..measure.ef import EF_CLASS_NAMES
 
 # The numbers of one set's agreement that the headline keeps, after calibration and before.
 POST_KEYS = ("mae", "bias", "sd", "loa_low", "loa_high", "r")
@@ -93,7 +94,7 @@ def tables(test: dict) -> dict[str, list[list[str]]]:
     for name, stats in test.get("by_quality", {}).items():
         quality.append([name, str(stats["post"]["n"]), fmt(stats["post"]["mae"]), fmt(stats["pre"]["mae"]),
                         fmt(stats["post"]["bias"]), fmt(stats["post"]["r"], 3)])
-    names = ["<40", "40-49", ">=50"]
+    names = EF_CLASS_NAMES
     classes = [["reference \\ predicted", *names]]
     for name, row in zip(names, test["post"]["confusion"]):
         classes.append([name, *map(str, row)])

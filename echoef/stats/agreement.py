@@ -10,7 +10,7 @@ from scipy import stats
 from sklearn.model_selection import KFold
 
 from ..io.atomic import text_column
-from ..measure.ef import ef_class, is_measured
+from ..measure.ef import EF_CLASS_NAMES, ef_class, is_measured
 from . import calibration
 
 
@@ -144,9 +144,6 @@ def notebook_area_length_report(rows: pd.DataFrame, seed: int) -> dict:
         calibrated, _ = calibration.cross_fit(measured["ef_seed_scoring"], measured["ef_ref"], folds, "linear", (0, 100))
         out["post"] = summary(calibrated, measured["ef_ref"])
     return out
-
-
-EF_CLASS_NAMES = ("<40", "40-49", ">=50")  # measure.ef.EF_BINS
 
 
 def by_reference_class(rows: pd.DataFrame, calibrated: np.ndarray) -> dict:
