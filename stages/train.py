@@ -1,7 +1,7 @@
 """Train the segmentation ensemble; keep each member's checkpoint of best validation LV Dice.
 
 train.py --ingested DIR --sets FILE (its "train" and "val" lists) --model FILE --train-log FILE --curves DIR
-[--seed S]: the main model (data/split.json) and each cross-validation fold's (its sets file, its own
+[--seed S] [--resume DIR]: the main model (data/split.json) and each cross-validation fold's (its sets file, its own
 seed) are this one script with other paths.
 """
 
@@ -16,7 +16,7 @@ from dvclive import Live
 
 from echoef import machine, params
 from echoef.io.atomic import read_json, write_json
-from echoef.model import dataset, runtime, training
+from echoef.model import dataset, resume, runtime, training
 from echoef.model.network import save_checkpoint
 from echoef.stage import run
 
@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--train-log", type=Path, required=True, help="who the model saw, how long, on what machine (JSON)")
     parser.add_argument("--curves", type=Path, required=True, help="dvclive's folder of training curves")
     parser.add_argument("--seed", type=int, help="train.seed for this model (each fold has its own)")
+    parser.add_argument("--resume", type=Path, help="folder where the training state is saved between epochs, so that "
+                        "an interrupted run goes on from it (removed once the model is written)")
     args = parser.parse_args()
     config = params.load().train
     if args.seed is not None:
@@ -47,8 +49,12 @@ def main():
     live = Live(str(args.curves), dvcyaml=None, save_dvc_exp=False, report=None) if writer else contextlib.nullcontext()
     with live:
         start = time.perf_counter()
-        results = training.train_members(train_set, val_set, config, device, training.curve_logger(live, members) if writer else None)
-        seconds = time.perf_counter() - start
+        # A state saved by one process is not one of several processes' shares: resume runs alone.
+        resume_folder = args.resume if world == 1 else None
+        results = training.train_members(train_set, val_set, config, device, training.curve_logger(live, members) if writer else None,
+                                         resume_folder)
+        # A resumed training's time counts what the interrupted runs spent on it too.
+        seconds = time.perf_counter() - start + sum(m["seconds_before"] for m in results)
     runtime.end_processes(world)
     if not writer:
         return
@@ -61,7 +67,10 @@ def main():
                                 "precision": runtime.precision_name(config.runtime.precision, device),
                                 "environment": machine.environment(device),
                           "train_patients": sets["train"], "val_patients": sets["val"],
-                          "members": [{**s, "history": m["history"]} for s, m in zip(summary, results)]})
+                          "members": [{**s, "resumed_after_epoch": m["resumed_after_epoch"], "history": m["history"]}
+                                      for s, m in zip(summary, results)]})
+    if resume_folder is not None:
+        resume.clear(resume_folder)
     print(f"train: {seconds:.0f} s; " + "; ".join(f"seed {s['seed']} ({s['phases_per_input']} frame(s) per input) best epoch "
                                                    f"{s['best_epoch'] + 1}, validation LV Dice {s['val_dice_lv']:.4f}" for s in summary))
 

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from echoef.model import augment, network, runtime, training
+from echoef.model import augment, network, resume, runtime, training
 
 from conftest import train_config
 
@@ -114,9 +114,10 @@ def test_members_have_consecutive_seeds_and_load_as_an_ensemble(tmp_path):
 
 
 @pytest.mark.slow  # starts worker processes, each importing torch
-def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
+def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn(tmp_path):
     # Each member is seeded alone, so two worker processes give the networks of one process, bit
     # for bit on CPU (one thread each way); the log receives every member's rows after training.
+    # Each worker keeps its own member's saved state, and a second run resumes all three.
     three = config(network={"members": 3, "phases_per_input": [1, 2, 1]}, optimisation={"epochs": 2})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -126,13 +127,18 @@ def test_members_trained_in_parallel_processes_are_the_ones_trained_in_turn():
         torch.set_num_threads(threads)
     rows = []
     parallel = training.train_members(data(), data(4), dataclasses.replace(three, runtime=dataclasses.replace(three.runtime, parallel_members=2)),
-                               "cpu", lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])))
+                               "cpu", lambda member, epoch, row: rows.append((member, epoch, row["train_loss"])), tmp_path)
     assert [(m["seed"], m["phases_per_input"]) for m in parallel] == [(3, 1), (4, 2), (5, 1)]
     for a, b in zip(in_turn, parallel, strict=True):
         assert a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert [(m, e) for m, e, _ in rows] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     assert rows[3][2] == in_turn[1]["history"][1]["train_loss"]
+    assert len(list(tmp_path.glob("*.resume.pt"))) == 3
+    resumed = training.train_members(data(), data(4), dataclasses.replace(three, runtime=dataclasses.replace(three.runtime, parallel_members=2)),
+                                     "cpu", resume_folder=tmp_path)
+    assert [m["resumed_after_epoch"] for m in resumed] == [2, 2, 2]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for a, b in zip(in_turn, resumed) for k in a["state_dict"])
 
 
 def test_tta_is_the_mean_over_three_gammas():
@@ -397,3 +403,84 @@ def test_with_the_ef_or_es_term_a_one_frame_network_is_given_ed_and_es_together(
                         for batch in seen)
     with pytest.raises(Exception, match="must be even"):
         config(optimisation={term: 0.5, "batch_size": 3})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupting_log(rows, at):
+    """A log that records (member, epoch, train_loss) and stops the run when it reaches ``at``."""
+    def log(member, epoch, row):
+        if (member, epoch) == at:
+            raise Interrupted
+        rows.append((member, epoch, row["train_loss"]))
+    return log
+
+
+def test_an_interrupted_training_goes_on_to_the_networks_of_an_uninterrupted_one(tmp_path):
+    # Two members of three epochs, with weight averaging (its own state) and the one-cycle schedule
+    # (the learning rate depends on the step): killed in member 1's last epoch, the saved states
+    # (member 0 finished, member 1 after two epochs) let a second run train member 1's last epoch only.
+    two = config(network={"members": 2}, optimisation={"epochs": 3, "ema_decay": 0.9})
+    rows = []
+    whole = training.train_members(data(), data(4), two, "cpu", lambda m, e, row: rows.append((m, e, row["train_loss"])))
+    with pytest.MonkeyPatch.context() as patch:
+        first_rows, second_rows = [], []
+        patch.setattr(resume.Resume, "due", lambda self, last_epoch: True)  # a save after every epoch
+        with pytest.raises(Interrupted):
+            training.train_members(data(), data(4), two, "cpu", _interrupting_log(first_rows, (1, 2)), tmp_path / "resume")
+        assert len(list((tmp_path / "resume").glob("*.resume.pt"))) == 2
+        trained_epochs = []
+        original = training.Trainer.train_epoch
+        patch.setattr(training.Trainer, "train_epoch", lambda self, epoch: trained_epochs.append((self.config.seed, epoch)) or original(self, epoch))
+        again = training.train_members(data(), data(4), two, "cpu", lambda m, e, row: second_rows.append((m, e, row["train_loss"])),
+                                       tmp_path / "resume")
+    assert trained_epochs == [(4, 2)]
+    assert first_rows == rows[:5] and second_rows == rows  # the curves are whole again, every row as before
+    assert [m["resumed_after_epoch"] for m in again] == [3, 2] and all(m["seconds_before"] > 0 for m in again)
+    for a, b in zip(whole, again, strict=True):
+        assert a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    resume.clear(tmp_path / "resume")
+    assert not (tmp_path / "resume").exists()
+
+
+def test_a_saved_state_is_resumed_only_by_the_training_it_came_from(tmp_path):
+    # Another seed, other data or another schedule is another key: its state is removed, not resumed;
+    # a damaged state is set aside with a warning and the training starts afresh.
+    folder = tmp_path / "resume"
+    base = config(optimisation={"epochs": 2})
+    keys = {}
+    for name, (train, images) in {"base": (base, data()), "seed": (config(seed=4, optimisation={"epochs": 2}), data()),
+                                  "data": (base, data(n=10)), "epochs": (config(optimisation={"epochs": 3}), data())}.items():
+        keys[name] = resume.resume_key(train, 1, images, data(4), "cpu")
+    assert len(set(keys.values())) == 4
+    alone = training.train_members(data(), data(4), base, "cpu")[0]
+    training.train_members(data(), data(4), config(seed=4, optimisation={"epochs": 2}), "cpu", resume_folder=folder)
+    assert [p.name for p in folder.glob("*.resume.pt")] == [f"{keys['seed']}.resume.pt"]
+    again = training.train_members(data(), data(4), base, "cpu", resume_folder=folder)[0]
+    assert [p.name for p in folder.glob("*.resume.pt")] == [f"{keys['base']}.resume.pt"]  # the other key's state is gone
+    assert again["resumed_after_epoch"] == 0 and again["history"] == alone["history"]
+    (folder / f"{keys['base']}.resume.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.warns(UserWarning, match="not usable"):
+        damaged = training.train_members(data(), data(4), base, "cpu", resume_folder=folder)[0]
+    assert damaged["resumed_after_epoch"] == 0 and damaged["history"] == alone["history"]
+    assert training.train_members(data(), data(4), base, "cpu", resume_folder=folder)[0]["resumed_after_epoch"] == 2
+
+
+def test_the_resume_folder_is_never_someone_elses(tmp_path):
+    from echoef.errors import ForeignFolderError
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.resume.pt").write_text("a user's file")
+    with pytest.raises(ForeignFolderError):
+        training.train_members(data(), data(4), config(), "cpu", resume_folder=foreign)
+    resume.clear(foreign)  # not EchoEF's: left alone
+    assert (foreign / "notes.resume.pt").read_text() == "a user's file"
+    ours = tmp_path / "ours"
+    training.train_members(data(), data(4), config(), "cpu", resume_folder=ours)
+    (ours / "kept.txt").write_text("added by hand")
+    resume.clear(ours)
+    assert sorted(p.name for p in ours.iterdir()) == [".echoef", "kept.txt"]

@@ -126,6 +126,7 @@ def test_outputs(repo):
         assert (repo / f"plots/{png}.png").stat().st_size > 1000
     table = pd.read_csv(repo / "data/ef.csv")
     assert set(table["set"]) == {"val", "test"} and (table["method"] == "simpson_biplane").all()
+    assert not list((repo / "data").rglob("*.resume.pt"))  # the folds' saved training states went with their models
 
 
 def test_training_in_two_processes(repo):
@@ -306,6 +307,38 @@ def test_members_in_parallel_processes_through_the_train_stage(repo, tmp_path):
     assert len(state["state_dicts"]) == 2 and state["members"][1]["best_epoch"] == log["members"][1]["best_epoch"]
     curves = read(tmp_path, "curves/metrics.json")
     assert curves["step"] == 2 and {"val_dice_lv", "train_loss"} <= set(curves["member_1"])
+
+
+def test_a_train_stage_killed_mid_way_goes_on_where_it_stopped(repo, tmp_path):
+    # Two members, one after another: killed once the second has trained an epoch, the first's saved
+    # state is resumed and the second trained again; the model is the uninterrupted run's, bit for bit,
+    # the curves hold every epoch, and the saved states go once the model is written.
+    set_params(repo, {("train", "network", "members"): 2, ("train", "runtime", "processes"): 1,
+                      ("train", "optimisation", "epochs"): 4})
+    for name in ("whole", "killed"):
+        (tmp_path / name).mkdir()
+        shutil.copy(repo / "params.yaml", tmp_path / name / "params.yaml")
+    run(["git", "checkout", "params.yaml"], repo)
+    args = [sys.executable, str(repo / "stages/train.py"), "--ingested", str(repo / "data/ingested"), "--sets",
+            str(repo / "data/split.json"), "--model", "segmenter.pt", "--train-log", "train_log.json", "--curves", "curves"]
+    run(args, tmp_path / "whole")
+    process = subprocess.Popen(args + ["--resume", "state"], cwd=tmp_path / "killed", stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("member 1 epoch 1:"):
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL and not (tmp_path / "killed/segmenter.pt").exists()
+    assert len(list((tmp_path / "killed/state").glob("*.resume.pt"))) == 1  # the finished member's
+    output = run(args + ["--resume", "state"], tmp_path / "killed")
+    assert "resuming training from a saved state after epoch 4 of 4" in output
+    whole, resumed = (torch.load(tmp_path / name / "segmenter.pt", weights_only=True)["state_dicts"] for name in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(whole, resumed, strict=True) for k in a)
+    log = read(tmp_path / "killed", "train_log.json")
+    assert [m["resumed_after_epoch"] for m in log["members"]] == [4, 0]
+    assert [m["history"] for m in log["members"]] == [m["history"] for m in read(tmp_path / "whole", "train_log.json")["members"]]
+    assert read(tmp_path / "killed", "curves/metrics.json")["step"] == 3
+    assert not (tmp_path / "killed/state").exists()
 
 
 def test_a_run_record_and_the_report(repo, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..params import Train
 from .augment import augment
 from .network import PhaseStack, build_network, softmax_batches
 from .overlap import dice
+from .resume import Resume, prepare_folder, resume_key
 from .runtime import autocast, seed_everything
 
 
@@ -88,11 +90,13 @@ class Trainer:
     counts frames); ``log(epoch, row)`` receives each epoch's metrics. With ``ema_decay`` > 0 the
     validated and kept weights are an exponential moving average of the trained ones. Inside a
     torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel and
-    each process trains on its share of every global batch.
+    each process trains on its share of every global batch. With ``resume`` (one process only) the
+    whole training state is saved between epochs and a run that finds one goes on from it.
     """
 
-    def __init__(self, model: PhaseStack, train_set, val_set, config: Train, device: str, log=None):
-        self.config, self.device, self.log = config, device, log
+    def __init__(self, model: PhaseStack, train_set, val_set, config: Train, device: str, log=None,
+                 resume: Resume | None = None):
+        self.config, self.device, self.log, self.resume = config, device, log, resume
         distributed = dist.is_available() and dist.is_initialized()
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         cuda = torch.device(device).type == "cuda"
@@ -124,6 +128,7 @@ class Trainer:
         self.precision = config.runtime.precision
         self.best = {"lv_dice": -1.0, "state": None, "epoch": -1}
         self.history = []
+        self.resumed_after, self.seconds_before, self.started = 0, 0.0, time.perf_counter()
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         """One optimiser step on the frames ``idx``; returns the batch's summed loss (detached)."""
@@ -170,34 +175,76 @@ class Trainer:
             self.best = {"lv_dice": row["val_dice_lv"], "epoch": epoch,
                          "state": {k: v.detach().cpu().clone() for k, v in self.evaluated.state_dict().items()}}
 
+    def snapshot(self, epochs_done: int) -> dict:
+        """Everything the next epoch depends on: weights and their average, optimiser and schedule,
+        both random streams (and torch's own), the best weights so far and the history."""
+        return {"epochs_done": epochs_done, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "best": self.best, "history": self.history,
+                "order_rng": self.order_generator.get_state(), "augment_rng": self.augment_generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "seconds": self.seconds_before + time.perf_counter() - self.started}
+
+    def restore(self, state: dict) -> int:
+        """Put back a ``snapshot``; returns the number of epochs it had done."""
+        self.model.load_state_dict(state["model"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best, self.history = state["best"], state["history"]
+        self.order_generator.set_state(state["order_rng"])
+        self.augment_generator.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.seconds_before = float(state["seconds"])
+        return int(state["epochs_done"])
+
     def run(self) -> tuple[dict, int, list[dict]]:
-        """Train every epoch; returns (best state_dict, best epoch, history)."""
-        for epoch in range(self.config.optimisation.epochs):
+        """Train every epoch (from the saved state's next one, if ``resume`` finds one); returns (best
+        state_dict, best epoch, history)."""
+        epochs = self.config.optimisation.epochs
+        self.started = time.perf_counter()
+        saved = self.resume.load() if self.resume else None
+        first = self.resumed_after = self.restore(saved) if saved is not None else 0
+        if saved is not None and self.rank == 0:
+            print(f"resuming training from a saved state after epoch {first} of {epochs} ({self.resume.path.name})", flush=True)
+        if saved is not None and self.log:
+            for epoch, row in enumerate(self.history):  # the curves get every epoch, as without the interruption
+                self.log(epoch, row)
+        for epoch in range(first, epochs):
             loss = self.train_epoch(epoch)
             self.end_epoch(epoch, loss, self.validate())
+            if self.resume and self.resume.due(last_epoch=epoch + 1 == epochs):
+                self.resume.save(self.snapshot(epoch + 1))
         return self.best["state"], self.best["epoch"], self.history
 
 
-def train_member(train_set, val_set, config: Train, phases_per_input: int, device: str, log=None) -> dict:
+def train_member(train_set, val_set, config: Train, phases_per_input: int, device: str, log=None,
+                 resume: Resume | None = None) -> dict:
     """Seed, build and train one network of ``config`` (its own ``seed``) reading ``phases_per_input``
-    frames per input. Returns {seed, phases_per_input, state_dict, best_epoch, history}."""
+    frames per input, its state kept by ``resume`` if given. Returns {seed, phases_per_input,
+    state_dict, best_epoch, history, resumed_after_epoch (0 for a training from the start),
+    seconds_before (spent on it by the runs before)}."""
     seed_everything(config.seed, device)
-    state, best_epoch, history = Trainer(build_network(config.network, phases_per_input), train_set, val_set, config, device, log).run()
+    trainer = Trainer(build_network(config.network, phases_per_input), train_set, val_set, config, device, log, resume)
+    state, best_epoch, history = trainer.run()
     return {"seed": config.seed, "phases_per_input": phases_per_input, "state_dict": state,
-            "best_epoch": best_epoch, "history": history}
+            "best_epoch": best_epoch, "history": history, "resumed_after_epoch": trainer.resumed_after,
+            "seconds_before": trainer.seconds_before}
 
 
-def _train_member_in_process(sets_path: str, config: Train, phases: int, device: str, out_path: str) -> str:
+def _train_member_in_process(sets_path: str, config: Train, phases: int, device: str, out_path: str,
+                             resume: Resume | None) -> str:
     """``train_member`` in a worker process: data from one file, the result to another (not through
     shared memory, which containers often cap at 64 MB)."""
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     sets = torch.load(sets_path, mmap=True, weights_only=True)
-    torch.save(train_member(sets["train"], sets["val"], config, phases, device), out_path)
+    torch.save(train_member(sets["train"], sets["val"], config, phases, device, resume=resume), out_path)
     return out_path
 
 
-def train_members(train_set, val_set, config: Train, device: str, log=None) -> list[dict]:
+def train_members(train_set, val_set, config: Train, device: str, log=None, resume_folder: Path | None = None) -> list[dict]:
     """Train ``network.members`` networks (seeds ``seed``, ``seed + 1``, ...; frames per input from
     ``network.member_phases``) that predict as an ensemble.
 
@@ -206,20 +253,31 @@ def train_members(train_set, val_set, config: Train, device: str, log=None) -> l
     GPU that one network leaves partly idle does more work per second. Each member is seeded alone, so
     the networks are the ones trained one after another. Returns one ``train_member`` result per
     member; ``log(member, epoch, row)``, after training when members run in parallel.
+
+    With ``resume_folder`` each member's state is saved there between epochs (``resume``): a run
+    interrupted and started again goes on where it stopped, members already trained are not trained
+    again, and the networks are the ones an uninterrupted run gives. The caller removes the saved
+    states (``resume.clear``) once it has written the model.
     """
     phases = config.network.member_phases()
     configs = [dataclasses.replace(config, seed=config.seed + member) for member in range(len(phases))]
     workers = min(config.runtime.parallel_members, len(configs))
+    resumes = [None] * len(configs)
+    if resume_folder is not None:
+        keys = [resume_key(c, p, train_set, val_set, device) for c, p in zip(configs, phases)]
+        folder = prepare_folder(resume_folder, keys)
+        resumes = [Resume(folder, key) for key in keys]
     if workers <= 1:
-        return [train_member(train_set, val_set, c, p, device, (lambda epoch, row, m=member: log(m, epoch, row)) if log else None)
-                for member, (c, p) in enumerate(zip(configs, phases))]
+        return [train_member(train_set, val_set, c, p, device, (lambda epoch, row, m=member: log(m, epoch, row)) if log else None,
+                             resume)
+                for member, (c, p, resume) in enumerate(zip(configs, phases, resumes))]
     with tempfile.TemporaryDirectory() as tmp:
         sets_path = str(Path(tmp) / "sets.pt")
         torch.save({"train": tuple(train_set), "val": tuple(val_set)}, sets_path)
         # spawn, not fork: a forked child cannot use CUDA once the parent has touched it.
         with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
             paths = list(pool.map(_train_member_in_process, repeat(sets_path), configs, phases, repeat(device),
-                                  [str(Path(tmp) / f"member_{m}.pt") for m in range(len(configs))]))
+                                  [str(Path(tmp) / f"member_{m}.pt") for m in range(len(configs))], resumes))
         members = [torch.load(path, weights_only=True) for path in paths]
     if log:
         for member, result in enumerate(members):
