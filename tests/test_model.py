@@ -2,6 +2,7 @@
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -484,3 +485,16 @@ def test_the_resume_folder_is_never_someone_elses(tmp_path):
     (ours / "kept.txt").write_text("added by hand")
     resume.clear(ours)
     assert sorted(p.name for p in ours.iterdir()) == [".echoef", "kept.txt"]
+
+
+def test_a_state_that_cannot_be_saved_leaves_the_training_going(tmp_path, monkeypatch):
+    # A full disk mid-save: a warning, no half-written file, and the networks of a training without saves.
+    def full_disk(state, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(resume.torch, "save", full_disk)
+    with pytest.warns(UserWarning, match="not saved.*No space left"):
+        member = training.train_members(data(), data(4), config(), "cpu", resume_folder=tmp_path)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".echoef"]
+    assert member["history"] == training.train_members(data(), data(4), config(), "cpu")[0]["history"]

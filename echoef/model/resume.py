@@ -93,9 +93,13 @@ class Resume:
         return last_epoch or time.monotonic() - self.last_save >= self.every_s
 
     def save(self, state: dict) -> None:
-        """Write ``state`` whole or not at all (a kill mid-save leaves the previous one)."""
-        with atomic_path(self.path) as tmp:
-            torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
+        """Write ``state`` whole or not at all (a kill mid-save leaves the previous one). A save that
+        fails (a full disk) is a warning: the training goes on, only less of it can be resumed."""
+        try:
+            with atomic_path(self.path) as tmp:
+                torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
+        except OSError as error:
+            warnings.warn(f"{self.path}: training state not saved ({error}); the training goes on", stacklevel=2)
         self.last_save = time.monotonic()
 
 
