@@ -40,6 +40,7 @@ MAX_PARALLEL = 2  # networks trained at once on one GPU; more has run out of mem
 GRACE_S = 20  # after the deadline's SIGTERM, before SIGKILL
 KEEP = ("params.yaml", "dvc.lock", "metrics", "models/train_log.json", "models/calibrator.json", "models/novelty.json",
         "reports")  # what a run leaves that is worth keeping whatever happened
+SAVE_EVERY_VARIABLE, SAVE_EVERY_S = "ECHOEF_RESUME_EVERY_S", "60"  # resume.EVERY_S_VARIABLE (not importable before the install)
 HEAVY = ("torch", "torchvision")  # installed with the machine's CUDA; never replaced from the wheels
 
 
@@ -72,6 +73,16 @@ def python_link(out: Path) -> Path:
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     shim.chmod(0o755)
     return folder
+
+
+def stage_environment(out: Path) -> dict:
+    """The environment the stages run in: ``python_link`` first on PATH, then this interpreter's
+    folder (its `dvc`); and the training's save interval (echoef/model/resume.py reads it) at
+    ``SAVE_EVERY_S`` unless the caller set one, so that a run the deadline cut short and started again
+    on the same machine (stages done are restored from DVC's run cache, ignored files stay) loses at
+    most that much training."""
+    path = f"{python_link(out)}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {SAVE_EVERY_VARIABLE: SAVE_EVERY_S, **os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run_logged(command: list[str], log: Log, env: dict, cwd: Path, deadline: float | None = None) -> tuple[int, bool]:
@@ -246,8 +257,7 @@ def main(argv=None) -> int:
     log = Log(out)
     name = args.name or args.profile
     try:
-        env = {**os.environ, "PATH": f"{python_link(out)}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+        env = stage_environment(out)
         found = subprocess.run(["python", "-c", "import sys; print(sys.prefix)"], env=env, capture_output=True, text=True)
         log.line(f"python on the stages' PATH runs in: {found.stdout.strip() or found.stderr.strip()[:200]}")
         log.step("python", ok=found.returncode == 0 and found.stdout.strip() == sys.prefix)

@@ -478,6 +478,24 @@ def test_the_gpu_command_never_trains_more_than_two_networks_at_once(tmp_path):
     assert module.capped(2, log) == [] and module.capped(1, log) == []
 
 
+def test_the_gpu_commands_stages_save_the_training_every_minute_unless_told_otherwise(tmp_path, monkeypatch):
+    from echoef.model import resume
+
+    module = gpu_record()
+    monkeypatch.delenv(resume.EVERY_S_VARIABLE, raising=False)
+    env = module.stage_environment(tmp_path)
+    assert module.SAVE_EVERY_VARIABLE == resume.EVERY_S_VARIABLE and env[resume.EVERY_S_VARIABLE] == "60"
+    assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
+    monkeypatch.setattr(os, "environ", env)
+    assert resume.save_interval_s() == 60.0
+    monkeypatch.setitem(os.environ, resume.EVERY_S_VARIABLE, "5")
+    assert module.stage_environment(tmp_path)[resume.EVERY_S_VARIABLE] == "5" and resume.save_interval_s() == 5.0
+    for wrong in ("-1", "nan", "inf", "a minute"):
+        monkeypatch.setitem(os.environ, resume.EVERY_S_VARIABLE, wrong)
+        with pytest.warns(UserWarning, match="not a number of seconds"):
+            assert resume.save_interval_s() == resume.RESUME_EVERY_S
+
+
 def test_the_gpu_commands_deadline_stops_the_whole_process_tree(tmp_path):
     """A run past its deadline: SIGTERM to its process group (children included), its output logged
     up to then, the status it ended with; a grandchild left running would keep a GPU busy."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..io.atomic import OWNER_MARK, atomic_path, claim_folder
 from .runtime import precision_name
 
 RESUME_EVERY_S = 300.0  # at most this much training lost to a kill; a save of ~300 MB is about a second
+EVERY_S_VARIABLE = "ECHOEF_RESUME_EVERY_S"  # another interval, for a machine lent for minutes
 SUFFIX = ".resume.pt"
 FORMAT = 1
 
@@ -58,6 +60,23 @@ def resume_key(config, phases_per_input: int, train_set, val_set, device: str) -
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def save_interval_s() -> float:
+    """Seconds between saves: ``RESUME_EVERY_S``, or the environment's ``ECHOEF_RESUME_EVERY_S`` where it
+    holds a finite number of 0 or more (anything else is a warning and the default)."""
+    text = os.environ.get(EVERY_S_VARIABLE)
+    if text is None:
+        return RESUME_EVERY_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 <= seconds < float("inf")):
+        warnings.warn(f"{EVERY_S_VARIABLE}={text[:40]!r} is not a number of seconds of 0 or more; saving every "
+                      f"{RESUME_EVERY_S:g} s", stacklevel=2)
+        return RESUME_EVERY_S
+    return seconds
+
+
 @dataclasses.dataclass
 class Resume:
     """Where one network's training state is kept (``folder/<key>.resume.pt``) and how often it is
@@ -67,7 +86,7 @@ class Resume:
 
     folder: Path
     key: str
-    every_s: float = RESUME_EVERY_S
+    every_s: float = dataclasses.field(default_factory=save_interval_s)
     last_save: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
