@@ -48,7 +48,8 @@ def _tensor_digest(tensors) -> str:
     for tensor in tensors:
         contiguous = tensor.detach().cpu().contiguous()
         digest.update(f"{contiguous.dtype}{tuple(contiguous.shape)}".encode())
-        digest.update(contiguous.view(torch.uint8).numpy().tobytes() if contiguous.numel() else b"")
+        if contiguous.numel():
+            digest.update(contiguous.view(torch.uint8).numpy())  # the buffer itself: no copy of the data set
     return digest.hexdigest()
 
 
