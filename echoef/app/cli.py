@@ -450,7 +450,8 @@ def parser() -> argparse.ArgumentParser:
                               "instead of finding them")
     predict.add_argument("--split", help="only the videos of this Split of an EchoNet-Dynamic folder (e.g. TEST)")
     predict.add_argument("--dicom", type=Path, help="a folder of DICOM files: one study per patient and study UID")
-    predict.add_argument("--views", type=Path, help="CSV (file, view) naming the view of DICOM files whose names do not")
+    predict.add_argument("--views", type=Path,
+                         help="CSV (file, view) naming the view of each DICOM file whose name does not say it (2ch, a2c, 4ch, a4c)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     for view, phase in camus.FRAME_KEYS:
         predict.add_argument(f"--{view.lower()}-{phase.lower()}", dest=f"a{view[0]}c_{phase.lower()}", type=Path,
