@@ -79,8 +79,7 @@ def stage_environment(out: Path) -> dict:
     """The environment the stages run in: ``python_link`` first on PATH, then this interpreter's
     folder (its `dvc`); and the training's save interval (echoef/model/resume.py reads it) at
     ``SAVE_EVERY_S`` unless the caller set one, so that a run the deadline cut short and started again
-    on the same machine (stages done are restored from DVC's run cache, ignored files stay) loses at
-    most that much training."""
+    on the same machine (which keeps the git-ignored state folder) loses at most that much training."""
     path = f"{python_link(out)}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {SAVE_EVERY_VARIABLE: SAVE_EVERY_S, **os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
 
