@@ -8,6 +8,8 @@ patients.csv; records.SIGNAL_COLUMNS). A limit is supported when the studies it 
 worse: their MAE minus the others', 95% interval wholly above 0. Judged on the EF before calibration
 (the run's calibrator was fitted on validation patients that are among the out-of-fold ones).
 
+RECORD is a record folder, or a folder of folds kept one at a time and joined (fold_pieces.py).
+
 Usage: python benchmarks/review_limits.py RECORD [--sets oof] [--limits 3 5 8 10 15] [--out FILE.json]
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from echoef import machine
+from echoef import machine, runfiles
 from echoef.errors import UsageError
 from echoef.io.atomic import write_json
 from echoef.stats.agreement import review_agreement
@@ -58,7 +60,13 @@ def main():
     parser.add_argument("--limits", nargs="+", type=float, default=list(DEFAULT_LIMITS))
     parser.add_argument("--out", type=Path, help="write the table, command, machine and commit as JSON")
     args = parser.parse_args()
-    rows = pd.read_csv(args.record / "patients.csv")
+    # a record's rows, or the out-of-fold table of a run of the folds alone (fold_pieces.py join)
+    source = args.record / "patients.csv"
+    if not source.is_file():
+        source = args.record / runfiles.EF_CV_TABLE
+    if not source.is_file():
+        sys.exit(f"error: {args.record} holds neither patients.csv nor {runfiles.EF_CV_TABLE}: give a record or a run with folds")
+    rows = pd.read_csv(source)
     rows = rows[rows["set"].isin(args.sets)]
     try:
         table = limit_table(rows, args.limits)

@@ -1,6 +1,7 @@
 """The benchmark scripts that decide: compare_runs.py on small hand-made run records and a folds-only
 workspace (the paired numbers, the rule's verdict both ways, the refusal of runs on different folds,
-cross-fitting that does not depend on row order); grid_limit.py's round trip on a phantom patient."""
+cross-fitting that does not depend on row order); grid_limit.py's round trip on a phantom patient;
+review_limits.py's verdict; fold_pieces.py's folds kept one at a time and joined."""
 
 import importlib.util
 import sys
@@ -240,3 +241,83 @@ def test_review_limits_flags_by_the_members_spread_and_judges_by_the_rule(tmp_pa
     rows.to_csv(tmp_path / "patients.csv", index=False)
     with pytest.raises(module.UsageError, match="hold no members' EF spread"):
         module.limit_table(rows.assign(member_ef_spread=np.nan), [5])
+
+
+def write_fold_workspace(folder: Path, ef: dict, spread: dict, dice_lv: dict, params_text: str = "profile: camus-cpu\n") -> Path:
+    """A clean git checkout where both folds of a two-fold run finished: the fold lists, each fold's
+    EF table, review signals, Dice and training log, and a dvc.lock that names each EF table's md5."""
+    import hashlib
+    import subprocess
+
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("a commit\n")
+    for command in (["init", "-q"], ["add", "README.md"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run(["git", *command], cwd=folder, check=True)
+    (folder / "params.yaml").write_text(params_text)
+    fold_of = {patient: int(patient[-1]) % 2 for patient in ef}
+    write_json(folder / "data/cv/folds.json", {"k": 2, "fold_of": fold_of})
+    lock = {"split": {"outs": [{"path": "data/cv/folds.json", "md5": "f" * 32}]}}
+    for fold in (0, 1):
+        mine = [patient for patient, number in fold_of.items() if number == fold]
+        base = folder / f"data/cv/fold_{fold}"
+        (base / "predictions").mkdir(parents=True)
+        pd.DataFrame({"patient": mine, "set": "oof", "ef": [ef[p] for p in mine], "ef_ref": 50.0,
+                      "status": "ok"}).to_csv(base / "ef.csv", index=False)
+        pd.DataFrame({"patient": mine, "set": "oof", "member_ef_spread": [spread[p] for p in mine]}).to_csv(
+            base / "predictions/review_signals.csv", index=False)
+        pd.DataFrame([{"patient": p, "view": "4CH", "phase": phase, "dice_lv": dice_lv[p], "dice_myo": 0.8, "dice_la": 0.9}
+                      for p in mine for phase in ("ED", "ES")]).to_csv(base / "predictions/dice.csv", index=False)
+        write_json(base / "model/train_log.json", {"precision": "float32", "device": "cpu", "train_seconds": 60.0 * (fold + 1)})
+        md5 = hashlib.md5((base / "ef.csv").read_bytes()).hexdigest()
+        lock |= {f"train_fold@fold_{fold}": {"cmd": "train"}, f"infer_fold@fold_{fold}": {"cmd": "infer"},
+                 f"ef_fold@fold_{fold}": {"outs": [{"path": f"data/cv/fold_{fold}/ef.csv", "md5": md5}]}}
+    (folder / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}))
+    return folder
+
+
+def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monkeypatch):
+    """fold_pieces.py: each fold kept from its own workspace, joined only when both are there, into
+    the table the cv stage would write (each patient once, its fold, its members' spread); the
+    out-of-fold Dice is the mean over both folds' rows; review_limits.py reads the joined folder.
+    Refused: an unknown fold, a fold kept twice, other parameters, a stale EF table, an edited checkout."""
+    module = script("fold_pieces")
+    ef = {"p0": 50.0, "p1": 70.0, "p2": 52.0, "p3": 30.0, "p4": 49.0, "p5": 62.0}
+    spread = {"p0": 1.0, "p1": 12.0, "p2": 2.0, "p3": 15.0, "p4": 1.0, "p5": 9.0}
+    dice_lv = {"p0": 0.9, "p1": 0.8, "p2": 0.94, "p3": 0.7, "p4": 0.92, "p5": 0.86}
+    first = write_fold_workspace(tmp_path / "first", ef, spread, dice_lv)
+    second = write_fold_workspace(tmp_path / "second", ef, spread, dice_lv)
+    out = tmp_path / "results/oof-pieces"
+    module.keep(first, "fold_0", out, "dvc exp run ... ef_fold@fold_0")
+    with pytest.raises(module.UsageError, match="1 of 2 folds not kept yet \\(fold_1\\)"):
+        module.join(out)
+    for fold, match in (("fold_2", "this run's folds are fold_0, fold_1"), ("../x", "this run's folds are"),
+                        ("fold_0", "is kept already")):
+        with pytest.raises(module.UsageError, match=match):
+            module.keep(first, fold, out, "again")
+    other = write_fold_workspace(tmp_path / "other", ef, spread, dice_lv, params_text="profile: camus-gpu\n")
+    with pytest.raises(module.UsageError, match="differs from the one the folds kept"):
+        module.keep(other, "fold_1", out, "x")
+    (second / "data/cv/fold_1/ef.csv").write_text((second / "data/cv/fold_1/ef.csv").read_text() + "p9,oof,1,50,ok\n")
+    with pytest.raises(module.UsageError, match="not the table dvc.lock records"):
+        module.keep(second, "fold_1", out, "x")
+    second = write_fold_workspace(tmp_path / "second-again", ef, spread, dice_lv)
+    (second / "README.md").write_text("edited\n")
+    with pytest.raises(module.UsageError, match="modified: a fold is kept only from a clean checkout"):
+        module.keep(second, "fold_1", out, "x")
+    (second / "README.md").write_text("a commit\n")
+    module.keep(second, "fold_1", out, "dvc exp run ... ef_fold@fold_1")
+
+    table = module.join(out).set_index("patient")
+    assert sorted(table.index) == sorted(ef) and table["ef"].to_dict() == ef
+    assert table["fold"].to_dict() == {p: int(p[-1]) % 2 for p in ef}
+    assert table["member_ef_spread"].to_dict() == spread
+    assert read_json(out / "metrics/segmentation_cv.json")["oof"]["dice_lv_ed"] == pytest.approx(np.mean(list(dice_lv.values())))
+    pieces = read_json(out / "pieces.json")
+    assert [pieces["folds"][f]["train_seconds"] for f in ("fold_0", "fold_1")] == [60.0, 120.0]
+    lock = yaml.safe_load((out / "dvc.lock").read_text())["stages"]
+    assert {"split", "ef_fold@fold_0", "ef_fold@fold_1"} <= set(lock)
+    # review_limits reads the joined folder's out-of-fold rows: over 8 points p1, p3, p5 (errors 20, 20, 12)
+    monkeypatch.setattr(sys, "argv", ["review_limits.py", str(out), "--limits", "8", "--out", str(tmp_path / "limits.json")])
+    script("review_limits").main()
+    eight = read_json(tmp_path / "limits.json")["limits"]["8.0"]
+    assert eight["n_flagged"] == 3 and eight["mae_flagged"] == pytest.approx(52 / 3) and eight["mae_others"] == pytest.approx(1.0)
