@@ -44,15 +44,28 @@ PIECES = "pieces.json"
 # What a fold leaves in its folder (data/cv/<fold>/) that is kept: numbers per patient and the training log.
 FOLD_FILES = (Path("ef.csv"), runfiles.FOLD_REVIEW_SIGNALS, Path("predictions/dice.csv"), Path("model/train_log.json"))
 FOLD_STAGES = ("train_fold", "infer_fold", "ef_fold")
+MAX_FOLDS = 20
 
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def read_folds(path: Path) -> dict:
+    """A folds file (``{"k": K, "fold_of": {patient: fold}}``, as the split stage writes it), checked:
+    K from 2 to ``MAX_FOLDS``, every patient's fold one of them; UsageError otherwise."""
+    folds = read_json(path)
+    k = folds.get("k") if isinstance(folds, dict) else None
+    fold_of = folds.get("fold_of") if isinstance(folds, dict) else None
+    if not (isinstance(k, int) and 2 <= k <= MAX_FOLDS and isinstance(fold_of, dict)
+            and all(isinstance(fold, int) and 0 <= fold < k for fold in fold_of.values())):
+        raise UsageError(f"{path} is not a folds file of 2 to {MAX_FOLDS} folds as the split stage writes it")
+    return folds
+
+
 def fold_names(folds: dict) -> list[str]:
-    """The fold names of a folds file (``{"k": K, "fold_of": {patient: fold}}``)."""
-    return params.fold_ids(int(folds["k"]))
+    """The fold names of a checked folds file (``read_folds``)."""
+    return params.fold_ids(folds["k"])
 
 
 def lock_entries(workspace: Path, fold: str) -> dict:
@@ -70,13 +83,22 @@ def lock_entries(workspace: Path, fold: str) -> dict:
     return {name: lock[name] for name in names}
 
 
+def read_pieces(out: Path) -> dict:
+    """``out``/pieces.json, checked to be what ``keep`` writes (a fold name to its facts)."""
+    pieces = read_json(out / PIECES)
+    if not (isinstance(pieces, dict) and isinstance(pieces.get("folds"), dict)
+            and all(isinstance(facts, dict) and isinstance(facts.get("lock"), dict) for facts in pieces["folds"].values())):
+        raise UsageError(f"{out / PIECES} is not what fold_pieces.py keep writes; keep the folds again in a new folder")
+    return pieces
+
+
 def keep(workspace: Path, fold: str, out: Path, command: str, replace: bool = False) -> Path:
     """Copy ``fold``'s out-of-fold tables from ``workspace`` into ``out``/data/cv/``fold``; returns that folder."""
     workspace, out = Path(workspace), Path(out)
     for needed in (runfiles.PARAMS, runfiles.LOCK, FOLDS_FILE):
         if not (workspace / needed).is_file():
             raise UsageError(f"{workspace} holds no {needed}: give the workspace of a run with folds")
-    folds = read_json(workspace / FOLDS_FILE)
+    folds = read_folds(workspace / FOLDS_FILE)
     if fold not in fold_names(folds):  # also what keeps the fold's name a plain folder name
         raise UsageError(f"fold {fold!r}: this run's folds are {', '.join(fold_names(folds))}")
     source = workspace / "data/cv" / fold
@@ -88,7 +110,7 @@ def keep(workspace: Path, fold: str, out: Path, command: str, replace: bool = Fa
         raise UsageError(f"{workspace} is at {commit}: a fold is kept only from a clean checkout of a commit")
     entries = lock_entries(workspace, fold)
     out = claim_folder(out)
-    pieces = read_json(out / PIECES) if (out / PIECES).is_file() else {"folds": {}}
+    pieces = read_pieces(out) if (out / PIECES).is_file() else {"folds": {}}
     for name, mine in ((runfiles.PARAMS, out / runfiles.PARAMS), (FOLDS_FILE, out / FOLDS_FILE)):
         if mine.is_file() and mine.read_bytes() != (workspace / name).read_bytes():
             raise UsageError(f"{workspace / name} differs from the one the folds kept in {out} were made with; "
@@ -107,6 +129,7 @@ def keep(workspace: Path, fold: str, out: Path, command: str, replace: bool = Fa
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         write_text(out / name, (workspace / name).read_text())
     log = read_json(source / "model/train_log.json")
+    log = log if isinstance(log, dict) else {}
     pieces["commit"] = commit
     pieces["folds"][fold] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "commit": commit,
                              "precision": log.get("precision"), "device": log.get("device"),
@@ -123,7 +146,7 @@ def join(out: Path) -> pd.DataFrame:
     out = Path(out)
     if not (out / PIECES).is_file():
         raise UsageError(f"{out} holds no folds kept by `fold_pieces.py keep`")
-    pieces, folds = read_json(out / PIECES), read_json(out / FOLDS_FILE)
+    pieces, folds = read_pieces(out), read_folds(out / FOLDS_FILE)
     names = fold_names(folds)
     missing = [name for name in names if name not in pieces["folds"]]
     if missing:

@@ -243,16 +243,25 @@ def test_review_limits_flags_by_the_members_spread_and_judges_by_the_rule(tmp_pa
         module.limit_table(rows.assign(member_ef_spread=np.nan), [5])
 
 
-def write_fold_workspace(folder: Path, ef: dict, spread: dict, dice_lv: dict, params_text: str = "profile: camus-cpu\n") -> Path:
-    """A clean git checkout where both folds of a two-fold run finished: the fold lists, each fold's
-    EF table, review signals, Dice and training log, and a dvc.lock that names each EF table's md5."""
-    import hashlib
+def git_commit(folder: Path, text: str) -> Path:
+    """A git repository at ``folder`` with one commit (a README holding ``text``)."""
     import subprocess
 
     folder.mkdir(parents=True)
-    (folder / "README.md").write_text("a commit\n")
+    (folder / "README.md").write_text(text)
     for command in (["init", "-q"], ["add", "README.md"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
         subprocess.run(["git", *command], cwd=folder, check=True)
+    return folder
+
+
+def write_fold_workspace(folder: Path, origin: Path, ef: dict, spread: dict, dice_lv: dict,
+                         params_text: str = "profile: camus-cpu\n") -> Path:
+    """A clean clone of ``origin`` where both folds of a two-fold run finished: the fold lists, each
+    fold's EF table, review signals, Dice and training log, and a dvc.lock that names each EF table's md5."""
+    import hashlib
+    import subprocess
+
+    subprocess.run(["git", "clone", "-q", str(origin), str(folder)], check=True)
     (folder / "params.yaml").write_text(params_text)
     fold_of = {patient: int(patient[-1]) % 2 for patient in ef}
     write_json(folder / "data/cv/folds.json", {"k": 2, "fold_of": fold_of})
@@ -284,8 +293,9 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
     ef = {"p0": 50.0, "p1": 70.0, "p2": 52.0, "p3": 30.0, "p4": 49.0, "p5": 62.0}
     spread = {"p0": 1.0, "p1": 12.0, "p2": 2.0, "p3": 15.0, "p4": 1.0, "p5": 9.0}
     dice_lv = {"p0": 0.9, "p1": 0.8, "p2": 0.94, "p3": 0.7, "p4": 0.92, "p5": 0.86}
-    first = write_fold_workspace(tmp_path / "first", ef, spread, dice_lv)
-    second = write_fold_workspace(tmp_path / "second", ef, spread, dice_lv)
+    origin = git_commit(tmp_path / "origin", "a commit\n")
+    first = write_fold_workspace(tmp_path / "first", origin, ef, spread, dice_lv)
+    second = write_fold_workspace(tmp_path / "second", origin, ef, spread, dice_lv)
     out = tmp_path / "results/oof-pieces"
     module.keep(first, "fold_0", out, "dvc exp run ... ef_fold@fold_0")
     with pytest.raises(module.UsageError, match="1 of 2 folds not kept yet \\(fold_1\\)"):
@@ -294,13 +304,16 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
                         ("fold_0", "is kept already")):
         with pytest.raises(module.UsageError, match=match):
             module.keep(first, fold, out, "again")
-    other = write_fold_workspace(tmp_path / "other", ef, spread, dice_lv, params_text="profile: camus-gpu\n")
+    other = write_fold_workspace(tmp_path / "other", origin, ef, spread, dice_lv, params_text="profile: camus-gpu\n")
     with pytest.raises(module.UsageError, match="differs from the one the folds kept"):
         module.keep(other, "fold_1", out, "x")
+    elsewhere = write_fold_workspace(tmp_path / "elsewhere", git_commit(tmp_path / "origin2", "another\n"), ef, spread, dice_lv)
+    with pytest.raises(module.UsageError, match="the folds kept in .* at [0-9a-f]{12}; check out"):
+        module.keep(elsewhere, "fold_1", out, "x")
     (second / "data/cv/fold_1/ef.csv").write_text((second / "data/cv/fold_1/ef.csv").read_text() + "p9,oof,1,50,ok\n")
     with pytest.raises(module.UsageError, match="not the table dvc.lock records"):
         module.keep(second, "fold_1", out, "x")
-    second = write_fold_workspace(tmp_path / "second-again", ef, spread, dice_lv)
+    second = write_fold_workspace(tmp_path / "second-again", origin, ef, spread, dice_lv)
     (second / "README.md").write_text("edited\n")
     with pytest.raises(module.UsageError, match="modified: a fold is kept only from a clean checkout"):
         module.keep(second, "fold_1", out, "x")
@@ -321,3 +334,11 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
     script("review_limits").main()
     eight = read_json(tmp_path / "limits.json")["limits"]["8.0"]
     assert eight["n_flagged"] == 3 and eight["mae_flagged"] == pytest.approx(52 / 3) and eight["mae_others"] == pytest.approx(1.0)
+
+    # what it reads is checked: a folds file of a billion folds, a pieces.json that is not one
+    write_json(second / "data/cv/folds.json", {"k": 10**9, "fold_of": {"p0": 0}})
+    with pytest.raises(module.UsageError, match="not a folds file of 2 to 20 folds"):
+        module.keep(second, "fold_1", out, "x", replace=True)
+    write_json(out / "pieces.json", {"folds": ["fold_0"]})
+    with pytest.raises(module.UsageError, match="not what fold_pieces.py keep writes"):
+        module.join(out)
