@@ -185,6 +185,9 @@ def main():
             found = agreement.summary(measured["ef"], measured["ef_ref"])
             print(f"{args.out}: {len(table)} out-of-fold patients, {found['n']} measured; EF before calibration: "
                   f"MAE {found['mae']:.2f}, bias {found['bias']:+.2f}, r {found['r']:.3f}")
+            for fold, facts in read_pieces(args.out)["folds"].items():
+                cpu = ((facts.get("environment") or {}).get("cpu") or {}).get("model", "?")
+                print(f"  {fold}: trained in {facts.get('precision')} on {facts.get('device')} ({cpu}), kept {facts.get('created')}")
     except (UsageError, OSError, ValueError, KeyError) as error:
         sys.exit(f"error: {error}")
 

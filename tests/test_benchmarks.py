@@ -284,7 +284,7 @@ def write_fold_workspace(folder: Path, origin: Path, ef: dict, spread: dict, dic
     return folder
 
 
-def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monkeypatch):
+def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monkeypatch, capsys):
     """fold_pieces.py: each fold kept from its own workspace, joined only when both are there, into
     the table the cv stage would write (each patient once, its fold, its members' spread); the
     out-of-fold Dice is the mean over both folds' rows; review_limits.py reads the joined folder.
@@ -335,6 +335,11 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
     eight = read_json(tmp_path / "limits.json")["limits"]["8.0"]
     assert eight["n_flagged"] == 3 and eight["mae_flagged"] == pytest.approx(52 / 3) and eight["mae_others"] == pytest.approx(1.0)
 
+    monkeypatch.setattr(sys, "argv", ["fold_pieces.py", "join", str(out)])
+    module.main()
+    printed = capsys.readouterr().out
+    assert "6 out-of-fold patients, 6 measured; EF before calibration: MAE 9.17, bias +2.17" in printed
+    assert "fold_1: trained in float32 on cpu" in printed
     # what it reads is checked: a folds file of a billion folds, a pieces.json that is not one
     write_json(second / "data/cv/folds.json", {"k": 10**9, "fold_of": {"p0": 0}})
     with pytest.raises(module.UsageError, match="not a folds file of 2 to 20 folds"):
