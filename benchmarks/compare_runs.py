@@ -132,9 +132,24 @@ def compare_columns(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: in
             for column in a.columns}
 
 
+def calibrated_range(run: Path) -> tuple[float, float]:
+    """The EF range a run's calibrated EFs are clipped to: its calibrator's, or, for a run of the folds
+    alone (no calibrator; fold_pieces.py join), its parameters' ``calibration.ef_range``."""
+    if (run / runfiles.CALIBRATOR).is_file():
+        return tuple(read_json(run / runfiles.CALIBRATOR)["ef_range"])
+    stated = None
+    if (run / runfiles.PARAMS).is_file():
+        stated = ((yaml.safe_load((run / runfiles.PARAMS).read_text()) or {}).get("calibration") or {}).get("ef_range")
+    if not (isinstance(stated, list) and len(stated) == 2 and all(isinstance(v, (int, float)) for v in stated)
+            and 0 <= stated[0] < stated[1] <= 100):
+        raise UsageError(f"{run} holds no calibrator ({runfiles.CALIBRATOR}) and no calibration.ef_range in its "
+                         f"{runfiles.PARAMS}: give as run A a finished run or a record")
+    return float(stated[0]), float(stated[1])
+
+
 def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) -> dict:
     """One set's comparison: EF absolute error before and after calibration, LV Dice, error correlation."""
-    ef_range = tuple(read_json(run_a / runfiles.CALIBRATOR)["ef_range"])
+    ef_range = calibrated_range(run_a)
     errors = ef_errors(ef_rows(run_a, subset), ef_rows(run_b, subset), subset, ef_range)
     ef = {phase: {"a": float(errors[f"{phase}_a"].mean()), "b": float(errors[f"{phase}_b"].mean()),
                   **agreement.paired_difference(errors[f"{phase}_a"], errors[f"{phase}_b"], n_resamples, seed)}
@@ -218,7 +233,10 @@ def main():
     if args.cv and folds_hash(args.run_a) != folds_hash(args.run_b):
         sys.exit(f"the runs' cross-validation folds differ (data/cv/folds.json {folds_hash(args.run_a)} against "
                  f"{folds_hash(args.run_b)}): run both with the same split parameters")
-    results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
+    try:
+        results = {subset: compare(args.run_a, args.run_b, subset, args.bootstrap, args.seed) for subset in subsets}
+    except UsageError as error:
+        sys.exit(f"error: {error}")
     command = "python benchmarks/compare_runs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     changed = changed_parameters(args.run_a, args.run_b)
     lines = report_lines(results, args.run_a, args.run_b, args.decide, command, changed, args.rule_group, args.what)

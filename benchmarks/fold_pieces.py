@@ -13,8 +13,8 @@ never image data or weights.
       once every fold is kept: the out-of-fold EF table (data/ef_cv.csv, by the cv stage's own
       function), the out-of-fold Dice (metrics/segmentation_cv.json) and a dvc.lock of the pieces
 
-DIR then reads as a run of the folds alone: `compare_runs.py A DIR --cv` compares it out of fold and
-`review_limits.py DIR` reads its out-of-fold rows. Every fold must come from the same commit,
+DIR then reads as a run of the folds alone: `compare_runs.py A DIR --cv` (or `DIR B`) compares it out
+of fold and `review_limits.py DIR` reads its out-of-fold rows. Every fold must come from the same commit,
 parameters and fold lists; the machine and precision may differ, and pieces.json says which fold
 had which.
 """

@@ -347,3 +347,19 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
     write_json(out / "pieces.json", {"folds": ["fold_0"]})
     with pytest.raises(module.UsageError, match="not what fold_pieces.py keep writes"):
         module.join(out)
+
+
+def test_a_run_of_the_folds_alone_can_be_the_baseline(tmp_path, cohort, monkeypatch):
+    """compare_runs.py with a folds-only run (fold_pieces.py join: no calibrator) as run A: the EF range
+    of the cross-fitted calibration comes from its params.yaml; with neither, one line, not a traceback."""
+    ef_ref, noise = cohort
+    a = write_folds_run(tmp_path / "a", ef_ref + noise, ef_ref)
+    better = write_folds_run(tmp_path / "better", ef_ref + noise / 2, ef_ref)
+    with pytest.raises(SystemExit, match="holds no calibrator .* and no calibration.ef_range"):
+        run_script(monkeypatch, a, better, "--cv", "--bootstrap", 300)
+    (a / "params.yaml").write_text(yaml.safe_dump({"calibration": {"ef_range": [5, 95]}}))
+    assert compare_runs().calibrated_range(a) == (5.0, 95.0)
+    out = tmp_path / "cmp"
+    run_script(monkeypatch, a, better, "--cv", "--decide", "--bootstrap", 300, "--out", out)
+    assert read_json(out / "comparison.json")["b_replaces_a"] is True
+
