@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from echoef import machine, runfiles
+from echoef import machine, params, runfiles
 from echoef.errors import UsageError
 from echoef.io.atomic import read_json, write_csv, write_json, write_text
 from echoef.measure.ef import is_measured
@@ -137,14 +137,13 @@ def calibrated_range(run: Path) -> tuple[float, float]:
     alone (no calibrator; fold_pieces.py join), its parameters' ``calibration.ef_range``."""
     if (run / runfiles.CALIBRATOR).is_file():
         return tuple(read_json(run / runfiles.CALIBRATOR)["ef_range"])
-    stated = None
-    if (run / runfiles.PARAMS).is_file():
-        stated = ((yaml.safe_load((run / runfiles.PARAMS).read_text()) or {}).get("calibration") or {}).get("ef_range")
-    if not (isinstance(stated, list) and len(stated) == 2 and all(isinstance(v, (int, float)) for v in stated)
-            and 0 <= stated[0] < stated[1] <= 100):
+    try:  # the calibration section checked as the pipeline checks it
+        stated = (yaml.safe_load((run / runfiles.PARAMS).read_text()) or {}).get("calibration")
+        low, high = params.build(params.Calibration, stated, "calibration.").ef_range
+    except (OSError, ValueError, AttributeError) as error:
         raise UsageError(f"{run} holds no calibrator ({runfiles.CALIBRATOR}) and no calibration.ef_range in its "
-                         f"{runfiles.PARAMS}: give as run A a finished run or a record")
-    return float(stated[0]), float(stated[1])
+                         f"{runfiles.PARAMS} ({error}): give as run A a finished run or a record") from error
+    return float(low), float(high)
 
 
 def compare(run_a: Path, run_b: Path, subset: str, n_resamples: int, seed: int) -> dict:

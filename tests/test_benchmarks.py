@@ -357,7 +357,7 @@ def test_a_run_of_the_folds_alone_can_be_the_baseline(tmp_path, cohort, monkeypa
     better = write_folds_run(tmp_path / "better", ef_ref + noise / 2, ef_ref)
     with pytest.raises(SystemExit, match="holds no calibrator .* and no calibration.ef_range"):
         run_script(monkeypatch, a, better, "--cv", "--bootstrap", 300)
-    (a / "params.yaml").write_text(yaml.safe_dump({"calibration": {"ef_range": [5, 95]}}))
+    (a / "params.yaml").write_text(yaml.safe_dump({"calibration": {"method": "linear", "fit_set": "val", "ef_range": [5, 95]}}))
     assert compare_runs().calibrated_range(a) == (5.0, 95.0)
     out = tmp_path / "cmp"
     run_script(monkeypatch, a, better, "--cv", "--decide", "--bootstrap", 300, "--out", out)
