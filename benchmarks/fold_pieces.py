@@ -11,7 +11,8 @@ never image data or weights.
       the fold's tables, training log and dvc.lock entries into DIR/data/cv/FOLD
   join DIR
       once every fold is kept: the out-of-fold EF table (data/ef_cv.csv, by the cv stage's own
-      function), the out-of-fold Dice (metrics/segmentation_cv.json) and a dvc.lock of the pieces
+      function), the out-of-fold Dice and the folds' spread (metrics/segmentation_cv.json, the cv
+      stage's own function too) and a dvc.lock of the pieces
 
 DIR then reads as a run of the folds alone: `compare_runs.py A DIR --cv` (or `DIR B`) compares it out
 of fold and `review_limits.py DIR` reads its out-of-fold rows. Every fold must come from the same commit,
@@ -36,7 +37,7 @@ from echoef.errors import UsageError
 from echoef.io.atomic import atomic_folder, claim_folder, read_json, write_csv, write_json, write_text
 from echoef.measure.ef import is_measured
 from echoef.measure.eftable import out_of_fold_table
-from echoef.model.segmentation import dice_summary
+from echoef.model.segmentation import out_of_fold_dice
 from echoef.stats import agreement
 
 FOLDS_FILE = Path("data/cv/folds.json")
@@ -153,13 +154,12 @@ def join(out: Path) -> pd.DataFrame:
         raise UsageError(f"{out}: {len(missing)} of {len(names)} folds not kept yet ({', '.join(missing)})")
     fold_dirs = [out / "data/cv" / name for name in names]
     table = out_of_fold_table(fold_dirs, list(folds["fold_of"]))
-    dice = pd.concat([pd.read_csv(folder / "predictions/dice.csv") for folder in fold_dirs], ignore_index=True)
     lock = {"schema": "2.0", "stages": {}}
     for name in names:
         lock["stages"].update(pieces["folds"][name]["lock"])
     write_csv(out / runfiles.EF_CV_TABLE, table)
     (out / runfiles.SEGMENTATION_CV_METRICS).parent.mkdir(parents=True, exist_ok=True)
-    write_json(out / runfiles.SEGMENTATION_CV_METRICS, {"folds": len(names), "oof": dice_summary(dice)})
+    write_json(out / runfiles.SEGMENTATION_CV_METRICS, out_of_fold_dice(fold_dirs))
     write_text(out / runfiles.LOCK, yaml.safe_dump(lock, sort_keys=False))
     return table
 

@@ -287,7 +287,8 @@ def write_fold_workspace(folder: Path, origin: Path, ef: dict, spread: dict, dic
 def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monkeypatch, capsys):
     """fold_pieces.py: each fold kept from its own workspace, joined only when both are there, into
     the table the cv stage would write (each patient once, its fold, its members' spread); the
-    out-of-fold Dice is the mean over both folds' rows; review_limits.py reads the joined folder.
+    out-of-fold Dice is the mean over both folds' rows, with the folds' spread; review_limits.py reads
+    the joined folder.
     Refused: an unknown fold, a fold kept twice, other parameters, a stale EF table, an edited checkout."""
     module = script("fold_pieces")
     ef = {"p0": 50.0, "p1": 70.0, "p2": 52.0, "p3": 30.0, "p4": 49.0, "p5": 62.0}
@@ -324,7 +325,10 @@ def test_folds_kept_one_at_a_time_join_into_the_out_of_fold_table(tmp_path, monk
     assert sorted(table.index) == sorted(ef) and table["ef"].to_dict() == ef
     assert table["fold"].to_dict() == {p: int(p[-1]) % 2 for p in ef}
     assert table["member_ef_spread"].to_dict() == spread
-    assert read_json(out / "metrics/segmentation_cv.json")["oof"]["dice_lv_ed"] == pytest.approx(np.mean(list(dice_lv.values())))
+    dice = read_json(out / "metrics/segmentation_cv.json")
+    assert dice["oof"]["dice_lv_ed"] == pytest.approx(np.mean(list(dice_lv.values())))
+    # each fold's mean LV Dice: (0.9 + 0.94 + 0.92) / 3 = 0.92 and (0.8 + 0.7 + 0.86) / 3 = 0.78667
+    assert dice["fold_spread"] == pytest.approx({"dice_lv_mean": (0.92 + 2.36 / 3) / 2, "dice_lv_std": (0.92 - 2.36 / 3) / 2})
     pieces = read_json(out / "pieces.json")
     assert [pieces["folds"][f]["train_seconds"] for f in ("fold_0", "fold_1")] == [60.0, 120.0]
     lock = yaml.safe_load((out / "dvc.lock").read_text())["stages"]

@@ -192,6 +192,31 @@ def test_an_enhanced_multiframe_file_states_its_pixel_size_in_functional_groups(
         assert imagefile.read_loop(path).spacing_mm == pytest.approx(expected)
 
 
+
+@pytest.mark.parametrize("stated_ms, expected", [(20, 20.0), (0.1, 0.1), (1000, 1000.0), (0.05, None), (1e-6, None),
+                                                  (1000.5, None), (1e9, None), (-20, None), (0, None)])
+def test_a_loops_frame_time_counts_only_where_it_is_plausible(tmp_path, stated_ms, expected):
+    """A stated time between frames far outside what echo loops use (a wrong unit, a crafted tag) counts
+    as none stated, whichever format states it: a DICOM FrameTime, a NIfTI loop's pixdim[4] in ms."""
+    import nibabel
+
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 40, 30)).astype(np.uint8)
+    dicom_path = write_dicom(tmp_path / "a4c.dcm", pixels, region_spacing_mm=(0.3, 0.3), frame_ms=stated_ms)
+    nifti = nibabel.Nifti1Image(pixels.transpose(2, 1, 0)[:, :, None, :], np.diag([0.3, 0.3, 1.0, 1.0]))
+    nifti.header.set_xyzt_units("mm", "msec")
+    nifti.header["pixdim"][4] = stated_ms
+    nibabel.save(nifti, tmp_path / "a4c.nii.gz")
+    for path in (dicom_path, tmp_path / "a4c.nii.gz"):
+        loop = imagefile.read_loop(path)
+        assert loop.frames.shape == (3, 40, 30)
+        assert loop.frame_ms == (pytest.approx(expected) if expected else None), path.name
+
+
+@given(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30), st.text(max_size=8)))
+def test_a_stated_frame_time_is_plausible_or_none(value):
+    stated = imagefile.stated_frame_ms(value)
+    assert stated is None or (imagefile.FRAME_MS_RANGE[0] <= stated <= imagefile.FRAME_MS_RANGE[1] and stated == float(value))
+
 def _as_palette_colour(path, table_rgb: np.ndarray | None):
     """The file's 8-bit values as indices into a 256-entry palette colour table ``table_rgb`` (256, 3),
     16 bits per entry as scanners write it; None: a palette-colour file that lacks its table."""

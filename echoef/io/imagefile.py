@@ -16,7 +16,7 @@ import re
 import stat
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,10 @@ MAX_LOOP_FRAMES = 10_000  # tens of beats at a high frame rate; each frame is se
 # Echo pixels are a few hundredths to about one millimetre; far outside this a header is in the
 # wrong unit (metres, microns) or corrupt, and every volume measured on it would be wrong.
 SPACING_RANGE_MM = (0.005, 10.0)
+# Echo loops run at 15 to a few hundred frames a second (research scanners at a few thousand); a stated
+# time between frames far outside this is a wrong unit or a corrupt header, and the loop's length in
+# seconds (review's ``no_beat``) taken from it would be wrong: such a time counts as none stated.
+FRAME_MS_RANGE = (0.1, 1000.0)
 LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: colour ultrasound pixels (DICOM, video) to grey
 AXIS_TOLERANCE = 1e-3  # direction cosines closer than this to 0 or 1 count as axis-aligned
 
@@ -683,7 +687,8 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
     Every reader checks the header before any pixel is read, so a corrupt size cannot exhaust memory.
     ``spacing_mm`` (row, col) is the pixel size of files that carry none (PNG, JPEG, TIFF, BMP, or a
     header that states none); without it they are refused (``no_spacing``), as is anything else
-    that would make a volume wrong without a warning. A header's own pixel size is always used.
+    that would make a volume wrong without a warning. A header's own pixel size is always used; a
+    stated time between frames only where it is a plausible one (``stated_frame_ms``).
     """
     path = Path(path)
     try:
@@ -696,7 +701,18 @@ def read_loop(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop
     if reader is None:
         known = ", ".join(suffix for reader in READERS for suffix in reader.suffixes)
         raise StudyError("unsupported_format", f"{path.name}: read are {known} (and DICOM of any name)")
-    return reader.read(path, spacing_mm)
+    loop = reader.read(path, spacing_mm)
+    return replace(loop, frame_ms=stated_frame_ms(loop.frame_ms))
+
+
+def stated_frame_ms(frame_ms: float | None) -> float | None:
+    """A loop's time between frames (ms) as its file states it, where that is a plausible one
+    (``FRAME_MS_RANGE``, finite), else None: every reader's, registered ones' too, passes here."""
+    try:
+        value = float(frame_ms)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if FRAME_MS_RANGE[0] <= value <= FRAME_MS_RANGE[1] else None
 
 
 def read_itk(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loop:

@@ -97,13 +97,18 @@ def dice_summary(table: pd.DataFrame) -> dict:
     return out
 
 
-def cv_dice_report(fold_dirs: list[Path], ensemble_rows: list[dict]) -> dict:
-    """Cross-validation's Dice: out of fold (each fold's ``predictions/dice.csv``), the spread of the
-    folds' mean LV Dice, and the fold ensemble's on the test list (``ensemble_rows``)."""
+def out_of_fold_dice(fold_dirs: list[Path]) -> dict:
+    """Cross-validation's Dice out of fold (each fold's ``predictions/dice.csv``, in fold order) and the
+    spread of the folds' mean LV Dice: the ``cv`` stage's, and a run of folds kept one at a time's."""
     oof_dice = pd.concat([pd.read_csv(Path(folder) / "predictions" / "dice.csv").assign(fold=fold)
                           for fold, folder in enumerate(fold_dirs)], ignore_index=True)
     lv = oof_dice.groupby("fold")["dice_lv"].mean()
     return {"folds": len(fold_dirs), "oof": dice_summary(oof_dice),
-            "fold_spread": {"dice_lv_mean": float(lv.mean()), "dice_lv_std": float(lv.std(ddof=0))},
-            "test_ensemble": dice_summary(pd.DataFrame(ensemble_rows))}
+            "fold_spread": {"dice_lv_mean": float(lv.mean()), "dice_lv_std": float(lv.std(ddof=0))}}
+
+
+def cv_dice_report(fold_dirs: list[Path], ensemble_rows: list[dict]) -> dict:
+    """Cross-validation's Dice: out of fold with the folds' spread (``out_of_fold_dice``), and the fold
+    ensemble's on the test list (``ensemble_rows``)."""
+    return {**out_of_fold_dice(fold_dirs), "test_ensemble": dice_summary(pd.DataFrame(ensemble_rows))}
 
