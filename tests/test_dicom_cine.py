@@ -192,7 +192,6 @@ def test_an_enhanced_multiframe_file_states_its_pixel_size_in_functional_groups(
         assert imagefile.read_loop(path).spacing_mm == pytest.approx(expected)
 
 
-
 @pytest.mark.parametrize("stated_ms, expected", [(20, 20.0), (0.1, 0.1), (1000, 1000.0), (0.05, None), (1e-6, None),
                                                   (1000.5, None), (1e9, None), (-20, None), (0, None)])
 def test_a_loops_frame_time_counts_only_where_it_is_plausible(tmp_path, stated_ms, expected):
@@ -216,6 +215,7 @@ def test_a_loops_frame_time_counts_only_where_it_is_plausible(tmp_path, stated_m
 def test_a_stated_frame_time_is_plausible_or_none(value):
     stated = imagefile.stated_frame_ms(value)
     assert stated is None or (imagefile.FRAME_MS_RANGE[0] <= stated <= imagefile.FRAME_MS_RANGE[1] and stated == float(value))
+
 
 def _as_palette_colour(path, table_rgb: np.ndarray | None):
     """The file's 8-bit values as indices into a 256-entry palette colour table ``table_rgb`` (256, 3),
