@@ -106,6 +106,8 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
     """An ultrasound DICOM file of one frame (H, W) or a loop (T, H, W) of 8-bit pixels, its pixel size
     in an ultrasound region over the whole picture (cm, as scanners write it) and/or in PixelSpacing,
     or in neither; ``regions`` (x0, y0, x1, y1 inclusive, (row, col) mm) are 2D regions of their own."""
+    import hashlib
+
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -114,12 +116,16 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
     count = pixels.shape[0] if pixels.ndim == 3 else 1
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if count > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    # UIDs from the file's name and pixels, not random ones: the same file byte for byte on every run,
+    # so that a property test that damages it at byte N damages the same value each time.
+    facts = [path.name, patient, study_uid, str(pixels.shape), hashlib.sha256(pixels.tobytes()).hexdigest()]
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["instance", *facts])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = patient, study_uid, generate_uid(), "US"
+    ds.PatientID, ds.StudyInstanceUID, ds.Modality = patient, study_uid, "US"
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", *facts])
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     if rgb:

@@ -699,14 +699,16 @@ def test_cli_messages_name_no_issue_numbers():
 
 
 
-def _encapsulated_dicom(path, frame: bytes, syntax, bits_stored=8):
-    """A 32 x 32 one-frame DICOM whose pixel data is ``frame`` encapsulated under ``syntax``."""
+def _encapsulated_dicom(path, frame: bytes, syntax, bits_stored=8, frames=None, rows=32, cols=32):
+    """A ``rows`` x ``cols`` DICOM whose pixel data is ``frame`` (or the list ``frames``, one fragment
+    each) encapsulated under ``syntax``."""
     import pydicom
     from pydicom.encaps import encapsulate
 
-    path = write_dicom(path, np.zeros((32, 32)), region_spacing_mm=(0.3, 0.3))
+    frames = [frame] if frames is None else frames
+    path = write_dicom(path, np.zeros((len(frames), rows, cols)), region_spacing_mm=(0.3, 0.3))
     dataset = pydicom.dcmread(path)
-    dataset.PixelData = encapsulate([frame])
+    dataset.PixelData = encapsulate(frames)
     dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
     dataset.file_meta.TransferSyntaxUID = syntax
     if bits_stored > 8:
@@ -731,10 +733,10 @@ def _jpeg(rows, cols, claimed=None) -> bytes:
     return data
 
 
-def test_12_bit_jpeg_extended_and_jpeg_ls_are_refused_as_the_readme_says(tmp_path):
-    """README: 8-bit JPEG extended decodes; 12-bit and JPEG-LS need a decoder plugin and are refused with a
-    status that says so, naming the reason the decoder gave."""
-    from pydicom.uid import JPEGExtended12Bit, JPEGLSLossless
+def test_12_bit_jpeg_extended_jpeg_ls_and_lossless_jpeg_are_refused_as_the_readme_says(tmp_path):
+    """README: 8-bit JPEG extended decodes; 12-bit, JPEG-LS and lossless JPEG need a decoder plugin and
+    are refused with a status that says so, naming the reason the decoder gave."""
+    from pydicom.uid import JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless
 
     from echoef.io import dicom
 
@@ -742,7 +744,125 @@ def test_12_bit_jpeg_extended_and_jpeg_ls_are_refused_as_the_readme_says(tmp_pat
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*12-bit"):
         dicom.read_dicom(_encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGExtended12Bit, bits_stored=12))
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "c.dcm", _jpeg(32, 32), JPEGLSLossless))
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "c.dcm", _jpeg_ls(32, 32), JPEGLSLossless))
+    with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "d.dcm", _jpeg(32, 32), JPEGLosslessSV1))
+
+
+def _segment(code: int, body: bytes) -> bytes:
+    """A JPEG marker segment: 0xFF, its code, its length (2 bytes, itself included), its body."""
+    return bytes([0xFF, code]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _jpeg_ls(rows: int, cols: int, before_scan: bytes = b"") -> bytes:
+    """A one-component 8-bit JPEG-LS frame as T.87 lays it out (start of image; SOF55: precision, rows,
+    columns, one component sampled 1 x 1; ``before_scan``; SOS: that component, NEAR 0, no interleave),
+    then coded bytes (never 0xFF) and the end of image: a frame header as CharLS reads it."""
+    frame_header = _segment(0xF7, bytes([8]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0]))
+    scan_header = _segment(0xDA, bytes([1, 1, 0, 0, 0, 0]))
+    return b"\xff\xd8" + frame_header + before_scan + scan_header + bytes(range(1, 101)) + b"\xff\xd9"
+
+
+_LSE_OVERSIZE = _segment(0xF8, bytes([4, 4]) + (5000).to_bytes(4, "big") + (5000).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("frame, reason, detail", [
+    (_jpeg_ls(46000, 46000), "bad_geometry", "states 46000 x 46000 pixels"),  # CharLS 2.4.2: 4 GB, 10 s
+    (_jpeg_ls(16, 32), "bad_geometry", "states 16 x 32 pixels"),
+    (_jpeg_ls(32, 33), "bad_geometry", "states 32 x 33 pixels"),
+    (_jpeg_ls(0, 32), "unreadable_file", "no JPEG-LS frame header"),  # 0: the size is to come later
+    (_jpeg_ls(32, 32, before_scan=_LSE_OVERSIZE), "unreadable_file", "oversize-dimension"),
+    (_jpeg_ls(32, 32)[:-2] + _LSE_OVERSIZE + b"\xff\xd9", "unreadable_file", "oversize-dimension"),  # after the scan
+    (_jpeg_ls(32, 32)[:9], "unreadable_file", "marker segment"),  # cut inside its frame header
+    (_jpeg_ls(32, 32)[2:], "unreadable_file", "no JPEG start of image"),
+    (_jpeg(32, 32), "unreadable_file", "another JPEG process"),  # a baseline JPEG under a JPEG-LS syntax
+    (b"\xff\xd8" + _segment(0xDA, bytes(6)) + bytes(40), "unreadable_file", "no JPEG-LS frame header"),
+    (_jpeg_ls(32, 32), "unsupported_transfer_syntax", "JPEG-LS"),  # a sound header: on to the decoder
+], ids=["huge", "smaller", "one-column-more", "size-to-come", "oversize-lse", "oversize-lse-after-scan", "cut-header",
+        "no-soi", "baseline-jpeg", "no-sof", "sound"])
+def test_a_jpeg_ls_frame_is_sized_by_its_header_before_a_decoder_sees_it(tmp_path, frame, reason, detail):
+    """A JPEG-LS decoder allocates the picture its frame's own header states, with no limit of its own
+    (CharLS, through pyjpegls, took 4 GB and 10 s to refuse a 32 x 32 file whose frame claims 46000 x
+    46000). No decoder is installed here, but one may be (README): every frame whose header states
+    another size, or none that can be read, is refused from its header; a sound one goes on to pydicom,
+    which finds no plugin."""
+    from pydicom.uid import JPEGLSLossless
+
+    from echoef.io import dicom
+
+    with pytest.raises(StudyError, match=rf"^{reason}.*{detail}"):
+        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGLSLossless))
+
+
+@given(st.binary(max_size=64))
+def test_a_jpeg_ls_frame_header_gives_a_size_or_a_reason(tail):
+    """Any bytes, alone or after a sound start: a size of 1-65535 a side, or ValueError with the
+    reason; never another exception."""
+    from echoef.io import dicom
+
+    for frame in (tail, _jpeg_ls(32, 32)[:15] + tail, b"\xff\xd8" + tail, _jpeg_ls(32, 32)[:-2] + tail):
+        try:
+            size = dicom.jpeg_ls_frame_size(frame)
+        except ValueError:
+            continue
+        assert len(size) == 2 and all(1 <= side <= 65535 for side in size)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"], ids=["uncompressed", "jpeg"])
+def test_a_damaged_pixel_description_is_an_unreadable_file_not_a_missing_plugin(tmp_path, syntax):
+    """PixelRepresentation's VR zeroed to 'U\\x00' (found by damaging files byte by byte): pydicom's
+    decoder meets it as a NotImplementedError, which read as ``unsupported_transfer_syntax``, as if a
+    plugin would help, and the regions' values, whose VR depends on it, as unreadable: ``no_spacing``
+    without --spacing-mm. It is the file's damage, found before anything else: ``unreadable_file``."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from echoef.io import dicom
+
+    if syntax == JPEGBaseline8Bit:
+        path = _encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGBaseline8Bit)
+    else:
+        path = write_dicom(tmp_path / "a.dcm", np.zeros((2, 32, 32)), region_spacing_mm=(0.3, 0.3))
+    assert dicom.read_dicom(path).frames.shape[1:] == (32, 32)
+    tag = b"\x28\x00\x03\x01US"  # (0028,0103) PixelRepresentation, explicit VR little endian
+    assert path.read_bytes().count(tag) == 1
+    path.write_bytes(path.read_bytes().replace(tag, tag[:5] + b"\x00"))
+    for spacing_mm in (None, (0.3, 0.3)):
+        with pytest.raises(StudyError, match=r"^unreadable_file: a\.dcm: a damaged DICOM value .*Unknown Value Representation"):
+            dicom.read_dicom(path, spacing_mm)
+
+
+def test_the_frames_checked_are_the_ones_the_decoder_is_given(tmp_path, monkeypatch):
+    """A two-frame file whose basic offset table frames two 32 x 32 pictures and whose Extended Offset
+    Table, which pydicom's decoder follows, points at a third fragment claiming 4000 x 4000: the check
+    finds its frames as the decoder does, so the bomb is refused before Pillow decodes a pixel (read by
+    the offsets alone, it was decoded: 16 M pixels)."""
+    import struct
+
+    import pydicom
+    from PIL import ImageFile
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from echoef.io import dicom
+
+    good, bomb = _jpeg(32, 32), _jpeg(32, 32, claimed=(4000, 4000))
+
+    def item(data: bytes) -> bytes:
+        data += b"\x00" * (len(data) % 2)
+        return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(data)) + data
+
+    second = len(item(good))
+    path = _encapsulated_dicom(tmp_path / "a.dcm", b"", JPEGBaseline8Bit, frames=[good, good], rows=32, cols=32)
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = item(struct.pack("<2I", 0, second)) + item(good) + item(good) + item(bomb)
+    dataset.ExtendedOffsetTable = struct.pack("<2Q", 0, 2 * second)
+    dataset.ExtendedOffsetTableLengths = struct.pack("<2Q", len(good), len(bomb))
+    dataset.save_as(path, enforce_file_format=True)
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image))
+    with pytest.raises(StudyError, match="bad_geometry.*frame 1 states 4000 x 4000 pixels"):
+        dicom.read_dicom(path)
+    assert decoded == []
 
 
 @pytest.mark.parametrize("frame, reason", [

@@ -10,6 +10,8 @@ every volume wrong.
 Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
 extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
 decoder plugin (pylibjpeg) and are refused with ``unsupported_transfer_syntax`` until one is installed.
+A compressed frame's own header is read before any decoder sees it (``compressed_frame_problem``),
+JPEG-LS too, for a user who installs a plugin: a decoder sizes its picture by that header, not by the file's.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGLSLossless, JPEGLSNearLossless
 
 from ..errors import StudyError
 from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
@@ -166,27 +169,93 @@ def frame_interval_ms(dataset) -> float | None:
     return frame_ms if frame_ms is not None else (1000.0 / rate if rate is not None else None)
 
 
-def compressed_frame_size_problem(dataset, count: int, rows: int, cols: int) -> str | None:
-    """Why the compressed frames of a file cannot be its Rows x Columns pictures, or None: each JPEG or
-    JPEG 2000 frame's own header is read (no pixel is decoded) and must state the file's picture size.
-    A frame header is the decoder's to trust, and a crafted one would have it inflate a picture of up
-    to Pillow's own limit (179 M pixels) before the file's size could refuse it. Frames that Pillow
-    does not recognise (RLE, or broken bytes) are left to the decoder, which names its own reason."""
+JPEG_LS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
+JPEG_LS_FRAME, JPEG_LS_EXTENSION, JPEG_LS_OVERSIZE = 0xF7, 0xF8, 4  # SOF55; LSE; LSE's oversize-dimension ID
+JPEG_START_OF_SCAN = 0xDA
+JPEG_SOF_CODES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every other process's frame header
+
+
+def jpeg_ls_frame_size(frame: bytes) -> tuple[int, int]:
+    """(rows, columns) that a JPEG-LS frame's own header states (its SOF55 segment), read without
+    decoding; ValueError, with the reason, for a frame whose header cannot say it as T.87 lays it out
+    (a start of image, then marker segments up to the first start of scan, one of them SOF55). Also
+    refused: a size of 0 (T.87's "given later") and an oversize-dimension LSE segment (T.870's way to
+    state more than 65535 pixels a side) in the header or anywhere after it: CharLS would take the
+    size from there, and no echo picture needs one. After the header no segment walk is needed: JPEG-LS
+    stuffs a 0 bit after every 0xFF of coded data, so there 0xFF then 0xF8 is always a marker."""
+    if frame[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start of image")
+    at, size = 2, None
+    while True:
+        if at >= len(frame) or frame[at] != 0xFF:
+            raise ValueError(f"no marker at byte {at} of its header")
+        while at < len(frame) and frame[at] == 0xFF:  # a marker may follow fill bytes
+            at += 1
+        if at >= len(frame):
+            raise ValueError("its header ends before its scan")
+        code, at = frame[at], at + 1
+        if code == JPEG_START_OF_SCAN:
+            break
+        if code in JPEG_SOF_CODES:
+            raise ValueError(f"a frame header of another JPEG process (0xFF{code:02X})")
+        length = int.from_bytes(frame[at:at + 2], "big")
+        if length < 2 or at + length > len(frame):
+            raise ValueError(f"a marker segment (0xFF{code:02X}) of length {length} at byte {at}")
+        if code == JPEG_LS_FRAME:
+            if size is not None or length < 8:
+                raise ValueError("a second or short JPEG-LS frame header")
+            size = (int.from_bytes(frame[at + 3:at + 5], "big"), int.from_bytes(frame[at + 5:at + 7], "big"))
+        if code == JPEG_LS_EXTENSION and length > 2 and frame[at + 2] == JPEG_LS_OVERSIZE:
+            raise ValueError("an oversize-dimension segment (LSE) states its picture's size")
+        at += length
+    if size is None or 0 in size:
+        raise ValueError("no JPEG-LS frame header (SOF55) that states its size before its scan")
+    marker = frame.find(b"\xff\xf8", at)
+    while marker >= 0:
+        if frame[marker + 4:marker + 5] == bytes([JPEG_LS_OVERSIZE]):
+            raise ValueError("an oversize-dimension segment (LSE) states its picture's size")
+        marker = frame.find(b"\xff\xf8", marker + 2)
+    return size
+
+
+def compressed_frame_problem(dataset, rows: int, cols: int) -> tuple[str, str] | None:
+    """Why the compressed frames of a file cannot be its Rows x Columns pictures, as (status, detail),
+    or None: each JPEG, JPEG 2000 or JPEG-LS frame's own header is read (no pixel is decoded) and must
+    state the file's picture size (``bad_geometry`` otherwise). A frame header is the decoder's to
+    trust: a crafted one would have Pillow inflate a picture of up to its own limit (179 M pixels), and
+    CharLS one of up to 65535 x 65535 (4 GB for a 40 x 30 file), before the file's size could refuse
+    it. A JPEG-LS frame whose size cannot be read from its header is ``unreadable_file`` before
+    decoding, as CharLS has no limit of its own; JPEG and JPEG 2000 frames that Pillow does not
+    recognise (broken bytes), and RLE, are left to the decoder, which names its own reason.
+    The frames checked are the ones the decoder will be given: found as pydicom's decoding run finds
+    them (the Extended Offset Table where the file has a usable one), not by a reading of our own."""
     from PIL import Image, UnidentifiedImageError
-    from pydicom.encaps import generate_frames
+    from pydicom.encaps import get_frame
+    from pydicom.pixels.decoders.base import DecodeRunner
 
     try:
         syntax = dataset.file_meta.get("TransferSyntaxUID")
         if syntax is None or not syntax.is_encapsulated or "PixelData" not in dataset:
             return None
-        for index, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=count)):
-            try:
-                with Image.open(BytesIO(frame), formats=("JPEG", "JPEG2000")) as image:
-                    width, height = image.size
-            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
-                continue
+        runner = DecodeRunner(syntax)
+        runner.set_source(dataset)
+        runner.validate()
+        for index in range(runner.number_of_frames):
+            frame = get_frame(runner.src, index, number_of_frames=runner.number_of_frames,
+                              extended_offsets=runner.extended_offsets)
+            if syntax in JPEG_LS_SYNTAXES:
+                try:
+                    height, width = jpeg_ls_frame_size(frame)
+                except ValueError as error:
+                    return "unreadable_file", f"frame {index} of its JPEG-LS pixel data: {error}"
+            else:
+                try:
+                    with Image.open(BytesIO(frame), formats=("JPEG", "JPEG2000")) as image:
+                        width, height = image.size
+                except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+                    continue
             if (height, width) != (rows, cols):
-                return f"frame {index} states {height} x {width} pixels in its own header, the file {rows} x {cols}"
+                return "bad_geometry", f"frame {index} states {height} x {width} pixels in its own header, the file {rows} x {cols}"
     except (ValueError, TypeError, KeyError, IndexError, EOFError, OSError, AttributeError, StopIteration):
         return None  # no transfer syntax, or broken encapsulation: the decoder says what it found
     return None
@@ -322,6 +391,11 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
 
 def _read_checked(path: Path, dataset, stored_bytes: int, spacing_mm: tuple[float, float] | None) -> Loop:
     rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
+    # Every value that describes the pixels, converted first: a damaged one (a VR no standard names in
+    # PixelRepresentation, which pydicom consults for any value of ambiguous VR, the regions' among them)
+    # is this file's damage (read_dicom: unreadable_file), not a region without a size (no_spacing) nor,
+    # as the decoder's NotImplementedError, a missing plugin (unsupported_transfer_syntax).
+    as_pixel_options(dataset)
     if problem := loop_size_problem(count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
     if problem := file_size_problem(stored_bytes, dataset, count, rows, cols):
@@ -335,8 +409,8 @@ def _read_checked(path: Path, dataset, stored_bytes: int, spacing_mm: tuple[floa
         raise StudyError("no_spacing", f"{path.name}: no ultrasound region calibrated in cm and no PixelSpacing; "
                                        "give --spacing-mm ROW COL")
     syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
-    if problem := compressed_frame_size_problem(dataset, count, rows, cols):
-        raise StudyError("bad_geometry", f"{path.name}: {problem}")
+    if problem := compressed_frame_problem(dataset, rows, cols):
+        raise StudyError(problem[0], f"{path.name}: {problem[1]}")
     try:
         pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
     except (NotImplementedError, RuntimeError) as error:
