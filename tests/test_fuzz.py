@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from echoef.errors import StudyError
-from echoef.io import camus, imagefile, ingest
+from echoef.io import camus, dicom, imagefile, ingest
 
 from conftest import ROOT, echoef_in_process
 
@@ -437,6 +437,85 @@ def read_in_a_child_process(folder, pattern: str) -> dict[str, str]:
     result = subprocess.run([sys.executable, "-c", script, str(folder), pattern], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-500:]
     return dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
+
+
+def _jp2_loop_dicom(path: Path, frames: list[bytes]) -> Path:
+    """A 48 x 40 loop DICOM whose pixel data is ``frames`` under JPEG 2000 (one fragment each)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000
+
+    from conftest import write_dicom
+
+    write_dicom(path, np.zeros((len(frames), 48, 40)), region_spacing_mm=(0.3, 0.3))
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = encapsulate(frames)
+    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+    dataset.file_meta.TransferSyntaxUID = JPEG2000
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_jp2_frames_that_pydicom_would_walk_forever_are_refused_before_it(tmp_path):
+    """A JPEG 2000 frame in the JP2 file format (as Pillow writes it) whose second box has length 0:
+    pydicom's decoder, stepping from box to box to find the codestream, never moved on, and the batch
+    hung (found by zeroing 64 bytes of a frame of a 5-frame loop). So did a frame whose boxes end with
+    fewer than 4 bytes. Read in a child process, both are ``unreadable_file``; the sound loop reads."""
+    import io as bytes_io
+
+    from PIL import Image
+
+    loop = np.random.default_rng(0).integers(0, 255, (5, 48, 40)).astype(np.uint8)
+    frames = []
+    for picture in loop:
+        stream = bytes_io.BytesIO()
+        Image.fromarray(picture).save(stream, "JPEG2000", irreversible=False)
+        frames.append(stream.getvalue())
+    assert all(frame.startswith(dicom.JP2_SIGNATURE) for frame in frames)
+    zeroed = frames[2][:12] + bytes(8) + frames[2][20:]  # the file type box's length and type zeroed
+    _jp2_loop_dicom(tmp_path / "sound.dcm", frames)
+    _jp2_loop_dicom(tmp_path / "zeroed.dcm", frames[:2] + [zeroed] + frames[3:])
+    _jp2_loop_dicom(tmp_path / "short.dcm", frames[:2] + [frames[2][:12] + b"\x00\x00"] + frames[3:])
+    assert read_in_a_child_process(tmp_path, "*.dcm") == {"sound": "read 5", "zeroed": "unreadable_file",
+                                                          "short": "unreadable_file"}
+
+
+def test_a_jp2_frame_is_refused_exactly_when_pydicoms_walk_would_not_end():
+    """3,000 generated JP2 box sequences (box lengths of 0, 1, 8-40 or any 32-bit value, types among them
+    jp2c, tails of 0-3 bytes), in a child process with a time limit: each one ``jp2_box_problem`` lets
+    through, pydicom's own ``get_j2k_parameters`` reads to its end, and each one it refuses is one whose
+    walk, stepped as pydicom steps it, does not end within as many steps as the frame has bytes."""
+    script = """
+import numpy as np
+from pydicom.pixels.utils import get_j2k_parameters
+from echoef.io import dicom
+rng = np.random.default_rng(0)
+refused = passed = 0
+for _ in range(3000):
+    frame = dicom.JP2_SIGNATURE + b"\\r\\n\\x87\\n"
+    for _ in range(rng.integers(0, 5)):
+        length = int(rng.choice([0, 1, int(rng.integers(8, 41)), int(rng.integers(0, 2**32))]))
+        kind = [b"jp2c", b"ftyp", b"jp2h", bytes(4)][rng.integers(0, 4)]
+        frame += length.to_bytes(4, "big") + kind + bytes(int(rng.integers(0, 33)))
+    frame += bytes(int(rng.integers(0, 4)))
+    if dicom.jp2_box_problem(frame) is None:
+        get_j2k_parameters(frame)
+        passed += 1
+        continue
+    offset, steps = 12, 0
+    while offset < len(frame) and steps <= len(frame):
+        if frame[offset + 4:offset + 8] == b"jp2c":
+            break
+        offset += int.from_bytes(frame[offset:offset + 4], "big")
+        steps += 1
+    assert steps > len(frame), frame
+    refused += 1
+print(passed, refused)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-800:]
+    passed, refused = map(int, result.stdout.split())
+    assert passed + refused == 3000 and passed > 500 and refused > 500, result.stdout
 
 
 def test_metaimage_headers_that_crashed_itk_are_refused_before_it_parses_them(tmp_path):

@@ -34,7 +34,8 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.utils import as_pixel_options
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSLossless,
+                         JPEGLSNearLossless)
 
 from ..errors import StudyError
 from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
@@ -175,6 +176,31 @@ JPEG_START_OF_SCAN = 0xDA
 JPEG_SOF_CODES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every other process's frame header
 
 
+JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"  # the start of the JP2 file format's first box, of 12 bytes
+JP2_SIGNATURE_BOX_BYTES = 12
+JP2_CODESTREAM_BOX = b"jp2c"
+
+
+def jp2_box_problem(frame: bytes) -> str | None:
+    """Why pydicom's decoder would never finish reading a JPEG 2000 frame stored in the JP2 file format
+    (boxes around the codestream, as Pillow and some encoders write it), or None. To find the codestream,
+    pydicom (``pixels.utils.get_j2k_parameters``) steps from box to box by each box's length until the
+    ``jp2c`` box: a length of 0 (JP2's "to the end of the file", or fewer than 4 bytes left to read one)
+    on any other box never moves it on, and the batch hangs there (found by zeroing 64 bytes of a frame).
+    This walks the boxes as it does and names the box it would stop at."""
+    if not frame.startswith(JP2_SIGNATURE):
+        return None
+    offset = JP2_SIGNATURE_BOX_BYTES
+    while offset < len(frame):
+        length = int.from_bytes(frame[offset:offset + 4], "big")
+        if frame[offset + 4:offset + 8] == JP2_CODESTREAM_BOX:
+            return None
+        if length == 0:
+            return f"a JP2 box of length 0 at byte {offset}, before its codestream"
+        offset += length
+    return None
+
+
 def jpeg_ls_frame_size(frame: bytes) -> tuple[int, int]:
     """(rows, columns) that a JPEG-LS frame's own header states (its SOF55 segment), read without
     decoding; ValueError, with the reason, for a frame whose header cannot say it as T.87 lays it out
@@ -225,7 +251,8 @@ def compressed_frame_problem(dataset, rows: int, cols: int) -> tuple[str, str] |
     trust: a crafted one would have Pillow inflate a picture of up to its own limit (179 M pixels), and
     CharLS one of up to 65535 x 65535 (4 GB for a 40 x 30 file), before the file's size could refuse
     it. A JPEG-LS frame whose size cannot be read from its header is ``unreadable_file`` before
-    decoding, as CharLS has no limit of its own; JPEG and JPEG 2000 frames that Pillow does not
+    decoding, as CharLS has no limit of its own, and so is a JPEG 2000 frame whose JP2 boxes pydicom
+    would walk forever (``jp2_box_problem``); JPEG and JPEG 2000 frames that Pillow does not
     recognise (broken bytes), and RLE, are left to the decoder, which names its own reason.
     The frames checked are the ones the decoder will be given: found as pydicom's decoding run finds
     them (the Extended Offset Table where the file has a usable one), not by a reading of our own."""
@@ -243,6 +270,8 @@ def compressed_frame_problem(dataset, rows: int, cols: int) -> tuple[str, str] |
         for index in range(runner.number_of_frames):
             frame = get_frame(runner.src, index, number_of_frames=runner.number_of_frames,
                               extended_offsets=runner.extended_offsets)
+            if syntax in JPEG2000TransferSyntaxes and (problem := jp2_box_problem(frame)):
+                return "unreadable_file", f"frame {index} of its JPEG 2000 pixel data: {problem}"
             if syntax in JPEG_LS_SYNTAXES:
                 try:
                     height, width = jpeg_ls_frame_size(frame)
