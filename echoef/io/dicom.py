@@ -34,8 +34,7 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.utils import as_pixel_options
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSLossless,
-                         JPEGLSNearLossless)
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSLossless, JPEGLSNearLossless
 
 from ..errors import StudyError
 from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
