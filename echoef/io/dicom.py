@@ -254,9 +254,10 @@ def compressed_frame_problem(dataset, rows: int, cols: int) -> tuple[str, str] |
     would walk forever (``jp2_box_problem``); JPEG and JPEG 2000 frames that Pillow does not
     recognise (broken bytes), and RLE, are left to the decoder, which names its own reason.
     The frames checked are the ones the decoder will be given: found as pydicom's decoding run finds
-    them (the Extended Offset Table where the file has a usable one), not by a reading of our own."""
+    them (its ``DecodeRunner``'s source and Extended Offset Table, where the file has a usable one),
+    not by a reading of our own."""
     from PIL import Image, UnidentifiedImageError
-    from pydicom.encaps import get_frame
+    from pydicom.encaps import generate_frames
     from pydicom.pixels.decoders.base import DecodeRunner
 
     try:
@@ -266,9 +267,9 @@ def compressed_frame_problem(dataset, rows: int, cols: int) -> tuple[str, str] |
         runner = DecodeRunner(syntax)
         runner.set_source(dataset)
         runner.validate()
-        for index in range(runner.number_of_frames):
-            frame = get_frame(runner.src, index, number_of_frames=runner.number_of_frames,
-                              extended_offsets=runner.extended_offsets)
+        # As the decoder's iter_decode reads them; every frame, those past the frame count too.
+        frames = generate_frames(runner.src, number_of_frames=runner.number_of_frames, extended_offsets=runner.extended_offsets)
+        for index, frame in enumerate(frames):
             if syntax in JPEG2000TransferSyntaxes and (problem := jp2_box_problem(frame)):
                 return "unreadable_file", f"frame {index} of its JPEG 2000 pixel data: {problem}"
             if syntax in JPEG_LS_SYNTAXES:
@@ -419,15 +420,16 @@ def read_dicom(path: Path, spacing_mm: tuple[float, float] | None = None) -> Loo
 
 def _read_checked(path: Path, dataset, stored_bytes: int, spacing_mm: tuple[float, float] | None) -> Loop:
     rows, cols, count = int(dataset.Rows), int(dataset.Columns), int(dataset.get("NumberOfFrames", 1) or 1)
-    # Every value that describes the pixels, converted first: a damaged one (a VR no standard names in
-    # PixelRepresentation, which pydicom consults for any value of ambiguous VR, the regions' among them)
-    # is this file's damage (read_dicom: unreadable_file), not a region without a size (no_spacing) nor,
-    # as the decoder's NotImplementedError, a missing plugin (unsupported_transfer_syntax).
-    as_pixel_options(dataset)
     if problem := loop_size_problem(count, rows, cols):
         raise StudyError("bad_geometry", f"{path.name}: {problem} is not an echo loop")
     if problem := file_size_problem(stored_bytes, dataset, count, rows, cols):
         raise StudyError("unreadable_file", f"{path.name}: {problem}")
+    # Every value that describes the pixels, converted before anything else reads them (and after the
+    # file's size is known to be sane: the Extended Offset Table is among them): a damaged one (a VR no
+    # standard names in PixelRepresentation, which pydicom consults for any value of ambiguous VR, the
+    # regions' among them) is this file's damage (read_dicom: unreadable_file), not a region without a
+    # size (no_spacing) nor, as the decoder's NotImplementedError, a missing plugin.
+    as_pixel_options(dataset)
     try:
         region = measured_region(calibrated_regions(dataset, rows, cols), rows, cols)
     except StudyError as error:
