@@ -906,7 +906,9 @@ def test_a_dicom_far_larger_than_its_pictures_is_refused_before_it_is_read(tmp_p
     """A 40 x 30 two-frame DICOM whose pixel element claims 2 GB (a sparse file: a few kB on disk). pydicom
     read it whole and decoded it as 1.8 million frames: 12.8 GB of memory and 14 s before the frame
     count refused it, so a 4 GB one would end the batch. Read in a child process held to 1.5 GB of
-    address space, it is refused (``unreadable_file``) from its size; a file of its own size still reads."""
+    address space, it is refused (``unreadable_file``) from its size; a file of its own size still reads.
+    So is one whose Extended Offset Table claims 2 GB: it is among the values that describe the pixels,
+    read whole when they are converted, so they are converted only once the file's size has passed."""
     import resource  # noqa: F401 - the child uses it; fail here, not there, where it is missing
     import struct
 
@@ -917,17 +919,22 @@ def test_a_dicom_far_larger_than_its_pictures_is_refused_before_it_is_read(tmp_p
     with open(tmp_path / "a4c_big.dcm", "wb") as handle:
         handle.write(data[:at + 8] + struct.pack("<I", claimed))
         handle.truncate(at + 12 + claimed)
+    with open(tmp_path / "a4c_table.dcm", "wb") as handle:  # (7FE0,0001) OV of 2 GB, then the pixels
+        handle.write(data[:at] + struct.pack("<HH2sHI", 0x7FE0, 0x0001, b"OV", 0, claimed))
+        handle.seek(at + 12 + claimed)
+        handle.write(data[at:])
     script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
               "from echoef.io import imagefile; from echoef.errors import StudyError\n"
               "for name in sys.argv[1:]:\n"
               "    try: print(name, imagefile.read_loop(name).frames.shape)\n"
               "    except StudyError as error: print(name, error)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(small), str(tmp_path / "a4c_big.dcm")], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run([sys.executable, "-c", script, str(small), str(tmp_path / "a4c_big.dcm"), str(tmp_path / "a4c_table.dcm")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-800:]
     lines = result.stdout.splitlines()
     assert lines[0].endswith("(2, 40, 30)")
-    assert "unreadable_file: a4c_big.dcm:" in lines[1] and "a file far larger than what it declares" in lines[1], lines
+    for line, name in zip(lines[1:], ("a4c_big.dcm", "a4c_table.dcm"), strict=True):
+        assert f"unreadable_file: {name}:" in line and "a file far larger than what it declares" in line, lines
 
 
 def test_a_deflated_dicom_is_inflated_to_disk_within_a_limit_never_into_memory(tmp_path):
