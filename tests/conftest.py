@@ -157,6 +157,26 @@ def write_dicom(path: Path, frames, region_spacing_mm=None, pixel_spacing_mm=Non
     return path
 
 
+
+def encapsulated_dicom(path, frame: bytes, syntax, bits_stored=8, frames=None, rows=32, cols=32):
+    """A ``rows`` x ``cols`` DICOM whose pixel data is ``frame`` (or the list ``frames``, one fragment
+    each) encapsulated under ``syntax``."""
+    import numpy as np
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    frames = [frame] if frames is None else frames
+    path = write_dicom(path, np.zeros((len(frames), rows, cols)), region_spacing_mm=(0.3, 0.3))
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = encapsulate(frames)
+    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+    dataset.file_meta.TransferSyntaxUID = syntax
+    if bits_stored > 8:
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, bits_stored, bits_stored - 1
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
 # For a child process's script: its peak memory (kB) since it started. Not ru_maxrss, which Linux keeps
 # across exec: a child of the test process starts at the test process's size and may never pass it.
 PEAK_KB = ("def peak_kb():\n"

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from echoef.errors import StudyError
 from echoef.io import camus, dicom, imagefile, ingest
 
-from conftest import ROOT, echoef_in_process
+from conftest import ROOT, echoef_in_process, encapsulated_dicom
 
 FUZZ = settings(max_examples=18, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 GOOD, BROKEN = "patient0001", "patient0002"
@@ -439,23 +439,6 @@ def read_in_a_child_process(folder, pattern: str) -> dict[str, str]:
     return dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
 
 
-def _jp2_loop_dicom(path: Path, frames: list[bytes]) -> Path:
-    """A 48 x 40 loop DICOM whose pixel data is ``frames`` under JPEG 2000 (one fragment each)."""
-    import pydicom
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000
-
-    from conftest import write_dicom
-
-    write_dicom(path, np.zeros((len(frames), 48, 40)), region_spacing_mm=(0.3, 0.3))
-    dataset = pydicom.dcmread(path)
-    dataset.PixelData = encapsulate(frames)
-    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
-    dataset.file_meta.TransferSyntaxUID = JPEG2000
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_jp2_frames_that_pydicom_would_walk_forever_are_refused_before_it(tmp_path):
     """A JPEG 2000 frame in the JP2 file format (as Pillow writes it) whose second box has length 0:
     pydicom's decoder, stepping from box to box to find the codestream, never moved on, and the batch
@@ -464,6 +447,7 @@ def test_jp2_frames_that_pydicom_would_walk_forever_are_refused_before_it(tmp_pa
     import io as bytes_io
 
     from PIL import Image
+    from pydicom.uid import JPEG2000
 
     loop = np.random.default_rng(0).integers(0, 255, (5, 48, 40)).astype(np.uint8)
     frames = []
@@ -473,9 +457,9 @@ def test_jp2_frames_that_pydicom_would_walk_forever_are_refused_before_it(tmp_pa
         frames.append(stream.getvalue())
     assert all(frame.startswith(dicom.JP2_SIGNATURE) for frame in frames)
     zeroed = frames[2][:12] + bytes(8) + frames[2][20:]  # the file type box's length and type zeroed
-    _jp2_loop_dicom(tmp_path / "sound.dcm", frames)
-    _jp2_loop_dicom(tmp_path / "zeroed.dcm", frames[:2] + [zeroed] + frames[3:])
-    _jp2_loop_dicom(tmp_path / "short.dcm", frames[:2] + [frames[2][:12] + b"\x00\x00"] + frames[3:])
+    for name, loop_frames in [("sound", frames), ("zeroed", frames[:2] + [zeroed] + frames[3:]),
+                              ("short", frames[:2] + [frames[2][:12] + b"\x00\x00"] + frames[3:])]:
+        encapsulated_dicom(tmp_path / f"{name}.dcm", b"", JPEG2000, frames=loop_frames, rows=48, cols=40)
     assert read_in_a_child_process(tmp_path, "*.dcm") == {"sound": "read 5", "zeroed": "unreadable_file",
                                                           "short": "unreadable_file"}
 

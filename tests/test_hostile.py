@@ -32,7 +32,7 @@ from echoef.io import atomic, dicom, imagefile
 from echoef.model import network
 from echoef.stats import calibration
 
-from conftest import PEAK_KB, ROOT, deflated_copy, echoef_in_process, write_dicom
+from conftest import PEAK_KB, ROOT, deflated_copy, echoef_in_process, encapsulated_dicom, write_dicom
 
 HOSTILE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAME_ATTACKS = ["..", ".", "...", "....", "../../escaped", "/etc/x", "a/../../b", ".hidden", "-rf", "~", "$HOME", "`id`",
@@ -698,25 +698,6 @@ def test_cli_messages_name_no_issue_numbers():
     assert "since issue" not in text and "issue #" not in text.lower()
 
 
-
-def _encapsulated_dicom(path, frame: bytes, syntax, bits_stored=8, frames=None, rows=32, cols=32):
-    """A ``rows`` x ``cols`` DICOM whose pixel data is ``frame`` (or the list ``frames``, one fragment
-    each) encapsulated under ``syntax``."""
-    import pydicom
-    from pydicom.encaps import encapsulate
-
-    frames = [frame] if frames is None else frames
-    path = write_dicom(path, np.zeros((len(frames), rows, cols)), region_spacing_mm=(0.3, 0.3))
-    dataset = pydicom.dcmread(path)
-    dataset.PixelData = encapsulate(frames)
-    dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
-    dataset.file_meta.TransferSyntaxUID = syntax
-    if bits_stored > 8:
-        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, bits_stored, bits_stored - 1
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _jpeg(rows, cols, claimed=None) -> bytes:
     """A baseline JPEG of zeros; ``claimed`` (rows, cols) rewrites the size its frame header states."""
     import io as bytes_io
@@ -740,13 +721,13 @@ def test_12_bit_jpeg_extended_jpeg_ls_and_lossless_jpeg_are_refused_as_the_readm
 
     from echoef.io import dicom
 
-    assert dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGExtended12Bit)).frames.shape == (1, 32, 32)
+    assert dicom.read_dicom(encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGExtended12Bit)).frames.shape == (1, 32, 32)
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*12-bit"):
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGExtended12Bit, bits_stored=12))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGExtended12Bit, bits_stored=12))
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "c.dcm", _jpeg_ls(32, 32), JPEGLSLossless))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "c.dcm", _jpeg_ls(32, 32), JPEGLSLossless))
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "d.dcm", _jpeg(32, 32), JPEGLosslessSV1))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "d.dcm", _jpeg(32, 32), JPEGLosslessSV1))
 
 
 def _segment(code: int, body: bytes) -> bytes:
@@ -791,7 +772,7 @@ def test_a_jpeg_ls_frame_is_sized_by_its_header_before_a_decoder_sees_it(tmp_pat
     from echoef.io import dicom
 
     with pytest.raises(StudyError, match=rf"^{reason}.*{detail}"):
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGLSLossless))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGLSLossless))
 
 
 @given(st.binary(max_size=64))
@@ -819,7 +800,7 @@ def test_a_damaged_pixel_description_is_an_unreadable_file_not_a_missing_plugin(
     from echoef.io import dicom
 
     if syntax == JPEGBaseline8Bit:
-        path = _encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGBaseline8Bit)
+        path = encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGBaseline8Bit)
     else:
         path = write_dicom(tmp_path / "a.dcm", np.zeros((2, 32, 32)), region_spacing_mm=(0.3, 0.3))
     assert dicom.read_dicom(path).frames.shape[1:] == (32, 32)
@@ -851,7 +832,7 @@ def test_the_frames_checked_are_the_ones_the_decoder_is_given(tmp_path, monkeypa
         return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(data)) + data
 
     second = len(item(good))
-    path = _encapsulated_dicom(tmp_path / "a.dcm", b"", JPEGBaseline8Bit, frames=[good, good], rows=32, cols=32)
+    path = encapsulated_dicom(tmp_path / "a.dcm", b"", JPEGBaseline8Bit, frames=[good, good], rows=32, cols=32)
     dataset = pydicom.dcmread(path)
     dataset.PixelData = item(struct.pack("<2I", 0, second)) + item(good) + item(good) + item(bomb)
     dataset.ExtendedOffsetTable = struct.pack("<2Q", 0, 2 * second)
@@ -878,7 +859,7 @@ def test_a_broken_frame_under_a_decodable_syntax_is_an_unreadable_file_not_a_mis
     from echoef.io import dicom
 
     with pytest.raises(StudyError, match="unreadable_file") as caught:
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGBaseline8Bit))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "a.dcm", frame, JPEGBaseline8Bit))
     assert re.search(reason, str(caught.value)), caught.value
 
 
@@ -896,9 +877,9 @@ def test_a_compressed_frame_whose_own_header_states_another_size_is_refused_befo
     load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image))
     with pytest.raises(StudyError, match=rf"bad_geometry.*{claimed[0]} x {claimed[1]} pixels in its own header") as caught:
-        dicom.read_dicom(_encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32, claimed=claimed), JPEGBaseline8Bit))
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32, claimed=claimed), JPEGBaseline8Bit))
     assert decoded == [], caught.value
-    assert dicom.read_dicom(_encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGBaseline8Bit)).frames.shape == (1, 32, 32)
+    assert dicom.read_dicom(encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGBaseline8Bit)).frames.shape == (1, 32, 32)
     assert decoded == [(32, 32)]
 
 
