@@ -331,6 +331,24 @@ def test_each_architecture_trains_a_step_and_loads_back(architecture, phases, ph
         assert torch.equal(loaded(images[:4].contiguous(memory_format=torch.channels_last)), net.eval()(images[:4]))
 
 
+def test_a_network_built_for_loading_is_left_uninitialised_only_where_a_load_sets_every_tensor(monkeypatch):
+    """``load_checkpoint`` skips the random initialisation a strict load overwrites; a network with
+    a tensor no load sets (a non-persistent buffer) is built and initialised as for training."""
+    net = config().network
+    empty = network.network_to_load(net, 1, "cpu")
+    assert set(empty.state_dict()) == set(dict(empty.named_parameters())) | set(dict(empty.named_buffers()))
+    assert {k: v.shape for k, v in empty.state_dict().items()} == {k: v.shape for k, v in network.build_network(net, 1).state_dict().items()}
+    built = network.build_network
+
+    def with_a_buffer_no_load_sets(*args):
+        member = built(*args)
+        member.register_buffer("scale", torch.full((3,), 2.5), persistent=False)
+        return member
+
+    monkeypatch.setattr(network, "build_network", with_a_buffer_no_load_sets)
+    assert torch.equal(network.network_to_load(net, 1, "cpu").scale, torch.full((3,), 2.5))
+
+
 def test_a_model_file_from_before_the_architecture_choice_loads_as_a_unet(tmp_path):
     """Older model files name no architecture and keep the smp model's keys without the wrapper's
     ``network.`` prefix: they load, as U-Nets, to the same weights."""

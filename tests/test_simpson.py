@@ -92,6 +92,29 @@ def test_reference_ef_on_all_camus_patients(tmp_path):
     assert (errors <= 1).mean() == pytest.approx(0.891, abs=0.001)
 
 
+def test_the_construction_figure_draws_the_discs_inside_the_contour(tmp_path):
+    """predict's QC picture of one frame: its cyan discs lie within its red LV contour, which spans
+    the cavity's extent on the picture's own pixel sizes (a disc drawn transposed or unscaled lies
+    outside it)."""
+    from echoef.reporting import figures
+
+    spacing = (0.3, 0.4)
+    mask = half_ellipse((300, 200), spacing, 75.0, 18.0)
+    key = camus.FRAME_KEYS[0]
+    figures.simpson_construction({key: (np.zeros(mask.shape, np.uint8), spacing, simpson.lv_geometry(mask, spacing))},
+                                 "a half-ellipse", tmp_path / "qc.png")
+    pixels = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    cyan = (pixels[..., 0] < 90) & (pixels[..., 1] > 180) & (pixels[..., 2] > 180)
+    (red_rows, red_cols), (cyan_rows, cyan_cols) = np.nonzero(red), np.nonzero(cyan)
+    assert cyan.sum() > 200 and red.sum() > 200
+    assert red_rows.min() - 2 <= cyan_rows.min() and cyan_rows.max() <= red_rows.max() + 2
+    assert red_cols.min() - 2 <= cyan_cols.min() and cyan_cols.max() <= red_cols.max() + 2
+    # The cavity is 75 mm long and 36 mm wide: so is its contour, on one scale.
+    aspect = (red_rows.max() - red_rows.min()) / (red_cols.max() - red_cols.min())
+    assert aspect == pytest.approx(75 / 36, rel=0.08)
+
+
 def test_ellipsoid_volumes_within_3_percent():
     """A prolate half-ellipsoid cut by two orthogonal planes: disc volumes vs 2/3 pi a b L."""
     length, a, b = 80.0, 24.0, 20.0

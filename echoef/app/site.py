@@ -25,7 +25,7 @@ from ..io.atomic import atomic_folder, write_json
 from ..io.untrusted import read_bounded
 from ..measure import ef
 from ..model import dataset, finetune, overlap, segmentation
-from ..model.network import build_network, check_state, load_checkpoint, model_fingerprint, save_bundle
+from ..model.network import check_state, load_checkpoint, model_fingerprint, network_to_load, save_bundle
 from ..stats.agreement import paired_difference
 from .predict import ef_method
 
@@ -194,8 +194,9 @@ def _copies(models: list, network, device: str) -> list:
     """Fresh networks holding the given members' weights (the bundle's own stay as they are)."""
     copies = []
     for model in models:
-        copy = build_network(network, model.phases_per_input).to(device, memory_format=torch.channels_last)
+        copy = network_to_load(network, model.phases_per_input, device)
         copy.load_state_dict(model.state_dict())
+        copy = copy.to(memory_format=torch.channels_last)
         copies.append(copy)
     return copies
 

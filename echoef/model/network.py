@@ -101,6 +101,23 @@ def build_network(network: Network, phases_per_input: int) -> PhaseStack:
     return PhaseStack(ARCHITECTURES[network.architecture](network, **common), phases_per_input)
 
 
+def network_to_load(network: Network, phases_per_input: int, device: str) -> PhaseStack:
+    """``build_network``'s member with its tensors allocated on ``device`` but not initialised, for
+    weights about to be loaded: a strict ``load_state_dict`` sets every parameter and persistent
+    buffer, so the random initialisation (most of the time a build takes) would be thrown away."""
+    with torch.device("meta"):
+        member = build_network(network, phases_per_input)
+    if any(module._non_persistent_buffers_set for module in member.modules()):  # no load would set these
+        return build_network(network, phases_per_input).to(device)
+    return member.to_empty(device=device)
+
+
+def _state_shapes(network: Network, phases_per_input: int) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of a member's weights, from a build that allocates nothing."""
+    with torch.device("meta"):
+        return {name: tuple(tensor.shape) for name, tensor in build_network(network, phases_per_input).state_dict().items()}
+
+
 def save_checkpoint(path, state_dicts: list[dict], network: Network, extra: dict) -> None:
     """The weights of each ensemble member plus what built them, so inference rebuilds the same
     networks; tensors and plain data only, so it loads with ``weights_only``."""
@@ -222,7 +239,7 @@ def weights_problem(declared: list[dict[str, tuple[int, ...]]], network: Network
     for m, (stated, phases) in enumerate(zip(declared, network.member_phases(), strict=True)):
         have = dict(stated)
         _unprefixed_keys(None, have, "")  # older files' keys, as loading reads them
-        want = {name: tuple(tensor.shape) for name, tensor in build_network(network, phases).state_dict().items()}
+        want = _state_shapes(network, phases)
         if have != want:
             extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
             shaped = sorted(name for name in set(have) & set(want) if have[name] != want[name])
@@ -271,7 +288,7 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[list[PhaseStack], dict]:
         # The weights come from the file, never from a download.
         models = []
         for weights, phases in zip(state["state_dicts"], network.member_phases(), strict=True):
-            models.append(build_network(network, phases))
+            models.append(network_to_load(network, phases, device))
             models[-1].load_state_dict(weights)
     except (AttributeError, IndexError, KeyError, ParamsError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a model of this configuration ({str(error).splitlines()[0][:200]})") from error

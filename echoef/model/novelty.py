@@ -13,15 +13,17 @@ that flags ``TARGET_RATE`` of them, so about that share of in-distribution studi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from ..io.camus import Label
-from .overlap import dice
+
+if TYPE_CHECKING:  # torch is imported by what scores studies, not by the calibrate stage that fits the reference
+    import torch
 
 FEATURES = ("uncertainty", "member_disagreement", "lv_fraction", "lv_solidity", "lv_elongation", "myo_to_lv", "atrium_to_lv")
 ONE_SIDED = frozenset({"uncertainty", "member_disagreement"})
@@ -74,6 +76,8 @@ def study_features(labels: dict, spacings: dict, members: list[dict], uncertaint
     found["uncertainty"] = float(np.nanmean([uncertainty[key] for key in labels])) if any(
         np.isfinite(uncertainty[key]) for key in labels) else math.nan
     if members:
+        from .overlap import dice
+
         agreement = [float(dice(member[key][None], labels[key][None], labels=(Label.LV,))[0, 0])
                      for member in members for key in labels]
         found["member_disagreement"] = float(1 - np.nanmean(agreement))
