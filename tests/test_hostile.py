@@ -714,20 +714,120 @@ def _jpeg(rows, cols, claimed=None) -> bytes:
     return data
 
 
-def test_12_bit_jpeg_extended_jpeg_ls_and_lossless_jpeg_are_refused_as_the_readme_says(tmp_path):
-    """README: 8-bit JPEG extended decodes; 12-bit, JPEG-LS and lossless JPEG need a decoder plugin and
-    are refused with a status that says so, naming the reason the decoder gave."""
-    from pydicom.uid import JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless
+def gdcm_compressed(path: Path, frames: np.ndarray, syntax) -> Path:
+    """``write_dicom``'s loop of ``frames`` re-encoded by GDCM in the transfer syntax ``syntax`` (a
+    ``gdcm.TransferSyntax`` code): how an archive stores a lossless loop."""
+    import gdcm
 
-    from echoef.io import dicom
+    plain = write_dicom(path.with_suffix(".plain.dcm"), frames, region_spacing_mm=(0.3, 0.4), frame_ms=33.3)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(plain))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return path
 
+
+LOSSLESS_SYNTAXES = {"JPEGLosslessProcess14_1": "1.2.840.10008.1.2.4.70", "JPEGLosslessProcess14": "1.2.840.10008.1.2.4.57",
+                     "JPEGLSLossless": "1.2.840.10008.1.2.4.80"}
+
+
+@pytest.mark.parametrize("syntax", sorted(LOSSLESS_SYNTAXES))
+def test_lossless_jpeg_and_jpeg_ls_loops_are_read_bit_for_bit_by_gdcm_in_a_child_process(tmp_path, syntax):
+    """A 5-frame loop stored as lossless JPEG or JPEG-LS reads as the same loop stored uncompressed:
+    its pixels bit for bit, its pixel size, its frame time."""
+    import gdcm
+    import pydicom
+
+    frames = np.random.default_rng(3).integers(0, 256, (5, 40, 48), dtype=np.uint8)
+    path = gdcm_compressed(tmp_path / "loop.dcm", frames, getattr(gdcm.TransferSyntax, syntax))
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == LOSSLESS_SYNTAXES[syntax]
+    loop, plain = dicom.read_dicom(path), dicom.read_dicom(tmp_path / "loop.plain.dcm")
+    assert np.array_equal(loop.frames, frames.astype(np.float32)) and np.array_equal(loop.frames, plain.frames)
+    assert loop.spacing_mm == plain.spacing_mm == (0.3, 0.4) and loop.frame_ms == pytest.approx(33.3)
+
+
+def test_gdcm_never_decodes_in_this_process_and_12_bit_jpeg_is_refused_as_the_readme_says(tmp_path, monkeypatch):
+    """GDCM would be pydicom's first choice for every JPEG syntax once installed: none of this
+    process's decoders holds it. 8-bit JPEG extended decodes (Pillow); 12-bit, which Pillow and
+    pydicom's GDCM plugin both decline, is refused with a status that says so; without GDCM, lossless
+    JPEG and JPEG-LS are refused as syntaxes no decoder here reads."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import AllTransferSyntaxes, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless
+
+    for syntax in AllTransferSyntaxes:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            continue
+        assert "gdcm" not in decoder.available_plugins, syntax.name
     assert dicom.read_dicom(encapsulated_dicom(tmp_path / "a.dcm", _jpeg(32, 32), JPEGExtended12Bit)).frames.shape == (1, 32, 32)
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*12-bit"):
         dicom.read_dicom(encapsulated_dicom(tmp_path / "b.dcm", _jpeg(32, 32), JPEGExtended12Bit, bits_stored=12))
+    monkeypatch.setattr(dicom, "gdcm_decodes", lambda syntax: False)
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
         dicom.read_dicom(encapsulated_dicom(tmp_path / "c.dcm", _jpeg_ls(32, 32), JPEGLSLossless))
     with pytest.raises(StudyError, match="unsupported_transfer_syntax.*pylibjpeg"):
         dicom.read_dicom(encapsulated_dicom(tmp_path / "d.dcm", _jpeg(32, 32), JPEGLosslessSV1))
+
+
+@pytest.mark.parametrize("decode, reason, detail", [
+    ("import time\ntime.sleep(60)", "unreadable_file", "GDCM took over 1 s"),
+    ("while True: pass", "unreadable_file", "GDCM took over 1 s"),  # the CPU limit, or the wall clock
+    ("import os\nos.abort()", "unreadable_file", "ended with signal 6"),  # as GDCM's asserts end it
+    ("raise RuntimeError('no frame')", "unreadable_file", "RuntimeError: no frame"),
+    ("data = bytearray(2 << 30)", "unreadable_file", "MemoryError"),  # 2 GB beside a 1 kB picture: over its limit
+    ("import numpy, sys\nnumpy.save(sys.argv[2], numpy.zeros((5, 40, 47), numpy.uint8))", "bad_geometry", "(5, 40, 47)"),
+    ("import numpy, sys\nnumpy.save(sys.argv[2], numpy.array([{}]), allow_pickle=True)", "unreadable_file", "no pictures"),
+    ("pass", "unreadable_file", "no pictures"),
+], ids=["sleeps", "spins", "aborts", "raises", "allocates", "other-shape", "pickled", "writes-nothing"])
+def test_whatever_the_gdcm_child_does_the_study_gets_a_reason(tmp_path, monkeypatch, decode, reason, detail):
+    """The child process's decoding replaced by each way a decoder fails on crafted data: stalls,
+    spins, ends its process, raises, allocates without bound, gives pictures of another size or an
+    object to unpickle, gives nothing. Each is the study's status, within the time limit."""
+    import gdcm
+
+    path = gdcm_compressed(tmp_path / "loop.dcm", np.zeros((5, 40, 48), np.uint8), gdcm.TransferSyntax.JPEGLSLossless)
+    monkeypatch.setattr(dicom, "CHILD_BASE_S", 1.0)
+    monkeypatch.setattr(dicom, "CHILD_DECODE", decode)
+    with pytest.raises(StudyError, match=rf"^{reason}") as refused:
+        dicom.read_dicom(path)
+    assert detail in refused.value.detail
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut", "zero", "insert"])
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLSLossless"])
+def test_a_damaged_lossless_loop_is_read_or_refused_never_an_error(tmp_path, syntax, damage):
+    """Damage in a lossless JPEG or JPEG-LS loop's frames (a few of many cases tried: the experiment
+    log): read, or refused as a study; never another exception."""
+    import gdcm
+
+    frames = np.random.default_rng(4).integers(0, 256, (5, 40, 48), dtype=np.uint8)
+    path = gdcm_compressed(tmp_path / "loop.dcm", frames, getattr(gdcm.TransferSyntax, syntax))
+    data = bytearray(path.read_bytes())
+    at = len(data) - 1500  # inside the second-to-last frames
+    if damage == "flip":
+        data[at:at + 40] = bytes(b ^ 0x5A for b in data[at:at + 40])
+    elif damage == "cut":
+        data = data[:at]
+    elif damage == "zero":
+        data[at:at + 64] = bytes(64)
+    else:
+        data[at:at] = b"\xff\x00\x07"
+    path.write_bytes(bytes(data))
+    try:
+        loop = dicom.read_dicom(path)
+    except StudyError as refused:
+        assert refused.reason in {"unreadable_file", "bad_geometry"}, refused
+    else:
+        assert loop.frames.shape == (5, 40, 48)
 
 
 def _segment(code: int, body: bytes) -> bytes:
@@ -758,15 +858,14 @@ _LSE_OVERSIZE = _segment(0xF8, bytes([4, 4]) + (5000).to_bytes(4, "big") + (5000
     (_jpeg_ls(32, 32)[2:], "unreadable_file", "no JPEG start of image"),
     (_jpeg(32, 32), "unreadable_file", "another JPEG process"),  # a baseline JPEG under a JPEG-LS syntax
     (b"\xff\xd8" + _segment(0xDA, bytes(6)) + bytes(40), "unreadable_file", "no JPEG-LS frame header"),
-    (_jpeg_ls(32, 32), "unsupported_transfer_syntax", "JPEG-LS"),  # a sound header: on to the decoder
+    (_jpeg_ls(32, 32), "unreadable_file", "could not be decoded by GDCM"),  # a sound header: on to the decoder
 ], ids=["huge", "smaller", "one-column-more", "size-to-come", "oversize-lse", "oversize-lse-after-scan", "cut-header",
         "no-soi", "baseline-jpeg", "no-sof", "sound"])
 def test_a_jpeg_ls_frame_is_sized_by_its_header_before_a_decoder_sees_it(tmp_path, frame, reason, detail):
     """A JPEG-LS decoder allocates the picture its frame's own header states, with no limit of its own
     (CharLS, through pyjpegls, took 4 GB and 10 s to refuse a 32 x 32 file whose frame claims 46000 x
-    46000). No decoder is installed here, but one may be (README): every frame whose header states
-    another size, or none that can be read, is refused from its header; a sound one goes on to pydicom,
-    which finds no plugin."""
+    46000). Every frame whose header states another size, or none that can be read, is refused from
+    its header; a sound one goes on to GDCM (in its child process), which finds no scan it can decode."""
     from pydicom.uid import JPEGLSLossless
 
     from echoef.io import dicom

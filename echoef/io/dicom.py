@@ -8,17 +8,25 @@ PixelSpacing (of the file, or of an enhanced multi-frame file's Pixel Measures f
 file with none is refused (``no_spacing``) unless the user gives one: a guessed pixel size would make
 every volume wrong.
 Pixels are decoded by pydicom: uncompressed, RLE and, through Pillow, 8-bit JPEG baseline and
-extended, and JPEG 2000. 12-bit JPEG extended, JPEG-LS, lossless JPEG and other syntaxes need a
-decoder plugin (pylibjpeg) and are refused with ``unsupported_transfer_syntax`` until one is installed.
-A compressed frame's own header is read before any decoder sees it (``compressed_frame_problem``),
-JPEG-LS too, for a user who installs a plugin: a decoder sizes its picture by that header, not by the file's.
+extended, and JPEG 2000, in this process. Lossless JPEG and JPEG-LS, which no decoder reads safely
+in-process, are decoded by GDCM in a child process held to a time and a memory limit
+(``decode_in_child``): GDCM is C++ whose failed assertions end the process, and JPEG-LS decoders (CharLS)
+can spin for seconds on damaged data. pydicom is never let to pick GDCM in this process. 12-bit JPEG
+extended (which pydicom's GDCM plugin declines too) and other syntaxes are refused with
+``unsupported_transfer_syntax`` unless a pydicom plugin (pylibjpeg) reads them.
+A compressed frame's own header is read before any decoder sees it (``compressed_frame_problem``):
+a decoder sizes its picture by that header, not by the file's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import re
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -34,7 +42,15 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.utils import as_pixel_options
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
 
 from ..errors import StudyError
 from .imagefile import LUMINANCE, MAX_LOOP_PIXELS, Header, Loop, check_pixels, loop_size_problem
@@ -441,14 +457,17 @@ def _read_checked(path: Path, dataset, stored_bytes: int, spacing_mm: tuple[floa
     syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
     if problem := compressed_frame_problem(dataset, rows, cols):
         raise StudyError(problem[0], f"{path.name}: {problem[1]}")
-    try:
-        pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
-    except (NotImplementedError, RuntimeError) as error:
-        raise decoding_failure(path.name, syntax, error) from error
-    except (ValueError, AttributeError, KeyError, IndexError, TypeError, StopIteration, EOFError, OverflowError,
-            struct.error) as error:  # what pydicom and its decoders raise on broken pixel data, frame tables included
-        raise StudyError("unreadable_file", f"{path.name}: pixel data ({type(error).__name__}: "
-                                            f"{(str(error).splitlines() or [''])[0][:150]})") from error
+    if gdcm_decodes(syntax):
+        pixels = decode_in_child(path, dataset, count, rows, cols)
+    else:
+        try:
+            pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
+        except (NotImplementedError, RuntimeError) as error:
+            raise decoding_failure(path.name, syntax, error) from error
+        except (ValueError, AttributeError, KeyError, IndexError, TypeError, StopIteration, EOFError, OverflowError,
+                struct.error) as error:  # what pydicom and its decoders raise on broken pixel data, frame tables included
+            raise StudyError("unreadable_file", f"{path.name}: pixel data ({type(error).__name__}: "
+                                                f"{(str(error).splitlines() or [''])[0][:150]})") from error
     if count == 1:
         pixels = pixels[None]
     try:
@@ -493,8 +512,88 @@ def decoding_failure(name: str, syntax, error: Exception) -> StudyError:
     return StudyError("unreadable_file", f"{name}: pixel data in {label} could not be decoded ({reason})")
 
 
+# Decoded by GDCM in a child process, even where a user has installed an in-process plugin for them:
+# JPEG-LS decoders spin on damaged data (CharLS 2.4.2, pyjpegls 1.5.1's: 9 s on one 48 x 40 frame).
+CHILD_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1}) | JPEG_LS_SYNTAXES
+CHILD_MEMORY_BYTES = 768 << 20  # Python, numpy, pydicom and GDCM map about 210 MB before any pixel
+CHILD_BASE_S = 20.0  # a child's start (about 1 s) and a file's parse, with room for a busy machine
+CHILD_PIXELS_PER_S = 2e6  # a 60-frame 600 x 800 lossless loop: 2.8 s end to end here, 10 M pixels/s beside a training
+CHILD_LIMITS = """
+import resource, sys
+memory, seconds = int(sys.argv[3]), int(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+"""
+CHILD_DECODE = """
+import numpy, pydicom
+from pydicom.pixels import pixel_array
+pixels = pixel_array(pydicom.dcmread(sys.argv[1]), decoding_plugin="gdcm")
+numpy.save(sys.argv[2], numpy.ascontiguousarray(pixels), allow_pickle=False)
+"""
+
+
+def _gdcm_out_of_this_process() -> None:
+    """Take GDCM from every in-process decoder of pydicom, which would try it first where installed."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import AllTransferSyntaxes
+
+    for syntax in AllTransferSyntaxes:
+        try:
+            get_decoder(syntax).remove_plugin("gdcm")
+        except (NotImplementedError, ValueError):  # no decoder for the syntax, or no GDCM in it
+            continue
+
+
+_gdcm_out_of_this_process()
+
+
+def gdcm_decodes(syntax) -> bool:
+    """Whether pixel data of this transfer syntax goes to ``decode_in_child``: one of ``CHILD_SYNTAXES``,
+    with GDCM installed."""
+    return syntax in CHILD_SYNTAXES and importlib.util.find_spec("gdcm") is not None
+
+
+def decode_in_child(path: Path, dataset, count: int, rows: int, cols: int) -> np.ndarray:
+    """The pixels (float32, as ``dataset.pixel_array`` gives them) of ``path``, a file already checked
+    as ``_read_checked`` checks it, decoded by GDCM in a child Python (isolated mode) held to
+    ``CHILD_MEMORY_BYTES`` plus four times the pictures' bytes and to a time that grows with its pixels;
+    ``unreadable_file`` if it fails, is killed, overruns its time, or gives other than the file's
+    ``count`` x ``rows`` x ``cols`` pictures."""
+    label = getattr(dataset.file_meta.get("TransferSyntaxUID"), "name", "its transfer syntax")
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    picture_bytes = count * rows * cols * samples * max(1, math.ceil(int(dataset.get("BitsAllocated", 8) or 8) / 8))
+    seconds = CHILD_BASE_S + count * rows * cols / CHILD_PIXELS_PER_S
+    expected = ((count,) if count > 1 else ()) + (rows, cols) + ((samples,) if samples > 1 else ())
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="echoef-decode-") as folder:
+        out = Path(folder) / "pixels.npy"
+        command = [sys.executable, "-I", "-c", CHILD_LIMITS + CHILD_DECODE, str(path), str(out), str(CHILD_MEMORY_BYTES + 4 * picture_bytes),
+                   str(math.ceil(seconds))]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=seconds,
+                                    env=environment, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as error:
+            raise StudyError("unreadable_file", f"{path.name}: GDCM took over {seconds:.0f} s to decode its pixel data "
+                                                f"in {label}") from error
+        if result.returncode != 0:
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            reason = lines[-1][:150] if lines and result.returncode > 0 else f"the decoder ended with signal {-result.returncode}"
+            raise StudyError("unreadable_file", f"{path.name}: pixel data in {label} could not be decoded by GDCM ({reason})")
+        try:
+            if out.stat().st_size > 8 * count * rows * cols * samples + 4096:
+                raise ValueError("more bytes than the file's pictures")
+            pixels = np.load(out, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:  # nothing written, a truncated file, an object array
+            raise StudyError("unreadable_file", f"{path.name}: GDCM gave no pictures of the file's size ({str(error)[:100]})") from error
+    if pixels.shape != expected or pixels.dtype.kind not in "uif":
+        raise StudyError("bad_geometry", f"{path.name}: GDCM decoded {pixels.dtype} pictures of shape {pixels.shape}, "
+                                         f"the file states {expected}")
+    return pixels.astype(np.float32)
+
+
 def _decoder_installed(syntax) -> bool:
-    """Whether pydicom has a decoder for the transfer syntax with at least one plugin installed."""
+    """Whether pydicom has a decoder for the transfer syntax with at least one plugin installed (GDCM,
+    taken from every in-process decoder, never counts)."""
     from pydicom.pixels import get_decoder
 
     try:
