@@ -754,6 +754,26 @@ def test_lossless_jpeg_and_jpeg_ls_loops_are_read_bit_for_bit_by_gdcm_in_a_child
     assert loop.spacing_mm == plain.spacing_mm == (0.3, 0.4) and loop.frame_ms == pytest.approx(33.3)
 
 
+def test_a_lossless_jpeg_frame_claiming_another_size_is_refused_before_gdcm_sees_it(tmp_path, monkeypatch):
+    """GDCM allocates the picture a frame's own header (SOF3) states: one claiming 4000 x 4000 in a
+    32 x 32 file is ``bad_geometry`` from its header, and no child is started."""
+    import struct
+
+    import gdcm
+    import pydicom
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEGLosslessSV1
+
+    source = gdcm_compressed(tmp_path / "a.dcm", np.full((1, 32, 32), 7, np.uint8), gdcm.TransferSyntax.JPEGLosslessProcess14_1)
+    frame = next(generate_frames(pydicom.dcmread(source).PixelData, number_of_frames=1))
+    at = frame.index(b"\xff\xc3") + 5  # SOF3: marker, length, precision, then rows and columns
+    assert dicom.read_dicom(encapsulated_dicom(tmp_path / "b.dcm", frame, JPEGLosslessSV1)).frames.max() == 7
+    monkeypatch.setattr(dicom, "decode_in_child", lambda *args: pytest.fail("a child was started"))
+    with pytest.raises(StudyError, match="^bad_geometry.*states 4000 x 4000 pixels"):
+        dicom.read_dicom(encapsulated_dicom(tmp_path / "c.dcm", frame[:at] + struct.pack(">HH", 4000, 4000) + frame[at + 4:],
+                                            JPEGLosslessSV1))
+
+
 def test_gdcm_never_decodes_in_this_process_and_12_bit_jpeg_is_refused_as_the_readme_says(tmp_path, monkeypatch):
     """GDCM would be pydicom's first choice for every JPEG syntax once installed: none of this
     process's decoders holds it. 8-bit JPEG extended decodes (Pillow); 12-bit, which Pillow and
