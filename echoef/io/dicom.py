@@ -518,11 +518,19 @@ CHILD_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1}) | JPEG_LS_SYNTAXES
 CHILD_MEMORY_BYTES = 768 << 20  # Python, numpy, pydicom and GDCM map about 210 MB before any pixel
 CHILD_BASE_S = 20.0  # a child's start (about 1 s) and a file's parse, with room for a busy machine
 CHILD_PIXELS_PER_S = 2e6  # a 60-frame 600 x 800 lossless loop: 2.8 s end to end here, 10 M pixels/s beside a training
+# Where a system refuses a limit (macOS enforces no address-space limit), the parent's wall clock still holds.
 CHILD_LIMITS = """
-import resource, sys
+import sys
 memory, seconds = int(sys.argv[3]), int(sys.argv[4])
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+try:
+    import resource
+except ImportError:
+    resource = None
+for name, limit in (("RLIMIT_AS", (memory, memory)), ("RLIMIT_CPU", (seconds, seconds + 1))):
+    try:
+        resource.setrlimit(getattr(resource, name), limit)
+    except (AttributeError, ValueError, OSError):
+        pass
 """
 CHILD_DECODE = """
 import numpy, pydicom
